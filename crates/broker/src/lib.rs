@@ -1,0 +1,156 @@
+//! The Switchboard broker: one ZeroMQ ROUTER socket that every process's DEALER
+//! connects to.
+//!
+//! It keeps the registry of services and their instances, routes each request to
+//! the ready instance with the fewest requests in flight (or the pinned instance,
+//! or the owner of the request's key), holds requests for a known service that has
+//! no ready instance until one is ready or the deadline passes, fans events out to
+//! subscribers, and watches every peer's heartbeats. It knows nothing about chat or
+//! locations.
+//!
+//! # Layout
+//!
+//! - [`router`]: the state machine ([`router::Router`]); all routing decisions.
+//! - this file: [`Settings`], [`bind`] and [`run`], the socket task.
+//!
+//! # Never blocking on a send
+//!
+//! The zeromq crate's ROUTER `send` waits when a peer's 100,000-message queue is
+//! full, which would stall the broker for every peer behind one stuck peer. The
+//! socket task therefore polls each send exactly once (`now_or_never`): the crate
+//! first tries a non-blocking `try_send` into that peer's queue, so a send either
+//! completes at once or the message is dropped and counted. Requests cannot be
+//! dropped that way, because an instance never has more than its credit in flight;
+//! a caller never has more than `max_inflight_per_client` replies owed. Events to a
+//! slow subscriber are what gets dropped (`events_dropped`).
+
+pub mod router;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use zeromq::{RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend};
+
+pub use router::Router;
+pub use switchboard_proto::BrokerStats;
+
+/// Broker settings. Units are in the names.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Endpoint to bind, `tcp://127.0.0.1:5555` by default (loopback unless told
+    /// otherwise); `ipc:///path` also works.
+    pub bind: String,
+    /// Shared bus secret; when set, every peer must prove it knows it in `hello`.
+    pub secret: Option<String>,
+    /// Heartbeat interval both ways.
+    pub heartbeat_ms: u64,
+    /// Missed intervals after which a silent peer is dead.
+    pub liveness: u32,
+    /// Largest message a peer may send; a longer frame closes its connection.
+    pub max_message_bytes: usize,
+    /// Deadline given to a request that carries none.
+    pub default_deadline_ms: u64,
+    /// Held requests per service at most; past that, `overloaded`.
+    pub max_held_per_service: usize,
+    /// Requests in flight from one peer at most; past that, `overloaded`.
+    pub max_inflight_per_client: u32,
+    /// Upper bound on the credit an instance may ask for.
+    pub max_credit: u32,
+    /// Services declared up front: their requests are held, not refused, before
+    /// any instance registers.
+    pub services: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bind: "tcp://127.0.0.1:5555".into(),
+            secret: None,
+            heartbeat_ms: switchboard_proto::HEARTBEAT_INTERVAL.as_millis() as u64,
+            liveness: switchboard_proto::HEARTBEAT_LIVENESS,
+            max_message_bytes: switchboard_proto::DEFAULT_MAX_MESSAGE_LEN,
+            default_deadline_ms: 5_000,
+            max_held_per_service: 10_000,
+            max_inflight_per_client: 10_000,
+            max_credit: 1_024,
+            services: Vec::new(),
+        }
+    }
+}
+
+/// How often the socket task ticks the router (deadline expiry resolution).
+const TICK: Duration = Duration::from_millis(5);
+
+/// How many already-arrived messages the socket task takes in one go before it
+/// flushes sends and checks the clock.
+const RECV_BATCH: usize = 256;
+
+/// Creates the ROUTER socket with our options and binds it.
+///
+/// # Errors
+///
+/// When the endpoint cannot be bound.
+pub async fn bind(settings: &Settings) -> anyhow::Result<(RouterSocket, String)> {
+    let mut options = SocketOptions::default();
+    options.max_message_size(settings.max_message_bytes);
+    let mut socket = RouterSocket::with_options(options);
+    let endpoint = socket
+        .bind(&settings.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", settings.bind))?;
+    Ok((socket, endpoint.to_string()))
+}
+
+/// Runs the broker on a bound socket until `shutdown` is cancelled. Must run on a
+/// current_thread runtime (the zeromq crate is 2.5x slower on multi_thread).
+///
+/// Returns the final counters.
+pub async fn run(settings: Settings, mut socket: RouterSocket, shutdown: CancellationToken) -> BrokerStats {
+    let mut monitor = socket.monitor();
+    let mut router = Router::new(settings);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    router.on_tick(switchboard_proto::now_ms());
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            event = monitor.next() => {
+                if let Some(SocketEvent::Disconnected(peer)) = event {
+                    router.on_disconnect(&Bytes::from(peer), switchboard_proto::now_ms());
+                }
+            }
+            msg = socket.recv() => {
+                let now = switchboard_proto::now_ms();
+                match msg {
+                    Ok(msg) => router.on_message(msg, now),
+                    Err(e) => tracing::debug!(error = %e, "recv error"),
+                }
+                for _ in 1..RECV_BATCH {
+                    match socket.recv().now_or_never() {
+                        Some(Ok(msg)) => router.on_message(msg, now),
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            }
+            _ = tick.tick() => router.on_tick(switchboard_proto::now_ms()),
+        }
+        flush(&mut socket, &mut router);
+    }
+    tracing::info!("broker stopping");
+    router.stats.clone()
+}
+
+fn flush(socket: &mut RouterSocket, router: &mut Router) {
+    for out in router.out.drain(..) {
+        let sent = matches!(socket.send(out.msg).now_or_never(), Some(Ok(())));
+        if !sent {
+            if out.event {
+                router.stats.events_dropped += 1;
+            } else {
+                router.stats.send_dropped += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `broker`: binds the ROUTER socket and runs the broker until SIGTERM/SIGINT.
+
+use clap::Parser;
+use switchboard_broker::Settings;
+use switchboard_bus::svc;
+
+/// The Switchboard message broker.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Endpoint to bind (tcp://HOST:PORT or ipc:///path). Port 0 picks a free port;
+    /// the bound endpoint is printed on stdout as `listening ENDPOINT`.
+    #[arg(long, env = "SB_BROKER_BIND", default_value = "tcp://127.0.0.1:5555")]
+    bind: String,
+    /// Shared bus secret; peers must prove they know it.
+    #[arg(long, env = "SB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Heartbeat interval, ms.
+    #[arg(long, env = "SB_HEARTBEAT_MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Missed heartbeats before a peer is dead.
+    #[arg(long, env = "SB_LIVENESS", default_value_t = 3)]
+    liveness: u32,
+    /// Largest message, bytes.
+    #[arg(long, env = "SB_MAX_MESSAGE_BYTES", default_value_t = switchboard_proto::DEFAULT_MAX_MESSAGE_LEN)]
+    max_message_bytes: usize,
+    /// Services declared up front (comma-separated): requests for them are held.
+    #[arg(long, env = "SB_SERVICES", value_delimiter = ',')]
+    services: Vec<String>,
+}
+
+fn main() {
+    svc::init_tracing();
+    let args = Args::parse();
+    let settings = Settings {
+        bind: args.bind,
+        secret: args.secret,
+        heartbeat_ms: args.heartbeat_ms.max(10),
+        liveness: args.liveness.max(1),
+        max_message_bytes: args.max_message_bytes,
+        services: args.services,
+        ..Settings::default()
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("broker: cannot start the runtime: {e}");
+            std::process::exit(svc::EXIT_FAILURE);
+        }
+    };
+    let code = rt.block_on(async {
+        let (socket, endpoint) = match switchboard_broker::bind(&settings).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot bind");
+                return svc::EXIT_USAGE;
+            }
+        };
+        println!("listening {endpoint}");
+        tracing::info!(%endpoint, auth = settings.secret.is_some(), "broker listening");
+        let stats = switchboard_broker::run(settings, socket, svc::shutdown_on_signal()).await;
+        tracing::info!(?stats, "broker stopped");
+        0
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,21 @@
+//! The Switchboard bus client and the service framework every service is built on.
+//!
+//! # Layout
+//!
+//! - [`client`]: [`connect`] → [`Handle`]: requests, publish/subscribe, reconnect,
+//!   heartbeats and authentication over one DEALER socket on its own thread.
+//! - [`service`]: [`Service`]: a name, handlers for its ops, `run()`; built-in
+//!   `$echo` and `$health`; drain on shutdown.
+//! - [`svc`]: tracing, the SIGTERM/SIGINT token, exit codes, RSS.
+//! - [`error`]: [`Error`], a contract error code plus a message.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod error;
+pub mod service;
+pub mod svc;
+
+pub use client::{connect, new_trace_id, CallOptions, Config, Connection, Handle, Incoming, Subscription};
+pub use error::Error;
+pub use service::{HandlerResult, Request, Service};
+pub use switchboard_proto as proto;

@@ -1,0 +1,258 @@
+//! The service framework: a name, handlers for its ops, and `run()`.
+//!
+//! ```no_run
+//! use switchboard_bus::{Config, Service, Request, Error};
+//! # async fn demo(shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+//! Service::new("greeter")
+//!     .handle("hello", |req: Request| async move {
+//!         let name: String = req.decode()?;
+//!         Request::encode(&format!("hello, {name}"))
+//!     })
+//!     .run(Config::default(), shutdown)
+//!     .await
+//! # }
+//! ```
+//!
+//! `run` registers the instance, says `ready`, and runs each request's handler on
+//! its own task, at most `concurrency` at once (the credit it announces, so the
+//! broker never sends more). Every service also answers `$echo` (the body back,
+//! unchanged) and `$health` ([`switchboard_proto::Health`]). On shutdown (the token,
+//! SIGTERM/SIGINT in the binaries, or a drain asked through the broker) it drains:
+//! takes itself out of rotation, waits for the broker's acknowledgement (after which
+//! nothing new arrives), finishes what is in flight within the grace period, says
+//! `bye` and returns.
+
+use futures::FutureExt;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard_proto::{self as proto, Envelope, ErrorBody, ErrorCode, Health};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{connect, Config, Handle, Incoming};
+use crate::Error;
+
+/// What a handler returns: the reply body (MessagePack), or an error.
+pub type HandlerResult = Result<Vec<u8>, Error>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+type Handler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;
+
+/// A request as a handler sees it.
+pub struct Request {
+    /// The request envelope (op, body, user, trace, key, deadline).
+    pub env: Envelope,
+    /// The bus, for onward requests and publishing.
+    pub bus: Handle,
+}
+
+impl Request {
+    /// The op.
+    pub fn op(&self) -> &str {
+        &self.env.op
+    }
+
+    /// The verified user, if the gateway set one.
+    pub fn user(&self) -> Option<&str> {
+        self.env.user.as_deref()
+    }
+
+    /// The trace id.
+    pub fn trace(&self) -> &str {
+        &self.env.trace
+    }
+
+    /// Decodes the MessagePack body.
+    ///
+    /// # Errors
+    ///
+    /// `bad_request` naming what did not fit.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        proto::from_body(&self.env.body).map_err(|e| Error::bad_request(format!("{}: {e}", self.env.op)))
+    }
+
+    /// Encodes a reply body (a convenience for handlers).
+    ///
+    /// # Errors
+    ///
+    /// `internal` if the value does not serialize.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> HandlerResult {
+        proto::to_body(value).map_err(|e| Error::internal(e.to_string()))
+    }
+}
+
+/// Counters a service keeps for `$health`.
+#[derive(Default)]
+struct Counters {
+    inflight: AtomicU64,
+    handled: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A service under construction. See the module docs.
+pub struct Service {
+    name: String,
+    handlers: HashMap<String, Handler>,
+    concurrency: u32,
+    grace: Duration,
+}
+
+impl Service {
+    /// A service named `name` with no handlers yet, concurrency 256, grace 10 s.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            handlers: HashMap::new(),
+            concurrency: 256,
+            grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Adds a handler for `op`.
+    pub fn handle<F, Fut>(mut self, op: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.handlers
+            .insert(op.to_owned(), Arc::new(move |req| Box::pin(handler(req)) as BoxFuture));
+        self
+    }
+
+    /// How many requests run at once (also the credit given to the broker).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a drain waits for in-flight requests before leaving anyway.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Registers and serves until `shutdown` is cancelled or a drain is asked for,
+    /// then drains and returns.
+    ///
+    /// # Errors
+    ///
+    /// When the configuration is invalid.
+    pub async fn run(self, mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+        config.service.clone_from(&self.name);
+        config.credit = self.concurrency;
+        let conn = connect(config)?;
+        let handle = conn.handle;
+        let mut inbound = conn.inbound;
+        handle.ready().await?;
+        let started = Instant::now();
+        let counters = Arc::new(Counters::default());
+        let handlers = Arc::new(self.handlers);
+        let tracker = TaskTracker::new();
+        let drain_asked = handle.drain_requested();
+        tokio::pin!(drain_asked);
+
+        let spawn = |incoming: Incoming| {
+            let handle = handle.clone();
+            let handlers = handlers.clone();
+            let counters = counters.clone();
+            let name = self.name.clone();
+            tracker.spawn(async move {
+                serve_one(incoming, handle, &handlers, &counters, &name, started).await;
+            });
+        };
+
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = &mut drain_asked => {
+                    tracing::info!("drain requested through the bus");
+                    break;
+                }
+                incoming = inbound.recv() => match incoming {
+                    Some(incoming) => spawn(incoming),
+                    None => break,
+                },
+            }
+        }
+
+        // Drain: out of rotation first, then finish what arrived before the ack.
+        tracing::info!(inflight = counters.inflight.load(Ordering::Relaxed), "draining");
+        let acked = handle.drain(Duration::from_secs(2)).await;
+        if let Err(e) = &acked {
+            tracing::warn!(error = %e, "drain not acknowledged; finishing in-flight work anyway");
+        }
+        while let Ok(incoming) = inbound.try_recv() {
+            spawn(incoming);
+        }
+        tracker.close();
+        if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
+            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "in-flight requests did not finish within the grace period");
+        }
+        handle.close(Duration::from_secs(1)).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn serve_one(
+    incoming: Incoming,
+    handle: Handle,
+    handlers: &HashMap<String, Handler>,
+    counters: &Counters,
+    name: &str,
+    started: Instant,
+) {
+    let Incoming { token, env } = incoming;
+    counters.inflight.fetch_add(1, Ordering::Relaxed);
+    let id = env.id;
+    let trace = env.trace.clone();
+    let op = env.op.clone();
+    let deadline = env.deadline;
+    let result = match op.as_str() {
+        "$echo" => Ok(env.body.into_vec()),
+        "$health" => Request::encode(&Health {
+            service: name.to_owned(),
+            instance: handle.instance().to_owned(),
+            status: "ok".into(),
+            pid: std::process::id(),
+            uptime_ms: started.elapsed().as_millis() as u64,
+            rss_bytes: crate::svc::rss_bytes(),
+            inflight: counters.inflight.load(Ordering::Relaxed).saturating_sub(1),
+            handled: counters.handled.load(Ordering::Relaxed),
+            errors: counters.errors.load(Ordering::Relaxed),
+        }),
+        _ => match handlers.get(&op) {
+            None => Err(Error::new(ErrorCode::UnknownOp, format!("{name} has no op {op:?}"))),
+            Some(handler) => {
+                let fut = handler(Request { env, bus: handle.clone() });
+                let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
+                match tokio::time::timeout(left, AssertUnwindSafe(fut).catch_unwind()).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => {
+                        tracing::error!(op = %op, trace = %trace, "handler panicked");
+                        Err(Error::internal("handler panicked"))
+                    }
+                    Err(_) => Err(Error::new(ErrorCode::Timeout, "handler did not finish before the deadline")),
+                }
+            }
+        },
+    };
+    counters.handled.fetch_add(1, Ordering::Relaxed);
+    let reply = match result {
+        Ok(body) => Envelope::reply_to(id, &trace, body),
+        Err(e) => {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            Envelope::error_reply(id, &trace, ErrorBody::from(e))
+        }
+    };
+    if let Err(e) = handle.reply(token, &reply).await {
+        tracing::debug!(error = %e, "reply not sent");
+    }
+    counters.inflight.fetch_sub(1, Ordering::Relaxed);
+}

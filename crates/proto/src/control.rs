@@ -1,0 +1,129 @@
+//! Bodies of the control messages: registration, health, broker statistics.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Body of a peer's `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hello {
+    /// The service this instance serves; empty for a pure client (a gateway
+    /// connection pool, `sbctl`), which may send requests but receives none.
+    #[serde(default)]
+    pub service: String,
+    /// The instance name, unique on the bus (`loc01`). A second hello with the same
+    /// name replaces the first registration (the old peer is treated as dead).
+    pub instance: String,
+    /// OS process id, for the supervisor and `sbctl ls`.
+    #[serde(default)]
+    pub pid: u32,
+    /// How many requests the instance takes at once (its handler concurrency); the
+    /// broker never has more than this in flight to it.
+    #[serde(default)]
+    pub credit: u32,
+    /// HMAC proof (see [`crate::auth`]), sent in answer to a challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<ByteBuf>,
+}
+
+/// Body of the broker's answer to `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Welcome {
+    /// Registered: the peer may now send anything.
+    pub accepted: bool,
+    /// Set when the broker needs a proof: hello again with
+    /// [`crate::auth::proof`] over this nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<ByteBuf>,
+    /// The broker's heartbeat interval, ms.
+    #[serde(default)]
+    pub heartbeat_ms: u32,
+    /// Missed intervals after which either side counts the other dead.
+    #[serde(default)]
+    pub liveness: u32,
+    /// The broker's per-message size cap, bytes.
+    #[serde(default)]
+    pub max_message: u32,
+}
+
+/// Reply body of the built-in `$health` op every service answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Health {
+    /// Service name.
+    pub service: String,
+    /// Instance name.
+    pub instance: String,
+    /// `ok`, `draining`, or a service-specific degraded state (`db_down`).
+    pub status: String,
+    /// OS process id.
+    pub pid: u32,
+    /// Milliseconds since the instance started.
+    pub uptime_ms: u64,
+    /// Resident set size, bytes (0 where the OS does not say).
+    pub rss_bytes: u64,
+    /// Requests being handled now.
+    pub inflight: u64,
+    /// Requests handled since start.
+    pub handled: u64,
+    /// Of those, how many ended in an error reply.
+    pub errors: u64,
+}
+
+/// One registered instance, as `$broker` `ls` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InstanceInfo {
+    /// Service name (empty for a pure client).
+    pub service: String,
+    /// Instance name.
+    pub instance: String,
+    /// OS process id the peer reported.
+    pub pid: u32,
+    /// `ready`, `registered` (not ready yet) or `draining`.
+    pub state: String,
+    /// Requests the broker has in flight to it.
+    pub inflight: u32,
+    /// Its credit (maximum in flight).
+    pub credit: u32,
+    /// Requests it has answered through this broker.
+    pub handled: u64,
+    /// Milliseconds since it registered.
+    pub age_ms: u64,
+}
+
+/// Reply body of `$broker` `stats`: the broker's counters since start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BrokerStats {
+    /// Frames that were not a valid message (bad frame count, undecodable envelope,
+    /// wrong version, invalid field): counted, logged once, dropped.
+    pub malformed: u64,
+    /// Valid frames from peers that have not registered (or not authenticated):
+    /// counted and dropped.
+    pub unauthenticated: u64,
+    /// `hello`s with a wrong or missing proof.
+    pub auth_failures: u64,
+    /// Requests routed to an instance.
+    pub routed: u64,
+    /// Replies delivered to their caller.
+    pub replies: u64,
+    /// Replies that arrived after their request expired (or its caller left):
+    /// dropped, never delivered twice.
+    pub late_replies: u64,
+    /// Requests answered by the broker with an error (unavailable, unknown_service,
+    /// overloaded, worker_lost, timeout).
+    pub errors: u64,
+    /// Requests held because no instance was ready.
+    pub held: u64,
+    /// Requests re-dispatched after their instance died (idempotent only).
+    pub retried: u64,
+    /// Events published.
+    pub events: u64,
+    /// Event deliveries dropped because a subscriber's queue was full.
+    pub events_dropped: u64,
+    /// Messages to a peer dropped because its queue was full or it was gone.
+    pub send_dropped: u64,
+    /// Instances declared dead (disconnect or missed heartbeats).
+    pub peers_lost: u64,
+    /// Registered peers now.
+    pub peers: u64,
+    /// Requests in flight now.
+    pub inflight: u64,
+}

@@ -1,0 +1,113 @@
+//! The Switchboard wire contract.
+//!
+//! Every message on the bus is one MessagePack frame holding an [`Envelope`], encoded
+//! with **named fields** (a map, never a positional array) so that a newer minor
+//! version can add fields that older peers skip. This crate has no I/O: it is the
+//! types, the limits and the one [`encode`]/[`decode`] pair everything else uses.
+//!
+//! # Layout
+//!
+//! - [`envelope`]: [`Envelope`], its [`Kind`]s, the borrowed [`Head`] the broker
+//!   routes on, [`encode`]/[`decode`].
+//! - [`error`]: [`ProtoError`] (what decoding can say) and [`ErrorCode`]/[`ErrorBody`]
+//!   (what a reply can say).
+//! - [`control`]: bodies of the control kinds (`hello`, `$health`, broker stats).
+//! - [`topic`]: topic and pattern syntax for pub/sub.
+//! - [`auth`]: the HMAC proof a peer gives in `hello`.
+//!
+//! # Framing on the ZeroMQ socket
+//!
+//! Peers hold one DEALER socket connected to the broker's ROUTER. A message a peer
+//! sends is one frame (an encoded envelope), except a `reply`, which is two: the
+//! 8-byte route token the broker attached to the request, then the envelope. The
+//! broker sends a worker a `request` as the same two frames, and everything else as
+//! one frame. See [`ROUTE_TOKEN_LEN`].
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod control;
+pub mod envelope;
+pub mod error;
+pub mod topic;
+
+pub use control::{BrokerStats, Health, Hello, InstanceInfo, Welcome};
+pub use envelope::{decode, decode_head, encode, from_body, to_body, Envelope, Head, Kind};
+pub use error::{ErrorBody, ErrorCode, ProtoError};
+pub use serde_bytes::ByteBuf;
+
+use std::time::Duration;
+
+/// Protocol version carried in every envelope's `v`: the high byte is the major
+/// version (a peer rejects another major), the low byte the minor version (a newer
+/// minor only adds optional fields, which older peers skip).
+pub const PROTOCOL_VERSION: u16 = 0x0100;
+
+/// Hard upper bound on one encoded envelope, whatever a process is configured with.
+/// Bus sockets are configured lower ([`DEFAULT_MAX_MESSAGE_LEN`]); this bound only
+/// guarantees that [`decode`] never looks at more than this many bytes.
+pub const MAX_MESSAGE_LEN: usize = 16 * 1024 * 1024;
+
+/// Default cap on one message on a bus socket (1 MiB). A peer that announces a
+/// longer ZeroMQ frame is disconnected before any buffer is reserved for it.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 1024 * 1024;
+
+/// Longest service, instance or op name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest topic, topic pattern or routing key, in bytes.
+pub const MAX_TOPIC_LEN: usize = 256;
+
+/// Longest trace id, in bytes.
+pub const MAX_TRACE_LEN: usize = 64;
+
+/// Length of the route token frame that precedes a request to a worker and the
+/// worker's reply to it.
+pub const ROUTE_TOKEN_LEN: usize = 8;
+
+/// Default heartbeat interval between a peer and the broker (both ways).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default number of heartbeat intervals without any frame after which the other
+/// side is declared dead.
+pub const HEARTBEAT_LIVENESS: u32 = 3;
+
+/// The broker's own service name: it answers `stats`, `ls` and `owner`.
+pub const BROKER_SERVICE: &str = "$broker";
+
+/// Milliseconds since the Unix epoch, the unit of [`Envelope::deadline`].
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Checks a service, instance or op name: 1 to [`MAX_NAME_LEN`] bytes of ASCII
+/// letters, digits and `_ - . $`.
+///
+/// ```
+/// assert!(switchboard_proto::validate_name("loc01").is_ok());
+/// assert!(switchboard_proto::validate_name("$echo").is_ok());
+/// assert!(switchboard_proto::validate_name("no spaces").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`ProtoError::Invalid`] naming what is wrong.
+pub fn validate_name(name: &str) -> Result<(), ProtoError> {
+    if name.is_empty() {
+        return Err(ProtoError::Invalid("empty name"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ProtoError::Invalid("name longer than 64 bytes"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'))
+    {
+        return Err(ProtoError::Invalid(
+            "name may hold only ASCII letters, digits and _ - . $",
+        ));
+    }
+    Ok(())
+}
