@@ -84,6 +84,8 @@ struct Service {
     /// Held requests, oldest first. May hold tokens already expired or failed;
     /// those are skipped when met and swept on the tick.
     queue: VecDeque<Token>,
+    /// Rotates the start of the least-in-flight scan, so ties go round-robin.
+    cursor: std::cell::Cell<usize>,
 }
 
 #[derive(Debug)]
@@ -219,6 +221,7 @@ impl Router {
             name: name.to_owned(),
             instances: Vec::new(),
             queue: VecDeque::new(),
+            cursor: std::cell::Cell::new(0),
         });
         self.service_idx.insert(name.to_owned(), idx);
         idx
@@ -571,13 +574,22 @@ impl Router {
         let has_room = |p: &Peer| p.state == PeerState::Ready && (p.inflight.len() as u32) < p.credit;
         let service = &self.services[svc];
         match route {
-            Route::Any => service
-                .instances
-                .iter()
-                .filter_map(|pid| self.peers.get(pid).map(|p| (pid, p)))
-                .filter(|(_, p)| has_room(p))
-                .min_by_key(|(_, p)| p.inflight.len())
-                .map(|(&pid, _)| pid),
+            Route::Any => {
+                // Fewest in flight; among equals, the first after the rotating
+                // cursor, so that an idle service still spreads its load.
+                let n = service.instances.len();
+                let start = service.cursor.get() % n.max(1);
+                let pick = (0..n)
+                    .map(|i| service.instances[(start + i) % n])
+                    .filter_map(|pid| self.peers.get(&pid).map(|p| (pid, p)))
+                    .filter(|(_, p)| has_room(p))
+                    .min_by_key(|(_, p)| p.inflight.len())
+                    .map(|(pid, _)| pid);
+                if pick.is_some() {
+                    service.cursor.set(start + 1);
+                }
+                pick
+            }
             Route::Instance(name) => self
                 .by_instance
                 .get(name)

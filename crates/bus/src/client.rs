@@ -188,6 +188,8 @@ pub struct CallOptions {
 const CMD_CAPACITY: usize = 4096;
 /// Capacity of a subscription's event queue; past it events are dropped.
 const SUB_CAPACITY: usize = 1024;
+/// How often the socket task looks for requests past their deadline.
+const SWEEP: Duration = Duration::from_millis(50);
 /// Grace past a request's deadline before the client gives up on the broker's answer.
 const DEADLINE_GRACE_MS: u64 = 250;
 
@@ -511,9 +513,11 @@ impl Actor {
             // while it runs.
             let attempt = connect_once(self.config.clone());
             tokio::pin!(attempt);
+            let mut sweep = tokio::time::interval(SWEEP);
             let connected = loop {
                 tokio::select! {
                     result = &mut attempt => break result,
+                    _ = sweep.tick() => self.expire(proto::now_ms()),
                     cmd = self.rx.recv() => match cmd {
                         None => return,
                         Some(Cmd::Close(done)) => { let _ = done.send(()); return; }
@@ -554,9 +558,11 @@ impl Actor {
     /// `pending`), expire what passes its deadline.
     async fn wait_while_disconnected(&mut self, ms: u64) -> End {
         let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        let mut sweep = tokio::time::interval(SWEEP);
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return End::Lost("backoff"),
+                _ = sweep.tick() => {}
                 cmd = self.rx.recv() => match cmd {
                     None => return End::Closed,
                     Some(Cmd::Close(done)) => { let _ = done.send(()); return End::Closed; }
@@ -618,7 +624,7 @@ impl Actor {
         let mut last_recv = proto::now_ms();
         let mut heartbeat = tokio::time::interval(Duration::from_millis(self.heartbeat_ms));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(Duration::from_millis(50));
+        let mut sweep = tokio::time::interval(SWEEP);
         let heartbeat_frame = encode_simple(Kind::Heartbeat);
         loop {
             tokio::select! {

@@ -1,0 +1,407 @@
+//! Test helpers for Switchboard (a dev-dependency only).
+//!
+//! - [`TestBroker`]: the broker library on its own thread and current_thread
+//!   runtime, bound to `tcp://127.0.0.1:0`; dropping it stops it.
+//! - [`Child`]: one of our real binaries as a child process, with real signals;
+//!   dropping it kills it.
+//! - [`client`]: a connected bus client; [`broker_stats`], [`broker_ls`]: the
+//!   broker's own view; [`eventually`]: poll a condition until a deadline.
+//! - [`trace_init`]: test logging, shown when `TEST_LOG` is set.
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use switchboard_broker::Settings;
+use switchboard_bus::{CallOptions, Config, Handle};
+use switchboard_proto::{self as proto, BrokerStats, InstanceInfo};
+use tokio_util::sync::CancellationToken;
+
+pub use nix::sys::signal::Signal as Sig;
+
+/// Logging for tests: off unless `TEST_LOG` is set (then `RUST_LOG` or `debug`).
+pub fn trace_init() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+}
+
+// === TestBroker ===
+
+/// An in-process broker on a real socket. See the crate docs.
+pub struct TestBroker {
+    /// The resolved endpoint (`tcp://127.0.0.1:PORT`).
+    pub endpoint: String,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<BrokerStats>>,
+}
+
+impl TestBroker {
+    /// Starts a broker with default settings on port 0.
+    pub fn start() -> Self {
+        Self::with(Settings::default())
+    }
+
+    /// Starts a broker with `settings` (its `bind` is replaced by port 0).
+    pub fn with(mut settings: Settings) -> Self {
+        settings.bind = "tcp://127.0.0.1:0".into();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (socket, endpoint) = switchboard_broker::bind(&settings).await.expect("bind");
+                tx.send(endpoint).expect("send endpoint");
+                switchboard_broker::run(settings, socket, token).await
+            })
+        });
+        let endpoint = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("broker did not bind within 10 s");
+        Self {
+            endpoint,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the broker and returns its final counters.
+    pub fn stop(mut self) -> BrokerStats {
+        self.shutdown.cancel();
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// === Child ===
+
+/// Path of one of the workspace's binaries, next to the running test binary
+/// (`target/<profile>/NAME`).
+///
+/// # Panics
+///
+/// When the binary has not been built (`cargo build --workspace --bins`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A real child process of one of our binaries, killed on drop.
+pub struct Child {
+    inner: std::process::Child,
+    /// First stdout line (`listening …` for the broker), when asked for.
+    pub first_line: Option<String>,
+}
+
+impl Child {
+    /// Spawns binary `name` with `args` and extra environment.
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin_path(name));
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        if std::env::var_os("TEST_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+            cmd.env("RUST_LOG", "warn");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let inner = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+        Ok(Self {
+            inner,
+            first_line: None,
+        })
+    }
+
+    /// Spawns the broker binary on `bind` and waits (10 s at most) for its
+    /// `listening ENDPOINT` line; the endpoint is in `first_line`.
+    pub fn broker(bind: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["--bind", bind];
+        args.extend_from_slice(extra);
+        let mut child = Self::spawn("broker", &args, &[])?;
+        let stdout = child.inner.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("broker did not report its endpoint within 10 s")?;
+        let Some(endpoint) = line.strip_prefix("listening ") else {
+            bail!("unexpected first line from broker: {line}");
+        };
+        child.first_line = Some(endpoint.to_owned());
+        Ok(child)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.id()
+    }
+
+    /// Sends a real signal.
+    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.inner.id() as i32), sig).context("kill")
+    }
+
+    /// Waits for the process to exit, at most `timeout`; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.inner.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.signal(Signal::SIGCONT);
+        let _ = self.inner.kill();
+        let _ = self.inner.wait();
+    }
+}
+
+// === bus helpers ===
+
+/// A pure bus client named `instance`, connected (10 s at most).
+pub async fn client(endpoint: &str, instance: &str, secret: Option<&str>) -> Handle {
+    let conn = switchboard_bus::connect(Config {
+        broker: endpoint.to_owned(),
+        instance: instance.to_owned(),
+        secret: secret.map(str::to_owned),
+        ..Config::default()
+    })
+    .expect("valid client config");
+    conn.handle
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("client connected within 10 s");
+    conn.handle
+}
+
+/// The broker's counters.
+pub async fn broker_stats(bus: &Handle) -> BrokerStats {
+    let reply = bus
+        .call(proto::BROKER_SERVICE, "stats", Vec::new(), CallOptions::default())
+        .await
+        .expect("$broker stats");
+    proto::from_body(&reply.body).expect("stats body")
+}
+
+/// The broker's registry.
+pub async fn broker_ls(bus: &Handle) -> Vec<InstanceInfo> {
+    let reply = bus
+        .call(proto::BROKER_SERVICE, "ls", Vec::new(), CallOptions::default())
+        .await
+        .expect("$broker ls");
+    proto::from_body(&reply.body).expect("ls body")
+}
+
+/// Polls `check` every 20 ms until it returns true; false if `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `instance` is registered and ready on the broker.
+pub async fn wait_ready(bus: &Handle, instance: &str, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        broker_ls(bus)
+            .await
+            .iter()
+            .any(|i| i.instance == instance && i.state == "ready")
+    })
+    .await
+}
+
+// === in-process services ===
+
+/// An in-process echo service (ops `echo`, `sleep`, `whoami`); dropping the guard
+/// drains and stops it.
+pub struct ServiceGuard {
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ServiceGuard {
+    /// Drains and stops the service, waiting for it to say bye.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+impl Drop for ServiceGuard {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the echo service `service`/`instance` in this runtime.
+pub fn spawn_echo(endpoint: &str, service: &str, instance: &str, secret: Option<&str>) -> ServiceGuard {
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        broker: endpoint.to_owned(),
+        instance: instance.to_owned(),
+        secret: secret.map(str::to_owned),
+        ..Config::default()
+    };
+    let svc = switchboard_echo::service(service);
+    let task = tokio::spawn(svc.run(config, shutdown.clone()));
+    ServiceGuard {
+        shutdown,
+        task: Some(task),
+    }
+}
+
+/// Starts the echo binary as a child process registered as `service`/`instance`.
+pub fn spawn_echo_process(endpoint: &str, service: &str, instance: &str, extra: &[&str]) -> anyhow::Result<Child> {
+    let mut args = vec!["--broker", endpoint, "--service", service, "--instance", instance];
+    args.extend_from_slice(extra);
+    Child::spawn("echo", &args, &[])
+}
+
+/// `whoami` through the bus: which instance answered.
+pub async fn whoami(bus: &Handle, service: &str, options: CallOptions) -> Result<String, switchboard_bus::Error> {
+    let reply = bus.call(service, "whoami", Vec::new(), options).await?;
+    let who: switchboard_echo::WhoAmI = proto::from_body(&reply.body).expect("whoami body");
+    Ok(who.instance)
+}
+
+// === raw peers ===
+
+/// A bare DEALER socket speaking the envelope protocol by hand: for tests that
+/// need a peer to misbehave (reply late, send garbage, skip authentication).
+pub struct RawPeer {
+    /// The socket.
+    pub socket: zeromq::DealerSocket,
+}
+
+impl RawPeer {
+    /// Connects a DEALER (with a chosen ZeroMQ identity, if given).
+    pub async fn connect(endpoint: &str, identity: Option<&str>) -> anyhow::Result<Self> {
+        use zeromq::Socket;
+        let mut options = zeromq::SocketOptions::default();
+        if let Some(id) = identity {
+            options.peer_identity(id.parse().context("identity")?);
+        }
+        options.connect_timeout(Duration::from_secs(5));
+        let mut socket = zeromq::DealerSocket::with_options(options);
+        socket.connect(endpoint).await.context("connect")?;
+        Ok(Self { socket })
+    }
+
+    /// Sends frames as given.
+    pub async fn send_frames(&mut self, frames: Vec<bytes::Bytes>) -> anyhow::Result<()> {
+        use zeromq::SocketSend;
+        let msg = zeromq::ZmqMessage::try_from(frames).map_err(|_| anyhow::anyhow!("empty message"))?;
+        self.socket.send(msg).await.context("send")
+    }
+
+    /// Sends one envelope.
+    pub async fn send_env(&mut self, env: &proto::Envelope) -> anyhow::Result<()> {
+        self.send_frames(vec![proto::encode(env)?.into()]).await
+    }
+
+    /// The next message (frames), skipping broker heartbeats; `None` after `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Vec<bytes::Bytes>> {
+        use zeromq::SocketRecv;
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(until, self.socket.recv()).await.ok()?.ok()?;
+            let frames = msg.into_vec();
+            let is_heartbeat = frames
+                .last()
+                .and_then(|f| proto::decode(f).ok())
+                .is_some_and(|e| e.kind == proto::Kind::Heartbeat);
+            if !is_heartbeat {
+                return Some(frames);
+            }
+        }
+    }
+
+    /// Says hello (answering a challenge with `secret`) and returns the final
+    /// answer: `Ok` when accepted.
+    pub async fn register(&mut self, service: &str, instance: &str, secret: Option<&str>) -> anyhow::Result<proto::Welcome> {
+        let mut hello = proto::Hello {
+            service: service.into(),
+            instance: instance.into(),
+            pid: std::process::id(),
+            credit: 16,
+            proof: None,
+        };
+        for _ in 0..2 {
+            let mut env = proto::Envelope::new(proto::Kind::Hello);
+            env.body = proto::ByteBuf::from(proto::to_body(&hello)?);
+            self.send_env(&env).await?;
+            let frames = self.recv(Duration::from_secs(5)).await.context("no answer to hello")?;
+            let env = proto::decode(frames.last().context("empty")?)?;
+            if let Some(error) = env.error {
+                bail!("hello refused: {error}");
+            }
+            let welcome: proto::Welcome = proto::from_body(&env.body)?;
+            if welcome.accepted {
+                return Ok(welcome);
+            }
+            let nonce = welcome.nonce.context("neither accepted nor challenged")?;
+            let secret = secret.context("challenged without a secret")?;
+            hello.proof = Some(proto::ByteBuf::from(
+                proto::auth::proof(secret.as_bytes(), &nonce, service, instance).to_vec(),
+            ));
+        }
+        bail!("not accepted after answering the challenge")
+    }
+}
