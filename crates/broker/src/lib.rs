@@ -106,7 +106,11 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<(RouterSocket, String)>
 /// current_thread runtime (the zeromq crate is 2.5x slower on multi_thread).
 ///
 /// Returns the final counters.
-pub async fn run(settings: Settings, mut socket: RouterSocket, shutdown: CancellationToken) -> BrokerStats {
+pub async fn run(
+    settings: Settings,
+    mut socket: RouterSocket,
+    shutdown: CancellationToken,
+) -> BrokerStats {
     let mut monitor = socket.monitor();
     let mut router = Router::new(settings);
     let mut tick = tokio::time::interval(TICK);

@@ -41,7 +41,10 @@ fn main() {
         services: args.services,
         ..Settings::default()
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("broker: cannot start the runtime: {e}");

@@ -176,9 +176,8 @@ impl Router {
     /// A router with the services in `settings.services` declared (their requests
     /// are held until an instance is ready, even before any instance was seen).
     pub fn new(settings: Settings) -> Self {
-        let heartbeat_frame = Bytes::from(
-            proto::encode(&Envelope::new(Kind::Heartbeat)).unwrap_or_default(),
-        );
+        let heartbeat_frame =
+            Bytes::from(proto::encode(&Envelope::new(Kind::Heartbeat)).unwrap_or_default());
         let secret = settings
             .secret
             .as_ref()
@@ -238,7 +237,10 @@ impl Router {
             2 if frames[0].len() == proto::ROUTE_TOKEN_LEN => {
                 let mut raw = [0u8; 8];
                 raw.copy_from_slice(&frames[0]);
-                (Some(u64::from_be_bytes(raw)), frames.pop_back().unwrap_or_default())
+                (
+                    Some(u64::from_be_bytes(raw)),
+                    frames.pop_back().unwrap_or_default(),
+                )
             }
             _ => return self.malformed(&identity, "wrong frame count"),
         };
@@ -274,14 +276,17 @@ impl Router {
         }
         match (head.kind, token) {
             (Kind::Reply, Some(token)) => self.on_reply(pid, token, payload.clone()),
-            (_, Some(_)) | (Kind::Reply, None) => {
-                self.malformed(&identity, "route token on a non-reply, or reply without one")
-            }
+            (_, Some(_)) | (Kind::Reply, None) => self.malformed(
+                &identity,
+                "route token on a non-reply, or reply without one",
+            ),
             (Kind::Request, None) => self.on_request(pid, &head, &payload, now),
             (Kind::Heartbeat, None) => {}
             (Kind::Ready, None) => self.set_state(pid, PeerState::Ready),
             (Kind::Drain, None) => match head.instance {
-                Some(target) if Some(target) != self.peers.get(&pid).map(|p| p.instance.as_str()) => {
+                Some(target)
+                    if Some(target) != self.peers.get(&pid).map(|p| p.instance.as_str()) =>
+                {
                     self.forward_drain(target)
                 }
                 _ => {
@@ -313,15 +318,15 @@ impl Router {
     // --- registration ---
 
     fn on_hello(&mut self, identity: Bytes, payload: &[u8], now: u64) {
-        let hello = match proto::decode(payload)
-            .and_then(|env| proto::from_body::<Hello>(&env.body))
-        {
-            Ok(hello) => hello,
-            Err(e) => return self.malformed(&identity, &e.to_string()),
-        };
+        let hello =
+            match proto::decode(payload).and_then(|env| proto::from_body::<Hello>(&env.body)) {
+                Ok(hello) => hello,
+                Err(e) => return self.malformed(&identity, &e.to_string()),
+            };
         let names_ok = proto::validate_name(&hello.instance).is_ok()
             && (hello.service.is_empty()
-                || (proto::validate_name(&hello.service).is_ok() && !hello.service.starts_with('$')));
+                || (proto::validate_name(&hello.service).is_ok()
+                    && !hello.service.starts_with('$')));
         if !names_ok {
             return self.malformed(&identity, "hello with an invalid service or instance name");
         }
@@ -487,7 +492,10 @@ impl Router {
             } else {
                 let message = match why {
                     Loss::Bye => format!("{}: instance left without replying", peer.instance),
-                    _ => format!("{}: instance lost with the request in flight", peer.instance),
+                    _ => format!(
+                        "{}: instance lost with the request in flight",
+                        peer.instance
+                    ),
                 };
                 self.fail(token, ErrorCode::WorkerLost, message);
             }
@@ -506,17 +514,29 @@ impl Router {
             router.send_to_peer(caller, &env);
         };
         if proto::validate_name(head.to).is_err() || proto::validate_name(head.op).is_err() {
-            return fail_now(self, ErrorCode::BadRequest, "invalid service or op name".into());
+            return fail_now(
+                self,
+                ErrorCode::BadRequest,
+                "invalid service or op name".into(),
+            );
         }
         let Some(&svc) = self.service_idx.get(head.to) else {
-            return fail_now(self, ErrorCode::UnknownService, format!("{}: no such service", head.to));
+            return fail_now(
+                self,
+                ErrorCode::UnknownService,
+                format!("{}: no such service", head.to),
+            );
         };
         let Some(peer) = self.peers.get_mut(&caller) else {
             return;
         };
         if peer.outstanding >= self.settings.max_inflight_per_client {
             let cap = self.settings.max_inflight_per_client;
-            return fail_now(self, ErrorCode::Overloaded, format!("more than {cap} requests in flight from this peer"));
+            return fail_now(
+                self,
+                ErrorCode::Overloaded,
+                format!("more than {cap} requests in flight from this peer"),
+            );
         }
         let deadline = if head.deadline == 0 {
             now + self.settings.default_deadline_ms
@@ -563,7 +583,11 @@ impl Router {
         }
         if self.services[svc].queue.len() >= self.settings.max_held_per_service {
             let name = self.services[svc].name.clone();
-            return self.fail(token, ErrorCode::Overloaded, format!("{name}: request queue full"));
+            return self.fail(
+                token,
+                ErrorCode::Overloaded,
+                format!("{name}: request queue full"),
+            );
         }
         self.stats.held += 1;
         self.services[svc].queue.push_back(token);
@@ -571,7 +595,8 @@ impl Router {
 
     /// The instance a request should go to now, if one can take it.
     fn pick(&self, svc: usize, route: &Route) -> Option<PeerId> {
-        let has_room = |p: &Peer| p.state == PeerState::Ready && (p.inflight.len() as u32) < p.credit;
+        let has_room =
+            |p: &Peer| p.state == PeerState::Ready && (p.inflight.len() as u32) < p.credit;
         let service = &self.services[svc];
         match route {
             Route::Any => {
@@ -617,7 +642,8 @@ impl Router {
     }
 
     fn dispatch(&mut self, token: Token, worker: PeerId) {
-        let (Some(req), Some(peer)) = (self.reqs.get_mut(&token), self.peers.get_mut(&worker)) else {
+        let (Some(req), Some(peer)) = (self.reqs.get_mut(&token), self.peers.get_mut(&worker))
+        else {
             return;
         };
         req.worker = Some(worker);
@@ -661,7 +687,10 @@ impl Router {
     }
 
     fn on_reply(&mut self, worker: PeerId, token: Token, payload: Bytes) {
-        let valid = self.reqs.get(&token).is_some_and(|r| r.worker == Some(worker));
+        let valid = self
+            .reqs
+            .get(&token)
+            .is_some_and(|r| r.worker == Some(worker));
         if !valid {
             // Expired (already answered with `timeout`), retried elsewhere, or never ours.
             self.stats.late_replies += 1;
@@ -696,7 +725,9 @@ impl Router {
             worker.inflight.remove(&token);
         }
         self.stats.errors += 1;
-        let trace = proto::decode_head(&req.frame).map(|h| h.trace.to_owned()).unwrap_or_default();
+        let trace = proto::decode_head(&req.frame)
+            .map(|h| h.trace.to_owned())
+            .unwrap_or_default();
         let env = Envelope::error_reply(req.id, &trace, ErrorBody::new(code, message));
         if let Some(caller) = self.peers.get_mut(&req.caller) {
             caller.outstanding = caller.outstanding.saturating_sub(1);
@@ -722,7 +753,14 @@ impl Router {
                     proto::to_body(&OwnerReply { instance })
                 }
                 Err(e) => {
-                    let env = Envelope::error_reply(head.id, head.trace, ErrorBody::new(ErrorCode::BadRequest, format!("owner wants {{service, key}}: {e}")));
+                    let env = Envelope::error_reply(
+                        head.id,
+                        head.trace,
+                        ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!("owner wants {{service, key}}: {e}"),
+                        ),
+                    );
                     return self.send_to_peer(caller, &env);
                 }
             },
@@ -731,14 +769,21 @@ impl Router {
                 let env = Envelope::error_reply(
                     head.id,
                     head.trace,
-                    ErrorBody::new(ErrorCode::UnknownOp, format!("$broker has no op {op:?} (stats, ls, owner, $echo)")),
+                    ErrorBody::new(
+                        ErrorCode::UnknownOp,
+                        format!("$broker has no op {op:?} (stats, ls, owner, $echo)"),
+                    ),
                 );
                 return self.send_to_peer(caller, &env);
             }
         };
         let env = match body {
             Ok(body) => Envelope::reply_to(head.id, head.trace, body),
-            Err(e) => Envelope::error_reply(head.id, head.trace, ErrorBody::new(ErrorCode::Internal, e.to_string())),
+            Err(e) => Envelope::error_reply(
+                head.id,
+                head.trace,
+                ErrorBody::new(ErrorCode::Internal, e.to_string()),
+            ),
         };
         self.send_to_peer(caller, &env);
     }
@@ -748,7 +793,10 @@ impl Router {
             .peers
             .values()
             .map(|p| InstanceInfo {
-                service: p.service.map(|s| self.services[s].name.clone()).unwrap_or_default(),
+                service: p
+                    .service
+                    .map(|s| self.services[s].name.clone())
+                    .unwrap_or_default(),
                 instance: p.instance.clone(),
                 pid: p.pid,
                 state: p.state.as_str().to_owned(),
@@ -778,7 +826,10 @@ impl Router {
         if topic::is_wildcard(pattern) {
             self.subs_wild.push((pattern.to_owned(), pid));
         } else {
-            self.subs_exact.entry(pattern.to_owned()).or_default().push(pid);
+            self.subs_exact
+                .entry(pattern.to_owned())
+                .or_default()
+                .push(pid);
         }
     }
 
@@ -791,7 +842,8 @@ impl Router {
 
     fn remove_sub(&mut self, pid: PeerId, pattern: &str) {
         if topic::is_wildcard(pattern) {
-            self.subs_wild.retain(|(p, id)| !(*id == pid && p == pattern));
+            self.subs_wild
+                .retain(|(p, id)| !(*id == pid && p == pattern));
         } else if let Some(list) = self.subs_exact.get_mut(pattern) {
             list.retain(|&id| id != pid);
             if list.is_empty() {
@@ -805,7 +857,12 @@ impl Router {
             return self.malformed(identity, "invalid event topic");
         }
         self.stats.events += 1;
-        let exact = self.subs_exact.get(topic_name).into_iter().flatten().copied();
+        let exact = self
+            .subs_exact
+            .get(topic_name)
+            .into_iter()
+            .flatten()
+            .copied();
         let wild = self
             .subs_wild
             .iter()
@@ -841,11 +898,19 @@ impl Router {
             let name = self.services[req.service].name.clone();
             if req.worker.is_some() {
                 let waited = deadline.saturating_sub(req.received);
-                self.fail(token, ErrorCode::Timeout, format!("{name}: no reply within {waited} ms"));
+                self.fail(
+                    token,
+                    ErrorCode::Timeout,
+                    format!("{name}: no reply within {waited} ms"),
+                );
             } else {
                 swept.insert(req.service);
                 let waited = deadline.saturating_sub(req.received);
-                self.fail(token, ErrorCode::Unavailable, format!("{name}: no instance ready within {waited} ms"));
+                self.fail(
+                    token,
+                    ErrorCode::Unavailable,
+                    format!("{name}: no instance ready within {waited} ms"),
+                );
             }
         }
         for svc in swept {
@@ -872,9 +937,16 @@ impl Router {
             msg.push_front(peer.identity.clone());
             self.out.push(Outgoing { msg, event: false });
         }
-        self.challenges.retain(|_, (_, at)| now.saturating_sub(*at) < CHALLENGE_TTL_MS);
-        if self.stats.malformed != self.reported_malformed && now % 10_000 < self.settings.heartbeat_ms {
-            tracing::warn!(total = self.stats.malformed, new = self.stats.malformed - self.reported_malformed, "malformed frames dropped");
+        self.challenges
+            .retain(|_, (_, at)| now.saturating_sub(*at) < CHALLENGE_TTL_MS);
+        if self.stats.malformed != self.reported_malformed
+            && now % 10_000 < self.settings.heartbeat_ms
+        {
+            tracing::warn!(
+                total = self.stats.malformed,
+                new = self.stats.malformed - self.reported_malformed,
+                "malformed frames dropped"
+            );
             self.reported_malformed = self.stats.malformed;
         }
     }
@@ -927,7 +999,12 @@ fn check_head(head: &Head<'_>) -> Result<(), &'static str> {
 /// so that ownership is the same in every broker process and release.
 pub fn hrw_weight(key: &str, instance: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key.as_bytes().iter().chain([0xffu8].iter()).chain(instance.as_bytes()) {
+    for &b in key
+        .as_bytes()
+        .iter()
+        .chain([0xffu8].iter())
+        .chain(instance.as_bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

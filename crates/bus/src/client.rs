@@ -25,11 +25,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_proto::{
-    self as proto, auth, topic, Envelope, ErrorCode, Hello, Kind, Welcome,
-};
+use switchboard_proto::{self as proto, auth, topic, Envelope, ErrorCode, Hello, Kind, Welcome};
 use tokio::sync::{mpsc, oneshot, Notify};
-use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{
+    DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
+};
 
 use crate::Error;
 
@@ -234,7 +234,10 @@ pub fn connect(config: Config) -> Result<Connection, Error> {
     std::thread::Builder::new()
         .name("bus-io".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the bus runtime");
@@ -340,7 +343,8 @@ impl Handle {
         if env.deadline == 0 {
             env.deadline = proto::now_ms() + self.shared.default_timeout_ms;
         }
-        let frame = proto::encode(&env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
+        let frame =
+            proto::encode(&env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         let deadline = env.deadline;
         self.tx
@@ -355,11 +359,15 @@ impl Handle {
             .map_err(|_| closed())?;
         // The socket task answers every request by its deadline (plus grace); this
         // outer bound only guards against that task being gone.
-        let wait = Duration::from_millis(deadline.saturating_sub(proto::now_ms()) + 2 * DEADLINE_GRACE_MS);
+        let wait =
+            Duration::from_millis(deadline.saturating_sub(proto::now_ms()) + 2 * DEADLINE_GRACE_MS);
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(closed()),
-            Err(_) => Err(Error::new(ErrorCode::Timeout, "no reply before the deadline")),
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                "no reply before the deadline",
+            )),
         }
     }
 
@@ -457,7 +465,8 @@ impl Handle {
     }
 
     async fn send_env(&self, env: &Envelope) -> Result<(), Error> {
-        let frame = proto::encode(env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
+        let frame =
+            proto::encode(env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
         self.tx
             .send(Cmd::Send(ZmqMessage::from(frame)))
             .await
@@ -575,8 +584,23 @@ impl Actor {
 
     fn on_cmd_offline(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Request { id, frame, deadline, idem, tx } => {
-                self.pending.insert(id, Pending { frame, deadline, idem, sent: false, tx });
+            Cmd::Request {
+                id,
+                frame,
+                deadline,
+                idem,
+                tx,
+            } => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        frame,
+                        deadline,
+                        idem,
+                        sent: false,
+                        tx,
+                    },
+                );
             }
             Cmd::Subscribe { sub, pattern, tx } => self.subs.push((sub, pattern, tx)),
             Cmd::Unsubscribe { sub } => self.subs.retain(|(s, _, _)| *s != sub),
@@ -590,20 +614,23 @@ impl Actor {
         }
     }
 
-    async fn session(
-        &mut self,
-        (socket, monitor): &mut Session,
-    ) -> End {
+    async fn session(&mut self, (socket, monitor): &mut Session) -> End {
         self.shared.connected.store(true, Ordering::Release);
         self.shared.connected_notify.notify_waiters();
-        self.shared.stats.registrations.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .registrations
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(broker = %self.config.broker, instance = %self.config.instance, "registered with the broker");
         // Restore state: subscriptions, readiness, then requests that waited.
         let mut patterns: Vec<String> = self.subs.iter().map(|(_, p, _)| p.clone()).collect();
         patterns.sort();
         patterns.dedup();
         for pattern in patterns {
-            let _ = try_send(socket, ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)));
+            let _ = try_send(
+                socket,
+                ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)),
+            );
         }
         if self.ready {
             let _ = try_send(socket, ZmqMessage::from(encode_simple(Kind::Ready)));
@@ -675,11 +702,29 @@ impl Actor {
 
     fn on_cmd(&mut self, socket: &mut DealerSocket, cmd: Cmd) -> Option<End> {
         match cmd {
-            Cmd::Request { id, frame, deadline, idem, tx } => {
+            Cmd::Request {
+                id,
+                frame,
+                deadline,
+                idem,
+                tx,
+            } => {
                 if try_send(socket, ZmqMessage::from(frame.clone())) {
-                    self.pending.insert(id, Pending { frame, deadline, idem, sent: true, tx });
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            frame,
+                            deadline,
+                            idem,
+                            sent: true,
+                            tx,
+                        },
+                    );
                 } else {
-                    let _ = tx.send(Err(Error::new(ErrorCode::Overloaded, "bus send queue full")));
+                    let _ = tx.send(Err(Error::new(
+                        ErrorCode::Overloaded,
+                        "bus send queue full",
+                    )));
                 }
             }
             Cmd::Send(msg) => {
@@ -687,7 +732,10 @@ impl Actor {
             }
             Cmd::Subscribe { sub, pattern, tx } => {
                 if !self.subs.iter().any(|(_, p, _)| *p == pattern) {
-                    let _ = try_send(socket, ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)));
+                    let _ = try_send(
+                        socket,
+                        ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)),
+                    );
                 }
                 self.subs.push((sub, pattern, tx));
             }
@@ -697,7 +745,10 @@ impl Actor {
                 };
                 let (_, pattern, _) = self.subs.remove(pos);
                 if !self.subs.iter().any(|(_, p, _)| *p == pattern) {
-                    let _ = try_send(socket, ZmqMessage::from(encode_topic(Kind::Unsubscribe, &pattern)));
+                    let _ = try_send(
+                        socket,
+                        ZmqMessage::from(encode_topic(Kind::Unsubscribe, &pattern)),
+                    );
                 }
             }
             Cmd::Ready => {
@@ -745,7 +796,10 @@ impl Actor {
             (Kind::Event, None) => {
                 for (_, pattern, tx) in &self.subs {
                     if topic::matches(pattern, &env.to) && tx.try_send(env.clone()).is_err() {
-                        self.shared.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .stats
+                            .events_dropped
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -768,7 +822,9 @@ impl Actor {
         if let Err(e) = self.inbound.try_send(Incoming { token, env }) {
             // Only when the service stopped reading or exceeded its own credit.
             let (token, env) = match e {
-                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => (i.token, i.env),
+                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => {
+                    (i.token, i.env)
+                }
             };
             let reply = Envelope::error_reply(
                 env.id,
@@ -797,7 +853,10 @@ impl Actor {
                 let error = if p.sent {
                     Error::new(ErrorCode::Timeout, "no reply before the deadline")
                 } else {
-                    Error::new(ErrorCode::Unavailable, "no broker connection before the deadline")
+                    Error::new(
+                        ErrorCode::Unavailable,
+                        "no broker connection before the deadline",
+                    )
                 };
                 let _ = p.tx.send(Err(error));
             }
@@ -880,7 +939,10 @@ async fn register(config: &Config, socket: &mut DealerSocket) -> Result<Welcome,
     };
     send_hello(socket, &hello).await?;
     loop {
-        let msg = socket.recv().await.map_err(|e| Error::new(ErrorCode::Unavailable, e.to_string()))?;
+        let msg = socket
+            .recv()
+            .await
+            .map_err(|e| Error::new(ErrorCode::Unavailable, e.to_string()))?;
         let Some(env) = msg.iter().last().and_then(|f| proto::decode(f).ok()) else {
             continue;
         };
@@ -890,12 +952,16 @@ async fn register(config: &Config, socket: &mut DealerSocket) -> Result<Welcome,
         if let Some(error) = env.error {
             return Err(error.into());
         }
-        let welcome: Welcome = proto::from_body(&env.body).map_err(|e| Error::internal(e.to_string()))?;
+        let welcome: Welcome =
+            proto::from_body(&env.body).map_err(|e| Error::internal(e.to_string()))?;
         if welcome.accepted {
             return Ok(welcome);
         }
         let (Some(nonce), Some(secret)) = (&welcome.nonce, &config.secret) else {
-            return Err(Error::new(ErrorCode::Unauthorized, "the broker requires a secret and none is configured"));
+            return Err(Error::new(
+                ErrorCode::Unauthorized,
+                "the broker requires a secret and none is configured",
+            ));
         };
         let proof = auth::proof(secret.as_bytes(), nonce, &hello.service, &hello.instance);
         hello.proof = Some(proto::ByteBuf::from(proof.to_vec()));
@@ -911,7 +977,8 @@ fn try_send(socket: &mut DealerSocket, msg: ZmqMessage) -> bool {
 async fn send_hello(socket: &mut DealerSocket, hello: &Hello) -> Result<(), Error> {
     let mut env = Envelope::new(Kind::Hello);
     env.from.clone_from(&hello.instance);
-    env.body = proto::ByteBuf::from(proto::to_body(hello).map_err(|e| Error::internal(e.to_string()))?);
+    env.body =
+        proto::ByteBuf::from(proto::to_body(hello).map_err(|e| Error::internal(e.to_string()))?);
     let frame = proto::encode(&env).map_err(|e| Error::internal(e.to_string()))?;
     socket
         .send(ZmqMessage::from(frame))

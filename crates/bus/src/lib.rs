@@ -15,7 +15,9 @@ pub mod error;
 pub mod service;
 pub mod svc;
 
-pub use client::{connect, new_trace_id, CallOptions, Config, Connection, Handle, Incoming, Subscription};
+pub use client::{
+    connect, new_trace_id, CallOptions, Config, Connection, Handle, Incoming, Subscription,
+};
 pub use error::Error;
 pub use service::{HandlerResult, Request, Service};
 pub use switchboard_proto as proto;

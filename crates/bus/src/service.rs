@@ -74,7 +74,8 @@ impl Request {
     ///
     /// `bad_request` naming what did not fit.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        proto::from_body(&self.env.body).map_err(|e| Error::bad_request(format!("{}: {e}", self.env.op)))
+        proto::from_body(&self.env.body)
+            .map_err(|e| Error::bad_request(format!("{}: {e}", self.env.op)))
     }
 
     /// Encodes a reply body (a convenience for handlers).
@@ -120,8 +121,10 @@ impl Service {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.handlers
-            .insert(op.to_owned(), Arc::new(move |req| Box::pin(handler(req)) as BoxFuture));
+        self.handlers.insert(
+            op.to_owned(),
+            Arc::new(move |req| Box::pin(handler(req)) as BoxFuture),
+        );
         self
     }
 
@@ -182,7 +185,10 @@ impl Service {
         }
 
         // Drain: out of rotation first, then finish what arrived before the ack.
-        tracing::info!(inflight = counters.inflight.load(Ordering::Relaxed), "draining");
+        tracing::info!(
+            inflight = counters.inflight.load(Ordering::Relaxed),
+            "draining"
+        );
         let acked = handle.drain(Duration::from_secs(2)).await;
         if let Err(e) = &acked {
             tracing::warn!(error = %e, "drain not acknowledged; finishing in-flight work anyway");
@@ -191,8 +197,14 @@ impl Service {
             spawn(incoming);
         }
         tracker.close();
-        if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
-            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "in-flight requests did not finish within the grace period");
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "in-flight requests did not finish within the grace period"
+            );
         }
         handle.close(Duration::from_secs(1)).await;
         tracing::info!("stopped");
@@ -228,9 +240,15 @@ async fn serve_one(
             errors: counters.errors.load(Ordering::Relaxed),
         }),
         _ => match handlers.get(&op) {
-            None => Err(Error::new(ErrorCode::UnknownOp, format!("{name} has no op {op:?}"))),
+            None => Err(Error::new(
+                ErrorCode::UnknownOp,
+                format!("{name} has no op {op:?}"),
+            )),
             Some(handler) => {
-                let fut = handler(Request { env, bus: handle.clone() });
+                let fut = handler(Request {
+                    env,
+                    bus: handle.clone(),
+                });
                 let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
                 match tokio::time::timeout(left, AssertUnwindSafe(fut).catch_unwind()).await {
                     Ok(Ok(result)) => result,
@@ -238,7 +256,10 @@ async fn serve_one(
                         tracing::error!(op = %op, trace = %trace, "handler panicked");
                         Err(Error::internal("handler panicked"))
                     }
-                    Err(_) => Err(Error::new(ErrorCode::Timeout, "handler did not finish before the deadline")),
+                    Err(_) => Err(Error::new(
+                        ErrorCode::Timeout,
+                        "handler did not finish before the deadline",
+                    )),
                 }
             }
         },

@@ -35,11 +35,16 @@ pub const MAX_SLEEP_MS: u64 = 60_000;
 /// The echo service under `name`, ready to `run`.
 pub fn service(name: &str) -> Service {
     Service::new(name)
-        .handle("echo", |req: Request| async move { Ok(req.env.body.into_vec()) })
+        .handle(
+            "echo",
+            |req: Request| async move { Ok(req.env.body.into_vec()) },
+        )
         .handle("sleep", |req: Request| async move {
             let args: SleepArgs = req.decode()?;
             if args.ms > MAX_SLEEP_MS {
-                return Err(Error::bad_request(format!("ms must be at most {MAX_SLEEP_MS}")));
+                return Err(Error::bad_request(format!(
+                    "ms must be at most {MAX_SLEEP_MS}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(args.ms)).await;
             Request::encode(&Slept { slept_ms: args.ms })

@@ -13,7 +13,10 @@ pub const NONCE_LEN: usize = 32;
 
 /// Computes the proof for a hello.
 pub fn proof(secret: &[u8], nonce: &[u8], service: &str, instance: &str) -> [u8; 32] {
-    mac(secret, nonce, service, instance).finalize().into_bytes().into()
+    mac(secret, nonce, service, instance)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Checks a proof in constant time.

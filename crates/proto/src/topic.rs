@@ -33,7 +33,10 @@ pub fn validate(topic: &str, pattern: bool) -> Result<(), ProtoError> {
         if token.is_empty() {
             return Err(ProtoError::Invalid("topic has an empty token"));
         }
-        if token.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if token
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(ProtoError::Invalid("topic holds whitespace"));
         }
         let wild = token == "*" || token == ">";
@@ -41,7 +44,9 @@ pub fn validate(topic: &str, pattern: bool) -> Result<(), ProtoError> {
             return Err(ProtoError::Invalid("wildcards must be whole tokens"));
         }
         if wild && !pattern {
-            return Err(ProtoError::Invalid("a published topic cannot hold wildcards"));
+            return Err(ProtoError::Invalid(
+                "a published topic cannot hold wildcards",
+            ));
         }
         if token == ">" && tokens.peek().is_some() {
             return Err(ProtoError::Invalid("`>` must be the last token"));

@@ -28,7 +28,10 @@ pub fn trace_init() {
     if std::env::var_os("TEST_LOG").is_some() {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -221,7 +224,12 @@ pub async fn client(endpoint: &str, instance: &str, secret: Option<&str>) -> Han
 /// The broker's counters.
 pub async fn broker_stats(bus: &Handle) -> BrokerStats {
     let reply = bus
-        .call(proto::BROKER_SERVICE, "stats", Vec::new(), CallOptions::default())
+        .call(
+            proto::BROKER_SERVICE,
+            "stats",
+            Vec::new(),
+            CallOptions::default(),
+        )
         .await
         .expect("$broker stats");
     proto::from_body(&reply.body).expect("stats body")
@@ -230,7 +238,12 @@ pub async fn broker_stats(bus: &Handle) -> BrokerStats {
 /// The broker's registry.
 pub async fn broker_ls(bus: &Handle) -> Vec<InstanceInfo> {
     let reply = bus
-        .call(proto::BROKER_SERVICE, "ls", Vec::new(), CallOptions::default())
+        .call(
+            proto::BROKER_SERVICE,
+            "ls",
+            Vec::new(),
+            CallOptions::default(),
+        )
         .await
         .expect("$broker ls");
     proto::from_body(&reply.body).expect("ls body")
@@ -291,7 +304,12 @@ impl Drop for ServiceGuard {
 }
 
 /// Starts the echo service `service`/`instance` in this runtime.
-pub fn spawn_echo(endpoint: &str, service: &str, instance: &str, secret: Option<&str>) -> ServiceGuard {
+pub fn spawn_echo(
+    endpoint: &str,
+    service: &str,
+    instance: &str,
+    secret: Option<&str>,
+) -> ServiceGuard {
     let shutdown = CancellationToken::new();
     let config = Config {
         broker: endpoint.to_owned(),
@@ -308,14 +326,30 @@ pub fn spawn_echo(endpoint: &str, service: &str, instance: &str, secret: Option<
 }
 
 /// Starts the echo binary as a child process registered as `service`/`instance`.
-pub fn spawn_echo_process(endpoint: &str, service: &str, instance: &str, extra: &[&str]) -> anyhow::Result<Child> {
-    let mut args = vec!["--broker", endpoint, "--service", service, "--instance", instance];
+pub fn spawn_echo_process(
+    endpoint: &str,
+    service: &str,
+    instance: &str,
+    extra: &[&str],
+) -> anyhow::Result<Child> {
+    let mut args = vec![
+        "--broker",
+        endpoint,
+        "--service",
+        service,
+        "--instance",
+        instance,
+    ];
     args.extend_from_slice(extra);
     Child::spawn("echo", &args, &[])
 }
 
 /// `whoami` through the bus: which instance answered.
-pub async fn whoami(bus: &Handle, service: &str, options: CallOptions) -> Result<String, switchboard_bus::Error> {
+pub async fn whoami(
+    bus: &Handle,
+    service: &str,
+    options: CallOptions,
+) -> Result<String, switchboard_bus::Error> {
     let reply = bus.call(service, "whoami", Vec::new(), options).await?;
     let who: switchboard_echo::WhoAmI = proto::from_body(&reply.body).expect("whoami body");
     Ok(who.instance)
@@ -347,7 +381,8 @@ impl RawPeer {
     /// Sends frames as given.
     pub async fn send_frames(&mut self, frames: Vec<bytes::Bytes>) -> anyhow::Result<()> {
         use zeromq::SocketSend;
-        let msg = zeromq::ZmqMessage::try_from(frames).map_err(|_| anyhow::anyhow!("empty message"))?;
+        let msg =
+            zeromq::ZmqMessage::try_from(frames).map_err(|_| anyhow::anyhow!("empty message"))?;
         self.socket.send(msg).await.context("send")
     }
 
@@ -361,7 +396,10 @@ impl RawPeer {
         use zeromq::SocketRecv;
         let until = tokio::time::Instant::now() + timeout;
         loop {
-            let msg = tokio::time::timeout_at(until, self.socket.recv()).await.ok()?.ok()?;
+            let msg = tokio::time::timeout_at(until, self.socket.recv())
+                .await
+                .ok()?
+                .ok()?;
             let frames = msg.into_vec();
             let is_heartbeat = frames
                 .last()
@@ -375,7 +413,12 @@ impl RawPeer {
 
     /// Says hello (answering a challenge with `secret`) and returns the final
     /// answer: `Ok` when accepted.
-    pub async fn register(&mut self, service: &str, instance: &str, secret: Option<&str>) -> anyhow::Result<proto::Welcome> {
+    pub async fn register(
+        &mut self,
+        service: &str,
+        instance: &str,
+        secret: Option<&str>,
+    ) -> anyhow::Result<proto::Welcome> {
         let mut hello = proto::Hello {
             service: service.into(),
             instance: instance.into(),
@@ -387,7 +430,10 @@ impl RawPeer {
             let mut env = proto::Envelope::new(proto::Kind::Hello);
             env.body = proto::ByteBuf::from(proto::to_body(&hello)?);
             self.send_env(&env).await?;
-            let frames = self.recv(Duration::from_secs(5)).await.context("no answer to hello")?;
+            let frames = self
+                .recv(Duration::from_secs(5))
+                .await
+                .context("no answer to hello")?;
             let env = proto::decode(frames.last().context("empty")?)?;
             if let Some(error) = env.error {
                 bail!("hello refused: {error}");

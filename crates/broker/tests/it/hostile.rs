@@ -5,10 +5,11 @@
 use bytes::Bytes;
 use std::time::Duration;
 use switchboard_broker::Settings;
-use switchboard_bus::proto::{self, ErrorCode, Envelope, Kind};
+use switchboard_bus::proto::{self, Envelope, ErrorCode, Kind};
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
-    broker_stats, client, eventually, spawn_echo, trace_init, wait_ready, whoami, RawPeer, TestBroker,
+    broker_stats, client, eventually, spawn_echo, trace_init, wait_ready, whoami, RawPeer,
+    TestBroker,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,17 +28,28 @@ impl Rng {
 
     fn bytes(&mut self, max: usize) -> Bytes {
         let len = (self.next() % max as u64) as usize;
-        (0..len).map(|_| self.next() as u8).collect::<Vec<u8>>().into()
+        (0..len)
+            .map(|_| self.next() as u8)
+            .collect::<Vec<u8>>()
+            .into()
     }
 }
 
 /// Ten kinds of bad message, cycled.
 fn garbage(rng: &mut Rng, i: usize) -> Vec<Bytes> {
-    let valid = proto::encode(&Envelope::request("echo", "echo", vec![1, 2, 3], proto::now_ms() + 5_000)).unwrap();
+    let valid = proto::encode(&Envelope::request(
+        "echo",
+        "echo",
+        vec![1, 2, 3],
+        proto::now_ms() + 5_000,
+    ))
+    .unwrap();
     match i % 10 {
-        0 | 1 | 2 => vec![rng.bytes(300)],
+        0..=2 => vec![rng.bytes(300)],
         3 => vec![Bytes::new()],
-        4 => vec![Bytes::copy_from_slice(&valid[..(rng.next() as usize % (valid.len() - 1))])],
+        4 => vec![Bytes::copy_from_slice(
+            &valid[..(rng.next() as usize % (valid.len() - 1))],
+        )],
         5 => vec![Bytes::from(rmp_like_array())],
         6 => {
             let mut env = Envelope::new(Kind::Request);
@@ -78,23 +90,43 @@ async fn ten_thousand_garbage_frames_are_counted_and_routing_goes_on() {
         member.send_frames(garbage(&mut rng, i)).await.unwrap();
         if i % 1000 == 0 {
             // Routing keeps working in the middle of the flood.
-            assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-1");
+            assert_eq!(
+                whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+                "echo-1"
+            );
         }
     }
     assert!(
-        eventually(Duration::from_secs(10), || async { broker_stats(&bus).await.malformed == 10_000 }).await,
+        eventually(Duration::from_secs(10), || async {
+            broker_stats(&bus).await.malformed == 10_000
+        })
+        .await,
         "malformed counter: {}",
         broker_stats(&bus).await.malformed
     );
     let stats = broker_stats(&bus).await;
     assert_eq!(stats.malformed, 10_000);
-    assert_eq!(stats.unauthenticated, 0, "garbage is counted once, as malformed");
-    assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-1");
+    assert_eq!(
+        stats.unauthenticated, 0,
+        "garbage is counted once, as malformed"
+    );
+    assert_eq!(
+        whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+        "echo-1"
+    );
     // The registered peer that sent garbage is still a member.
-    let mut env = Envelope::request(proto::BROKER_SERVICE, "$echo", b"still here".to_vec(), proto::now_ms() + 5_000);
+    let mut env = Envelope::request(
+        proto::BROKER_SERVICE,
+        "$echo",
+        b"still here".to_vec(),
+        proto::now_ms() + 5_000,
+    );
     env.id = 7;
     member.send_env(&env).await.unwrap();
-    let frames = member.recv(Duration::from_secs(5)).await.expect("member still served");
+    let frames = member
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("member still served");
     assert_eq!(&proto::decode(&frames[0]).unwrap().body[..], b"still here");
 }
 
@@ -104,7 +136,9 @@ fn tcp_addr(endpoint: &str) -> String {
 
 /// A raw TCP peer that completes the ZMTP 3.0 NULL handshake as a DEALER.
 async fn zmtp_handshake(endpoint: &str) -> tokio::net::TcpStream {
-    let mut tcp = tokio::net::TcpStream::connect(tcp_addr(endpoint)).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(tcp_addr(endpoint))
+        .await
+        .unwrap();
     let mut greeting = [0u8; 64];
     greeting[0] = 0xff;
     greeting[9] = 0x7f;
@@ -148,16 +182,25 @@ async fn one_tib_frame_header_disconnects_peer_and_broker_keeps_serving() {
     let mut header = vec![0x02];
     header.extend_from_slice(&(1u64 << 40).to_be_bytes());
     tcp.write_all(&header).await.unwrap();
-    assert!(closed_by_peer(&mut tcp).await, "the broker closes a peer that announces 1 TiB");
+    assert!(
+        closed_by_peer(&mut tcp).await,
+        "the broker closes a peer that announces 1 TiB"
+    );
     for _ in 0..5 {
-        assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-1");
+        assert_eq!(
+            whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+            "echo-1"
+        );
     }
 }
 
 #[tokio::test]
 async fn oversize_multipart_message_disconnects_peer() {
     trace_init();
-    let broker = TestBroker::with(Settings { max_message_bytes: 64 * 1024, ..Settings::default() });
+    let broker = TestBroker::with(Settings {
+        max_message_bytes: 64 * 1024,
+        ..Settings::default()
+    });
     let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "echo-1", READY).await);
@@ -172,18 +215,38 @@ async fn oversize_multipart_message_disconnects_peer() {
             break;
         }
     }
-    assert!(closed_by_peer(&mut tcp).await, "the broker closes a peer whose message outgrows the cap");
-    assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-1");
+    assert!(
+        closed_by_peer(&mut tcp).await,
+        "the broker closes a peer whose message outgrows the cap"
+    );
+    assert_eq!(
+        whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+        "echo-1"
+    );
 
     // One over-long envelope from a real client: that client is cut off and
     // reconnects; the bus reports the failure instead of hanging.
     let big = client(&broker.endpoint, "t-big", None).await;
     let err = big
-        .call("echo", "echo", vec![0u8; 100 * 1024], CallOptions { timeout: Some(Duration::from_secs(2)), ..CallOptions::default() })
+        .call(
+            "echo",
+            "echo",
+            vec![0u8; 100 * 1024],
+            CallOptions {
+                timeout: Some(Duration::from_secs(2)),
+                ..CallOptions::default()
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err.code, ErrorCode::Unavailable | ErrorCode::Timeout), "{err}");
-    assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-1");
+    assert!(
+        matches!(err.code, ErrorCode::Unavailable | ErrorCode::Timeout),
+        "{err}"
+    );
+    assert_eq!(
+        whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+        "echo-1"
+    );
 }
 
 const SECRET: &str = "correct horse battery staple";
@@ -191,11 +254,17 @@ const SECRET: &str = "correct horse battery staple";
 #[tokio::test]
 async fn without_the_secret_a_peer_can_neither_register_nor_reach_a_service() {
     trace_init();
-    let broker = TestBroker::with(Settings { secret: Some(SECRET.into()), ..Settings::default() });
+    let broker = TestBroker::with(Settings {
+        secret: Some(SECRET.into()),
+        ..Settings::default()
+    });
     let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", Some(SECRET));
     let bus = client(&broker.endpoint, "t-client", Some(SECRET)).await;
     assert!(wait_ready(&bus, "echo-1", READY).await);
-    assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-1");
+    assert_eq!(
+        whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+        "echo-1"
+    );
 
     // No secret: the bus client never registers.
     let conn = switchboard_bus::connect(switchboard_bus::Config {
@@ -204,17 +273,32 @@ async fn without_the_secret_a_peer_can_neither_register_nor_reach_a_service() {
         ..switchboard_bus::Config::default()
     })
     .unwrap();
-    assert!(conn.handle.wait_connected(Duration::from_millis(1_500)).await.is_err());
+    assert!(conn
+        .handle
+        .wait_connected(Duration::from_millis(1_500))
+        .await
+        .is_err());
     let err = conn
         .handle
-        .call("echo", "whoami", Vec::new(), CallOptions { timeout: Some(Duration::from_millis(300)), ..CallOptions::default() })
+        .call(
+            "echo",
+            "whoami",
+            Vec::new(),
+            CallOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..CallOptions::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
 
     // Wrong secret: refused, counted.
     let mut wrong = RawPeer::connect(&broker.endpoint, None).await.unwrap();
-    let refused = wrong.register("echo", "impostor", Some("guess")).await.unwrap_err();
+    let refused = wrong
+        .register("echo", "impostor", Some("guess"))
+        .await
+        .unwrap_err();
     assert!(refused.to_string().contains("unauthorized"), "{refused}");
 
     // A service with the wrong secret never takes requests.
@@ -227,7 +311,10 @@ async fn without_the_secret_a_peer_can_neither_register_nor_reach_a_service() {
     sneaky.send_env(&env).await.unwrap();
     let answer = sneaky.recv(Duration::from_millis(500)).await;
     let answer = answer.map(|f| proto::decode(f.last().unwrap()).unwrap());
-    assert!(answer.as_ref().is_none_or(|e| e.kind == Kind::Bye), "only a bye, never a reply: {answer:?}");
+    assert!(
+        answer.as_ref().is_none_or(|e| e.kind == Kind::Bye),
+        "only a bye, never a reply: {answer:?}"
+    );
 
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -237,32 +324,65 @@ async fn without_the_secret_a_peer_can_neither_register_nor_reach_a_service() {
         .await
     );
     let ls = switchboard_testkit::broker_ls(&bus).await;
-    assert!(ls.iter().all(|i| i.instance != "impostor" && i.instance != "impostor-svc" && i.instance != "no-secret"), "{ls:?}");
+    assert!(
+        ls.iter().all(|i| i.instance != "impostor"
+            && i.instance != "impostor-svc"
+            && i.instance != "no-secret"),
+        "{ls:?}"
+    );
     for _ in 0..20 {
-        assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-1");
+        assert_eq!(
+            whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+            "echo-1"
+        );
     }
-    let health = bus.call("echo", "$health", Vec::new(), CallOptions::default()).await.unwrap();
+    let health = bus
+        .call("echo", "$health", Vec::new(), CallOptions::default())
+        .await
+        .unwrap();
     let health: proto::Health = proto::from_body(&health.body).unwrap();
-    assert_eq!(health.handled, 21, "only our own requests reached the service (20 + 1 whoami)");
+    assert_eq!(
+        health.handled, 21,
+        "only our own requests reached the service (20 + 1 whoami)"
+    );
 }
 
 #[tokio::test]
 async fn duplicate_identity_cannot_steal_a_peer() {
     trace_init();
     let broker = TestBroker::start();
-    let mut first = RawPeer::connect(&broker.endpoint, Some("same-identity")).await.unwrap();
+    let mut first = RawPeer::connect(&broker.endpoint, Some("same-identity"))
+        .await
+        .unwrap();
     first.register("", "first", None).await.unwrap();
     // The second connection claims the same ZeroMQ identity.
     let second = RawPeer::connect(&broker.endpoint, Some("same-identity")).await;
     if let Ok(mut second) = second {
         let mut hello = Envelope::new(Kind::Hello);
-        hello.body = proto::ByteBuf::from(proto::to_body(&proto::Hello { instance: "second".into(), ..Default::default() }).unwrap());
+        hello.body = proto::ByteBuf::from(
+            proto::to_body(&proto::Hello {
+                instance: "second".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
         let _ = second.send_env(&hello).await;
-        assert!(second.recv(Duration::from_millis(500)).await.is_none(), "the impostor gets nothing");
+        assert!(
+            second.recv(Duration::from_millis(500)).await.is_none(),
+            "the impostor gets nothing"
+        );
     }
-    let mut env = Envelope::request(proto::BROKER_SERVICE, "$echo", b"mine".to_vec(), proto::now_ms() + 5_000);
+    let mut env = Envelope::request(
+        proto::BROKER_SERVICE,
+        "$echo",
+        b"mine".to_vec(),
+        proto::now_ms() + 5_000,
+    );
     env.id = 1;
     first.send_env(&env).await.unwrap();
-    let frames = first.recv(Duration::from_secs(5)).await.expect("the first peer keeps its traffic");
+    let frames = first
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("the first peer keeps its traffic");
     assert_eq!(&proto::decode(&frames[0]).unwrap().body[..], b"mine");
 }

@@ -1,1 +1,151 @@
+//! Pub/sub through the broker: pattern syntax, unsubscribe, slow subscribers.
 
+use std::time::Duration;
+use switchboard_bus::proto::{self, Envelope, Kind};
+use switchboard_bus::CallOptions;
+use switchboard_testkit::{
+    broker_stats, client, eventually, spawn_echo, trace_init, wait_ready, whoami, RawPeer,
+    TestBroker,
+};
+
+async fn next_topic(sub: &mut switchboard_bus::Subscription) -> Option<String> {
+    tokio::time::timeout(Duration::from_millis(500), sub.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.to)
+}
+
+#[tokio::test]
+async fn patterns_match_whole_tokens() {
+    trace_init();
+    let broker = TestBroker::start();
+    let bus = client(&broker.endpoint, "t-sub", None).await;
+    let publisher = client(&broker.endpoint, "t-pub", None).await;
+    let mut star = bus.subscribe("chat.room.*").await.unwrap();
+    let mut tail = bus.subscribe("loc.>").await.unwrap();
+    let mut exact = bus.subscribe("user.ada").await.unwrap();
+    // Subscriptions are in place once a round trip through the broker is done.
+    publisher
+        .call(
+            proto::BROKER_SERVICE,
+            "$echo",
+            Vec::new(),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    bus.call(
+        proto::BROKER_SERVICE,
+        "$echo",
+        Vec::new(),
+        CallOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    for topic in [
+        "chat.room.lobby",
+        "chat.room.lobby.x",
+        "chat.roomy.a",
+        "loc.z1",
+        "loc.z1.cell",
+        "loc",
+        "user.ada",
+        "user.adam",
+    ] {
+        publisher
+            .publish(topic, topic.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        next_topic(&mut star).await.as_deref(),
+        Some("chat.room.lobby")
+    );
+    assert_eq!(next_topic(&mut star).await, None);
+    assert_eq!(next_topic(&mut tail).await.as_deref(), Some("loc.z1"));
+    assert_eq!(next_topic(&mut tail).await.as_deref(), Some("loc.z1.cell"));
+    assert_eq!(next_topic(&mut tail).await, None);
+    assert_eq!(next_topic(&mut exact).await.as_deref(), Some("user.ada"));
+    assert_eq!(next_topic(&mut exact).await, None);
+
+    // Invalid topics are refused by the client before they reach the bus.
+    assert!(publisher.publish("chat.*", Vec::new()).await.is_err());
+    assert!(bus.subscribe("a.>.b").await.is_err());
+    assert!(bus.subscribe("a..b").await.is_err());
+
+    // Dropping a subscription unsubscribes.
+    drop(star);
+    let mut other = bus.subscribe("chat.room.lobby").await.unwrap();
+    bus.call(
+        proto::BROKER_SERVICE,
+        "$echo",
+        Vec::new(),
+        CallOptions::default(),
+    )
+    .await
+    .unwrap();
+    publisher
+        .publish("chat.room.lobby", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_topic(&mut other).await.as_deref(),
+        Some("chat.room.lobby")
+    );
+    assert_eq!(broker_stats(&bus).await.events, 9);
+}
+
+#[tokio::test]
+async fn events_to_a_subscriber_that_stopped_reading_are_dropped_and_counted() {
+    trace_init();
+    let broker = TestBroker::start();
+    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "echo-1", READY).await);
+
+    // A subscriber that never reads: its TCP buffers, then its broker-side queue
+    // (100,000 messages) fill up.
+    let mut stuck = RawPeer::connect(&broker.endpoint, None).await.unwrap();
+    stuck.register("", "stuck", None).await.unwrap();
+    let mut sub = Envelope::new(Kind::Subscribe);
+    sub.to = "flood.x".into();
+    stuck.send_env(&sub).await.unwrap();
+    bus.call(
+        proto::BROKER_SERVICE,
+        "$echo",
+        Vec::new(),
+        CallOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    let publisher = client(&broker.endpoint, "t-pub", None).await;
+    let body = vec![7u8; 1024];
+    for i in 0..150_000u32 {
+        publisher.publish("flood.x", body.clone()).await.unwrap();
+        if i % 25_000 == 0 {
+            // The broker keeps routing requests while the subscriber is stuck.
+            assert_eq!(
+                whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+                "echo-1"
+            );
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let s = broker_stats(&bus).await;
+            s.events >= 149_000 && s.events_dropped > 0
+        })
+        .await,
+        "{:?}",
+        broker_stats(&bus).await
+    );
+    assert_eq!(
+        whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+        "echo-1"
+    );
+}
+
+const READY: Duration = Duration::from_secs(10);

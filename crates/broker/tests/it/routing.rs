@@ -44,19 +44,38 @@ async fn routes_by_service_name() {
     assert!(wait_ready(&bus, "alpha-1", READY).await);
     assert!(wait_ready(&bus, "beta-1", READY).await);
     for _ in 0..10 {
-        assert_eq!(whoami(&bus, "alpha", CallOptions::default()).await.unwrap(), "alpha-1");
-        assert_eq!(whoami(&bus, "beta", CallOptions::default()).await.unwrap(), "beta-1");
+        assert_eq!(
+            whoami(&bus, "alpha", CallOptions::default()).await.unwrap(),
+            "alpha-1"
+        );
+        assert_eq!(
+            whoami(&bus, "beta", CallOptions::default()).await.unwrap(),
+            "beta-1"
+        );
     }
     let reply = bus
         .call("alpha", "echo", b"payload".to_vec(), CallOptions::default())
         .await
         .unwrap();
     assert_eq!(&reply.body[..], b"payload");
-    let reply = bus.call("beta", "$echo", b"raw".to_vec(), CallOptions::default()).await.unwrap();
+    let reply = bus
+        .call("beta", "$echo", b"raw".to_vec(), CallOptions::default())
+        .await
+        .unwrap();
     assert_eq!(&reply.body[..], b"raw");
-    let health = bus.call("beta", "$health", Vec::new(), CallOptions::default()).await.unwrap();
+    let health = bus
+        .call("beta", "$health", Vec::new(), CallOptions::default())
+        .await
+        .unwrap();
     let health: proto::Health = proto::from_body(&health.body).unwrap();
-    assert_eq!((health.service.as_str(), health.instance.as_str(), health.status.as_str()), ("beta", "beta-1", "ok"));
+    assert_eq!(
+        (
+            health.service.as_str(),
+            health.instance.as_str(),
+            health.status.as_str()
+        ),
+        ("beta", "beta-1", "ok")
+    );
     assert!(health.handled >= 11, "handled {}", health.handled);
 }
 
@@ -72,24 +91,41 @@ async fn balances_over_two_instances() {
     // One at a time: ties rotate.
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..100 {
-        *counts.entry(whoami(&bus, "echo", CallOptions::default()).await.unwrap()).or_default() += 1;
+        *counts
+            .entry(whoami(&bus, "echo", CallOptions::default()).await.unwrap())
+            .or_default() += 1;
     }
-    assert!(counts["echo-a"] >= 40 && counts["echo-b"] >= 40, "{counts:?}");
+    assert!(
+        counts["echo-a"] >= 40 && counts["echo-b"] >= 40,
+        "{counts:?}"
+    );
 
     // Concurrent: fewest in flight wins, so both carry slow requests.
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let bus = bus.clone();
         tasks.push(tokio::spawn(async move {
-            bus.call("echo", "sleep", proto::to_body(&serde_json::json!({"ms": 100})).unwrap(), CallOptions::default())
-                .await
+            bus.call(
+                "echo",
+                "sleep",
+                proto::to_body(&serde_json::json!({"ms": 100})).unwrap(),
+                CallOptions::default(),
+            )
+            .await
         }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let ls = broker_ls(&bus).await;
-    let inflight: Vec<u32> = ls.iter().filter(|i| i.service == "echo").map(|i| i.inflight).collect();
+    let inflight: Vec<u32> = ls
+        .iter()
+        .filter(|i| i.service == "echo")
+        .map(|i| i.inflight)
+        .collect();
     assert_eq!(inflight.len(), 2);
-    assert!(inflight.iter().all(|&n| n >= 15), "in flight per instance: {inflight:?}");
+    assert!(
+        inflight.iter().all(|&n| n >= 15),
+        "in flight per instance: {inflight:?}"
+    );
     for t in tasks {
         t.await.unwrap().unwrap();
     }
@@ -104,14 +140,24 @@ async fn instance_pinning_overrides_balancing() {
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "echo-a", READY).await && wait_ready(&bus, "echo-b", READY).await);
     for _ in 0..20 {
-        assert_eq!(whoami(&bus, "echo", pinned("echo-b")).await.unwrap(), "echo-b");
+        assert_eq!(
+            whoami(&bus, "echo", pinned("echo-b")).await.unwrap(),
+            "echo-b"
+        );
     }
     // Pinning an instance of another service does not reach it.
     let _c = spawn_echo(&broker.endpoint, "other", "other-1", None);
     assert!(wait_ready(&bus, "other-1", READY).await);
-    let err = whoami(&bus, "echo", CallOptions { timeout: Some(Duration::from_millis(200)), ..pinned("other-1") })
-        .await
-        .unwrap_err();
+    let err = whoami(
+        &bus,
+        "echo",
+        CallOptions {
+            timeout: Some(Duration::from_millis(200)),
+            ..pinned("other-1")
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
 }
 
@@ -120,11 +166,24 @@ async fn owners(bus: &switchboard_bus::Handle, keys: &[String]) -> HashMap<Strin
     for key in keys {
         let served_by = whoami(bus, "loc", keyed(key)).await.unwrap();
         let reply = bus
-            .call(proto::BROKER_SERVICE, "owner", proto::to_body(&OwnerQuery { service: "loc".into(), key: key.clone() }).unwrap(), CallOptions::default())
+            .call(
+                proto::BROKER_SERVICE,
+                "owner",
+                proto::to_body(&OwnerQuery {
+                    service: "loc".into(),
+                    key: key.clone(),
+                })
+                .unwrap(),
+                CallOptions::default(),
+            )
             .await
             .unwrap();
         let owner: OwnerReply = proto::from_body(&reply.body).unwrap();
-        assert_eq!(owner.instance.as_deref(), Some(served_by.as_str()), "$broker owner agrees with routing for {key}");
+        assert_eq!(
+            owner.instance.as_deref(),
+            Some(served_by.as_str()),
+            "$broker owner agrees with routing for {key}"
+        );
         map.insert(key.clone(), served_by);
     }
     map
@@ -143,7 +202,10 @@ async fn key_ownership_is_stable_and_moves_only_to_a_joining_instance() {
     let second = owners(&bus, &keys).await;
     assert_eq!(first, second, "same keys, same owners");
     let on_a = first.values().filter(|v| *v == "loc01").count();
-    assert!((30..=90).contains(&on_a), "keys spread over both instances: {on_a} of 120 on loc01");
+    assert!(
+        (30..=90).contains(&on_a),
+        "keys spread over both instances: {on_a} of 120 on loc01"
+    );
 
     // A third instance joins: a key either stays where it was or moves to loc03.
     let _c = spawn_echo(&broker.endpoint, "loc", "loc03", None);
@@ -156,25 +218,38 @@ async fn key_ownership_is_stable_and_moves_only_to_a_joining_instance() {
             moved += 1;
         }
     }
-    assert!((15..=70).contains(&moved), "about a third of the keys move to loc03: {moved}");
+    assert!(
+        (15..=70).contains(&moved),
+        "about a third of the keys move to loc03: {moved}"
+    );
 }
 
 #[tokio::test]
 async fn request_for_a_declared_service_is_held_until_it_starts() {
     trace_init();
-    let broker = TestBroker::with(Settings { services: vec!["late".into()], ..Settings::default() });
+    let broker = TestBroker::with(Settings {
+        services: vec!["late".into()],
+        ..Settings::default()
+    });
     let bus = client(&broker.endpoint, "t-client", None).await;
     let caller = bus.clone();
     let call = tokio::spawn(async move { whoami(&caller, "late", timeout(10_000)).await });
     assert!(
-        eventually(Duration::from_secs(5), || async { broker_stats(&bus).await.held >= 1 }).await,
+        eventually(Duration::from_secs(5), || async {
+            broker_stats(&bus).await.held >= 1
+        })
+        .await,
         "the request is held"
     );
     let started = Instant::now();
     let _svc = spawn_echo(&broker.endpoint, "late", "late-1", None);
     let who = call.await.unwrap().unwrap();
     assert_eq!(who, "late-1");
-    assert!(started.elapsed() < Duration::from_secs(5), "answered once the service started: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered once the service started: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -185,7 +260,15 @@ async fn request_for_a_service_seen_before_is_held_while_it_restarts() {
     let svc = spawn_echo(&broker.endpoint, "flaky", "flaky-1", None);
     assert!(wait_ready(&bus, "flaky-1", READY).await);
     svc.stop().await;
-    assert!(eventually(READY, || async { broker_ls(&bus).await.iter().all(|i| i.instance != "flaky-1") }).await);
+    assert!(
+        eventually(READY, || async {
+            broker_ls(&bus)
+                .await
+                .iter()
+                .all(|i| i.instance != "flaky-1")
+        })
+        .await
+    );
     let caller = bus.clone();
     let call = tokio::spawn(async move { whoami(&caller, "flaky", timeout(10_000)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -196,14 +279,20 @@ async fn request_for_a_service_seen_before_is_held_while_it_restarts() {
 #[tokio::test]
 async fn held_request_gets_unavailable_at_its_deadline() {
     trace_init();
-    let broker = TestBroker::with(Settings { services: vec!["nobody".into()], ..Settings::default() });
+    let broker = TestBroker::with(Settings {
+        services: vec!["nobody".into()],
+        ..Settings::default()
+    });
     let bus = client(&broker.endpoint, "t-client", None).await;
     let started = Instant::now();
     let err = whoami(&bus, "nobody", timeout(400)).await.unwrap_err();
     let waited = started.elapsed();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
     assert!(err.message.contains("nobody"), "{err}");
-    assert!(waited >= Duration::from_millis(380) && waited < Duration::from_secs(2), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(380) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -212,9 +301,15 @@ async fn unknown_service_is_refused_at_once() {
     let broker = TestBroker::start();
     let bus = client(&broker.endpoint, "t-client", None).await;
     let started = Instant::now();
-    let err = whoami(&bus, "never-heard-of", timeout(5_000)).await.unwrap_err();
+    let err = whoami(&bus, "never-heard-of", timeout(5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::UnknownService, "{err}");
-    assert!(started.elapsed() < Duration::from_millis(1_000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -224,11 +319,20 @@ async fn unknown_op_and_bad_body_get_their_codes() {
     let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "echo-1", READY).await);
-    let err = bus.call("echo", "nope", Vec::new(), CallOptions::default()).await.unwrap_err();
+    let err = bus
+        .call("echo", "nope", Vec::new(), CallOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::UnknownOp);
-    let err = bus.call("echo", "sleep", b"\xc1".to_vec(), CallOptions::default()).await.unwrap_err();
+    let err = bus
+        .call("echo", "sleep", b"\xc1".to_vec(), CallOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::BadRequest);
-    let err = bus.call("bad name!", "x", Vec::new(), CallOptions::default()).await.unwrap_err();
+    let err = bus
+        .call("bad name!", "x", Vec::new(), CallOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::BadRequest);
 }
 
@@ -239,36 +343,72 @@ async fn late_reply_is_dropped_and_counted_never_delivered_twice() {
     // A hand-driven worker that answers after the deadline (a well-behaved service
     // gives up at the deadline itself).
     let mut worker = RawPeer::connect(&broker.endpoint, None).await.unwrap();
-    worker.register("slowpoke", "slowpoke-1", None).await.unwrap();
-    worker.send_env(&proto::Envelope::new(proto::Kind::Ready)).await.unwrap();
+    worker
+        .register("slowpoke", "slowpoke-1", None)
+        .await
+        .unwrap();
+    worker
+        .send_env(&proto::Envelope::new(proto::Kind::Ready))
+        .await
+        .unwrap();
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "slowpoke-1", READY).await);
 
     let caller = bus.clone();
-    let call = tokio::spawn(async move { caller.call("slowpoke", "x", Vec::new(), timeout(200)).await });
-    let frames = worker.recv(Duration::from_secs(5)).await.expect("request reaches the worker");
+    let call =
+        tokio::spawn(async move { caller.call("slowpoke", "x", Vec::new(), timeout(200)).await });
+    let frames = worker
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("request reaches the worker");
     assert_eq!(frames.len(), 2, "route token + request");
     let request = proto::decode(&frames[1]).unwrap();
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.code, ErrorCode::Timeout, "{err}");
 
     // Now the reply, twice: both are late, both dropped and counted.
-    let reply = proto::encode(&proto::Envelope::reply_to(request.id, &request.trace, b"late".to_vec())).unwrap();
+    let reply = proto::encode(&proto::Envelope::reply_to(
+        request.id,
+        &request.trace,
+        b"late".to_vec(),
+    ))
+    .unwrap();
     for _ in 0..2 {
-        worker.send_frames(vec![frames[0].clone(), reply.clone().into()]).await.unwrap();
+        worker
+            .send_frames(vec![frames[0].clone(), reply.clone().into()])
+            .await
+            .unwrap();
     }
     assert!(
-        eventually(Duration::from_secs(5), || async { broker_stats(&bus).await.late_replies == 2 }).await,
+        eventually(Duration::from_secs(5), || async {
+            broker_stats(&bus).await.late_replies == 2
+        })
+        .await,
         "late replies counted"
     );
     // The client is still healthy and in sync: a fresh request gets its own answer.
     let caller = bus.clone();
-    let call = tokio::spawn(async move { caller.call("slowpoke", "y", Vec::new(), timeout(5_000)).await });
-    let frames = worker.recv(Duration::from_secs(5)).await.expect("second request");
+    let call = tokio::spawn(async move {
+        caller
+            .call("slowpoke", "y", Vec::new(), timeout(5_000))
+            .await
+    });
+    let frames = worker
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("second request");
     let request = proto::decode(&frames[1]).unwrap();
     assert_eq!(request.op, "y");
-    let reply = proto::encode(&proto::Envelope::reply_to(request.id, &request.trace, b"on time".to_vec())).unwrap();
-    worker.send_frames(vec![frames[0].clone(), reply.into()]).await.unwrap();
+    let reply = proto::encode(&proto::Envelope::reply_to(
+        request.id,
+        &request.trace,
+        b"on time".to_vec(),
+    ))
+    .unwrap();
+    worker
+        .send_frames(vec![frames[0].clone(), reply.into()])
+        .await
+        .unwrap();
     assert_eq!(&call.await.unwrap().unwrap().body[..], b"on time");
 }
 
@@ -282,20 +422,53 @@ async fn drain_finishes_in_flight_work_and_takes_no_new_requests() {
     let caller = bus.clone();
     let slow = tokio::spawn(async move {
         caller
-            .call("echo", "sleep", proto::to_body(&serde_json::json!({"ms": 500})).unwrap(), CallOptions::default())
+            .call(
+                "echo",
+                "sleep",
+                proto::to_body(&serde_json::json!({"ms": 500})).unwrap(),
+                CallOptions::default(),
+            )
             .await
     });
-    assert!(eventually(READY, || async { broker_ls(&bus).await.iter().any(|i| i.inflight == 1) }).await);
+    assert!(
+        eventually(READY, || async {
+            broker_ls(&bus).await.iter().any(|i| i.inflight == 1)
+        })
+        .await
+    );
     let _b = spawn_echo(&broker.endpoint, "echo", "echo-b", None);
     assert!(wait_ready(&bus, "echo-b", READY).await);
     let stopping = tokio::spawn(a.stop());
-    assert!(eventually(READY, || async { broker_ls(&bus).await.iter().any(|i| i.instance == "echo-a" && i.state == "draining") }).await);
+    assert!(
+        eventually(READY, || async {
+            broker_ls(&bus)
+                .await
+                .iter()
+                .any(|i| i.instance == "echo-a" && i.state == "draining")
+        })
+        .await
+    );
     for _ in 0..10 {
-        assert_eq!(whoami(&bus, "echo", CallOptions::default()).await.unwrap(), "echo-b");
+        assert_eq!(
+            whoami(&bus, "echo", CallOptions::default()).await.unwrap(),
+            "echo-b"
+        );
     }
-    let slept = slow.await.unwrap().expect("in-flight request finished during the drain");
+    let slept = slow
+        .await
+        .unwrap()
+        .expect("in-flight request finished during the drain");
     assert!(slept.error.is_none());
     stopping.await.unwrap();
-    assert!(eventually(READY, || async { broker_ls(&bus).await.iter().all(|i| i.instance != "echo-a") }).await);
-    assert_eq!(broker_stats(&bus).await.peers_lost, 0, "a drained instance leaves, it is not lost");
+    assert!(
+        eventually(READY, || async {
+            broker_ls(&bus).await.iter().all(|i| i.instance != "echo-a")
+        })
+        .await
+    );
+    assert_eq!(
+        broker_stats(&bus).await.peers_lost,
+        0,
+        "a drained instance leaves, it is not lost"
+    );
 }
