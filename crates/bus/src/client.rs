@@ -740,9 +740,7 @@ impl Actor {
                 self.subs.push((sub, pattern, tx));
             }
             Cmd::Unsubscribe { sub } => {
-                let Some(pos) = self.subs.iter().position(|(s, _, _)| *s == sub) else {
-                    return None;
-                };
+                let pos = self.subs.iter().position(|(s, _, _)| *s == sub)?;
                 let (_, pattern, _) = self.subs.remove(pos);
                 if !self.subs.iter().any(|(_, p, _)| *p == pattern) {
                     let _ = try_send(
