@@ -799,7 +799,12 @@ impl Router {
                     .unwrap_or_default(),
                 instance: p.instance.clone(),
                 pid: p.pid,
-                state: p.state.as_str().to_owned(),
+                state: if p.service.is_some() {
+                    p.state.as_str()
+                } else {
+                    "client"
+                }
+                .to_owned(),
                 inflight: p.inflight.len() as u32,
                 credit: p.credit,
                 handled: p.handled,

@@ -548,6 +548,11 @@ impl Actor {
             let end = self.session(&mut socket).await;
             self.shared.connected.store(false, Ordering::Release);
             self.fail_unsent_safe();
+            // A drain waiting for its ack is complete: without a connection
+            // nothing can be routed to us.
+            if let Some(done) = self.draining.take() {
+                let _ = done.send(());
+            }
             match end {
                 End::Closed => {
                     let bye = encode_simple(Kind::Bye);

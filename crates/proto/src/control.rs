@@ -77,7 +77,7 @@ pub struct InstanceInfo {
     pub instance: String,
     /// OS process id the peer reported.
     pub pid: u32,
-    /// `ready`, `registered` (not ready yet) or `draining`.
+    /// `ready`, `registered` (not ready yet), `draining`, or `client` for a pure client.
     pub state: String,
     /// Requests the broker has in flight to it.
     pub inflight: u32,

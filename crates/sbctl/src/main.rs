@@ -1,0 +1,305 @@
+//! `sbctl`: the ops CLI. Every command talks to the broker as a pure bus client.
+//!
+//! Exit status: 0 on success; for `send`, a failed reply exits with the error
+//! code's number (see [`exit_code`]) and prints `error: CODE: message` on stderr;
+//! 64 for bad usage; 69 when the broker cannot be reached.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+use switchboard_bus::proto::{self, BrokerStats, ErrorCode, InstanceInfo};
+use switchboard_bus::{svc, CallOptions, Config, Handle};
+
+/// Switchboard ops CLI.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  sbctl ls\n  sbctl send echo echo '{\"hello\":\"world\"}'\n  sbctl send loc nearby '{\"zone\":\"z1\",\"x\":0,\"y\":0,\"radius\":10}' --key z1\n  sbctl sub 'chat.room.*'\n  sbctl pub chat.room.lobby '{\"text\":\"hi\"}'\n  sbctl --json stats"
+)]
+struct Args {
+    /// Broker endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "SB_BROKER",
+        default_value = "tcp://127.0.0.1:5555"
+    )]
+    broker: String,
+    /// Shared bus secret.
+    #[arg(long, global = true, env = "SB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Deadline of each request, ms.
+    #[arg(long, global = true, default_value_t = 5_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Registered instances, as the broker sees them.
+    Ls,
+    /// The broker's counters.
+    Stats,
+    /// Send one request (a test packet) and print the reply's data as JSON.
+    Send {
+        /// Service name.
+        service: String,
+        /// Op name.
+        op: String,
+        /// Request data as JSON (default `{}`).
+        #[arg(default_value = "{}")]
+        data: String,
+        /// Pin an instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Route by key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Trace id to carry.
+        #[arg(long, default_value = "")]
+        trace: String,
+    },
+    /// Publish an event.
+    Pub {
+        /// Topic.
+        topic: String,
+        /// Event data as JSON.
+        #[arg(default_value = "{}")]
+        data: String,
+    },
+    /// Print events matching a pattern as they arrive (Ctrl-C to stop).
+    Sub {
+        /// Pattern (`*` one token, `>` the rest).
+        pattern: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Which instance owns a key of a service.
+    Owner {
+        /// Service name.
+        service: String,
+        /// Key.
+        key: String,
+    },
+}
+
+/// Process exit status for a contract error code.
+fn exit_code(code: ErrorCode) -> i32 {
+    match code {
+        ErrorCode::BadRequest => 10,
+        ErrorCode::TooLarge => 11,
+        ErrorCode::UnknownService => 12,
+        ErrorCode::UnknownOp => 13,
+        ErrorCode::Unavailable => 14,
+        ErrorCode::Timeout => 15,
+        ErrorCode::WorkerLost => 16,
+        ErrorCode::Overloaded => 17,
+        ErrorCode::Unauthorized => 18,
+        ErrorCode::Forbidden => 19,
+        ErrorCode::Internal => 20,
+        _ => 21,
+    }
+}
+
+const EXIT_UNREACHABLE: i32 = 69;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        svc::init_tracing();
+    }
+    let code = match run(args).await {
+        Ok(()) => 0,
+        Err(Failure::Reply(e)) => {
+            eprintln!("error: {e}");
+            exit_code(e.code)
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e:#}");
+            svc::EXIT_USAGE
+        }
+        Err(Failure::Unreachable(e)) => {
+            eprintln!("error: {e}");
+            EXIT_UNREACHABLE
+        }
+    };
+    std::process::exit(code);
+}
+
+enum Failure {
+    Reply(switchboard_bus::Error),
+    Usage(anyhow::Error),
+    Unreachable(String),
+}
+
+impl From<switchboard_bus::Error> for Failure {
+    fn from(e: switchboard_bus::Error) -> Self {
+        Failure::Reply(e)
+    }
+}
+
+fn json_to_body(data: &str) -> Result<Vec<u8>, Failure> {
+    let value: serde_json::Value = serde_json::from_str(data)
+        .with_context(|| format!("data is not JSON: {data}"))
+        .map_err(Failure::Usage)?;
+    proto::to_body(&value).map_err(|e| Failure::Usage(e.into()))
+}
+
+fn body_to_json(body: &[u8]) -> serde_json::Value {
+    if body.is_empty() {
+        return serde_json::Value::Null;
+    }
+    rmp_serde::from_slice(body).unwrap_or_else(|_| serde_json::json!({ "raw_bytes": body.len() }))
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let conn = switchboard_bus::connect(Config {
+        broker: args.broker.clone(),
+        instance: format!("sbctl-{}", std::process::id()),
+        secret: args.secret.clone(),
+        ..Config::default()
+    })?;
+    let bus = conn.handle;
+    bus.wait_connected(Duration::from_millis(args.timeout_ms.min(5_000)))
+        .await
+        .map_err(|_| {
+            Failure::Unreachable(format!(
+                "no broker at {} (is it running? is SB_SECRET right?)",
+                args.broker
+            ))
+        })?;
+    let options = CallOptions {
+        timeout: Some(Duration::from_millis(args.timeout_ms)),
+        ..CallOptions::default()
+    };
+    let result = command(&bus, &args, options).await;
+    bus.close(Duration::from_millis(200)).await;
+    result
+}
+
+async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), Failure> {
+    match &args.command {
+        Command::Ls => {
+            let reply = bus
+                .call(proto::BROKER_SERVICE, "ls", Vec::new(), options)
+                .await?;
+            let list: Vec<InstanceInfo> =
+                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                print_table(&list);
+            }
+        }
+        Command::Stats => {
+            let reply = bus
+                .call(proto::BROKER_SERVICE, "stats", Vec::new(), options)
+                .await?;
+            let stats: BrokerStats =
+                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
+        }
+        Command::Send {
+            service,
+            op,
+            data,
+            instance,
+            key,
+            trace,
+        } => {
+            let body = json_to_body(data)?;
+            let options = CallOptions {
+                instance: instance.clone(),
+                key: key.clone(),
+                trace: trace.clone(),
+                ..options
+            };
+            let reply = bus.call(service, op, body, options).await?;
+            let data = body_to_json(&reply.body);
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "trace": reply.trace, "data": data })
+                );
+            } else {
+                println!("{data}");
+            }
+        }
+        Command::Pub { topic, data } => {
+            bus.publish(topic, json_to_body(data)?).await?;
+            // A round trip to the broker makes sure the event left before we exit.
+            bus.call(proto::BROKER_SERVICE, "$echo", Vec::new(), options)
+                .await?;
+        }
+        Command::Sub { pattern, count } => {
+            let mut sub = bus.subscribe(pattern).await?;
+            let shutdown = svc::shutdown_on_signal();
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    event = sub.next() => {
+                        let Some(event) = event else { break };
+                        seen += 1;
+                        println!("{}", serde_json::json!({ "topic": event.to, "data": body_to_json(&event.body) }));
+                    }
+                }
+            }
+        }
+        Command::Owner { service, key } => {
+            let body = proto::to_body(&serde_json::json!({ "service": service, "key": key }))
+                .map_err(|e| Failure::Usage(e.into()))?;
+            let reply = bus
+                .call(proto::BROKER_SERVICE, "owner", body, options)
+                .await?;
+            println!("{}", body_to_json(&reply.body));
+        }
+    }
+    Ok(())
+}
+
+fn print_table(list: &[InstanceInfo]) {
+    println!(
+        "{:<12} {:<16} {:<11} {:>8} {:>10} {:>9} {:>10}",
+        "SERVICE", "INSTANCE", "STATE", "PID", "UPTIME", "INFLIGHT", "HANDLED"
+    );
+    for i in list {
+        let service = if i.service.is_empty() {
+            "(client)"
+        } else {
+            &i.service
+        };
+        println!(
+            "{:<12} {:<16} {:<11} {:>8} {:>10} {:>9} {:>10}",
+            service,
+            i.instance,
+            i.state,
+            i.pid,
+            format_age(i.age_ms),
+            format!("{}/{}", i.inflight, i.credit),
+            i.handled
+        );
+    }
+}
+
+fn format_age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}

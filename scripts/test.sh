@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace, the way CI does (.ci/run calls this).
+#
+#   scripts/test.sh            all of it
+#   scripts/test.sh -- NAME    only tests whose name contains NAME (passed to cargo test)
+#
+# Builds once (debug), then runs the tests in parallel. Tests bind port 0 and
+# start their own brokers and child processes; they need nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "test.sh: cargo is not installed (https://rustup.rs); rust-toolchain.toml pins the version" >&2
+    exit 1
+fi
+
+# MariaDB: the services' tests use a real server; make sure one is reachable.
+scripts/ensure-mariadb.sh
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build"
+# The integration tests run the real binaries as child processes.
+cargo build --workspace --bins --tests --locked
+
+echo "== test"
+cargo test --workspace --locked "$@"
