@@ -43,6 +43,11 @@ pub type HandlerResult = Result<Vec<u8>, Error>;
 
 type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
 type Handler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;
+type HealthFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+type TaskFn =
+    Box<dyn FnOnce(Handle, CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+type EventFn =
+    Arc<dyn Fn(Envelope, Handle) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A request as a handler sees it.
 pub struct Request {
@@ -102,6 +107,9 @@ pub struct Service {
     handlers: HashMap<String, Handler>,
     concurrency: u32,
     grace: Duration,
+    health: Option<HealthFn>,
+    tasks: Vec<TaskFn>,
+    events: Vec<(String, EventFn)>,
 }
 
 impl Service {
@@ -112,7 +120,48 @@ impl Service {
             handlers: HashMap::new(),
             concurrency: 256,
             grace: Duration::from_secs(10),
+            health: None,
+            tasks: Vec::new(),
+            events: Vec::new(),
         }
+    }
+
+    /// Sets what `$health` reports as `status` (`"ok"` by default): a service with
+    /// a dependency checks it here (the db service pings MariaDB).
+    pub fn health<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = String> + Send + 'static,
+    {
+        self.health = Some(Arc::new(move || Box::pin(check())));
+        self
+    }
+
+    /// Adds a background task, started once registered. Its token is cancelled
+    /// after a drain has finished the in-flight requests, and `run` waits for the
+    /// task (within the grace period) before saying bye, so it can flush state
+    /// over the still-connected bus.
+    pub fn task<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(Handle, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .push(Box::new(move |bus, token| Box::pin(task(bus, token))));
+        self
+    }
+
+    /// Handles events matching `pattern`, one at a time in arrival order.
+    pub fn on_event<F, Fut>(mut self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Envelope, Handle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.events.push((
+            pattern.to_owned(),
+            Arc::new(move |env, bus| Box::pin(handler(env, bus))),
+        ));
+        self
     }
 
     /// Adds a handler for `op`.
@@ -152,6 +201,28 @@ impl Service {
         let conn = connect(config)?;
         let handle = conn.handle;
         let mut inbound = conn.inbound;
+        let background = CancellationToken::new();
+        let side_tasks = TaskTracker::new();
+        for (pattern, handler) in self.events {
+            let mut sub = handle.subscribe(&pattern).await?;
+            let bus = handle.clone();
+            let token = background.clone();
+            side_tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        event = sub.next() => match event {
+                            Some(event) => handler(event, bus.clone()).await,
+                            None => break,
+                        },
+                    }
+                }
+            });
+        }
+        for task in self.tasks {
+            side_tasks.spawn(task(handle.clone(), background.clone()));
+        }
+        side_tasks.close();
         handle.ready().await?;
         let started = Instant::now();
         let counters = Arc::new(Counters::default());
@@ -160,13 +231,22 @@ impl Service {
         let drain_asked = handle.drain_requested();
         tokio::pin!(drain_asked);
 
+        let health = self.health.clone();
         let spawn = |incoming: Incoming| {
             let handle = handle.clone();
             let handlers = handlers.clone();
             let counters = counters.clone();
             let name = self.name.clone();
+            let health = health.clone();
             tracker.spawn(async move {
-                serve_one(incoming, handle, &handlers, &counters, &name, started).await;
+                let ctx = Ctx {
+                    handlers: &handlers,
+                    counters: &counters,
+                    name: &name,
+                    started,
+                    health: health.as_ref(),
+                };
+                serve_one(incoming, handle, ctx).await;
             });
         };
 
@@ -206,54 +286,87 @@ impl Service {
                 "in-flight requests did not finish within the grace period"
             );
         }
+        background.cancel();
+        if tokio::time::timeout(self.grace, side_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not finish within the grace period");
+        }
         handle.close(Duration::from_secs(1)).await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-async fn serve_one(
-    incoming: Incoming,
-    handle: Handle,
-    handlers: &HashMap<String, Handler>,
-    counters: &Counters,
-    name: &str,
+/// What one request's task needs from the service.
+struct Ctx<'a> {
+    handlers: &'a HashMap<String, Handler>,
+    counters: &'a Counters,
+    name: &'a str,
     started: Instant,
-) {
+    health: Option<&'a HealthFn>,
+}
+
+async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) {
     let Incoming { token, env } = incoming;
+    let Ctx {
+        handlers,
+        counters,
+        name,
+        started,
+        health,
+    } = ctx;
     counters.inflight.fetch_add(1, Ordering::Relaxed);
     let id = env.id;
     let trace = env.trace.clone();
     let op = env.op.clone();
     let deadline = env.deadline;
+    // Every log line of this request, in any service, carries its trace id.
+    let span = tracing::debug_span!(
+        "request",
+        service = name,
+        op = %op,
+        trace = %trace,
+        user = env.user.as_deref().unwrap_or("")
+    );
     let result = match op.as_str() {
         "$echo" => Ok(env.body.into_vec()),
-        "$health" => Request::encode(&Health {
-            service: name.to_owned(),
-            instance: handle.instance().to_owned(),
-            status: "ok".into(),
-            pid: std::process::id(),
-            uptime_ms: started.elapsed().as_millis() as u64,
-            rss_bytes: crate::svc::rss_bytes(),
-            inflight: counters.inflight.load(Ordering::Relaxed).saturating_sub(1),
-            handled: counters.handled.load(Ordering::Relaxed),
-            errors: counters.errors.load(Ordering::Relaxed),
-        }),
+        "$health" => {
+            let status = match health {
+                Some(check) => check().await,
+                None => "ok".to_owned(),
+            };
+            Request::encode(&Health {
+                service: name.to_owned(),
+                instance: handle.instance().to_owned(),
+                status,
+                pid: std::process::id(),
+                uptime_ms: started.elapsed().as_millis() as u64,
+                rss_bytes: crate::svc::rss_bytes(),
+                inflight: counters.inflight.load(Ordering::Relaxed).saturating_sub(1),
+                handled: counters.handled.load(Ordering::Relaxed),
+                errors: counters.errors.load(Ordering::Relaxed),
+            })
+        }
         _ => match handlers.get(&op) {
             None => Err(Error::new(
                 ErrorCode::UnknownOp,
                 format!("{name} has no op {op:?}"),
             )),
             Some(handler) => {
-                let fut = handler(Request {
-                    env,
-                    bus: handle.clone(),
-                });
+                let fut = tracing::Instrument::instrument(
+                    handler(Request {
+                        env,
+                        bus: handle.clone(),
+                    }),
+                    span.clone(),
+                );
                 let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
                 match tokio::time::timeout(left, AssertUnwindSafe(fut).catch_unwind()).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => {
-                        tracing::error!(op = %op, trace = %trace, "handler panicked");
+                        tracing::error!(parent: &span, "handler panicked");
                         Err(Error::internal("handler panicked"))
                     }
                     Err(_) => Err(Error::new(
@@ -268,6 +381,7 @@ async fn serve_one(
     let reply = match result {
         Ok(body) => Envelope::reply_to(id, &trace, body),
         Err(e) => {
+            tracing::debug!(parent: &span, code = %e.code, error = %e.message, "request failed");
             counters.errors.fetch_add(1, Ordering::Relaxed);
             Envelope::error_reply(id, &trace, ErrorBody::from(e))
         }

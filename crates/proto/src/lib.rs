@@ -24,6 +24,7 @@
 //! one frame. See [`ROUTE_TOKEN_LEN`].
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod control;
 pub mod envelope;

@@ -1,0 +1,121 @@
+//! The db service: the only process with a MariaDB connection.
+//!
+//! It serves named operations with typed parameters and parameterised SQL
+//! (`chat.save`, `chat.history`, `loc.save`, `loc.load`; types in
+//! `switchboard_proto::api`); nothing takes SQL text from a packet. It creates its
+//! database if missing and brings the schema up to date with versioned migrations
+//! ([`migrations`]) at start, or as soon as the database is reachable.
+//!
+//! # Layout
+//!
+//! - [`store`]: [`store::Db`], the pool, the operations, retries and group commit.
+//! - [`migrations`]: the schema, versioned.
+//! - [`error`]: [`error::DbError`] and what counts as transient.
+//! - this file: [`Settings`] and [`service`], the bus service.
+
+pub mod error;
+pub mod migrations;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_bus::proto::api::{self, db_ops};
+use switchboard_bus::{Request, Service};
+
+pub use store::Db;
+
+/// db service settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `mysql://user:password@host:port/database`; the database is created if missing.
+    pub database_url: String,
+    /// Connections in the pool at most.
+    pub pool_max: usize,
+    /// Messages committed in one transaction at most (group commit).
+    pub max_batch: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "mysql://root@127.0.0.1:3306/switchboard".into(),
+            pool_max: 16,
+            max_batch: 512,
+        }
+    }
+}
+
+/// The db service over `db`, ready to `run`.
+pub fn service(db: Arc<Db>) -> Service {
+    let (save, history, loc_save, loc_load, health, migrate) = (
+        db.clone(),
+        db.clone(),
+        db.clone(),
+        db.clone(),
+        db.clone(),
+        db,
+    );
+    Service::new("db")
+        .handle(db_ops::CHAT_SAVE, move |req: Request| {
+            let db = save.clone();
+            async move {
+                let msg: api::ChatSave = req.decode()?;
+                let seq = db.chat_save(msg, req.trace(), req.env.deadline).await?;
+                Request::encode(&api::ChatSaved { seq })
+            }
+        })
+        .handle(db_ops::CHAT_HISTORY, move |req: Request| {
+            let db = history.clone();
+            async move {
+                let q: api::ChatHistory = req.decode()?;
+                let messages = db.chat_history(&q, req.env.deadline).await?;
+                Request::encode(&api::ChatMessages { messages })
+            }
+        })
+        .handle(db_ops::LOC_SAVE, move |req: Request| {
+            let db = loc_save.clone();
+            async move {
+                let save: api::LocSave = req.decode()?;
+                db.loc_save(&save, req.env.deadline).await?;
+                Request::encode(&empty_map())
+            }
+        })
+        .handle(db_ops::LOC_LOAD, move |req: Request| {
+            let db = loc_load.clone();
+            async move {
+                let q: api::LocLoad = req.decode()?;
+                let positions = db.loc_load(&q.zone, req.env.deadline).await?;
+                Request::encode(&api::LocPositions { positions })
+            }
+        })
+        .health(move || {
+            let db = health.clone();
+            async move { db.health().await }
+        })
+        .task(move |_bus, shutdown| async move {
+            // Migrate as soon as the database answers, without waiting for a request.
+            let mut logged = false;
+            loop {
+                match migrate
+                    .ensure_schema(switchboard_bus::proto::now_ms() + 5_000)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) if !logged => {
+                        tracing::warn!(error = %e, "database not ready; retrying every second");
+                        logged = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
+}
+
+/// An empty MessagePack map (`{}`), the reply of ops that return nothing.
+fn empty_map() -> std::collections::BTreeMap<String, u8> {
+    std::collections::BTreeMap::new()
+}

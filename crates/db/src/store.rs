@@ -1,0 +1,409 @@
+//! The database operations: pool, retries within the deadline, group commit.
+
+use mysql_async::prelude::*;
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
+use std::future::Future;
+use std::time::Duration;
+use switchboard_bus::proto::{self, api};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::error::{is_transient, DbError};
+use crate::{migrations, Settings};
+
+/// Longest room or zone name the schema holds.
+pub const MAX_NAME: usize = 64;
+/// Longest user id the schema holds.
+pub const MAX_USER: usize = 128;
+/// Longest chat text the db accepts (the chat service's own limit is lower).
+pub const MAX_TEXT: usize = 16 * 1024;
+/// Largest history page.
+pub const MAX_HISTORY: u32 = 200;
+
+struct SaveJob {
+    msg: api::ChatSave,
+    trace: String,
+    deadline: u64,
+    tx: oneshot::Sender<Result<u64, DbError>>,
+}
+
+/// The database: a pool, the schema state, and the group-commit queue.
+pub struct Db {
+    pool: Pool,
+    /// Opts without a database, to create it.
+    server: Opts,
+    database: String,
+    migrated: Mutex<bool>,
+    saves: mpsc::Sender<SaveJob>,
+}
+
+impl Db {
+    /// Builds the pool (no connection is made yet) and starts the group-commit
+    /// task on the current runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is not a valid `mysql://` URL with a database name.
+    pub fn new(settings: &Settings) -> anyhow::Result<std::sync::Arc<Self>> {
+        let opts = Opts::from_url(&settings.database_url)
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+        let database = opts
+            .db_name()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("DATABASE_URL names no database"))?
+            .to_owned();
+        if !database
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            anyhow::bail!("database name {database:?}: use letters, digits and _ only");
+        }
+        let constraints = PoolConstraints::new(0, settings.pool_max.max(1))
+            .ok_or_else(|| anyhow::anyhow!("pool_max must be at least 1"))?;
+        let pool_opts = PoolOpts::default()
+            .with_constraints(constraints)
+            .with_inactive_connection_ttl(Duration::from_secs(60));
+        let pool = Pool::new(OptsBuilder::from_opts(opts.clone()).pool_opts(pool_opts));
+        let server = Opts::from(OptsBuilder::from_opts(opts).db_name(None::<String>));
+        // The queue holds what arrives while one transaction commits: that is the
+        // next batch. Its bound is the service's concurrency many times over.
+        let (saves, rx) = mpsc::channel(settings.max_batch * 8);
+        let db = std::sync::Arc::new(Self {
+            pool,
+            server,
+            database,
+            migrated: Mutex::new(false),
+            saves,
+        });
+        tokio::spawn(group_commit(db.clone(), rx, settings.max_batch.max(1)));
+        Ok(db)
+    }
+
+    /// Creates the database if missing and runs pending migrations, once.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` when the database cannot be reached before `deadline`.
+    pub async fn ensure_schema(&self, deadline: u64) -> Result<(), DbError> {
+        let mut done = self.migrated.lock().await;
+        if *done {
+            return Ok(());
+        }
+        let create = format!(
+            "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            self.database
+        );
+        retry(deadline, "create database", || async {
+            let mut conn = mysql_async::Conn::new(self.server.clone()).await?;
+            conn.query_drop(&create).await?;
+            conn.disconnect().await
+        })
+        .await?;
+        let ran = retry(deadline, "migrate", || async {
+            let mut conn = self.pool.get_conn().await?;
+            migrations::run(&mut conn).await
+        })
+        .await?;
+        tracing::info!(database = %self.database, applied = ran, "schema up to date");
+        *done = true;
+        Ok(())
+    }
+
+    /// `"ok"` when a `SELECT 1` answers within a second and the schema is current,
+    /// `"db_down"` otherwise.
+    pub async fn health(&self) -> String {
+        let ping = retry(proto::now_ms() + 1_000, "ping", || async {
+            let mut conn = self.pool.get_conn().await?;
+            conn.query_drop("SELECT 1").await
+        })
+        .await;
+        match (ping, *self.migrated.lock().await) {
+            (Ok(()), true) => "ok".into(),
+            (Ok(()), false) => "migrating".into(),
+            (Err(_), _) => "db_down".into(),
+        }
+    }
+
+    /// Stores a chat message; returns its sequence number once committed. Messages
+    /// arriving together are committed in one transaction (group commit).
+    ///
+    /// # Errors
+    ///
+    /// `Invalid` past the schema's limits, `Unavailable` when the database does not
+    /// commit before `deadline`.
+    pub async fn chat_save(
+        &self,
+        msg: api::ChatSave,
+        trace: &str,
+        deadline: u64,
+    ) -> Result<u64, DbError> {
+        check_name("room", &msg.room)?;
+        check_user(&msg.user)?;
+        if msg.text.len() > MAX_TEXT {
+            return Err(DbError::Invalid(format!(
+                "text longer than {MAX_TEXT} bytes"
+            )));
+        }
+        self.ensure_schema(deadline).await?;
+        let (tx, rx) = oneshot::channel();
+        let job = SaveJob {
+            msg,
+            trace: trace.chars().take(64).collect(),
+            deadline,
+            tx,
+        };
+        self.saves
+            .send(job)
+            .await
+            .map_err(|_| DbError::Unavailable("group commit stopped".into()))?;
+        rx.await
+            .map_err(|_| DbError::Unavailable("group commit stopped".into()))?
+    }
+
+    /// A page of a room's messages, newest first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::chat_save`].
+    pub async fn chat_history(
+        &self,
+        q: &api::ChatHistory,
+        deadline: u64,
+    ) -> Result<Vec<api::ChatMessage>, DbError> {
+        check_name("room", &q.room)?;
+        let limit = q.limit.clamp(1, MAX_HISTORY);
+        let before = q.before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+        self.ensure_schema(deadline).await?;
+        let rows: Vec<(u64, String, String, u64)> = retry(deadline, "chat.history", || async {
+            let mut conn = self.pool.get_conn().await?;
+            conn.exec(
+                "SELECT seq, user_id, text, ts FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (&q.room, before, limit),
+            )
+            .await
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, user, text, ts)| api::ChatMessage {
+                seq,
+                user,
+                text,
+                ts,
+            })
+            .collect())
+    }
+
+    /// Upserts positions (a position older than the stored one is ignored: latest
+    /// wins) and deletes the users that left, in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::chat_save`].
+    pub async fn loc_save(&self, save: &api::LocSave, deadline: u64) -> Result<(), DbError> {
+        for p in &save.positions {
+            check_name("zone", &p.zone)?;
+            check_user(&p.user)?;
+            if !p.x.is_finite() || !p.y.is_finite() {
+                return Err(DbError::Invalid("coordinates must be finite".into()));
+            }
+        }
+        for g in &save.gone {
+            check_name("zone", &g.zone)?;
+            check_user(&g.user)?;
+        }
+        if save.positions.is_empty() && save.gone.is_empty() {
+            return Ok(());
+        }
+        self.ensure_schema(deadline).await?;
+        retry(deadline, "loc.save", || async {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            // Chunks keep each statement well under the placeholder limit.
+            for chunk in save.positions.chunks(1_000) {
+                let rows = vec!["(?,?,?,?,?)"; chunk.len()].join(",");
+                let sql = format!(
+                    "INSERT INTO positions (zone, user_id, x, y, ts) VALUES {rows} \
+                     ON DUPLICATE KEY UPDATE \
+                     x = IF(VALUES(ts) >= ts, VALUES(x), x), \
+                     y = IF(VALUES(ts) >= ts, VALUES(y), y), \
+                     ts = GREATEST(ts, VALUES(ts))"
+                );
+                let params: Vec<Value> = chunk
+                    .iter()
+                    .flat_map(|p| {
+                        [
+                            p.zone.as_str().into(),
+                            p.user.as_str().into(),
+                            p.x.into(),
+                            p.y.into(),
+                            p.ts.into(),
+                        ]
+                    })
+                    .collect();
+                tx.exec_drop(sql, params).await?;
+            }
+            for g in &save.gone {
+                tx.exec_drop(
+                    "DELETE FROM positions WHERE zone = ? AND user_id = ?",
+                    (&g.zone, &g.user),
+                )
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// A zone's last known positions.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::chat_save`].
+    pub async fn loc_load(&self, zone: &str, deadline: u64) -> Result<Vec<api::Position>, DbError> {
+        check_name("zone", zone)?;
+        self.ensure_schema(deadline).await?;
+        let rows: Vec<(String, f64, f64, u64)> = retry(deadline, "loc.load", || async {
+            let mut conn = self.pool.get_conn().await?;
+            conn.exec(
+                "SELECT user_id, x, y, ts FROM positions WHERE zone = ?",
+                (zone,),
+            )
+            .await
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, x, y, ts)| api::Position {
+                zone: zone.to_owned(),
+                user,
+                x,
+                y,
+                ts,
+            })
+            .collect())
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        let _ = self.pool.clone().disconnect().await;
+    }
+}
+
+/// Group commit: everything that queued up while the previous transaction
+/// committed goes into the next one, as one multi-row INSERT … RETURNING.
+async fn group_commit(db: std::sync::Arc<Db>, mut rx: mpsc::Receiver<SaveJob>, max_batch: usize) {
+    let mut batch: Vec<SaveJob> = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        batch.retain(|job| !job.tx.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let deadline = batch.iter().map(|j| j.deadline).max().unwrap_or(0);
+        let traces: Vec<&str> = batch.iter().map(|j| j.trace.as_str()).collect();
+        tracing::debug!(rows = batch.len(), traces = ?traces, "INSERT INTO messages … RETURNING seq");
+        let result = retry(deadline, "chat.save", || insert_messages(&db.pool, &batch)).await;
+        match result {
+            Ok(seqs) if seqs.len() == batch.len() => {
+                for (job, seq) in batch.drain(..).zip(seqs) {
+                    let _ = job.tx.send(Ok(seq));
+                }
+            }
+            Ok(seqs) => {
+                tracing::error!(
+                    rows = batch.len(),
+                    returned = seqs.len(),
+                    "INSERT RETURNING gave the wrong number of rows"
+                );
+                for job in batch.drain(..) {
+                    let _ = job.tx.send(Err(DbError::Query(
+                        "insert returned the wrong number of rows".into(),
+                    )));
+                }
+            }
+            Err(e) => {
+                for job in batch.drain(..) {
+                    let _ = job.tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn insert_messages(pool: &Pool, batch: &[SaveJob]) -> Result<Vec<u64>, mysql_async::Error> {
+    let mut conn = pool.get_conn().await?;
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let rows = vec!["(?,?,?,?,?)"; batch.len()].join(",");
+    let sql = format!(
+        "INSERT INTO messages (room, user_id, text, ts, trace) VALUES {rows} RETURNING seq"
+    );
+    let params: Vec<Value> = batch
+        .iter()
+        .flat_map(|j| {
+            [
+                j.msg.room.as_str().into(),
+                j.msg.user.as_str().into(),
+                j.msg.text.as_str().into(),
+                j.msg.ts.into(),
+                j.trace.as_str().into(),
+            ]
+        })
+        .collect();
+    let seqs: Vec<u64> = tx.exec(sql, params).await?;
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// Runs `op` until it succeeds, fails for good, or `deadline` (ms since the epoch)
+/// passes; transient failures are retried with backoff (20 ms doubling to 500 ms).
+async fn retry<T, F, Fut>(deadline: u64, what: &str, mut op: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, mysql_async::Error>>,
+{
+    let mut backoff = Duration::from_millis(20);
+    let mut last = String::from("no attempt before the deadline");
+    for attempt in 0u32.. {
+        let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, op()).await {
+            Err(_) => {
+                last = "no answer before the deadline".into();
+                break;
+            }
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if is_transient(&e) => {
+                if attempt == 0 {
+                    tracing::warn!(op = what, error = %e, "transient database error; retrying within the deadline");
+                }
+                last = e.to_string();
+                tokio::time::sleep(backoff.min(left)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(op = what, error = %e, "database error");
+                return Err(DbError::Query(e.to_string()));
+            }
+        }
+    }
+    Err(DbError::Unavailable(format!("{what}: {last}")))
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), DbError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(DbError::Invalid(format!(
+            "{what} must be 1 to {MAX_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_user(user: &str) -> Result<(), DbError> {
+    if user.is_empty() || user.len() > MAX_USER {
+        return Err(DbError::Invalid(format!(
+            "user must be 1 to {MAX_USER} bytes"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Payloads of the services' ops, shared by the services that call each other.
+//! Encoded as MessagePack bodies with named fields, like everything else.
+//!
+//! The client-facing ops (what a WebSocket client sends to `chat` and `loc`) are
+//! documented in the README; the types here are the internal contracts, chiefly the
+//! `db` service's named operations.
+
+use serde::{Deserialize, Serialize};
+
+/// Names of the db service's operations.
+pub mod db_ops {
+    /// [`super::ChatSave`] → [`super::ChatSaved`].
+    pub const CHAT_SAVE: &str = "chat.save";
+    /// [`super::ChatHistory`] → [`super::ChatMessages`].
+    pub const CHAT_HISTORY: &str = "chat.history";
+    /// [`super::LocSave`] → `{}`.
+    pub const LOC_SAVE: &str = "loc.save";
+    /// [`super::LocLoad`] → [`super::LocPositions`].
+    pub const LOC_LOAD: &str = "loc.load";
+}
+
+/// Store one chat message; acknowledged after commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatSave {
+    /// Room name.
+    pub room: String,
+    /// Author (the verified user).
+    pub user: String,
+    /// Text, stored verbatim.
+    pub text: String,
+    /// Time, ms since the epoch.
+    pub ts: u64,
+}
+
+/// The committed message's sequence number (increasing; unique across rooms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatSaved {
+    /// Sequence number.
+    pub seq: u64,
+}
+
+/// A page of a room's history, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatHistory {
+    /// Room name.
+    pub room: String,
+    /// How many messages at most.
+    pub limit: u32,
+    /// Only messages with a smaller `seq` (the next page).
+    #[serde(default)]
+    pub before: Option<u64>,
+}
+
+/// One stored chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Sequence number.
+    pub seq: u64,
+    /// Author.
+    pub user: String,
+    /// Text.
+    pub text: String,
+    /// Time, ms since the epoch.
+    pub ts: u64,
+}
+
+/// Reply of `chat.history` (and of chat's `history` op).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessages {
+    /// Newest first.
+    pub messages: Vec<ChatMessage>,
+}
+
+/// One user's last position in a zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Zone.
+    pub zone: String,
+    /// User.
+    pub user: String,
+    /// X coordinate.
+    pub x: f64,
+    /// Y coordinate.
+    pub y: f64,
+    /// Time, ms since the epoch.
+    pub ts: u64,
+}
+
+/// A user that left a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gone {
+    /// Zone.
+    pub zone: String,
+    /// User.
+    pub user: String,
+}
+
+/// Save positions (latest wins) and forget users that left, in one transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct LocSave {
+    /// Positions to upsert.
+    #[serde(default)]
+    pub positions: Vec<Position>,
+    /// Positions to delete.
+    #[serde(default)]
+    pub gone: Vec<Gone>,
+}
+
+/// Load a zone's last known positions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocLoad {
+    /// Zone.
+    pub zone: String,
+}
+
+/// Reply of `loc.load`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocPositions {
+    /// The zone's positions.
+    pub positions: Vec<Position>,
+}
+
+/// Body of the gateway's `session.open` / `session.close` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The connection's user.
+    pub user: String,
+    /// The connection's id, unique per gateway instance.
+    pub session: String,
+    /// The gateway instance.
+    pub gateway: String,
+}
+
+/// Topic of the gateway's session-opened events.
+pub const SESSION_OPEN: &str = "session.open";
+/// Topic of the gateway's session-closed events.
+pub const SESSION_CLOSE: &str = "session.close";
