@@ -180,6 +180,11 @@ pub struct CallOptions {
     pub trace: String,
     /// Verified user (gateways only).
     pub user: Option<String>,
+    /// Client session (gateways only).
+    pub session: Option<String>,
+    /// Absolute deadline (ms since the epoch), e.g. the one of the request being
+    /// handled; wins over `timeout`.
+    pub deadline: Option<u64>,
     /// Safe to run twice: may be retried on another instance.
     pub idem: bool,
 }
@@ -318,10 +323,14 @@ impl Handle {
             .timeout
             .map(|t| t.as_millis() as u64)
             .unwrap_or(self.shared.default_timeout_ms);
-        let mut env = Envelope::request(service, op, body, proto::now_ms() + timeout_ms);
+        let deadline = options
+            .deadline
+            .unwrap_or_else(|| proto::now_ms() + timeout_ms);
+        let mut env = Envelope::request(service, op, body, deadline);
         env.instance = options.instance;
         env.key = options.key;
         env.user = options.user;
+        env.session = options.session;
         env.idem = options.idem;
         env.trace = if options.trace.is_empty() {
             new_trace_id()

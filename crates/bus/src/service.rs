@@ -73,6 +73,34 @@ impl Request {
         &self.env.trace
     }
 
+    /// The client session, if the gateway set one.
+    pub fn session(&self) -> Option<&str> {
+        self.env.session.as_deref()
+    }
+
+    /// The verified user, or `bad_request` when the request carries none (it did
+    /// not come through the gateway).
+    ///
+    /// # Errors
+    ///
+    /// `bad_request`.
+    pub fn require_user(&self) -> Result<&str, Error> {
+        self.user()
+            .ok_or_else(|| Error::bad_request(format!("{}: no user on the request", self.env.op)))
+    }
+
+    /// Options for an onward request made while handling this one: same deadline,
+    /// trace, user and session.
+    pub fn onward(&self) -> crate::CallOptions {
+        crate::CallOptions {
+            deadline: Some(self.env.deadline),
+            trace: self.env.trace.clone(),
+            user: self.env.user.clone(),
+            session: self.env.session.clone(),
+            ..crate::CallOptions::default()
+        }
+    }
+
     /// Decodes the MessagePack body.
     ///
     /// # Errors

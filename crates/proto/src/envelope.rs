@@ -70,6 +70,12 @@ pub struct Envelope {
     /// The verified user, set by the gateway only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The client connection (session) a request came from, set by the gateway
+    /// only: services that keep per-connection state (chat presence) key it by
+    /// this and clean it up on the gateway's `session.close` event. Added in
+    /// protocol 1.1; older peers skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// The request may safely run twice: the broker may retry it on another
     /// instance if the first one dies.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -109,6 +115,7 @@ impl Envelope {
             deadline: 0,
             trace: String::new(),
             user: None,
+            session: None,
             idem: false,
             body: ByteBuf::new(),
             error: None,

@@ -40,8 +40,8 @@ use std::time::Duration;
 
 /// Protocol version carried in every envelope's `v`: the high byte is the major
 /// version (a peer rejects another major), the low byte the minor version (a newer
-/// minor only adds optional fields, which older peers skip).
-pub const PROTOCOL_VERSION: u16 = 0x0100;
+/// minor only adds optional fields, which older peers skip). 1.1 added `session`.
+pub const PROTOCOL_VERSION: u16 = 0x0101;
 
 /// Hard upper bound on one encoded envelope, whatever a process is configured with.
 /// Bus sockets are configured lower ([`DEFAULT_MAX_MESSAGE_LEN`]); this bound only
@@ -82,6 +82,38 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Checks a room, zone or similar client-chosen name that also becomes a topic
+/// token: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `_` and `-`.
+///
+/// ```
+/// assert!(switchboard_proto::validate_token("lobby-2").is_ok());
+/// assert!(switchboard_proto::validate_token("a.b").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`ProtoError::Invalid`] naming what is wrong.
+pub fn validate_token(name: &str) -> Result<(), ProtoError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ProtoError::Invalid("must be 1 to 64 bytes"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ProtoError::Invalid(
+            "may hold only ASCII letters, digits, _ and -",
+        ));
+    }
+    Ok(())
+}
+
+/// Key of a reply's data that asks the gateway to subscribe the requesting client
+/// to the listed topics (then removed from the data the client sees).
+pub const REPLY_SUBSCRIBE: &str = "$subscribe";
+/// As [`REPLY_SUBSCRIBE`], to unsubscribe.
+pub const REPLY_UNSUBSCRIBE: &str = "$unsubscribe";
 
 /// Checks a service, instance or op name: 1 to [`MAX_NAME_LEN`] bytes of ASCII
 /// letters, digits and `_ - . $`.

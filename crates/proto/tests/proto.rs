@@ -33,6 +33,7 @@ fn full_request() -> Envelope {
         deadline: 1_700_000_005_000,
         trace: "9f86d081884c7d65".into(),
         user: Some("ada".into()),
+        session: Some("s-1".into()),
         idem: true,
         body: ByteBuf::from(vec![0x81, 0xa4, b't', b'e', b'x', b't', 0xa2, b'h', b'i']),
         error: None,
@@ -144,6 +145,21 @@ mod golden {
     #[test]
     fn full_request_matches_fixture() {
         check("request_full", &full_request());
+    }
+
+    /// A frame written by a 1.0 peer (before `session`) still decodes.
+    #[test]
+    fn version_1_0_frame_still_decodes() {
+        let path = format!(
+            "{}/tests/golden/request_v1_0.hex",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
+        let env = decode(&bytes).unwrap();
+        let mut expected = full_request();
+        expected.v = 0x0100;
+        expected.session = None;
+        assert_eq!(env, expected);
     }
 
     #[test]
@@ -351,6 +367,7 @@ prop_compose! {
         deadline in any::<u64>(),
         trace in "[0-9a-f]{0,16}",
         user in proptest::option::of(".{0,20}"),
+        session in proptest::option::of("[a-z0-9-]{0,20}"),
         idem in any::<bool>(),
         body in proptest::collection::vec(any::<u8>(), 0..300),
         error in proptest::option::of((proptest::sample::select(ErrorCode::ALL.to_vec()), ".{0,40}")),
@@ -358,7 +375,7 @@ prop_compose! {
     ) -> Envelope {
         Envelope {
             v: (PROTOCOL_VERSION & 0xff00) | minor,
-            kind, id, from, to, instance, key, op, deadline, trace, user, idem,
+            kind, id, from, to, instance, key, op, deadline, trace, user, session, idem,
             body: ByteBuf::from(body),
             error: error.map(|(code, message)| ErrorBody::new(code, message)),
         }

@@ -1,0 +1,360 @@
+//! The chat service: rooms, messages, history, presence, direct messages, relay.
+//!
+//! Ops (a client's `data` → the reply's `data`):
+//!
+//! | op | data | reply |
+//! |---|---|---|
+//! | `join` | `{room}` | `{room, members}`; the client is subscribed to `chat.room.<room>` |
+//! | `leave` | `{room}` | `{room, members}`; and unsubscribed |
+//! | `say` | `{room, text}` | `{seq}` after the db service committed it; then `{room, seq, user, text, ts}` on `chat.room.<room>` |
+//! | `history` | `{room, limit?, before?}` | `{messages: [{seq, user, text, ts}…]}` newest first |
+//! | `who` | `{room}` | `{users}` |
+//! | `dm` | `{user, text}` | `{}`; `{from, text, ts}` on `user.<user>` |
+//! | `relay` | `{to, op, data}` | the other service's reply data |
+//!
+//! Presence is kept per client session (a user with two connections stays in a
+//! room until both leave or close) and cleaned up on the gateway's
+//! `session.close` events. The gateway routes chat requests by `room` (keyed
+//! routing), so each room's presence lives on one chat instance.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use switchboard_bus::proto::{self, api};
+use switchboard_bus::{Error, HandlerResult, Request, Service};
+
+/// Longest message text, in characters.
+pub const MAX_TEXT_CHARS: usize = 1000;
+/// Default and largest history page.
+pub const HISTORY_DEFAULT: u32 = 50;
+/// Largest history page.
+pub const HISTORY_MAX: u32 = 200;
+
+/// Who is in which room: room → user → that user's sessions in the room.
+#[derive(Default)]
+pub struct Rooms {
+    rooms: Mutex<HashMap<String, BTreeMap<String, BTreeSet<String>>>>,
+}
+
+impl Rooms {
+    fn join(&self, room: &str, user: &str, session: &str) -> Vec<String> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let members = rooms.entry(room.to_owned()).or_default();
+        members
+            .entry(user.to_owned())
+            .or_default()
+            .insert(session.to_owned());
+        members.keys().cloned().collect()
+    }
+
+    fn leave(&self, room: &str, user: &str, session: &str) -> Vec<String> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(members) = rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        if let Some(sessions) = members.get_mut(user) {
+            sessions.remove(session);
+            if sessions.is_empty() {
+                members.remove(user);
+            }
+        }
+        let left: Vec<String> = members.keys().cloned().collect();
+        if members.is_empty() {
+            rooms.remove(room);
+        }
+        left
+    }
+
+    fn who(&self, room: &str) -> Vec<String> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms
+            .get(room)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a closed session everywhere.
+    fn close_session(&self, user: &str, session: &str) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.retain(|_, members| {
+            if let Some(sessions) = members.get_mut(user) {
+                sessions.remove(session);
+                if sessions.is_empty() {
+                    members.remove(user);
+                }
+            }
+            !members.is_empty()
+        });
+    }
+}
+
+#[derive(Deserialize)]
+struct RoomArg {
+    room: String,
+}
+
+#[derive(Deserialize)]
+struct SayArg {
+    room: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryArg {
+    room: String,
+    limit: Option<u32>,
+    before: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct DmArg {
+    user: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct RelayArg {
+    to: String,
+    op: String,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct Members<'a> {
+    room: &'a str,
+    members: Vec<String>,
+    // proto::REPLY_SUBSCRIBE: the gateway subscribes the client and strips it.
+    #[serde(rename = "$subscribe", skip_serializing_if = "Vec::is_empty")]
+    subscribe: Vec<String>,
+    #[serde(rename = "$unsubscribe", skip_serializing_if = "Vec::is_empty")]
+    unsubscribe: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Said {
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct RoomEvent<'a> {
+    room: &'a str,
+    seq: u64,
+    user: &'a str,
+    text: &'a str,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct Users {
+    users: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DmEvent<'a> {
+    from: &'a str,
+    text: &'a str,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+fn room_topic(room: &str) -> String {
+    format!("chat.room.{room}")
+}
+
+fn check_room(room: &str) -> Result<(), Error> {
+    proto::validate_token(room).map_err(|e| Error::bad_request(format!("room {e}")))
+}
+
+fn check_text(text: &str) -> Result<(), Error> {
+    if text.trim().is_empty() {
+        return Err(Error::bad_request("text is empty"));
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(Error::bad_request(format!(
+            "text longer than {MAX_TEXT_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn session_of(req: &Request) -> String {
+    req.session().unwrap_or("direct").to_owned()
+}
+
+/// The chat service, ready to `run`.
+pub fn service() -> Service {
+    let rooms = Arc::new(Rooms::default());
+    let (r_join, r_leave, r_who, r_close) = (rooms.clone(), rooms.clone(), rooms.clone(), rooms);
+    Service::new("chat")
+        .handle("join", move |req: Request| {
+            let rooms = r_join.clone();
+            async move {
+                let arg: RoomArg = req.decode()?;
+                check_room(&arg.room)?;
+                let members = rooms.join(&arg.room, req.require_user()?, &session_of(&req));
+                Request::encode(&Members {
+                    room: &arg.room,
+                    members,
+                    subscribe: vec![room_topic(&arg.room)],
+                    unsubscribe: Vec::new(),
+                })
+            }
+        })
+        .handle("leave", move |req: Request| {
+            let rooms = r_leave.clone();
+            async move {
+                let arg: RoomArg = req.decode()?;
+                check_room(&arg.room)?;
+                let members = rooms.leave(&arg.room, req.require_user()?, &session_of(&req));
+                Request::encode(&Members {
+                    room: &arg.room,
+                    members,
+                    subscribe: Vec::new(),
+                    unsubscribe: vec![room_topic(&arg.room)],
+                })
+            }
+        })
+        .handle("say", say)
+        .handle("history", history)
+        .handle("who", move |req: Request| {
+            let rooms = r_who.clone();
+            async move {
+                let arg: RoomArg = req.decode()?;
+                check_room(&arg.room)?;
+                Request::encode(&Users {
+                    users: rooms.who(&arg.room),
+                })
+            }
+        })
+        .handle("dm", dm)
+        .handle("relay", relay)
+        .on_event(api::SESSION_CLOSE, move |event, _bus| {
+            let rooms = r_close.clone();
+            async move {
+                match proto::from_body::<api::Session>(&event.body) {
+                    Ok(s) => rooms.close_session(&s.user, &s.session),
+                    Err(e) => tracing::warn!(error = %e, "bad session.close event"),
+                }
+            }
+        })
+}
+
+async fn say(req: Request) -> HandlerResult {
+    let arg: SayArg = req.decode()?;
+    check_room(&arg.room)?;
+    check_text(&arg.text)?;
+    let user = req.require_user()?.to_owned();
+    let ts = proto::now_ms();
+    let save = api::ChatSave {
+        room: arg.room.clone(),
+        user: user.clone(),
+        text: arg.text.clone(),
+        ts,
+    };
+    let body = proto::to_body(&save).map_err(|e| Error::internal(e.to_string()))?;
+    // Acknowledged only after the db service has committed it.
+    let reply = req
+        .bus
+        .call("db", api::db_ops::CHAT_SAVE, body, req.onward())
+        .await?;
+    let saved: api::ChatSaved =
+        proto::from_body(&reply.body).map_err(|e| Error::internal(e.to_string()))?;
+    let event = RoomEvent {
+        room: &arg.room,
+        seq: saved.seq,
+        user: &user,
+        text: &arg.text,
+        ts,
+    };
+    let event = proto::to_body(&event).map_err(|e| Error::internal(e.to_string()))?;
+    if let Err(e) = req.bus.publish(&room_topic(&arg.room), event).await {
+        tracing::warn!(error = %e, "message committed but not published");
+    }
+    Request::encode(&Said { seq: saved.seq })
+}
+
+async fn history(req: Request) -> HandlerResult {
+    let arg: HistoryArg = req.decode()?;
+    check_room(&arg.room)?;
+    let q = api::ChatHistory {
+        room: arg.room,
+        limit: arg.limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX),
+        before: arg.before,
+    };
+    let body = proto::to_body(&q).map_err(|e| Error::internal(e.to_string()))?;
+    let reply = req
+        .bus
+        .call("db", api::db_ops::CHAT_HISTORY, body, req.onward())
+        .await?;
+    // Same shape as the db's reply: pass it through.
+    Ok(reply.body.into_vec())
+}
+
+async fn dm(req: Request) -> HandlerResult {
+    let arg: DmArg = req.decode()?;
+    check_text(&arg.text)?;
+    let topic = format!("user.{}", arg.user);
+    proto::topic::validate(&topic, false)
+        .map_err(|e| Error::bad_request(format!("user {:?}: {e}", arg.user)))?;
+    let event = DmEvent {
+        from: req.require_user()?,
+        text: &arg.text,
+        ts: proto::now_ms(),
+    };
+    let body = proto::to_body(&event).map_err(|e| Error::internal(e.to_string()))?;
+    req.bus.publish(&topic, body).await?;
+    Request::encode(&Empty {})
+}
+
+async fn relay(req: Request) -> HandlerResult {
+    let arg: RelayArg = req.decode()?;
+    proto::validate_name(&arg.to).map_err(|e| Error::bad_request(format!("to: {e}")))?;
+    proto::validate_name(&arg.op).map_err(|e| Error::bad_request(format!("op: {e}")))?;
+    if arg.to == "chat" && arg.op == "relay" {
+        return Err(Error::bad_request("relay to chat relay would loop"));
+    }
+    let body = match &arg.data {
+        Some(data) => proto::to_body(data).map_err(|e| Error::internal(e.to_string()))?,
+        None => proto::to_body(&Empty {}).map_err(|e| Error::internal(e.to_string()))?,
+    };
+    let reply = req.bus.call(&arg.to, &arg.op, body, req.onward()).await?;
+    Ok(reply.body.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_is_per_session() {
+        let rooms = Rooms::default();
+        rooms.join("lobby", "ada", "s1");
+        rooms.join("lobby", "ada", "s2");
+        rooms.join("lobby", "bob", "s3");
+        assert_eq!(rooms.who("lobby"), vec!["ada", "bob"]);
+        rooms.close_session("ada", "s1");
+        assert_eq!(rooms.who("lobby"), vec!["ada", "bob"], "ada still has s2");
+        rooms.leave("lobby", "ada", "s2");
+        assert_eq!(rooms.who("lobby"), vec!["bob"]);
+        rooms.close_session("bob", "s3");
+        assert!(rooms.who("lobby").is_empty());
+        assert!(
+            rooms.rooms.lock().unwrap().is_empty(),
+            "empty rooms are forgotten"
+        );
+    }
+
+    #[test]
+    fn text_and_room_limits() {
+        assert!(check_text("hi").is_ok());
+        assert!(check_text("  ").is_err());
+        assert!(check_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert!(check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).is_err());
+        assert!(check_room("lobby").is_ok());
+        assert!(check_room("chat.room").is_err());
+        assert!(check_room("").is_err());
+    }
+}

@@ -1,0 +1,481 @@
+//! The loc service: live positions in zones.
+//!
+//! Several instances run (`loc01`, `loc02`, …); the gateway routes every loc
+//! request by its `zone` (keyed routing), so each zone is owned by one instance.
+//!
+//! | op | data | reply |
+//! |---|---|---|
+//! | `move` | `{zone, x, y}` | `{}`; `{zone, user, x, y, ts}` on `loc.<zone>` |
+//! | `nearby` | `{zone, x, y, radius}` | `{users: [{user, x, y, dist}…]}` nearest first (100 at most) |
+//! | `zone` | `{zone}` | `{users: [{user, x, y, ts}…]}` |
+//! | `leave` | `{zone}` | `{}`; `{zone, user, left: true}` on `loc.<zone>` |
+//!
+//! Zones are configured (`--zones`); another zone, a coordinate outside
+//! ±`max_coord`, NaN or infinity, or a radius outside (0, `max_radius`] is
+//! `bad_request`. Positions are saved through the db service every
+//! `save_interval_ms`, coalesced (latest wins), and a zone's last positions are
+//! loaded when the instance first touches it, so a restart loses at most one save
+//! interval. A user's position is dropped when the session that set it closes.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_bus::proto::{self, api};
+use switchboard_bus::{CallOptions, Error, Handle, HandlerResult, Request, Service};
+
+/// loc settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The zones that exist.
+    pub zones: Vec<String>,
+    /// Largest |x| or |y|.
+    pub max_coord: f64,
+    /// Largest `nearby` radius.
+    pub max_radius: f64,
+    /// How often positions are saved.
+    pub save_interval_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            zones: ["lobby", "z1", "z2", "z3", "z4", "z5", "z6", "z7", "z8"]
+                .map(String::from)
+                .to_vec(),
+            max_coord: 1_000_000.0,
+            max_radius: 100_000.0,
+            save_interval_ms: 500,
+        }
+    }
+}
+
+/// Most users a `nearby` reply lists.
+pub const NEARBY_MAX: usize = 100;
+
+#[derive(Debug, Clone)]
+struct Pos {
+    x: f64,
+    y: f64,
+    ts: u64,
+    session: String,
+}
+
+#[derive(Default)]
+struct Zone {
+    users: HashMap<String, Pos>,
+    loaded: bool,
+}
+
+#[derive(Default)]
+struct State {
+    zones: HashMap<String, Zone>,
+    /// Positions to save: (zone, user) → latest.
+    dirty: HashMap<(String, String), api::Position>,
+    /// Users that left, to delete.
+    gone: HashSet<(String, String)>,
+}
+
+struct Loc {
+    settings: Settings,
+    zones: HashSet<String>,
+    state: Mutex<State>,
+}
+
+#[derive(Deserialize)]
+struct ZoneArg {
+    zone: String,
+}
+
+#[derive(Deserialize)]
+struct MoveArg {
+    zone: String,
+    x: f64,
+    y: f64,
+}
+
+#[derive(Deserialize)]
+struct NearbyArg {
+    zone: String,
+    x: f64,
+    y: f64,
+    radius: f64,
+}
+
+#[derive(Serialize)]
+struct Moved<'a> {
+    zone: &'a str,
+    user: &'a str,
+    x: f64,
+    y: f64,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct Left<'a> {
+    zone: &'a str,
+    user: &'a str,
+    left: bool,
+}
+
+#[derive(Serialize)]
+struct Near {
+    user: String,
+    x: f64,
+    y: f64,
+    dist: f64,
+}
+
+#[derive(Serialize)]
+struct NearbyReply {
+    users: Vec<Near>,
+}
+
+#[derive(Serialize)]
+struct ZoneUser {
+    user: String,
+    x: f64,
+    y: f64,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct ZoneReply {
+    users: Vec<ZoneUser>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+// === impl Loc ===
+
+impl Loc {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_zone(&self, zone: &str) -> Result<(), Error> {
+        if self.zones.contains(zone) {
+            Ok(())
+        } else {
+            Err(Error::bad_request(format!("unknown zone {zone:?}")))
+        }
+    }
+
+    fn check_point(&self, x: f64, y: f64) -> Result<(), Error> {
+        let max = self.settings.max_coord;
+        if !x.is_finite() || !y.is_finite() {
+            return Err(Error::bad_request("coordinates must be finite numbers"));
+        }
+        if x.abs() > max || y.abs() > max {
+            return Err(Error::bad_request(format!(
+                "coordinates must be within ±{max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Loads a zone's saved positions the first time this instance touches it.
+    /// If the db cannot answer, the zone works from memory and loading is tried
+    /// again on the next request.
+    async fn ensure_loaded(&self, zone: &str, req: &Request) {
+        if self.lock().zones.get(zone).is_some_and(|z| z.loaded) {
+            return;
+        }
+        let body = match proto::to_body(&api::LocLoad {
+            zone: zone.to_owned(),
+        }) {
+            Ok(body) => body,
+            Err(_) => return,
+        };
+        let loaded = req
+            .bus
+            .call("db", api::db_ops::LOC_LOAD, body, req.onward())
+            .await;
+        let positions = match loaded.and_then(|r| {
+            proto::from_body::<api::LocPositions>(&r.body)
+                .map_err(|e| Error::internal(e.to_string()))
+        }) {
+            Ok(p) => p.positions,
+            Err(e) => {
+                tracing::warn!(zone, error = %e, "could not load saved positions; serving from memory");
+                return;
+            }
+        };
+        let mut state = self.lock();
+        let z = state.zones.entry(zone.to_owned()).or_default();
+        if z.loaded {
+            return;
+        }
+        for p in positions {
+            // Anything that moved since we asked is newer than the saved row.
+            z.users.entry(p.user).or_insert(Pos {
+                x: p.x,
+                y: p.y,
+                ts: p.ts,
+                session: String::new(),
+            });
+        }
+        z.loaded = true;
+        tracing::debug!(zone, users = z.users.len(), "zone loaded");
+    }
+
+    fn take_pending(&self) -> api::LocSave {
+        let mut state = self.lock();
+        api::LocSave {
+            positions: state.dirty.drain().map(|(_, p)| p).collect(),
+            gone: state
+                .gone
+                .drain()
+                .map(|(zone, user)| api::Gone { zone, user })
+                .collect(),
+        }
+    }
+
+    /// Puts back what could not be saved, unless something newer arrived since.
+    fn restore_pending(&self, save: api::LocSave) {
+        let mut state = self.lock();
+        for g in save.gone {
+            let key = (g.zone, g.user);
+            if !state.dirty.contains_key(&key) {
+                state.gone.insert(key);
+            }
+        }
+        for p in save.positions {
+            let key = (p.zone.clone(), p.user.clone());
+            if !state.dirty.contains_key(&key) && !state.gone.contains(&key) {
+                state.dirty.insert(key, p);
+            }
+        }
+    }
+
+    async fn flush(&self, bus: &Handle) {
+        let save = self.take_pending();
+        if save.positions.is_empty() && save.gone.is_empty() {
+            return;
+        }
+        let Ok(body) = proto::to_body(&save) else {
+            return;
+        };
+        let options = CallOptions {
+            timeout: Some(Duration::from_secs(5)),
+            ..CallOptions::default()
+        };
+        if let Err(e) = bus.call("db", api::db_ops::LOC_SAVE, body, options).await {
+            tracing::warn!(error = %e, positions = save.positions.len(), "saving positions failed; will retry");
+            self.restore_pending(save);
+        }
+    }
+
+    fn close_session(&self, user: &str, session: &str) -> Vec<String> {
+        let mut state = self.lock();
+        let mut left = Vec::new();
+        for (name, zone) in state.zones.iter_mut() {
+            if zone.users.get(user).is_some_and(|p| p.session == session) {
+                zone.users.remove(user);
+                left.push(name.clone());
+            }
+        }
+        for zone in &left {
+            let key = (zone.clone(), user.to_owned());
+            state.dirty.remove(&key);
+            state.gone.insert(key);
+        }
+        left
+    }
+}
+
+/// The loc service with `settings`, ready to `run`.
+pub fn service(settings: Settings) -> Service {
+    let zones = settings.zones.iter().cloned().collect();
+    let interval = Duration::from_millis(settings.save_interval_ms.max(10));
+    let loc = Arc::new(Loc {
+        settings,
+        zones,
+        state: Mutex::new(State::default()),
+    });
+    let (l_move, l_near, l_zone, l_leave, l_close, l_task) = (
+        loc.clone(),
+        loc.clone(),
+        loc.clone(),
+        loc.clone(),
+        loc.clone(),
+        loc,
+    );
+    Service::new("loc")
+        .handle("move", move |req: Request| {
+            let loc = l_move.clone();
+            async move { do_move(&loc, req).await }
+        })
+        .handle("nearby", move |req: Request| {
+            let loc = l_near.clone();
+            async move { nearby(&loc, req).await }
+        })
+        .handle("zone", move |req: Request| {
+            let loc = l_zone.clone();
+            async move {
+                let arg: ZoneArg = req.decode()?;
+                loc.check_zone(&arg.zone)?;
+                loc.ensure_loaded(&arg.zone, &req).await;
+                let state = loc.lock();
+                let mut users: Vec<ZoneUser> = state
+                    .zones
+                    .get(&arg.zone)
+                    .map(|z| {
+                        z.users
+                            .iter()
+                            .map(|(u, p)| ZoneUser {
+                                user: u.clone(),
+                                x: p.x,
+                                y: p.y,
+                                ts: p.ts,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                users.sort_by(|a, b| a.user.cmp(&b.user));
+                Request::encode(&ZoneReply { users })
+            }
+        })
+        .handle("leave", move |req: Request| {
+            let loc = l_leave.clone();
+            async move {
+                let arg: ZoneArg = req.decode()?;
+                loc.check_zone(&arg.zone)?;
+                let user = req.require_user()?.to_owned();
+                let was_there = {
+                    let mut state = loc.lock();
+                    let removed = state
+                        .zones
+                        .get_mut(&arg.zone)
+                        .and_then(|z| z.users.remove(&user))
+                        .is_some();
+                    let key = (arg.zone.clone(), user.clone());
+                    state.dirty.remove(&key);
+                    state.gone.insert(key);
+                    removed
+                };
+                if was_there {
+                    publish_left(&req.bus, &arg.zone, &user).await;
+                }
+                Request::encode(&Empty {})
+            }
+        })
+        .on_event(api::SESSION_CLOSE, move |event, bus| {
+            let loc = l_close.clone();
+            async move {
+                let Ok(s) = proto::from_body::<api::Session>(&event.body) else {
+                    tracing::warn!("bad session.close event");
+                    return;
+                };
+                for zone in loc.close_session(&s.user, &s.session) {
+                    publish_left(&bus, &zone, &s.user).await;
+                }
+            }
+        })
+        .task(move |bus, shutdown| async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => l_task.flush(&bus).await,
+                }
+            }
+            // Final save before the instance leaves.
+            l_task.flush(&bus).await;
+        })
+}
+
+async fn publish_left(bus: &Handle, zone: &str, user: &str) {
+    if let Ok(body) = proto::to_body(&Left {
+        zone,
+        user,
+        left: true,
+    }) {
+        let _ = bus.publish(&format!("loc.{zone}"), body).await;
+    }
+}
+
+async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
+    let arg: MoveArg = req.decode()?;
+    loc.check_zone(&arg.zone)?;
+    loc.check_point(arg.x, arg.y)?;
+    let user = req.require_user()?.to_owned();
+    loc.ensure_loaded(&arg.zone, &req).await;
+    let ts = proto::now_ms();
+    {
+        let mut state = loc.lock();
+        state
+            .zones
+            .entry(arg.zone.clone())
+            .or_default()
+            .users
+            .insert(
+                user.clone(),
+                Pos {
+                    x: arg.x,
+                    y: arg.y,
+                    ts,
+                    session: req.session().unwrap_or_default().to_owned(),
+                },
+            );
+        let key = (arg.zone.clone(), user.clone());
+        state.gone.remove(&key);
+        state.dirty.insert(
+            key,
+            api::Position {
+                zone: arg.zone.clone(),
+                user: user.clone(),
+                x: arg.x,
+                y: arg.y,
+                ts,
+            },
+        );
+    }
+    let event = Moved {
+        zone: &arg.zone,
+        user: &user,
+        x: arg.x,
+        y: arg.y,
+        ts,
+    };
+    let body = proto::to_body(&event).map_err(|e| Error::internal(e.to_string()))?;
+    req.bus.publish(&format!("loc.{}", arg.zone), body).await?;
+    Request::encode(&Empty {})
+}
+
+async fn nearby(loc: &Loc, req: Request) -> HandlerResult {
+    let arg: NearbyArg = req.decode()?;
+    loc.check_zone(&arg.zone)?;
+    loc.check_point(arg.x, arg.y)?;
+    if !arg.radius.is_finite() || arg.radius <= 0.0 || arg.radius > loc.settings.max_radius {
+        return Err(Error::bad_request(format!(
+            "radius must be in (0, {}]",
+            loc.settings.max_radius
+        )));
+    }
+    loc.ensure_loaded(&arg.zone, &req).await;
+    let mut users: Vec<Near> = {
+        let state = loc.lock();
+        state
+            .zones
+            .get(&arg.zone)
+            .map(|z| {
+                z.users
+                    .iter()
+                    .map(|(u, p)| Near {
+                        user: u.clone(),
+                        x: p.x,
+                        y: p.y,
+                        dist: (p.x - arg.x).hypot(p.y - arg.y),
+                    })
+                    .filter(|n| n.dist <= arg.radius)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    users.sort_by(|a, b| a.dist.total_cmp(&b.dist).then_with(|| a.user.cmp(&b.user)));
+    users.truncate(NEARBY_MAX);
+    Request::encode(&NearbyReply { users })
+}

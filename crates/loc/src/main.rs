@@ -1,0 +1,74 @@
+//! `loc`: the loc service (see the library docs) until SIGTERM/SIGINT.
+
+use clap::Parser;
+use switchboard_bus::{svc, Config};
+use switchboard_loc::Settings;
+
+/// The Switchboard location service.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Broker endpoint.
+    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
+    broker: String,
+    /// Instance name (loc01, loc02, …).
+    #[arg(long, env = "SB_INSTANCE", default_value = "loc01")]
+    instance: String,
+    /// Shared bus secret.
+    #[arg(long, env = "SB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The zones that exist (comma-separated).
+    #[arg(
+        long,
+        env = "SB_LOC_ZONES",
+        value_delimiter = ',',
+        default_value = "lobby,z1,z2,z3,z4,z5,z6,z7,z8"
+    )]
+    zones: Vec<String>,
+    /// Largest |x| or |y|.
+    #[arg(long, env = "SB_LOC_MAX_COORD", default_value_t = 1_000_000.0)]
+    max_coord: f64,
+    /// Largest nearby radius.
+    #[arg(long, env = "SB_LOC_MAX_RADIUS", default_value_t = 100_000.0)]
+    max_radius: f64,
+    /// How often positions are saved, ms.
+    #[arg(long, env = "SB_LOC_SAVE_INTERVAL_MS", default_value_t = 500)]
+    save_interval_ms: u64,
+    /// Requests handled at once.
+    #[arg(long, env = "SB_CONCURRENCY", default_value_t = 1024)]
+    concurrency: u32,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    svc::init_tracing();
+    let args = Args::parse();
+    if let Some(bad) = args
+        .zones
+        .iter()
+        .find(|z| switchboard_bus::proto::validate_token(z).is_err())
+    {
+        tracing::error!(zone = %bad, "invalid zone name (letters, digits, _ and - only)");
+        std::process::exit(svc::EXIT_USAGE);
+    }
+    let settings = Settings {
+        zones: args.zones,
+        max_coord: args.max_coord,
+        max_radius: args.max_radius,
+        save_interval_ms: args.save_interval_ms,
+    };
+    let config = Config {
+        broker: args.broker,
+        instance: args.instance,
+        secret: args.secret,
+        ..Config::default()
+    };
+    let result = switchboard_loc::service(settings)
+        .concurrency(args.concurrency)
+        .run(config, svc::shutdown_on_signal())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "loc failed");
+        std::process::exit(svc::EXIT_USAGE);
+    }
+}
