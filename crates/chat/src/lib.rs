@@ -29,6 +29,9 @@ pub const MAX_TEXT_CHARS: usize = 1000;
 pub const HISTORY_DEFAULT: u32 = 50;
 /// Largest history page.
 pub const HISTORY_MAX: u32 = 200;
+/// Services `relay` will not forward to: internal ones (the db service would
+/// take a forged author; the supervisor takes orders).
+pub const RELAY_DENY: [&str; 2] = ["db", "main"];
 
 /// Who is in which room: room → user → that user's sessions in the room.
 #[derive(Default)]
@@ -315,6 +318,13 @@ async fn relay(req: Request) -> HandlerResult {
     proto::validate_name(&arg.op).map_err(|e| Error::bad_request(format!("op: {e}")))?;
     if arg.to == "chat" && arg.op == "relay" {
         return Err(Error::bad_request("relay to chat relay would loop"));
+    }
+    // Relay must not open what the gateway keeps closed to clients.
+    if arg.to.starts_with('$') || RELAY_DENY.contains(&arg.to.as_str()) {
+        return Err(Error::new(
+            proto::ErrorCode::Forbidden,
+            format!("{} is not open to relay", arg.to),
+        ));
     }
     let body = match &arg.data {
         Some(data) => proto::to_body(data).map_err(|e| Error::internal(e.to_string()))?,

@@ -151,7 +151,13 @@ impl Child {
     pub fn broker(bind: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let mut args = vec!["--bind", bind];
         args.extend_from_slice(extra);
-        let mut child = Self::spawn("broker", &args, &[])?;
+        Self::announcing("broker", &args, &[])
+    }
+
+    /// Spawns binary `name` and waits (10 s at most) for its first stdout line,
+    /// `listening ADDRESS`; the address is in `first_line`.
+    pub fn announcing(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut child = Self::spawn(name, args, env)?;
         let stdout = child.inner.stdout.take().context("stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -164,11 +170,11 @@ impl Child {
         });
         let line = rx
             .recv_timeout(Duration::from_secs(10))
-            .context("broker did not report its endpoint within 10 s")?;
-        let Some(endpoint) = line.strip_prefix("listening ") else {
-            bail!("unexpected first line from broker: {line}");
+            .with_context(|| format!("{name} did not report its address within 10 s"))?;
+        let Some(address) = line.strip_prefix("listening ") else {
+            bail!("unexpected first line from {name}: {line}");
         };
-        child.first_line = Some(endpoint.to_owned());
+        child.first_line = Some(address.to_owned());
         Ok(child)
     }
 

@@ -1,0 +1,137 @@
+//! `receive`: the WebSocket gateway (see the library docs) until SIGTERM/SIGINT.
+
+use clap::Parser;
+use std::collections::HashMap;
+use switchboard_bus::{svc, Config, Service};
+use switchboard_receive::{Gateway, Settings};
+
+/// The Switchboard WebSocket gateway.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on; port 0 picks one. Prints `listening ws://ADDR` on stdout.
+    #[arg(long, env = "SB_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: String,
+    /// Broker endpoint.
+    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
+    broker: String,
+    /// Instance name.
+    #[arg(long, env = "SB_INSTANCE", default_value = "receive")]
+    instance: String,
+    /// Shared bus secret.
+    #[arg(long, env = "SB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// HS256 secret for client tokens; without it the gateway runs open.
+    #[arg(long, env = "SB_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// Largest client frame, bytes.
+    #[arg(long, env = "SB_MAX_FRAME_BYTES", default_value_t = Settings::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Idle timeout, ms.
+    #[arg(long, env = "SB_IDLE_TIMEOUT_MS", default_value_t = Settings::default().idle_timeout_ms)]
+    idle_timeout_ms: u64,
+    /// Ping interval, ms.
+    #[arg(long, env = "SB_PING_INTERVAL_MS", default_value_t = Settings::default().ping_interval_ms)]
+    ping_interval_ms: u64,
+    /// Messages queued per client before events are dropped/coalesced.
+    #[arg(long, env = "SB_SEND_BUFFER", default_value_t = Settings::default().send_buffer)]
+    send_buffer: usize,
+    /// Messages queued per client before it is closed (4001).
+    #[arg(long, env = "SB_SEND_BUFFER_HARD", default_value_t = Settings::default().send_buffer_hard)]
+    send_buffer_hard: usize,
+    /// Requests per second per connection.
+    #[arg(long, env = "SB_RATE_PER_SEC", default_value_t = Settings::default().rate_per_sec)]
+    rate_per_sec: u32,
+    /// Request burst per connection.
+    #[arg(long, env = "SB_RATE_BURST", default_value_t = Settings::default().rate_burst)]
+    rate_burst: u32,
+    /// Connections at most.
+    #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = Settings::default().max_connections)]
+    max_connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_CONN", default_value_t = Settings::default().max_inflight_per_conn)]
+    max_inflight_per_conn: usize,
+    /// Request deadline, ms.
+    #[arg(long, env = "SB_REQUEST_TIMEOUT_MS", default_value_t = Settings::default().request_timeout_ms)]
+    request_timeout_ms: u64,
+    /// Routing keys, SERVICE=FIELD (comma-separated).
+    #[arg(
+        long,
+        env = "SB_ROUTE_KEYS",
+        value_delimiter = ',',
+        default_value = "loc=zone,chat=room"
+    )]
+    route_keys: Vec<String>,
+}
+
+fn main() {
+    svc::init_tracing();
+    let args = Args::parse();
+    let mut route_keys = HashMap::new();
+    for pair in &args.route_keys {
+        let Some((service, field)) = pair.split_once('=') else {
+            eprintln!("receive: --route-keys wants SERVICE=FIELD, got {pair:?}");
+            std::process::exit(svc::EXIT_USAGE);
+        };
+        route_keys.insert(service.to_owned(), field.to_owned());
+    }
+    let settings = Settings {
+        max_frame_bytes: args.max_frame_bytes,
+        idle_timeout_ms: args.idle_timeout_ms,
+        ping_interval_ms: args.ping_interval_ms,
+        send_buffer: args.send_buffer,
+        send_buffer_hard: args.send_buffer_hard,
+        rate_per_sec: args.rate_per_sec,
+        rate_burst: args.rate_burst,
+        max_connections: args.max_connections,
+        max_inflight_per_conn: args.max_inflight_per_conn,
+        request_timeout_ms: args.request_timeout_ms,
+        auth_secret: args.auth_secret.filter(|s| !s.is_empty()),
+        route_keys,
+        ..Settings::default()
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("receive: cannot start the runtime: {e}");
+            std::process::exit(svc::EXIT_FAILURE);
+        }
+    };
+    let code = rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listen = %args.listen, error = %e, "cannot listen");
+                return svc::EXIT_USAGE;
+            }
+        };
+        match listener.local_addr() {
+            Ok(addr) => println!("listening ws://{addr}"),
+            Err(e) => tracing::warn!(error = %e, "no local address"),
+        }
+        let config = Config {
+            broker: args.broker,
+            instance: args.instance,
+            secret: args.secret,
+            ..Config::default()
+        };
+        let result = Service::new("receive")
+            .task(move |bus, shutdown| async move {
+                let gateway = Gateway::new(settings, bus);
+                switchboard_receive::serve(gateway, listener, shutdown).await;
+            })
+            .run(config, svc::shutdown_on_signal())
+            .await;
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "receive failed");
+                svc::EXIT_USAGE
+            }
+        }
+    });
+    std::process::exit(code);
+}

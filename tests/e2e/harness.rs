@@ -1,0 +1,243 @@
+//! Starting a whole system, and a WebSocket client that speaks the client protocol.
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::time::Duration;
+use switchboard_bus::Handle;
+use switchboard_testkit::{client, wait_ready, Child, TestDatabase};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The client-token secret the systems under test use.
+pub const AUTH_SECRET: &str = "e2e-client-secret";
+
+/// A running system. Dropping it kills every process.
+pub struct System {
+    /// `ws://127.0.0.1:PORT`.
+    pub ws: String,
+    /// Broker endpoint.
+    pub broker: String,
+    /// A bus client for inspecting (`$broker`).
+    pub bus: Handle,
+    /// The test database.
+    pub db: TestDatabase,
+    // Declared last: processes die after the handle is gone.
+    pub procs: Vec<(String, Child)>,
+}
+
+impl System {
+    /// Starts broker, db, chat, loc01, loc02 and receive, and waits until every
+    /// service instance is ready.
+    pub async fn start(auth: bool) -> Self {
+        switchboard_testkit::trace_init();
+        let db = TestDatabase::new();
+        let broker = Child::broker("tcp://127.0.0.1:0", &["--services", "db,chat,loc"]).unwrap();
+        let endpoint = broker.first_line.clone().unwrap();
+        let mut procs = vec![("broker".to_owned(), broker)];
+        let env_db = [("DATABASE_URL", db.url.as_str())];
+        procs.push((
+            "db".into(),
+            Child::spawn("db", &["--broker", &endpoint], &env_db).unwrap(),
+        ));
+        procs.push((
+            "chat".into(),
+            Child::spawn("chat", &["--broker", &endpoint], &[]).unwrap(),
+        ));
+        for loc in ["loc01", "loc02"] {
+            let args = [
+                "--broker",
+                &endpoint,
+                "--instance",
+                loc,
+                "--save-interval-ms",
+                "100",
+            ];
+            procs.push((loc.into(), Child::spawn("loc", &args, &[]).unwrap()));
+        }
+        let mut receive_args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--broker",
+            &endpoint,
+            "--max-frame-bytes",
+            "4096",
+        ];
+        if auth {
+            receive_args.extend(["--auth-secret", AUTH_SECRET]);
+        }
+        let receive = Child::announcing("receive", &receive_args, &[]).unwrap();
+        let ws = receive.first_line.clone().unwrap();
+        procs.push(("receive".into(), receive));
+        let bus = client(&endpoint, "e2e-inspector", None).await;
+        for instance in ["db", "chat", "loc01", "loc02", "receive"] {
+            assert!(
+                wait_ready(&bus, instance, Duration::from_secs(20)).await,
+                "{instance} ready"
+            );
+        }
+        Self {
+            ws,
+            broker: endpoint,
+            bus,
+            db,
+            procs,
+        }
+    }
+
+    /// A process by name.
+    pub fn proc(&mut self, name: &str) -> &mut Child {
+        &mut self
+            .procs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("known process")
+            .1
+    }
+
+    /// A client token for `user`.
+    pub fn token(user: &str) -> String {
+        switchboard_receive::jwt::sign(
+            AUTH_SECRET.as_bytes(),
+            &json!({ "sub": user, "exp": 4_000_000_000u64 }),
+        )
+    }
+
+    /// A connected client as `user` (token in the query string).
+    pub async fn client_as(&self, user: &str) -> Ws {
+        Ws::connect(&format!("{}/ws?token={}", self.ws, Self::token(user)))
+            .await
+            .unwrap()
+    }
+}
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client: requests by id, events buffered by topic.
+pub struct Ws {
+    pub stream: Stream,
+    next_id: u64,
+    events: VecDeque<Value>,
+    replies: VecDeque<Value>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Self {
+            stream,
+            next_id: 1,
+            events: VecDeque::new(),
+            replies: VecDeque::new(),
+        })
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// The next JSON frame, skipping pings; `None` on close or timeout.
+    pub async fn next_frame(&mut self, timeout: Duration) -> Option<Value> {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(until, self.stream.next())
+                .await
+                .ok()??
+            {
+                Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+                Ok(Message::Binary(b)) => return Some(json!({ "$binary": b.to_vec() })),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The close frame's code, reading until the connection closes (5 s at most).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(until, self.stream.next())
+                .await
+                .ok()??
+            {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a request and waits for the reply with its id (events meanwhile are kept).
+    pub async fn request(&mut self, to: Option<&str>, op: &str, data: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut frame = json!({ "id": id, "op": op, "data": data });
+        if let Some(to) = to {
+            frame["to"] = json!(to);
+        }
+        self.send_text(&frame.to_string()).await;
+        self.reply_for(&json!(id)).await
+    }
+
+    pub async fn reply_for(&mut self, id: &Value) -> Value {
+        if let Some(pos) = self.replies.iter().position(|r| &r["id"] == id) {
+            return self.replies.remove(pos).unwrap();
+        }
+        loop {
+            let frame = self
+                .next_frame(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("no reply for id {id}"));
+            if frame.get("topic").is_some() {
+                self.events.push_back(frame);
+            } else if &frame["id"] == id {
+                return frame;
+            } else {
+                self.replies.push_back(frame);
+            }
+        }
+    }
+
+    /// `data` of a successful reply (panics on an error reply, naming it).
+    pub async fn ok(&mut self, to: &str, op: &str, data: Value) -> Value {
+        let reply = self.request(Some(to), op, data).await;
+        assert_eq!(reply["ok"], json!(true), "{to}.{op}: {reply}");
+        reply["data"].clone()
+    }
+
+    /// The error code of a failed reply.
+    pub async fn err(&mut self, to: Option<&str>, op: &str, data: Value) -> String {
+        let reply = self.request(to, op, data).await;
+        assert_eq!(reply["ok"], json!(false), "{op} should fail: {reply}");
+        reply["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The next event on `topic` (5 s at most).
+    pub async fn event(&mut self, topic: &str) -> Option<Value> {
+        if let Some(pos) = self.events.iter().position(|e| e["topic"] == json!(topic)) {
+            return self.events.remove(pos).map(|e| e["data"].clone());
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next_frame(left).await?;
+            if frame["topic"] == json!(topic) {
+                return Some(frame["data"].clone());
+            }
+            if frame.get("topic").is_some() {
+                self.events.push_back(frame);
+            } else {
+                self.replies.push_back(frame);
+            }
+        }
+    }
+}
+
+/// A raw MariaDB connection to the test database.
+pub async fn sql(system: &System) -> mysql_async::Conn {
+    mysql_async::Conn::from_url(&system.db.url).await.unwrap()
+}

@@ -1,0 +1,7 @@
+//! End-to-end: the real binaries (broker, db, chat, two loc, receive) as child
+//! processes on ports picked by the OS, a real MariaDB with a database per test,
+//! and real WebSocket clients.
+
+mod gateway;
+mod harness;
+mod services;
