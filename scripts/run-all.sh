@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Runs the whole system on this machine until Ctrl-C.
 #
-# Today that is the broker and two instances of the echo demo service; the real
-# services (receive, chat, loc, db) and the supervisor `main` replace this list as
-# they land. Logs go to run/logs/. Environment:
-#   SB_BROKER   broker endpoint (default tcp://127.0.0.1:5555)
-#   SB_SECRET   shared bus secret (default: none, loopback only)
+# broker, db (MariaDB), chat, loc01, loc02 and the WebSocket gateway receive on
+# port 3000. (The supervisor `main` and ecosystem.toml take over this list in a
+# later issue.) Logs go to run/logs/. Environment:
+#   SB_BROKER        broker endpoint (default tcp://127.0.0.1:5555)
+#   SB_SECRET        shared bus secret (default: none, loopback only)
+#   SB_LISTEN        gateway address (default 127.0.0.1:3000)
+#   SB_AUTH_SECRET   HS256 secret for client tokens (default: none, anonymous users)
+#   DATABASE_URL     MariaDB (default mysql://root@127.0.0.1:3306/switchboard)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export SB_BROKER=${SB_BROKER:-tcp://127.0.0.1:5555}
+export SB_LISTEN=${SB_LISTEN:-127.0.0.1:3000}
+export DATABASE_URL=${DATABASE_URL:-mysql://root@127.0.0.1:3306/switchboard}
+scripts/ensure-mariadb.sh
 echo "== build (release)"
 cargo build --release --workspace --bins --locked
 
@@ -39,15 +45,18 @@ start() { # name command…
     echo "started $name (pid $!), log run/logs/$name.log"
 }
 
-start broker target/release/broker --bind "$SB_BROKER" --services echo
-start echo01 target/release/echo --service echo --instance echo01
-start echo02 target/release/echo --service echo --instance echo02
+start broker target/release/broker --bind "$SB_BROKER" --services db,chat,loc
+start db target/release/db --instance db
+start chat target/release/chat --instance chat
+start loc01 target/release/loc --instance loc01
+start loc02 target/release/loc --instance loc02
+start receive target/release/receive --instance receive --listen "$SB_LISTEN"
 
 echo "== waiting for every instance to be ready"
 ready=0
 for _ in $(seq 1 100); do
     n=$(target/release/sbctl --json ls 2>/dev/null | grep -c '"state": "ready"' || true)
-    if [ "${n:-0}" -ge 2 ]; then ready=1; break; fi
+    if [ "${n:-0}" -ge 5 ]; then ready=1; break; fi
     sleep 0.1
 done
 if [ $ready -ne 1 ]; then
@@ -56,6 +65,7 @@ if [ $ready -ne 1 ]; then
 fi
 target/release/sbctl ls
 echo
-echo "broker: $SB_BROKER   try: scripts/send-packet.sh echo echo '{\"hello\":\"world\"}'"
+echo "WebSocket: ws://$SB_LISTEN/ws   (also /uws/*; GET http://$SB_LISTEN/health)"
+echo "broker:    $SB_BROKER   try: scripts/send-packet.sh loc '\$health'"
 echo "Ctrl-C stops everything."
 while true; do sleep 3600; done

@@ -80,6 +80,26 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Send one request as a WebSocket client through the gateway (the path a
+    /// real client takes) and print the reply frame. Exit status as for `send`.
+    WsSend {
+        /// Service (`-` for the gateway's own ops: ping, subscribe, auth).
+        service: String,
+        /// Op name.
+        op: String,
+        /// Request data as JSON (default `{}`).
+        #[arg(default_value = "{}")]
+        data: String,
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Client token (HS256 JWT), sent as the `token` query parameter.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Also wait this long for events and print them (e.g. after a join).
+        #[arg(long, default_value_t = 0)]
+        listen_ms: u64,
+    },
     /// Which instance owns a key of a service.
     Owner {
         /// Service name.
@@ -160,6 +180,9 @@ fn body_to_json(body: &[u8]) -> serde_json::Value {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    if let Command::WsSend { service, op, data, url, token, listen_ms } = &args.command {
+        return ws_send(service, op, data, url, token.as_deref(), *listen_ms, args.timeout_ms).await;
+    }
     let conn = switchboard_bus::connect(Config {
         broker: args.broker.clone(),
         instance: format!("sbctl-{}", std::process::id()),
@@ -259,6 +282,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 }
             }
         }
+        Command::WsSend { .. } => {}
         Command::Owner { service, key } => {
             let body = proto::to_body(&serde_json::json!({ "service": service, "key": key }))
                 .map_err(|e| Failure::Usage(e.into()))?;
@@ -301,5 +325,72 @@ fn format_age(ms: u64) -> String {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{}s", s / 60, s % 60),
         _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+async fn ws_send(
+    service: &str,
+    op: &str,
+    data: &str,
+    url: &str,
+    token: Option<&str>,
+    listen_ms: u64,
+    timeout_ms: u64,
+) -> Result<(), Failure> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let data: serde_json::Value = serde_json::from_str(data)
+        .with_context(|| format!("data is not JSON: {data}"))
+        .map_err(Failure::Usage)?;
+    let url = match token {
+        Some(t) => format!("{url}{}token={t}", if url.contains('?') { '&' } else { '?' }),
+        None => url.to_owned(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let (mut ws, _) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url))
+        .await
+        .map_err(|_| Failure::Unreachable(format!("no answer from {url}")))?
+        .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
+    let mut frame = serde_json::json!({ "id": 1, "op": op, "data": data });
+    if service != "-" {
+        frame["to"] = serde_json::json!(service);
+    }
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    let mut reply: Option<serde_json::Value> = None;
+    let listen_until = tokio::time::Instant::now() + Duration::from_millis(listen_ms);
+    loop {
+        let until = if reply.is_some() { listen_until } else { deadline };
+        let next = match tokio::time::timeout_at(until, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                if reply.is_none() {
+                    return Err(Failure::Unreachable(format!("closed by the gateway: {frame:?}")));
+                }
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Err(Failure::Unreachable(e.to_string())),
+            Ok(None) | Err(_) => break,
+        };
+        println!("{next}");
+        let value: serde_json::Value = serde_json::from_str(next.as_str()).unwrap_or_default();
+        if value.get("id") == Some(&serde_json::json!(1)) {
+            reply = Some(value);
+            if listen_ms == 0 {
+                break;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    match reply {
+        None => Err(Failure::Reply(switchboard_bus::Error::new(ErrorCode::Timeout, "no reply from the gateway"))),
+        Some(r) if r["ok"] == serde_json::json!(true) => Ok(()),
+        Some(r) => {
+            let code: ErrorCode = serde_json::from_value(r["error"]["code"].clone()).unwrap_or(ErrorCode::Unknown);
+            let message = r["error"]["message"].as_str().unwrap_or_default().to_owned();
+            Err(Failure::Reply(switchboard_bus::Error::new(code, message)))
+        }
     }
 }
