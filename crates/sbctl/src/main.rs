@@ -180,8 +180,25 @@ fn body_to_json(body: &[u8]) -> serde_json::Value {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    if let Command::WsSend { service, op, data, url, token, listen_ms } = &args.command {
-        return ws_send(service, op, data, url, token.as_deref(), *listen_ms, args.timeout_ms).await;
+    if let Command::WsSend {
+        service,
+        op,
+        data,
+        url,
+        token,
+        listen_ms,
+    } = &args.command
+    {
+        return ws_send(
+            service,
+            op,
+            data,
+            url,
+            token.as_deref(),
+            *listen_ms,
+            args.timeout_ms,
+        )
+        .await;
     }
     let conn = switchboard_bus::connect(Config {
         broker: args.broker.clone(),
@@ -343,7 +360,10 @@ async fn ws_send(
         .with_context(|| format!("data is not JSON: {data}"))
         .map_err(Failure::Usage)?;
     let url = match token {
-        Some(t) => format!("{url}{}token={t}", if url.contains('?') { '&' } else { '?' }),
+        Some(t) => format!(
+            "{url}{}token={t}",
+            if url.contains('?') { '&' } else { '?' }
+        ),
         None => url.to_owned(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -361,12 +381,18 @@ async fn ws_send(
     let mut reply: Option<serde_json::Value> = None;
     let listen_until = tokio::time::Instant::now() + Duration::from_millis(listen_ms);
     loop {
-        let until = if reply.is_some() { listen_until } else { deadline };
+        let until = if reply.is_some() {
+            listen_until
+        } else {
+            deadline
+        };
         let next = match tokio::time::timeout_at(until, ws.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => text,
             Ok(Some(Ok(Message::Close(frame)))) => {
                 if reply.is_none() {
-                    return Err(Failure::Unreachable(format!("closed by the gateway: {frame:?}")));
+                    return Err(Failure::Unreachable(format!(
+                        "closed by the gateway: {frame:?}"
+                    )));
                 }
                 break;
             }
@@ -385,11 +411,18 @@ async fn ws_send(
     }
     let _ = ws.close(None).await;
     match reply {
-        None => Err(Failure::Reply(switchboard_bus::Error::new(ErrorCode::Timeout, "no reply from the gateway"))),
+        None => Err(Failure::Reply(switchboard_bus::Error::new(
+            ErrorCode::Timeout,
+            "no reply from the gateway",
+        ))),
         Some(r) if r["ok"] == serde_json::json!(true) => Ok(()),
         Some(r) => {
-            let code: ErrorCode = serde_json::from_value(r["error"]["code"].clone()).unwrap_or(ErrorCode::Unknown);
-            let message = r["error"]["message"].as_str().unwrap_or_default().to_owned();
+            let code: ErrorCode =
+                serde_json::from_value(r["error"]["code"].clone()).unwrap_or(ErrorCode::Unknown);
+            let message = r["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             Err(Failure::Reply(switchboard_bus::Error::new(code, message)))
         }
     }
