@@ -388,8 +388,19 @@ impl Router {
             self.peer_lost(old, Loss::Replaced, now);
         }
         if let Some(&old) = self.by_instance.get(&hello.instance) {
-            tracing::info!(instance = %hello.instance, "instance registered again; the previous registration is dropped");
-            self.peer_lost(old, Loss::Replaced, now);
+            if hello.successor && self.peers.contains_key(&old) {
+                // A reload: the old process finishes what it has and leaves.
+                tracing::info!(instance = %hello.instance, "successor registered; draining the previous process");
+                self.set_state(old, PeerState::Draining);
+                if let Some(identity) = self.peers.get(&old).map(|p| p.identity.clone()) {
+                    let mut env = Envelope::new(Kind::Drain);
+                    env.instance = Some(hello.instance.clone());
+                    self.send_env(&identity, &env, false);
+                }
+            } else {
+                tracing::info!(instance = %hello.instance, "instance registered again; the previous registration is dropped");
+                self.peer_lost(old, Loss::Replaced, now);
+            }
         }
         self.told_bye.remove(&identity);
         let pid = self.next_peer;

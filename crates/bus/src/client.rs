@@ -56,6 +56,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Deadline of a request that gives none.
     pub default_timeout_ms: u64,
+    /// This process takes over from a live instance of the same name (a reload by
+    /// the supervisor): the broker drains the old one instead of dropping it. The
+    /// default comes from `SB_SUCCESSOR=1`, which the supervisor sets.
+    pub successor: bool,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             connect_timeout_ms: 1_000,
             max_message_bytes: proto::DEFAULT_MAX_MESSAGE_LEN,
             default_timeout_ms: 5_000,
+            successor: std::env::var("SB_SUCCESSOR").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -948,6 +953,7 @@ async fn register(config: &Config, socket: &mut DealerSocket) -> Result<Welcome,
         pid: std::process::id(),
         credit: config.credit,
         proof: None,
+        successor: config.successor,
     };
     send_hello(socket, &hello).await?;
     loop {

@@ -23,6 +23,11 @@ pub struct Hello {
     /// HMAC proof (see [`crate::auth`]), sent in answer to a challenge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<ByteBuf>,
+    /// This process takes over from a live instance of the same name (a reload):
+    /// the broker drains the old one instead of dropping it, so its in-flight
+    /// requests finish. Added in protocol 1.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub successor: bool,
 }
 
 /// Body of the broker's answer to `hello`.

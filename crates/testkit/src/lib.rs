@@ -316,13 +316,18 @@ pub fn spawn_echo(
     instance: &str,
     secret: Option<&str>,
 ) -> ServiceGuard {
-    let shutdown = CancellationToken::new();
     let config = Config {
         broker: endpoint.to_owned(),
         instance: instance.to_owned(),
         secret: secret.map(str::to_owned),
         ..Config::default()
     };
+    spawn_echo_with(service, config)
+}
+
+/// Starts the echo service `service` with a bus `config` of the caller's.
+pub fn spawn_echo_with(service: &str, config: Config) -> ServiceGuard {
+    let shutdown = CancellationToken::new();
     let svc = switchboard_echo::service(service);
     let task = tokio::spawn(svc.run(config, shutdown.clone()));
     ServiceGuard {
@@ -431,6 +436,7 @@ impl RawPeer {
             pid: std::process::id(),
             credit: 16,
             proof: None,
+            successor: false,
         };
         for _ in 0..2 {
             let mut env = proto::Envelope::new(proto::Kind::Hello);

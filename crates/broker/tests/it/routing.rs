@@ -472,3 +472,79 @@ async fn drain_finishes_in_flight_work_and_takes_no_new_requests() {
         "a drained instance leaves, it is not lost"
     );
 }
+
+#[tokio::test]
+async fn a_successor_takes_over_while_the_old_process_finishes_its_work() {
+    trace_init();
+    let broker = TestBroker::start();
+    let old = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "echo-1", READY).await);
+    let caller = bus.clone();
+    let slow = tokio::spawn(async move {
+        caller
+            .call(
+                "echo",
+                "sleep",
+                proto::to_body(&serde_json::json!({"ms": 600})).unwrap(),
+                CallOptions::default(),
+            )
+            .await
+    });
+    assert!(
+        eventually(READY, || async {
+            broker_ls(&bus).await.iter().any(|i| i.inflight == 1)
+        })
+        .await
+    );
+    // The new process registers under the same name as a successor.
+    let config = switchboard_bus::Config {
+        broker: broker.endpoint.clone(),
+        instance: "echo-1".into(),
+        successor: true,
+        ..switchboard_bus::Config::default()
+    };
+    let _new = switchboard_testkit::spawn_echo_with("echo", config);
+    assert!(
+        eventually(READY, || async {
+            let ls = broker_ls(&bus).await;
+            ls.iter()
+                .any(|i| i.instance == "echo-1" && i.state == "draining")
+                && ls
+                    .iter()
+                    .any(|i| i.instance == "echo-1" && i.state == "ready")
+        })
+        .await
+    );
+    // New work goes to the successor; the old one finishes, then leaves by itself.
+    for _ in 0..5 {
+        let health = bus
+            .call("echo", "$health", Vec::new(), CallOptions::default())
+            .await
+            .unwrap();
+        let health: proto::Health = proto::from_body(&health.body).unwrap();
+        assert_eq!(
+            health.inflight, 0,
+            "the successor answers, not the busy old process"
+        );
+    }
+    let reply = slow
+        .await
+        .unwrap()
+        .expect("in-flight request finished on the old process");
+    assert!(reply.error.is_none());
+    assert!(
+        eventually(READY, || async {
+            broker_ls(&bus)
+                .await
+                .iter()
+                .filter(|i| i.instance == "echo-1")
+                .count()
+                == 1
+        })
+        .await
+    );
+    old.stop().await;
+    let stats = broker_stats(&bus).await;
+    assert_eq!((stats.peers_lost, stats.errors), (0, 0), "{stats:?}");
+}
