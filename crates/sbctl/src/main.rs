@@ -15,7 +15,7 @@ use switchboard_bus::{svc, CallOptions, Config, Handle};
 #[command(
     version,
     about,
-    after_help = "Examples:\n  sbctl ls\n  sbctl send echo echo '{\"hello\":\"world\"}'\n  sbctl send loc nearby '{\"zone\":\"z1\",\"x\":0,\"y\":0,\"radius\":10}' --key z1\n  sbctl sub 'chat.room.*'\n  sbctl pub chat.room.lobby '{\"text\":\"hi\"}'\n  sbctl --json stats"
+    after_help = "Examples:\n  sbctl ls\n  sbctl reload chat\n  sbctl logs loc01 -f\n  sbctl send echo echo '{\"hello\":\"world\"}'\n  sbctl send loc nearby '{\"zone\":\"z1\",\"x\":0,\"y\":0,\"radius\":10}' --key z1\n  sbctl sub 'chat.room.*'\n  sbctl pub chat.room.lobby '{\"text\":\"hi\"}'\n  sbctl --json stats"
 )]
 struct Args {
     /// Broker endpoint.
@@ -41,8 +41,40 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Registered instances, as the broker sees them.
+    /// Every app instance: state, pid, uptime, restarts, memory, cpu, in flight,
+    /// handled (from `main`; the broker's view when no supervisor runs).
     Ls,
+    /// Start an app (all its instances) or one instance.
+    Start {
+        /// App or instance name.
+        name: String,
+    },
+    /// Stop an app or instance gracefully.
+    Stop {
+        /// App or instance name.
+        name: String,
+    },
+    /// Stop, then start (a short gap: requests are held, not failed).
+    Restart {
+        /// App or instance name.
+        name: String,
+    },
+    /// Zero-downtime replacement: the new process first, then the old one drains.
+    Reload {
+        /// App or instance name.
+        name: String,
+    },
+    /// Print an instance's log (`broker` for the broker's).
+    Logs {
+        /// Instance (or single-instance app) name.
+        name: String,
+        /// How many lines.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+        /// Keep printing what is written (Ctrl-C to stop).
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// The broker's counters.
     Stats,
     /// Send one request (a test packet) and print the reply's data as JSON.
@@ -227,18 +259,93 @@ async fn run(args: Args) -> Result<(), Failure> {
 async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), Failure> {
     match &args.command {
         Command::Ls => {
-            let reply = bus
-                .call(proto::BROKER_SERVICE, "ls", Vec::new(), options)
-                .await?;
-            let list: Vec<InstanceInfo> =
-                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            let from_main = bus.call("main", "ls", Vec::new(), options.clone()).await;
+            match from_main {
+                Ok(reply) => {
+                    let list = body_to_json(&reply.body);
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&list).unwrap_or_default()
+                        );
+                    } else {
+                        print_apps(list.as_array().map(Vec::as_slice).unwrap_or_default());
+                    }
+                }
+                Err(e) if matches!(e.code, ErrorCode::UnknownService | ErrorCode::Unavailable) => {
+                    let reply = bus
+                        .call(proto::BROKER_SERVICE, "ls", Vec::new(), options)
+                        .await?;
+                    let list: Vec<InstanceInfo> =
+                        proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&list).unwrap_or_default()
+                        );
+                    } else {
+                        eprintln!("(no supervisor on the bus: the broker's view)");
+                        print_table(&list);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Start { name }
+        | Command::Stop { name }
+        | Command::Restart { name }
+        | Command::Reload { name } => {
+            let op = match &args.command {
+                Command::Start { .. } => "start",
+                Command::Stop { .. } => "stop",
+                Command::Restart { .. } => "restart",
+                _ => "reload",
+            };
+            let body = proto::to_body(&serde_json::json!({ "name": name }))
+                .map_err(|e| Failure::Usage(e.into()))?;
+            // Starting waits for readiness (up to each app's ready_timeout_ms).
+            let options = CallOptions {
+                timeout: Some(Duration::from_millis(args.timeout_ms.max(60_000))),
+                ..options
+            };
+            let reply = bus.call("main", op, body, options).await?;
+            let list = body_to_json(&reply.body);
             if args.json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
             } else {
-                print_table(&list);
+                print_apps(list.as_array().map(Vec::as_slice).unwrap_or_default());
+            }
+        }
+        Command::Logs {
+            name,
+            lines,
+            follow,
+        } => {
+            let body = proto::to_body(&serde_json::json!({ "name": name, "lines": lines }))
+                .map_err(|e| Failure::Usage(e.into()))?;
+            let reply = bus.call("main", "logs", body, options.clone()).await?;
+            let mut logs = body_to_json(&reply.body);
+            print!("{}", logs["text"].as_str().unwrap_or_default());
+            if *follow {
+                let shutdown = svc::shutdown_on_signal();
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+                    }
+                    let offset = logs["offset"].as_u64().unwrap_or(0);
+                    let body =
+                        proto::to_body(&serde_json::json!({ "name": name, "offset": offset }))
+                            .map_err(|e| Failure::Usage(e.into()))?;
+                    let reply = bus.call("main", "logs", body, options.clone()).await?;
+                    logs = body_to_json(&reply.body);
+                    print!("{}", logs["text"].as_str().unwrap_or_default());
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
             }
         }
         Command::Stats => {
@@ -333,6 +440,47 @@ fn print_table(list: &[InstanceInfo]) {
             format!("{}/{}", i.inflight, i.credit),
             i.handled
         );
+    }
+}
+
+fn print_apps(list: &[serde_json::Value]) {
+    println!(
+        "{:<10} {:<14} {:<10} {:>8} {:>9} {:>4} {:>9} {:>6} {:>8} {:>9}",
+        "APP", "INSTANCE", "STATE", "PID", "UPTIME", "↺", "MEMORY", "CPU", "INFLIGHT", "HANDLED"
+    );
+    for a in list {
+        let num = |k: &str| a[k].as_u64().unwrap_or(0);
+        let state = a["state"].as_str().unwrap_or("?");
+        let running = num("pid") > 0;
+        println!(
+            "{:<10} {:<14} {:<10} {:>8} {:>9} {:>4} {:>9} {:>5.1}% {:>8} {:>9}",
+            a["app"].as_str().unwrap_or("?"),
+            a["instance"].as_str().unwrap_or("?"),
+            state,
+            if running {
+                num("pid").to_string()
+            } else {
+                "-".into()
+            },
+            if running {
+                format_age(num("uptime_ms"))
+            } else {
+                "-".into()
+            },
+            num("restarts"),
+            format_bytes(num("rss_bytes")),
+            a["cpu_percent"].as_f64().unwrap_or(0.0),
+            num("inflight"),
+            num("handled")
+        );
+    }
+}
+
+fn format_bytes(b: u64) -> String {
+    match b {
+        0 => "-".into(),
+        b if b < 1 << 20 => format!("{:.0} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
     }
 }
 

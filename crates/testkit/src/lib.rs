@@ -513,3 +513,8 @@ impl Drop for TestDatabase {
             .status();
     }
 }
+
+/// Sends a real signal to any process.
+pub fn signal_pid(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}

@@ -1,0 +1,322 @@
+//! `main`, the supervisor: what PM2 did for the Node.js system, knowing from the
+//! bus, not from a PID, whether a service is alive.
+//!
+//! It reads `ecosystem.toml` ([`ecosystem`]), starts the broker, then the apps in
+//! `depends_on` order, each counted as started once its instance is ready on the
+//! bus; health-checks every instance over the bus and restarts dead, hung or
+//! over-memory ones ([`supervisor`]); serves `ls`, `start`, `stop`, `restart`,
+//! `reload` and `logs` as the bus service `main` (what `sbctl` talks to); writes
+//! each instance's output to its own rotated log file ([`logs`]). SIGTERM/SIGINT
+//! stops the apps in reverse dependency order, gracefully, then the broker.
+//!
+//! # Layout
+//!
+//! - [`ecosystem`]: the file, checked before anything starts.
+//! - [`supervisor`]: keepers (one per instance), start/stop order, `ls`.
+//! - [`proc`]: spawning, signals, /proc readings.
+//! - [`logs`]: log files.
+//! - this file: [`Options`], [`run`], the `main` bus service.
+
+pub mod ecosystem;
+pub mod logs;
+pub mod proc;
+pub mod supervisor;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_bus::{svc, Config, Error, Request, Service};
+use tokio::io::AsyncBufReadExt;
+
+use supervisor::{Cmd, InstanceStatus, Supervisor};
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The ecosystem file.
+    pub config: PathBuf,
+    /// Profile (`env_<profile>` tables).
+    pub env: Option<String>,
+    /// Only monitor: start nothing, connect to `broker`.
+    pub no_spawn: bool,
+    /// Broker endpoint for `--no-spawn`.
+    pub broker: String,
+    /// Shared bus secret.
+    pub secret: Option<String>,
+}
+
+/// Body of `start`/`stop`/`restart`/`reload`/`logs`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NameArg {
+    /// App or instance name.
+    pub name: String,
+    /// `logs`: how many lines (default 50).
+    #[serde(default)]
+    pub lines: Option<usize>,
+    /// `logs`: follow from this offset (from an earlier reply).
+    #[serde(default)]
+    pub offset: Option<u64>,
+}
+
+/// Reply of `logs`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogsReply {
+    /// The instance.
+    pub instance: String,
+    /// The file.
+    pub path: String,
+    /// Text (the last lines, or what came after `offset`).
+    pub text: String,
+    /// Where to follow from.
+    pub offset: u64,
+}
+
+/// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
+pub async fn run(options: Options) -> i32 {
+    let eco = match ecosystem::load(&options.config, options.env.as_deref()) {
+        Ok(eco) => eco,
+        Err(e) => {
+            eprintln!("main: {}: {e}", options.config.display());
+            return svc::EXIT_USAGE;
+        }
+    };
+    let shutdown = svc::shutdown_on_signal();
+    let (endpoint, mut broker) = if options.no_spawn {
+        (options.broker.clone(), None)
+    } else {
+        match start_broker(&eco).await {
+            Ok((endpoint, proc)) => (endpoint, Some(proc)),
+            Err(e) => {
+                eprintln!("main: cannot start the broker: {e:#}");
+                return svc::EXIT_FAILURE;
+            }
+        }
+    };
+    println!("listening {endpoint}");
+    let sup = match Supervisor::new(eco, endpoint.clone(), options.no_spawn) {
+        Ok(sup) => sup,
+        Err(e) => {
+            eprintln!("main: {e:#}");
+            return svc::EXIT_FAILURE;
+        }
+    };
+    let config = Config {
+        broker: endpoint,
+        instance: "main".into(),
+        secret: options.secret,
+        successor: false,
+        ..Config::default()
+    };
+    let result = service(sup.clone()).run(config, shutdown).await;
+    if let Some(broker) = broker.as_mut() {
+        tracing::info!("stopping the broker");
+        broker.stop(Duration::from_secs(5)).await;
+    }
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "main failed");
+            svc::EXIT_FAILURE
+        }
+    }
+}
+
+/// Spawns the broker and reads the endpoint it bound.
+async fn start_broker(eco: &ecosystem::Ecosystem) -> anyhow::Result<(String, proc::Proc)> {
+    let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base)
+        .ok_or_else(|| anyhow::anyhow!("broker bin {:?} not found", eco.broker.bin))?;
+    let services: Vec<&str> = eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
+    let mut args = vec![
+        "--bind".to_owned(),
+        eco.broker.bind.clone(),
+        "--services".to_owned(),
+        services.join(","),
+    ];
+    args.extend(eco.broker.args.iter().cloned());
+    let env: Vec<(String, String)> = eco
+        .broker
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
+    let log = Arc::new(logs::LogFile::open(
+        &log_dir,
+        "broker",
+        eco.main.log_max_bytes,
+        eco.main.log_keep,
+    )?);
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.args(&args)
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    if let Some(err) = child.stderr.take() {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.write(format!("{line}\n").as_bytes());
+            }
+        });
+    }
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .map_err(|_| anyhow::anyhow!("the broker did not report its endpoint within 10 s"))??
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the broker exited at start (see {}/broker.log)",
+                log_dir.display()
+            )
+        })?;
+    let endpoint = first
+        .strip_prefix("listening ")
+        .ok_or_else(|| anyhow::anyhow!("unexpected broker output: {first}"))?
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(%endpoint, pid, "broker started");
+    Ok((endpoint, proc::Proc::from_child(child)))
+}
+
+fn decode_name(req: &Request) -> Result<NameArg, Error> {
+    req.decode::<NameArg>()
+}
+
+fn targets(sup: &Supervisor, name: &str) -> Result<Vec<Arc<supervisor::Managed>>, Error> {
+    let found = sup.find(name);
+    if found.is_empty() {
+        let known: Vec<&str> = sup.eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
+        return Err(Error::bad_request(format!(
+            "no app or instance {name:?} (apps: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(found)
+}
+
+async fn order(sup: Arc<Supervisor>, req: Request, cmd: Cmd) -> switchboard_bus::HandlerResult {
+    let arg = decode_name(&req)?;
+    let found = targets(&sup, &arg.name)?;
+    let results = futures::future::join_all(found.iter().map(|m| m.order(cmd))).await;
+    let failures: Vec<String> = found
+        .iter()
+        .zip(&results)
+        .filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{}: {e}", m.instance)))
+        .collect();
+    if !failures.is_empty() {
+        return Err(Error::new(
+            switchboard_bus::proto::ErrorCode::Unavailable,
+            failures.join("; "),
+        ));
+    }
+    let statuses: Vec<InstanceStatus> = found.iter().map(|m| m.status()).collect();
+    Request::encode(&statuses)
+}
+
+/// The `main` bus service over `sup`.
+fn service(sup: Arc<Supervisor>) -> Service {
+    let (s_ls, s_start, s_stop, s_restart, s_reload, s_logs, s_task) = (
+        sup.clone(),
+        sup.clone(),
+        sup.clone(),
+        sup.clone(),
+        sup.clone(),
+        sup.clone(),
+        sup,
+    );
+    Service::new("main")
+        .concurrency(64)
+        .handle("ls", move |req: Request| {
+            let sup = s_ls.clone();
+            async move { Request::encode(&sup.ls(&req.bus).await) }
+        })
+        .handle("start", move |req: Request| {
+            order(s_start.clone(), req, Cmd::Start)
+        })
+        .handle("stop", move |req: Request| {
+            order(s_stop.clone(), req, Cmd::Stop)
+        })
+        .handle("restart", move |req: Request| {
+            order(s_restart.clone(), req, Cmd::Restart)
+        })
+        .handle("reload", move |req: Request| {
+            order(s_reload.clone(), req, Cmd::Reload)
+        })
+        .handle("logs", move |req: Request| {
+            let sup = s_logs.clone();
+            async move {
+                let arg = decode_name(&req)?;
+                let (instance, path) = if arg.name == "broker" {
+                    ("broker".to_owned(), sup.log_dir().join("broker.log"))
+                } else {
+                    let found = targets(&sup, &arg.name)?;
+                    if found.len() > 1 {
+                        let names: Vec<&str> = found.iter().map(|m| m.instance.as_str()).collect();
+                        return Err(Error::bad_request(format!(
+                            "{} has several instances: {}",
+                            arg.name,
+                            names.join(", ")
+                        )));
+                    }
+                    (found[0].instance.clone(), found[0].log_path())
+                };
+                let read = match arg.offset {
+                    Some(offset) => logs::since(&path, offset),
+                    None => logs::tail(&path, arg.lines.unwrap_or(50).min(10_000)).map(
+                        |(lines, size)| {
+                            let mut text = lines.join("\n");
+                            if !text.is_empty() {
+                                text.push('\n');
+                            }
+                            (text, size)
+                        },
+                    ),
+                };
+                let (text, offset) = read.map_err(|e| {
+                    Error::new(
+                        switchboard_bus::proto::ErrorCode::Unavailable,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                Request::encode(&LogsReply {
+                    instance,
+                    path: path.display().to_string(),
+                    text,
+                    offset,
+                })
+            }
+        })
+        .task(move |bus, shutdown| async move {
+            let sup = s_task;
+            sup.spawn_keepers(&bus, &shutdown);
+            tokio::spawn({
+                let sup = sup.clone();
+                let bus = bus.clone();
+                let shutdown = shutdown.clone();
+                async move { sup.watch_broker(bus, shutdown).await }
+            });
+            if !sup.no_spawn {
+                tokio::select! {
+                    () = sup.start_all() => {
+                        tracing::info!("every app started");
+                        println!("ready");
+                    }
+                    () = shutdown.cancelled() => {}
+                }
+            }
+            shutdown.cancelled().await;
+            tracing::info!("stopping the apps in reverse dependency order");
+            sup.stop_all().await;
+        })
+}

@@ -1,0 +1,63 @@
+//! `main`: the supervisor (see the library docs).
+
+use clap::Parser;
+use std::path::PathBuf;
+use switchboard_bus::svc;
+
+/// The Switchboard supervisor: runs the apps of an ecosystem file.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The ecosystem file.
+    #[arg(long, short, env = "SB_ECOSYSTEM", default_value = "ecosystem.toml")]
+    config: PathBuf,
+    /// Profile: applies each app's `env_<NAME>` table.
+    #[arg(long)]
+    env: Option<String>,
+    /// Only monitor the bus; start nothing.
+    #[arg(long)]
+    no_spawn: bool,
+    /// Broker endpoint (with --no-spawn).
+    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
+    broker: String,
+    /// Shared bus secret (also passed to every app through the environment).
+    #[arg(long, env = "SB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Check the ecosystem file, print the start order, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    svc::init_tracing();
+    let args = Args::parse();
+    if args.check {
+        match switchboard_main::ecosystem::load(&args.config, args.env.as_deref()) {
+            Ok(eco) => {
+                for app in &eco.apps {
+                    println!(
+                        "{:<12} {} {}",
+                        app.spec.name,
+                        app.bin.display(),
+                        app.instances.join(",")
+                    );
+                }
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("main: {}: {e}", args.config.display());
+                std::process::exit(svc::EXIT_USAGE);
+            }
+        }
+    }
+    let code = switchboard_main::run(switchboard_main::Options {
+        config: args.config,
+        env: args.env,
+        no_spawn: args.no_spawn,
+        broker: args.broker,
+        secret: args.secret,
+    })
+    .await;
+    std::process::exit(code);
+}

@@ -1,0 +1,162 @@
+//! Child processes: spawning with logs, signals, and /proc readings.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+use crate::logs::LogFile;
+
+/// A running child.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Its pid.
+    pub pid: u32,
+    /// When it was spawned.
+    pub started: Instant,
+    /// Wall-clock start, ms since the epoch.
+    pub started_ms: u64,
+    cpu: Option<(u64, Instant)>,
+}
+
+/// Spawns `bin args` with `env`, stdout and stderr appended to `log`. The child
+/// gets its own process group, so a Ctrl-C at the terminal reaches only the
+/// supervisor, which stops the apps in order.
+///
+/// # Errors
+///
+/// When the process cannot be started.
+pub fn spawn(
+    bin: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: Arc<LogFile>,
+) -> std::io::Result<Proc> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, log.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, log));
+    }
+    Ok(Proc {
+        child,
+        pid,
+        started: Instant::now(),
+        started_ms: switchboard_bus::proto::now_ms(),
+        cpu: None,
+    })
+}
+
+async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, log: Arc<LogFile>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => log.write(&buf[..n]),
+        }
+    }
+}
+
+/// Sends a signal; a process that is gone is not an error.
+pub fn signal(pid: u32, sig: Signal) {
+    if pid > 0 {
+        let _ = kill(Pid::from_raw(pid as i32), sig);
+    }
+}
+
+impl Proc {
+    /// SIGTERM, then SIGKILL after `grace`; waits for the exit.
+    pub async fn stop(&mut self, grace: Duration) {
+        signal(self.pid, Signal::SIGCONT);
+        signal(self.pid, Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pid = self.pid,
+                grace_ms = grace.as_millis() as u64,
+                "did not stop in time; SIGKILL"
+            );
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// Resident memory, bytes (0 if unknown).
+    pub fn rss(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/statm", self.pid))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * 4096)
+    }
+
+    /// CPU use since the last call, percent of one core.
+    pub fn cpu_percent(&mut self) -> f64 {
+        let Some(ticks) = cpu_ticks(self.pid) else {
+            return 0.0;
+        };
+        let now = Instant::now();
+        let percent = match self.cpu {
+            Some((before, at)) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.0 {
+                    (ticks.saturating_sub(before)) as f64 / CLOCK_TICKS / secs * 100.0
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.cpu = Some((ticks, now));
+        percent
+    }
+
+    /// The process's state letter from /proc (`T` = stopped).
+    pub fn state(&self) -> char {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| s.rsplit(')').next()?.trim().chars().next())
+            .unwrap_or('?')
+    }
+}
+
+/// Clock ticks per second (Linux's USER_HZ is 100 on every common platform).
+const CLOCK_TICKS: f64 = 100.0;
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit(')').next()?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 (index 0 here); utime 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+impl Proc {
+    /// Wraps a child spawned elsewhere (the broker).
+    pub fn from_child(child: Child) -> Self {
+        Self {
+            pid: child.id().unwrap_or(0),
+            child,
+            started: Instant::now(),
+            started_ms: switchboard_bus::proto::now_ms(),
+            cpu: None,
+        }
+    }
+}
