@@ -4,6 +4,8 @@
 //! code's number (see [`exit_code`]) and prints `error: CODE: message` on stderr;
 //! 64 for bad usage; 69 when the broker cannot be reached.
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -132,12 +134,91 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         listen_ms: u64,
     },
+    /// Benchmarks (see `sbctl bench --help`).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Which instance owns a key of a service.
     Owner {
         /// Service name.
         service: String,
         /// Key.
         key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Request/reply through the broker to a service's `$echo`.
+    Rr {
+        /// Target service (run one: `echo --service echo`).
+        #[arg(long, default_value = "echo")]
+        service: String,
+        /// Op.
+        #[arg(long, default_value = "$echo")]
+        op: String,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Bus connections.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Measured time, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Warm-up, ms.
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+    },
+    /// WebSocket clients through the gateway (the path a real client takes).
+    Ws {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Target service.
+        #[arg(long, default_value = "chat")]
+        service: String,
+        /// Op (`say` commits to MariaDB).
+        #[arg(long, default_value = "$echo")]
+        op: String,
+        /// Request data as JSON.
+        #[arg(
+            long,
+            default_value = r#"{"room":"bench","text":"hello, this is a benchmark message"}"#
+        )]
+        data: String,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Measured time, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Warm-up, ms.
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Hold N idle WebSocket connections; report the gateway's memory per connection.
+    Idle {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Connections (raise `ulimit -n` in the shell that runs this and the gateway).
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+        /// How long to hold them, ms.
+        #[arg(long, default_value_t = 2_000)]
+        hold_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -407,6 +488,75 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             }
         }
         Command::WsSend { .. } => {}
+        Command::Bench(b) => {
+            let report = match b {
+                BenchCmd::Rr {
+                    service,
+                    op,
+                    size,
+                    window,
+                    connections,
+                    duration_ms,
+                    warmup_ms,
+                } => {
+                    bench::rr(bench::RrArgs {
+                        broker: args.broker.clone(),
+                        secret: args.secret.clone(),
+                        service: service.clone(),
+                        op: op.clone(),
+                        size: *size,
+                        window: *window,
+                        connections: *connections,
+                        duration_ms: *duration_ms,
+                        warmup_ms: *warmup_ms,
+                    })
+                    .await
+                }
+                BenchCmd::Ws {
+                    url,
+                    service,
+                    op,
+                    data,
+                    connections,
+                    window,
+                    duration_ms,
+                    warmup_ms,
+                    token,
+                } => {
+                    let data: serde_json::Value = serde_json::from_str(data)
+                        .with_context(|| format!("data is not JSON: {data}"))
+                        .map_err(Failure::Usage)?;
+                    bench::ws(bench::WsArgs {
+                        url: url.clone(),
+                        service: service.clone(),
+                        op: op.clone(),
+                        data,
+                        connections: *connections,
+                        window: *window,
+                        duration_ms: *duration_ms,
+                        warmup_ms: *warmup_ms,
+                        token: token.clone(),
+                    })
+                    .await
+                }
+                BenchCmd::Idle {
+                    url,
+                    connections,
+                    hold_ms,
+                    token,
+                } => {
+                    bench::idle(bench::IdleArgs {
+                        url: url.clone(),
+                        connections: *connections,
+                        hold_ms: *hold_ms,
+                        token: token.clone(),
+                        bus: bus.clone(),
+                    })
+                    .await
+                }
+            };
+            report.map_err(Failure::Usage)?.print(args.json);
+        }
         Command::Owner { service, key } => {
             let body = proto::to_body(&serde_json::json!({ "service": service, "key": key }))
                 .map_err(|e| Failure::Usage(e.into()))?;
