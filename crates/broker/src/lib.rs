@@ -141,6 +141,11 @@ pub async fn run(
             _ = tick.tick() => router.on_tick(switchboard_proto::now_ms()),
         }
         flush(&mut socket, &mut router);
+        // The zeromq crate's reads are not under tokio's cooperative budget, so
+        // under steady input this loop would never yield, and the per-peer writer
+        // tasks (same thread) would not run until the input paused: requests
+        // would go out in bursts. Yield after every batch.
+        tokio::task::yield_now().await;
     }
     tracing::info!("broker stopping");
     router.stats.clone()

@@ -60,6 +60,11 @@ pub struct Config {
     /// the supervisor): the broker drains the old one instead of dropping it. The
     /// default comes from `SB_SUCCESSOR=1`, which the supervisor sets.
     pub successor: bool,
+    /// Where the socket task runs: `None` (default) joins the caller's runtime
+    /// when it is a current_thread one and takes a thread of its own otherwise;
+    /// `Some(true)` always a thread of its own; `Some(false)` always the caller's
+    /// runtime.
+    pub io_thread: Option<bool>,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
             max_message_bytes: proto::DEFAULT_MAX_MESSAGE_LEN,
             default_timeout_ms: 5_000,
             successor: std::env::var("SB_SUCCESSOR").is_ok_and(|v| v == "1"),
+            io_thread: None,
         }
     }
 }
@@ -241,22 +247,35 @@ pub fn connect(config: Config) -> Result<Connection, Error> {
         heartbeat_ms: 0,
         liveness: 0,
     };
-    std::thread::Builder::new()
-        .name("bus-io".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the bus runtime");
-                    return;
-                }
-            };
-            rt.block_on(actor.run());
-        })
-        .map_err(|e| Error::internal(format!("cannot start the bus thread: {e}")))?;
+    // ZeroMQ I/O belongs on a current_thread runtime. When the caller runs one
+    // (every service binary does), the socket task joins it: no thread hop
+    // between handlers and the socket. Otherwise (a multi_thread runtime, or no
+    // runtime) it gets a thread of its own with a current_thread runtime.
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    let same_runtime = match actor.config.io_thread {
+        Some(thread) => !thread && flavor.is_ok(),
+        None => matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)),
+    };
+    if same_runtime {
+        tokio::spawn(actor.run());
+    } else {
+        std::thread::Builder::new()
+            .name("bus-io".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the bus runtime");
+                        return;
+                    }
+                };
+                rt.block_on(actor.run());
+            })
+            .map_err(|e| Error::internal(format!("cannot start the bus thread: {e}")))?;
+    }
     Ok(Connection {
         handle: Handle { tx, shared },
         inbound: in_rx,
@@ -371,17 +390,11 @@ impl Handle {
             })
             .await
             .map_err(|_| closed())?;
-        // The socket task answers every request by its deadline (plus grace); this
-        // outer bound only guards against that task being gone.
-        let wait =
-            Duration::from_millis(deadline.saturating_sub(proto::now_ms()) + 2 * DEADLINE_GRACE_MS);
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(closed()),
-            Err(_) => Err(Error::new(
-                ErrorCode::Timeout,
-                "no reply before the deadline",
-            )),
+        // The socket task answers every request by its deadline (plus grace) and
+        // drops the sender if it stops, so this wait ends without a timer of its own.
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(closed()),
         }
     }
 
@@ -673,8 +686,9 @@ impl Actor {
         let mut sweep = tokio::time::interval(SWEEP);
         let heartbeat_frame = encode_simple(Kind::Heartbeat);
         loop {
+            // Not biased: a steady stream of incoming messages must not starve the
+            // commands (replies and new requests) waiting to go out.
             tokio::select! {
-                biased;
                 event = monitor.next() => {
                     if let Some(SocketEvent::Disconnected(_)) | None = event {
                         return End::Lost("connection closed");
@@ -716,6 +730,10 @@ impl Actor {
                 }
                 _ = sweep.tick() => self.expire(proto::now_ms()),
             }
+            // Let the socket's writer task (and, on a shared runtime, the
+            // handlers) run between batches: zeromq's reads do not yield by
+            // themselves.
+            tokio::task::yield_now().await;
         }
     }
 
