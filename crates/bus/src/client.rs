@@ -137,7 +137,7 @@ enum Cmd {
     Subscribe {
         sub: u64,
         pattern: String,
-        tx: mpsc::Sender<Envelope>,
+        tx: mpsc::Sender<Box<Envelope>>,
     },
     Unsubscribe {
         sub: u64,
@@ -160,7 +160,9 @@ pub struct Handle {
 
 /// A stream of events for one pattern; unsubscribes when dropped.
 pub struct Subscription {
-    rx: mpsc::Receiver<Envelope>,
+    // Boxed: a tokio channel allocates a block of 32 slots up front, and an
+    // envelope is a few hundred bytes; a gateway holds one subscription per client.
+    rx: mpsc::Receiver<Box<Envelope>>,
     sub: u64,
     tx: mpsc::Sender<Cmd>,
 }
@@ -168,7 +170,7 @@ pub struct Subscription {
 impl Subscription {
     /// The next event, or `None` once the client is closed.
     pub async fn next(&mut self) -> Option<Envelope> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|e| *e)
     }
 }
 
@@ -526,7 +528,7 @@ struct Actor {
     inbound: mpsc::Sender<Incoming>,
     shared: Arc<Shared>,
     pending: HashMap<u64, Pending>,
-    subs: Vec<(u64, String, mpsc::Sender<Envelope>)>,
+    subs: Vec<(u64, String, mpsc::Sender<Box<Envelope>>)>,
     ready: bool,
     draining: Option<oneshot::Sender<()>>,
     heartbeat_ms: u64,
@@ -830,7 +832,9 @@ impl Actor {
             }
             (Kind::Event, None) => {
                 for (_, pattern, tx) in &self.subs {
-                    if topic::matches(pattern, &env.to) && tx.try_send(env.clone()).is_err() {
+                    if topic::matches(pattern, &env.to)
+                        && tx.try_send(Box::new(env.clone())).is_err()
+                    {
                         self.shared
                             .stats
                             .events_dropped

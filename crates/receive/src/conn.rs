@@ -31,6 +31,8 @@ pub const CLOSE_AWAY: u16 = 1001;
 
 /// Longest HTTP request head read before the upgrade.
 const MAX_HEAD: usize = 8 * 1024;
+/// Initial read buffer of a connection (grown for larger frames).
+const READ_BUFFER: usize = 1024;
 /// Time a client has to send its HTTP request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,7 +109,11 @@ pub async fn handle(
             rand::random::<u64>() & 0xffff_ffff_ffff
         )),
     };
+    // tungstenite's defaults (128 KiB read and write buffers per connection) cost
+    // 140 KiB an idle connection; frames here are at most a few KiB.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(gw.settings.max_frame_bytes))
         .max_frame_size(Some(gw.settings.max_frame_bytes));
     let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
