@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace --bins          # the Switchboard binaries
-//! cd bench && cargo run --release -- run --rounds 3 --out ../BENCHMARKS.md
+//! cd bench && cargo run --release -- run --rounds 3 --out /tmp/rr.md   # then paste into BENCHMARKS.md
 //! ```
 //!
 //! Subcommands `responder` and `nats-rr` are the NATS side's two processes (a
@@ -52,7 +52,7 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value_t = 5_000)]
         duration_ms: u64,
-        #[arg(long, default_value = "../BENCHMARKS.md")]
+        #[arg(long, default_value = "../target/BENCHMARKS-rr.md")]
         out: PathBuf,
         /// Folder of the Switchboard release binaries.
         #[arg(long, default_value = "../target/release")]
