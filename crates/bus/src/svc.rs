@@ -71,3 +71,17 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0);
     pages * 4096
 }
+
+/// Runs a service binary's service until SIGTERM/SIGINT (drained), and exits
+/// with 64 when it cannot run (bad settings). What every service `main.rs` ends with.
+pub async fn serve(service: crate::Service, config: crate::Config, concurrency: u32) {
+    let name = config.instance.clone();
+    let result = service
+        .concurrency(concurrency)
+        .run(config, shutdown_on_signal())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(instance = %name, error = %e, "service failed");
+        std::process::exit(EXIT_USAGE);
+    }
+}

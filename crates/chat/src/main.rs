@@ -31,12 +31,5 @@ async fn main() {
         secret: args.secret,
         ..Config::default()
     };
-    let result = switchboard_chat::service()
-        .concurrency(args.concurrency)
-        .run(config, svc::shutdown_on_signal())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "chat failed");
-        std::process::exit(svc::EXIT_USAGE);
-    }
+    svc::serve(switchboard_chat::service(), config, args.concurrency).await;
 }

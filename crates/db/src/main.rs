@@ -55,13 +55,13 @@ async fn main() {
         secret: args.secret,
         ..Config::default()
     };
-    let result = switchboard_db::service(db.clone())
-        .concurrency(args.concurrency)
-        .run(config, svc::shutdown_on_signal())
-        .await;
+    // A service that cannot run exits inside serve(); the pool closes either way
+    // when the process ends.
+    svc::serve(
+        switchboard_db::service(db.clone()),
+        config,
+        args.concurrency,
+    )
+    .await;
     db.close().await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "db failed");
-        std::process::exit(svc::EXIT_USAGE);
-    }
 }

@@ -37,13 +37,10 @@ async fn main() {
         secret: args.secret,
         ..Config::default()
     };
-    let shutdown = svc::shutdown_on_signal();
-    let result = switchboard_echo::service(&args.service)
-        .concurrency(args.concurrency)
-        .run(config, shutdown)
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "echo failed");
-        std::process::exit(svc::EXIT_USAGE);
-    }
+    svc::serve(
+        switchboard_echo::service(&args.service),
+        config,
+        args.concurrency,
+    )
+    .await;
 }

@@ -63,12 +63,5 @@ async fn main() {
         secret: args.secret,
         ..Config::default()
     };
-    let result = switchboard_loc::service(settings)
-        .concurrency(args.concurrency)
-        .run(config, svc::shutdown_on_signal())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "loc failed");
-        std::process::exit(svc::EXIT_USAGE);
-    }
+    svc::serve(switchboard_loc::service(settings), config, args.concurrency).await;
 }
