@@ -389,3 +389,62 @@ fn a_broken_ecosystem_is_an_error_naming_app_and_key_and_nothing_starts() {
         );
     }
 }
+
+#[tokio::test]
+async fn no_spawn_only_monitors_what_is_on_the_bus() {
+    switchboard_testkit::trace_init();
+    let broker = Child::broker("tcp://127.0.0.1:0", &[]).unwrap();
+    let endpoint = broker.first_line.clone().unwrap();
+    let _by_hand = spawn_echo_process(&endpoint, "alpha", "alpha-hand", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ecosystem.toml");
+    std::fs::write(&file, app("alpha", &[], "")).unwrap();
+    let mut main = Child::announcing(
+        "main",
+        &[
+            "--no-spawn",
+            "--broker",
+            &endpoint,
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    let bus = client(&endpoint, "t-observer", None).await;
+    let ls = || async {
+        match bus
+            .call("main", "ls", Vec::new(), CallOptions::default())
+            .await
+        {
+            Ok(r) => proto::from_body::<Value>(&r.body)
+                .unwrap()
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ls().await
+                .iter()
+                .any(|i| i["instance"] == "alpha-hand" && i["state"] == "unmanaged")
+        })
+        .await
+    );
+    assert!(
+        ls().await.iter().all(|i| i["managed"] == false),
+        "nothing is started: {:?}",
+        ls().await
+    );
+    main.signal(Sig::SIGTERM).unwrap();
+    assert!(main
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    // The hand-started service was left alone.
+    assert!(bus
+        .call("alpha", "whoami", Vec::new(), CallOptions::default())
+        .await
+        .is_ok());
+}
