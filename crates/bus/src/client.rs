@@ -92,7 +92,7 @@ pub struct Incoming {
     /// The broker's route token; the reply must carry it back.
     pub token: Bytes,
     /// The request.
-    pub env: Envelope,
+    pub env: Box<Envelope>,
 }
 
 /// What [`connect`] returns: the handle, and for a service the stream of requests.
@@ -858,7 +858,10 @@ impl Actor {
         if self.config.service.is_empty() {
             return;
         }
-        if let Err(e) = self.inbound.try_send(Incoming { token, env }) {
+        if let Err(e) = self.inbound.try_send(Incoming {
+            token,
+            env: Box::new(env),
+        }) {
             // Only when the service stopped reading or exceeded its own credit.
             let (token, env) = match e {
                 mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => {
