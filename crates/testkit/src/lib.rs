@@ -518,3 +518,28 @@ impl Drop for TestDatabase {
 pub fn signal_pid(pid: u32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid as i32), sig);
 }
+
+/// Starts an echo `sleep` of `ms` on `service` and returns once the broker shows
+/// it in flight on an instance of the service (a readiness signal, not a sleep).
+pub async fn sleep_in_flight(
+    bus: &Handle,
+    service: &str,
+    ms: u64,
+    options: CallOptions,
+) -> tokio::task::JoinHandle<Result<proto::Envelope, switchboard_bus::Error>> {
+    let body = proto::to_body(&std::collections::BTreeMap::from([("ms", ms)])).expect("body");
+    let (caller, name) = (bus.clone(), service.to_owned());
+    let call = tokio::spawn(async move { caller.call(&name, "sleep", body, options).await });
+    let in_flight = eventually(Duration::from_secs(10), || async {
+        broker_ls(bus)
+            .await
+            .iter()
+            .any(|i| i.service == service && i.inflight >= 1)
+    })
+    .await;
+    assert!(
+        in_flight,
+        "the sleep request reached an instance of {service}"
+    );
+    call
+}

@@ -2,35 +2,20 @@
 //! worker stopped while flooded, the broker itself killed and restarted.
 
 use std::time::{Duration, Instant};
-use switchboard_bus::proto::{self, ErrorCode};
+use switchboard_bus::proto::ErrorCode;
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
-    broker_ls, broker_stats, client, eventually, spawn_echo, spawn_echo_process, trace_init,
-    wait_ready, whoami, Child, Sig, TestBroker,
+    broker_ls, broker_stats, client, eventually, sleep_in_flight, spawn_echo, spawn_echo_process,
+    trace_init, wait_ready, whoami, Child, Sig, TestBroker,
 };
 
 const READY: Duration = Duration::from_secs(10);
-
-fn sleep_body(ms: u64) -> Vec<u8> {
-    proto::to_body(&serde_json::json!({ "ms": ms })).unwrap()
-}
 
 fn with_timeout(ms: u64) -> CallOptions {
     CallOptions {
         timeout: Some(Duration::from_millis(ms)),
         ..CallOptions::default()
     }
-}
-
-/// Waits until the broker shows `n` requests in flight on `instance`.
-async fn inflight_on(bus: &switchboard_bus::Handle, instance: &str, n: u32) -> bool {
-    eventually(READY, || async {
-        broker_ls(bus)
-            .await
-            .iter()
-            .any(|i| i.instance == instance && i.inflight >= n)
-    })
-    .await
 }
 
 #[tokio::test]
@@ -41,13 +26,7 @@ async fn sigkill_mid_request_gives_worker_lost_within_a_heartbeat_window() {
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "victim", READY).await);
 
-    let caller = bus.clone();
-    let call = tokio::spawn(async move {
-        caller
-            .call("echo", "sleep", sleep_body(20_000), with_timeout(30_000))
-            .await
-    });
-    assert!(inflight_on(&bus, "victim", 1).await);
+    let call = sleep_in_flight(&bus, "echo", 20_000, with_timeout(30_000)).await;
     let killed = Instant::now();
     worker.signal(Sig::SIGKILL).unwrap();
     let err = call.await.unwrap().unwrap_err();
@@ -70,26 +49,11 @@ async fn idempotent_request_is_retried_on_another_instance_when_its_worker_dies(
     let b = spawn_echo_process(&broker.endpoint, "echo", "idem-b", &[]).unwrap();
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "idem-a", READY).await && wait_ready(&bus, "idem-b", READY).await);
-    let caller = bus.clone();
-    let call = tokio::spawn(async move {
-        caller
-            .call(
-                "echo",
-                "sleep",
-                sleep_body(500),
-                CallOptions {
-                    idem: true,
-                    ..with_timeout(10_000)
-                },
-            )
-            .await
-    });
-    assert!(
-        eventually(READY, || async {
-            broker_ls(&bus).await.iter().any(|i| i.inflight == 1)
-        })
-        .await
-    );
+    let options = CallOptions {
+        idem: true,
+        ..with_timeout(10_000)
+    };
+    let call = sleep_in_flight(&bus, "echo", 500, options).await;
     let busy = broker_ls(&bus)
         .await
         .into_iter()
@@ -113,13 +77,7 @@ async fn a_stopped_worker_is_declared_dead_by_heartbeats() {
     let worker = spawn_echo_process(&broker.endpoint, "echo", "sleeper", &[]).unwrap();
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "sleeper", READY).await);
-    let caller = bus.clone();
-    let call = tokio::spawn(async move {
-        caller
-            .call("echo", "sleep", sleep_body(100), with_timeout(20_000))
-            .await
-    });
-    assert!(inflight_on(&bus, "sleeper", 1).await);
+    let call = sleep_in_flight(&bus, "echo", 100, with_timeout(20_000)).await;
     // Hung, PID alive, connection open: only heartbeats can tell.
     worker.signal(Sig::SIGSTOP).unwrap();
     let stopped = Instant::now();
@@ -241,13 +199,7 @@ async fn broker_restart_needs_no_service_restart() {
     );
 
     // A request in flight when the broker dies is answered at once.
-    let caller = bus.clone();
-    let inflight = tokio::spawn(async move {
-        caller
-            .call("echo", "sleep", sleep_body(5_000), with_timeout(20_000))
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let inflight = sleep_in_flight(&bus, "echo", 5_000, with_timeout(20_000)).await;
     broker.signal(Sig::SIGKILL).unwrap();
     let died = Instant::now();
     drop(broker);

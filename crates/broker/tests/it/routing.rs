@@ -7,8 +7,8 @@ use switchboard_broker::Settings;
 use switchboard_bus::proto::{self, ErrorCode};
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
-    broker_ls, broker_stats, client, eventually, spawn_echo, trace_init, wait_ready, whoami,
-    RawPeer, TestBroker,
+    broker_ls, broker_stats, client, eventually, sleep_in_flight, spawn_echo, trace_init,
+    wait_ready, whoami, RawPeer, TestBroker,
 };
 
 const READY: Duration = Duration::from_secs(10);
@@ -419,23 +419,7 @@ async fn drain_finishes_in_flight_work_and_takes_no_new_requests() {
     let a = spawn_echo(&broker.endpoint, "echo", "echo-a", None);
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "echo-a", READY).await);
-    let caller = bus.clone();
-    let slow = tokio::spawn(async move {
-        caller
-            .call(
-                "echo",
-                "sleep",
-                proto::to_body(&serde_json::json!({"ms": 500})).unwrap(),
-                CallOptions::default(),
-            )
-            .await
-    });
-    assert!(
-        eventually(READY, || async {
-            broker_ls(&bus).await.iter().any(|i| i.inflight == 1)
-        })
-        .await
-    );
+    let slow = sleep_in_flight(&bus, "echo", 500, CallOptions::default()).await;
     let _b = spawn_echo(&broker.endpoint, "echo", "echo-b", None);
     assert!(wait_ready(&bus, "echo-b", READY).await);
     let stopping = tokio::spawn(a.stop());
@@ -480,23 +464,7 @@ async fn a_successor_takes_over_while_the_old_process_finishes_its_work() {
     let old = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "echo-1", READY).await);
-    let caller = bus.clone();
-    let slow = tokio::spawn(async move {
-        caller
-            .call(
-                "echo",
-                "sleep",
-                proto::to_body(&serde_json::json!({"ms": 600})).unwrap(),
-                CallOptions::default(),
-            )
-            .await
-    });
-    assert!(
-        eventually(READY, || async {
-            broker_ls(&bus).await.iter().any(|i| i.inflight == 1)
-        })
-        .await
-    );
+    let slow = sleep_in_flight(&bus, "echo", 600, CallOptions::default()).await;
     // The new process registers under the same name as a successor.
     let config = switchboard_bus::Config {
         broker: broker.endpoint.clone(),
