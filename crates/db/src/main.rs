@@ -1,22 +1,15 @@
 //! `db`: the db service (see the library docs) until SIGTERM/SIGINT.
 
 use clap::Parser;
-use switchboard_bus::{svc, Config};
+use switchboard_bus::svc::{self, BusArgs};
 use switchboard_db::{Db, Settings};
 
 /// The Switchboard db service: the only process that talks to MariaDB.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Broker endpoint.
-    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
-    broker: String,
-    /// Instance name.
-    #[arg(long, env = "SB_INSTANCE", default_value = "db")]
-    instance: String,
-    /// Shared bus secret.
-    #[arg(long, env = "SB_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    #[command(flatten)]
+    bus: BusArgs,
     /// MariaDB URL; the database is created if missing.
     #[arg(
         long,
@@ -28,9 +21,6 @@ struct Args {
     /// Pool size.
     #[arg(long, env = "SB_DB_POOL_MAX", default_value_t = 16)]
     pool_max: usize,
-    /// Requests handled at once.
-    #[arg(long, env = "SB_CONCURRENCY", default_value_t = 1024)]
-    concurrency: u32,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -49,18 +39,13 @@ async fn main() {
             std::process::exit(svc::EXIT_USAGE);
         }
     };
-    let config = Config {
-        broker: args.broker,
-        instance: args.instance,
-        secret: args.secret,
-        ..Config::default()
-    };
+    let config = args.bus.config("db");
     // A service that cannot run exits inside serve(); the pool closes either way
     // when the process ends.
     svc::serve(
         switchboard_db::service(db.clone()),
         config,
-        args.concurrency,
+        args.bus.concurrency,
     )
     .await;
     db.close().await;

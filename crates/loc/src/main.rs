@@ -1,22 +1,15 @@
 //! `loc`: the loc service (see the library docs) until SIGTERM/SIGINT.
 
 use clap::Parser;
-use switchboard_bus::{svc, Config};
+use switchboard_bus::svc::{self, BusArgs};
 use switchboard_loc::Settings;
 
 /// The Switchboard location service.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Broker endpoint.
-    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
-    broker: String,
-    /// Instance name (loc01, loc02, …).
-    #[arg(long, env = "SB_INSTANCE", default_value = "loc01")]
-    instance: String,
-    /// Shared bus secret.
-    #[arg(long, env = "SB_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    #[command(flatten)]
+    bus: BusArgs,
     /// The zones that exist (comma-separated).
     #[arg(
         long,
@@ -34,9 +27,6 @@ struct Args {
     /// How often positions are saved, ms.
     #[arg(long, env = "SB_LOC_SAVE_INTERVAL_MS", default_value_t = 500)]
     save_interval_ms: u64,
-    /// Requests handled at once.
-    #[arg(long, env = "SB_CONCURRENCY", default_value_t = 1024)]
-    concurrency: u32,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -57,11 +47,11 @@ async fn main() {
         max_radius: args.max_radius,
         save_interval_ms: args.save_interval_ms,
     };
-    let config = Config {
-        broker: args.broker,
-        instance: args.instance,
-        secret: args.secret,
-        ..Config::default()
-    };
-    svc::serve(switchboard_loc::service(settings), config, args.concurrency).await;
+    let config = args.bus.config("loc01");
+    svc::serve(
+        switchboard_loc::service(settings),
+        config,
+        args.bus.concurrency,
+    )
+    .await;
 }

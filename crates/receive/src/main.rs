@@ -2,25 +2,19 @@
 
 use clap::Parser;
 use std::collections::HashMap;
-use switchboard_bus::{svc, Config, Service};
+use switchboard_bus::svc::{self, BusArgs};
+use switchboard_bus::Service;
 use switchboard_receive::{Gateway, Settings};
 
 /// The Switchboard WebSocket gateway.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(flatten)]
+    bus: BusArgs,
     /// Address to listen on; port 0 picks one. Prints `listening ws://ADDR` on stdout.
     #[arg(long, env = "SB_LISTEN", default_value = "127.0.0.1:3000")]
     listen: String,
-    /// Broker endpoint.
-    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
-    broker: String,
-    /// Instance name.
-    #[arg(long, env = "SB_INSTANCE", default_value = "receive")]
-    instance: String,
-    /// Shared bus secret.
-    #[arg(long, env = "SB_SECRET", hide_env_values = true)]
-    secret: Option<String>,
     /// HS256 secret for client tokens; without it the gateway runs open.
     #[arg(long, env = "SB_AUTH_SECRET", hide_env_values = true)]
     auth_secret: Option<String>,
@@ -125,12 +119,7 @@ fn main() {
             Ok(addr) => println!("listening ws://{addr}"),
             Err(e) => tracing::warn!(error = %e, "no local address"),
         }
-        let config = Config {
-            broker: args.broker,
-            instance: args.instance,
-            secret: args.secret,
-            ..Config::default()
-        };
+        let config = args.bus.config("receive");
         let result = Service::new("receive")
             .task(move |bus, shutdown| async move {
                 let gateway = Gateway::new(settings, bus);
