@@ -343,15 +343,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             let from_main = bus.call("main", "ls", Vec::new(), options.clone()).await;
             match from_main {
                 Ok(reply) => {
-                    let list = body_to_json(&reply.body);
-                    if args.json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&list).unwrap_or_default()
-                        );
-                    } else {
-                        print_apps(list.as_array().map(Vec::as_slice).unwrap_or_default());
-                    }
+                    print_apps_or_json(&body_to_json(&reply.body), args.json);
                 }
                 Err(e) if matches!(e.code, ErrorCode::UnknownService | ErrorCode::Unavailable) => {
                     let reply = bus
@@ -390,15 +382,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 ..options
             };
             let reply = bus.call("main", op, body, options).await?;
-            let list = body_to_json(&reply.body);
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-            } else {
-                print_apps(list.as_array().map(Vec::as_slice).unwrap_or_default());
-            }
+            print_apps_or_json(&body_to_json(&reply.body), args.json);
         }
         Command::Logs {
             name,
@@ -590,6 +574,15 @@ fn print_table(list: &[InstanceInfo]) {
             format!("{}/{}", i.inflight, i.credit),
             i.handled
         );
+    }
+}
+
+/// `main`'s instance list, as JSON or as the `ls` table.
+fn print_apps_or_json(list: &serde_json::Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list).unwrap_or_default());
+    } else {
+        print_apps(list.as_array().map(Vec::as_slice).unwrap_or_default());
     }
 }
 
