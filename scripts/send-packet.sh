@@ -6,14 +6,5 @@
 # (README: sbctl exit codes). SB_BROKER / SB_SECRET select the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 2 ]; then
-    echo "usage: $0 SERVICE OP [JSON] [options]" >&2
-    exit 64
-fi
-bin=target/release/sbctl
-[ -x "$bin" ] || bin=target/debug/sbctl
-if [ ! -x "$bin" ]; then
-    cargo build --release -q -p switchboard-sbctl
-    bin=target/release/sbctl
-fi
-exec "$bin" send "$@"
+. scripts/lib/sbctl.sh
+run_sbctl send "$@"

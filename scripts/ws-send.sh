@@ -8,14 +8,5 @@
 # SB_WS_URL and SB_TOKEN work too. Exit status as scripts/send-packet.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 2 ]; then
-    echo "usage: $0 SERVICE OP [JSON] [options]" >&2
-    exit 64
-fi
-bin=target/release/sbctl
-[ -x "$bin" ] || bin=target/debug/sbctl
-if [ ! -x "$bin" ]; then
-    cargo build --release -q -p switchboard-sbctl
-    bin=target/release/sbctl
-fi
-exec "$bin" ws-send "$@"
+. scripts/lib/sbctl.sh
+run_sbctl ws-send "$@"
