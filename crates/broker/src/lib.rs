@@ -60,6 +60,15 @@ pub struct Settings {
     /// Services declared up front: their requests are held, not refused, before
     /// any instance registers.
     pub services: Vec<String>,
+    /// Distinct service names at most (declared and registered); a `hello` with a
+    /// new name past it is refused (`overloaded`).
+    pub max_services: usize,
+    /// Subscriptions one peer may hold; more are dropped and counted.
+    pub max_subs_per_peer: usize,
+    /// Furthest a request's deadline may be ahead, ms; a later one is cut to it.
+    pub max_deadline_ms: u64,
+    /// Allow binding a non-loopback address without a secret.
+    pub insecure: bool,
 }
 
 impl Default for Settings {
@@ -75,6 +84,10 @@ impl Default for Settings {
             max_inflight_per_client: 10_000,
             max_credit: 1_024,
             services: Vec::new(),
+            max_services: 1_024,
+            max_subs_per_peer: 100_000,
+            max_deadline_ms: 5 * 60 * 1000,
+            insecure: false,
         }
     }
 }
@@ -92,6 +105,14 @@ const RECV_BATCH: usize = 256;
 ///
 /// When the endpoint cannot be bound.
 pub async fn bind(settings: &Settings) -> anyhow::Result<(RouterSocket, String)> {
+    let has_secret = settings.secret.as_ref().is_some_and(|s| !s.is_empty());
+    if !has_secret && !settings.insecure && !is_local(&settings.bind) {
+        anyhow::bail!(
+            "refusing to bind {} without a secret: any host that reaches it could join the bus \
+             (set --secret / SB_SECRET, bind 127.0.0.1, or pass --insecure)",
+            settings.bind
+        );
+    }
     let mut options = SocketOptions::default();
     options.max_message_size(settings.max_message_bytes);
     let mut socket = RouterSocket::with_options(options);
@@ -100,6 +121,25 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<(RouterSocket, String)>
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", settings.bind))?;
     Ok((socket, endpoint.to_string()))
+}
+
+/// Whether an endpoint is reachable from this host only: `ipc://`, or TCP on a
+/// loopback address.
+pub fn is_local(endpoint: &str) -> bool {
+    if endpoint.starts_with("ipc://") {
+        return true;
+    }
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return false;
+    };
+    let host = match rest.rsplit_once(':') {
+        Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => rest,
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Runs the broker on a bound socket until `shutdown` is cancelled. Must run on a
@@ -160,6 +200,30 @@ fn flush(socket: &mut RouterSocket, router: &mut Router) {
             } else {
                 router.stats.send_dropped += 1;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_endpoints() {
+        for local in [
+            "tcp://127.0.0.1:5555",
+            "tcp://127.0.0.2:0",
+            "tcp://localhost:1",
+            "tcp://[::1]:5555",
+            "ipc:///tmp/sb.sock",
+        ] {
+            assert!(super::is_local(local), "{local}");
+        }
+        for open in [
+            "tcp://0.0.0.0:5555",
+            "tcp://*:5555",
+            "tcp://10.0.0.1:5555",
+            "tcp://[::]:1",
+        ] {
+            assert!(!super::is_local(open), "{open}");
         }
     }
 }

@@ -27,6 +27,19 @@ struct Args {
     /// Services declared up front (comma-separated): requests for them are held.
     #[arg(long, env = "SB_SERVICES", value_delimiter = ',')]
     services: Vec<String>,
+    /// Distinct service names at most.
+    #[arg(long, env = "SB_MAX_SERVICES", default_value_t = Settings::default().max_services)]
+    max_services: usize,
+    /// Subscriptions one peer may hold.
+    #[arg(long, env = "SB_MAX_SUBS_PER_PEER", default_value_t = Settings::default().max_subs_per_peer)]
+    max_subs_per_peer: usize,
+    /// Furthest a request's deadline may be ahead, ms.
+    #[arg(long, env = "SB_MAX_DEADLINE_MS", default_value_t = Settings::default().max_deadline_ms)]
+    max_deadline_ms: u64,
+    /// Allow binding a non-loopback address without --secret (every host that
+    /// reaches the port can then join the bus).
+    #[arg(long, env = "SB_INSECURE")]
+    insecure: bool,
 }
 
 fn main() {
@@ -39,6 +52,10 @@ fn main() {
         liveness: args.liveness.max(1),
         max_message_bytes: args.max_message_bytes,
         services: args.services,
+        max_services: args.max_services,
+        max_subs_per_peer: args.max_subs_per_peer,
+        max_deadline_ms: args.max_deadline_ms,
+        insecure: args.insecure,
         ..Settings::default()
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -61,6 +78,9 @@ fn main() {
         };
         println!("listening {endpoint}");
         tracing::info!(%endpoint, auth = settings.secret.is_some(), "broker listening");
+        if settings.secret.is_none() && !switchboard_broker::is_local(&settings.bind) {
+            tracing::warn!(%endpoint, "--insecure: the bus is open to every host that reaches this port");
+        }
         let stats = switchboard_broker::run(settings, socket, svc::shutdown_on_signal()).await;
         tracing::info!(?stats, "broker stopped");
         0

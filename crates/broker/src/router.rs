@@ -74,7 +74,7 @@ struct Peer {
     handled: u64,
     last_seen: u64,
     registered_at: u64,
-    subs: Vec<String>,
+    subs: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -156,8 +156,8 @@ pub struct Router {
     reqs: HashMap<Token, Req>,
     expiry: BinaryHeap<Reverse<(u64, Token)>>,
     challenges: HashMap<Bytes, ([u8; auth::NONCE_LEN], u64)>,
-    subs_exact: HashMap<String, Vec<PeerId>>,
-    subs_wild: Vec<(String, PeerId)>,
+    /// Every peer's subscriptions, looked up by topic without a scan.
+    subs: topic::Index<PeerId>,
     told_bye: HashSet<Bytes>,
     heartbeat_frame: Bytes,
     next_token: Token,
@@ -193,8 +193,7 @@ impl Router {
             reqs: HashMap::new(),
             expiry: BinaryHeap::new(),
             challenges: HashMap::new(),
-            subs_exact: HashMap::new(),
-            subs_wild: Vec::new(),
+            subs: topic::Index::default(),
             told_bye: HashSet::new(),
             heartbeat_frame,
             next_token: 1,
@@ -275,7 +274,7 @@ impl Router {
             peer.last_seen = now;
         }
         match (head.kind, token) {
-            (Kind::Reply, Some(token)) => self.on_reply(pid, token, payload.clone()),
+            (Kind::Reply, Some(token)) => self.on_reply(pid, token, head.id, payload.clone()),
             (_, Some(_)) | (Kind::Reply, None) => self.malformed(
                 &identity,
                 "route token on a non-reply, or reply without one",
@@ -384,6 +383,19 @@ impl Router {
     }
 
     fn register(&mut self, identity: Bytes, hello: Hello, now: u64) {
+        if !hello.service.is_empty()
+            && !self.service_idx.contains_key(&hello.service)
+            && self.services.len() >= self.settings.max_services
+        {
+            self.stats.services_refused += 1;
+            tracing::warn!(service = %hello.service, cap = self.settings.max_services, "registration of a new service past the cap refused");
+            let mut env = Envelope::new(Kind::Hello);
+            env.error = Some(ErrorBody::new(
+                ErrorCode::Overloaded,
+                format!("more than {} services", self.settings.max_services),
+            ));
+            return self.send_env(&identity, &env, false);
+        }
         if let Some(&old) = self.by_identity.get(&identity) {
             self.peer_lost(old, Loss::Replaced, now);
         }
@@ -427,7 +439,7 @@ impl Router {
                 handled: 0,
                 last_seen: now,
                 registered_at: now,
-                subs: Vec::new(),
+                subs: HashSet::new(),
             },
         );
         self.stats.peers = self.peers.len() as u64;
@@ -479,7 +491,7 @@ impl Router {
             self.services[svc].instances.retain(|&p| p != pid);
         }
         for pattern in &peer.subs {
-            self.remove_sub(pid, pattern);
+            self.subs.remove(pattern, &pid);
         }
         if why != Loss::Bye {
             self.stats.peers_lost += 1;
@@ -549,8 +561,17 @@ impl Router {
                 format!("more than {cap} requests in flight from this peer"),
             );
         }
+        let latest = now + self.settings.max_deadline_ms;
         let deadline = if head.deadline == 0 {
-            now + self.settings.default_deadline_ms
+            now + self
+                .settings
+                .default_deadline_ms
+                .min(self.settings.max_deadline_ms)
+        } else if head.deadline > latest {
+            // A far-future deadline would hold the request (and its frame) for
+            // that long: cut it to the cap.
+            self.stats.deadlines_capped += 1;
+            latest
         } else {
             head.deadline
         };
@@ -697,15 +718,29 @@ impl Router {
         }
     }
 
-    fn on_reply(&mut self, worker: PeerId, token: Token, payload: Bytes) {
-        let valid = self
-            .reqs
-            .get(&token)
-            .is_some_and(|r| r.worker == Some(worker));
-        if !valid {
-            // Expired (already answered with `timeout`), retried elsewhere, or never ours.
-            self.stats.late_replies += 1;
-            return;
+    fn on_reply(&mut self, worker: PeerId, token: Token, id: u64, payload: Bytes) {
+        match self.reqs.get(&token) {
+            // Expired (already answered with `timeout`) or already answered.
+            None => {
+                self.stats.late_replies += 1;
+                return;
+            }
+            // Retried elsewhere after this worker was declared lost: late.
+            Some(r) if r.worker.is_none() => {
+                self.stats.late_replies += 1;
+                return;
+            }
+            // Another peer answering a request it was not given, or the right
+            // peer with the wrong id: never delivered.
+            Some(r) if r.worker != Some(worker) || r.id != id => {
+                self.stats.rogue_replies += 1;
+                if self.stats.rogue_replies == 1 {
+                    let from = self.peers.get(&worker).map(|p| p.instance.clone());
+                    tracing::warn!(?from, "reply from a peer the request was not dispatched to dropped (further ones are counted)");
+                }
+                return;
+            }
+            Some(_) => {}
         }
         let Some(req) = self.reqs.remove(&token) else {
             return;
@@ -835,35 +870,24 @@ impl Router {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        if peer.subs.iter().any(|s| s == pattern) {
+        if peer.subs.contains(pattern) {
             return;
         }
-        peer.subs.push(pattern.to_owned());
-        if topic::is_wildcard(pattern) {
-            self.subs_wild.push((pattern.to_owned(), pid));
-        } else {
-            self.subs_exact
-                .entry(pattern.to_owned())
-                .or_default()
-                .push(pid);
+        if peer.subs.len() >= self.settings.max_subs_per_peer {
+            self.stats.subs_refused += 1;
+            if self.stats.subs_refused == 1 {
+                tracing::warn!(instance = %peer.instance, cap = self.settings.max_subs_per_peer, "subscription past the per-peer cap refused (further ones are counted)");
+            }
+            return;
         }
+        peer.subs.insert(pattern.to_owned());
+        self.subs.insert(pattern, pid);
     }
 
     fn unsubscribe(&mut self, pid: PeerId, pattern: &str) {
         if let Some(peer) = self.peers.get_mut(&pid) {
-            peer.subs.retain(|s| s != pattern);
-        }
-        self.remove_sub(pid, pattern);
-    }
-
-    fn remove_sub(&mut self, pid: PeerId, pattern: &str) {
-        if topic::is_wildcard(pattern) {
-            self.subs_wild
-                .retain(|(p, id)| !(*id == pid && p == pattern));
-        } else if let Some(list) = self.subs_exact.get_mut(pattern) {
-            list.retain(|&id| id != pid);
-            if list.is_empty() {
-                self.subs_exact.remove(pattern);
+            if peer.subs.remove(pattern) {
+                self.subs.remove(pattern, &pid);
             }
         }
     }
@@ -873,22 +897,15 @@ impl Router {
             return self.malformed(identity, "invalid event topic");
         }
         self.stats.events += 1;
-        let exact = self
-            .subs_exact
-            .get(topic_name)
-            .into_iter()
-            .flatten()
-            .copied();
-        let wild = self
-            .subs_wild
-            .iter()
-            .filter(|(pattern, _)| topic::matches(pattern, topic_name))
-            .map(|(_, pid)| *pid);
-        let mut seen = HashSet::new();
-        for pid in exact.chain(wild) {
-            if !seen.insert(pid) {
-                continue;
-            }
+        let mut targets = Vec::new();
+        self.subs
+            .for_each_match(topic_name, |&pid| targets.push(pid));
+        if targets.len() > 1 {
+            // A peer under two matching patterns gets the event once.
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        for pid in targets {
             if let Some(peer) = self.peers.get(&pid) {
                 let mut msg = ZmqMessage::from(payload.clone());
                 msg.push_front(peer.identity.clone());

@@ -243,7 +243,7 @@ pub fn connect(config: Config) -> Result<Connection, Error> {
         inbound: in_tx,
         shared: shared.clone(),
         pending: HashMap::new(),
-        subs: Vec::new(),
+        subs: Subs::default(),
         ready: false,
         draining: None,
         heartbeat_ms: 0,
@@ -528,11 +528,64 @@ struct Actor {
     inbound: mpsc::Sender<Incoming>,
     shared: Arc<Shared>,
     pending: HashMap<u64, Pending>,
-    subs: Vec<(u64, String, mpsc::Sender<Box<Envelope>>)>,
+    subs: Subs,
     ready: bool,
     draining: Option<oneshot::Sender<()>>,
     heartbeat_ms: u64,
     liveness: u32,
+}
+
+/// The local subscriptions: each has an id and a queue; several may share a
+/// pattern (the broker is told of a pattern once). Events are matched through a
+/// [`topic::Index`], so delivering one does not scan every subscription.
+#[derive(Default)]
+struct Subs {
+    by_id: HashMap<u64, (String, mpsc::Sender<Box<Envelope>>)>,
+    index: topic::Index<u64>,
+    /// Subscriptions per pattern.
+    patterns: HashMap<String, usize>,
+}
+
+impl Subs {
+    /// Adds a subscription; true when its pattern is new (tell the broker).
+    fn add(&mut self, id: u64, pattern: String, tx: mpsc::Sender<Box<Envelope>>) -> bool {
+        self.index.insert(&pattern, id);
+        let count = self.patterns.entry(pattern.clone()).or_insert(0);
+        *count += 1;
+        let first = *count == 1;
+        self.by_id.insert(id, (pattern, tx));
+        first
+    }
+
+    /// Removes a subscription; its pattern if it was the last one on it.
+    fn remove(&mut self, id: u64) -> Option<String> {
+        let (pattern, _) = self.by_id.remove(&id)?;
+        self.index.remove(&pattern, &id);
+        let count = self.patterns.get_mut(&pattern)?;
+        *count -= 1;
+        if *count > 0 {
+            return None;
+        }
+        self.patterns.remove(&pattern);
+        Some(pattern)
+    }
+
+    fn patterns(&self) -> Vec<String> {
+        self.patterns.keys().cloned().collect()
+    }
+
+    /// Queues `env` for every matching subscription; returns how many were full.
+    fn deliver(&self, env: &Envelope) -> u64 {
+        let mut dropped = 0;
+        self.index.for_each_match(&env.to, |id| {
+            if let Some((_, tx)) = self.by_id.get(id) {
+                if tx.try_send(Box::new(env.clone())).is_err() {
+                    dropped += 1;
+                }
+            }
+        });
+        dropped
+    }
 }
 
 /// Why a connected session ended.
@@ -636,8 +689,12 @@ impl Actor {
                     },
                 );
             }
-            Cmd::Subscribe { sub, pattern, tx } => self.subs.push((sub, pattern, tx)),
-            Cmd::Unsubscribe { sub } => self.subs.retain(|(s, _, _)| *s != sub),
+            Cmd::Subscribe { sub, pattern, tx } => {
+                self.subs.add(sub, pattern, tx);
+            }
+            Cmd::Unsubscribe { sub } => {
+                self.subs.remove(sub);
+            }
             Cmd::Ready => self.ready = true,
             Cmd::Drain(done) => {
                 // Not connected: nothing can be routed to us.
@@ -657,10 +714,7 @@ impl Actor {
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(broker = %self.config.broker, instance = %self.config.instance, "registered with the broker");
         // Restore state: subscriptions, readiness, then requests that waited.
-        let mut patterns: Vec<String> = self.subs.iter().map(|(_, p, _)| p.clone()).collect();
-        patterns.sort();
-        patterns.dedup();
-        for pattern in patterns {
+        for pattern in self.subs.patterns() {
             let _ = try_send(
                 socket,
                 ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)),
@@ -770,18 +824,15 @@ impl Actor {
                 let _ = try_send(socket, msg);
             }
             Cmd::Subscribe { sub, pattern, tx } => {
-                if !self.subs.iter().any(|(_, p, _)| *p == pattern) {
+                if self.subs.add(sub, pattern.clone(), tx) {
                     let _ = try_send(
                         socket,
                         ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)),
                     );
                 }
-                self.subs.push((sub, pattern, tx));
             }
             Cmd::Unsubscribe { sub } => {
-                let pos = self.subs.iter().position(|(s, _, _)| *s == sub)?;
-                let (_, pattern, _) = self.subs.remove(pos);
-                if !self.subs.iter().any(|(_, p, _)| *p == pattern) {
+                if let Some(pattern) = self.subs.remove(sub) {
                     let _ = try_send(
                         socket,
                         ZmqMessage::from(encode_topic(Kind::Unsubscribe, &pattern)),
@@ -831,15 +882,12 @@ impl Actor {
                 }
             }
             (Kind::Event, None) => {
-                for (_, pattern, tx) in &self.subs {
-                    if topic::matches(pattern, &env.to)
-                        && tx.try_send(Box::new(env.clone())).is_err()
-                    {
-                        self.shared
-                            .stats
-                            .events_dropped
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
+                let dropped = self.subs.deliver(&env);
+                if dropped > 0 {
+                    self.shared
+                        .stats
+                        .events_dropped
+                        .fetch_add(dropped, Ordering::Relaxed);
                 }
             }
             (Kind::Drain, None) if env.op == "ack" => {

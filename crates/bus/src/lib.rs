@@ -19,5 +19,5 @@ pub use client::{
     connect, new_trace_id, CallOptions, Config, Connection, Handle, Incoming, Subscription,
 };
 pub use error::Error;
-pub use service::{HandlerResult, Request, Service};
+pub use service::{HandlerResult, Reply, Request, Service};
 pub use switchboard_proto as proto;

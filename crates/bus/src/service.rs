@@ -31,17 +31,67 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard_proto::{self as proto, Envelope, ErrorBody, ErrorCode, Health};
+use switchboard_proto::{self as proto, Envelope, ErrorBody, ErrorCode, Grants, Health};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{connect, Config, Handle, Incoming};
 use crate::Error;
 
-/// What a handler returns: the reply body (MessagePack), or an error.
+/// What a handler returns: the reply body (MessagePack), or an error. A handler
+/// that grants topics returns `Result<Reply, Error>` instead; both are accepted.
 pub type HandlerResult = Result<Vec<u8>, Error>;
 
-type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+/// A handler's answer with more than a body: topics granted to (or revoked from)
+/// the client whose request it answers. Only service code builds one; the body is
+/// never inspected for grants, so a handler that returns client input as its body
+/// (`$echo`, `relay`) can never grant anything.
+///
+/// ```
+/// use switchboard_bus::Reply;
+/// let reply = Reply::new(vec![0x80]).grant("chat.room.lobby");
+/// assert_eq!(reply.grants.subscribe, ["chat.room.lobby"]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// The reply body (MessagePack).
+    pub body: Vec<u8>,
+    /// Topics granted and revoked.
+    pub grants: Grants,
+}
+
+impl Reply {
+    /// A reply with `body` and no grants.
+    pub fn new(body: Vec<u8>) -> Self {
+        Self {
+            body,
+            grants: Grants::default(),
+        }
+    }
+
+    /// Also subscribes the client to `topic` (the gateway checks it against the
+    /// service's grantable patterns).
+    #[must_use]
+    pub fn grant(mut self, topic: impl Into<String>) -> Self {
+        self.grants.subscribe.push(topic.into());
+        self
+    }
+
+    /// Also unsubscribes the client from `topic`.
+    #[must_use]
+    pub fn revoke(mut self, topic: impl Into<String>) -> Self {
+        self.grants.unsubscribe.push(topic.into());
+        self
+    }
+}
+
+impl From<Vec<u8>> for Reply {
+    fn from(body: Vec<u8>) -> Self {
+        Self::new(body)
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Error>> + Send>>;
 type Handler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;
 type HealthFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 type TaskFn =
@@ -192,15 +242,20 @@ impl Service {
         self
     }
 
-    /// Adds a handler for `op`.
-    pub fn handle<F, Fut>(mut self, op: &str, handler: F) -> Self
+    /// Adds a handler for `op`. It returns a body (`Vec<u8>`) or a [`Reply`].
+    pub fn handle<F, Fut, R>(mut self, op: &str, handler: F) -> Self
     where
         F: Fn(Request) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = HandlerResult> + Send + 'static,
+        Fut: Future<Output = Result<R, Error>> + Send + 'static,
+        R: Into<Reply> + 'static,
     {
+        let handler = Arc::new(handler);
         self.handlers.insert(
             op.to_owned(),
-            Arc::new(move |req| Box::pin(handler(req)) as BoxFuture),
+            Arc::new(move |req| {
+                let fut = handler(req);
+                Box::pin(async move { fut.await.map(Into::into) }) as BoxFuture
+            }),
         );
         self
     }
@@ -361,8 +416,8 @@ async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) {
         trace = %trace,
         user = env.user.as_deref().unwrap_or("")
     );
-    let result = match op.as_str() {
-        "$echo" => Ok(env.body.into_vec()),
+    let result: Result<Reply, Error> = match op.as_str() {
+        "$echo" => Ok(Reply::new(env.body.into_vec())),
         "$health" => {
             let status = match health {
                 Some(check) => check().await,
@@ -379,6 +434,7 @@ async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) {
                 handled: counters.handled.load(Ordering::Relaxed),
                 errors: counters.errors.load(Ordering::Relaxed),
             })
+            .map(Reply::new)
         }
         _ => match handlers.get(&op) {
             None => Err(Error::new(
@@ -410,7 +466,11 @@ async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) {
     };
     counters.handled.fetch_add(1, Ordering::Relaxed);
     let reply = match result {
-        Ok(body) => Envelope::reply_to(id, &trace, body),
+        Ok(Reply { body, grants }) => {
+            let mut env = Envelope::reply_to(id, &trace, body);
+            env.grants = (!grants.is_empty()).then_some(grants);
+            env
+        }
         Err(e) => {
             tracing::debug!(parent: &span, code = %e.code, error = %e.message, "request failed");
             counters.errors.fetch_add(1, Ordering::Relaxed);

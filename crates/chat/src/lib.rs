@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use switchboard_bus::proto::{self, api};
-use switchboard_bus::{Error, HandlerResult, Request, Service};
+use switchboard_bus::{Error, HandlerResult, Reply, Request, Service};
 
 /// Longest message text, in characters.
 pub const MAX_TEXT_CHARS: usize = 1000;
@@ -127,11 +127,6 @@ struct RelayArg {
 struct Members<'a> {
     room: &'a str,
     members: Vec<String>,
-    // proto::REPLY_SUBSCRIBE: the gateway subscribes the client and strips it.
-    #[serde(rename = "$subscribe", skip_serializing_if = "Vec::is_empty")]
-    subscribe: Vec<String>,
-    #[serde(rename = "$unsubscribe", skip_serializing_if = "Vec::is_empty")]
-    unsubscribe: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -198,12 +193,12 @@ pub fn service() -> Service {
                 let arg: RoomArg = req.decode()?;
                 check_room(&arg.room)?;
                 let members = rooms.join(&arg.room, req.require_user()?, &session_of(&req));
-                Request::encode(&Members {
+                let body = Request::encode(&Members {
                     room: &arg.room,
                     members,
-                    subscribe: vec![room_topic(&arg.room)],
-                    unsubscribe: Vec::new(),
-                })
+                })?;
+                // A typed grant: the gateway subscribes the client to the room.
+                Ok(Reply::new(body).grant(room_topic(&arg.room)))
             }
         })
         .handle("leave", move |req: Request| {
@@ -212,12 +207,11 @@ pub fn service() -> Service {
                 let arg: RoomArg = req.decode()?;
                 check_room(&arg.room)?;
                 let members = rooms.leave(&arg.room, req.require_user()?, &session_of(&req));
-                Request::encode(&Members {
+                let body = Request::encode(&Members {
                     room: &arg.room,
                     members,
-                    subscribe: Vec::new(),
-                    unsubscribe: vec![room_topic(&arg.room)],
-                })
+                })?;
+                Ok(Reply::new(body).revoke(room_topic(&arg.room)))
             }
         })
         .handle("say", say)

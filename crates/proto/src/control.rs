@@ -131,4 +131,17 @@ pub struct BrokerStats {
     pub peers: u64,
     /// Requests in flight now.
     pub inflight: u64,
+    /// Replies from a peer other than the instance the request was dispatched to,
+    /// or with another request id: dropped, never delivered.
+    #[serde(default)]
+    pub rogue_replies: u64,
+    /// Subscriptions refused: past the per-peer cap.
+    #[serde(default)]
+    pub subs_refused: u64,
+    /// Registrations refused: a new service name past the cap on services.
+    #[serde(default)]
+    pub services_refused: u64,
+    /// Requests whose deadline was further ahead than the cap, cut to it.
+    #[serde(default)]
+    pub deadlines_capped: u64,
 }

@@ -86,6 +86,31 @@ pub struct Envelope {
     /// Set on a failed reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// On a reply only: topics the service grants (or revokes for) the client
+    /// whose request this answers. Set by service code through
+    /// `switchboard_bus::Reply`, never derived from a body, so nothing a client
+    /// sends (an `$echo`, a relayed reply) can become a grant. The gateway applies
+    /// a grant only inside that service's grantable patterns. Added in 1.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Grants>,
+}
+
+/// Topic grants carried by a reply; see [`Envelope::grants`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Grants {
+    /// Subscribe the client to these topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
+    /// Unsubscribe the client from these topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsubscribe: Vec<String>,
+}
+
+impl Grants {
+    /// Whether there is nothing to grant or revoke.
+    pub fn is_empty(&self) -> bool {
+        self.subscribe.is_empty() && self.unsubscribe.is_empty()
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -119,6 +144,7 @@ impl Envelope {
             idem: false,
             body: ByteBuf::new(),
             error: None,
+            grants: None,
         }
     }
 

@@ -32,7 +32,7 @@ pub mod error;
 pub mod topic;
 
 pub use control::{BrokerStats, Health, Hello, InstanceInfo, Welcome};
-pub use envelope::{decode, decode_head, encode, from_body, to_body, Envelope, Head, Kind};
+pub use envelope::{decode, decode_head, encode, from_body, to_body, Envelope, Grants, Head, Kind};
 pub use error::{ErrorBody, ErrorCode, ProtoError};
 pub use serde_bytes::ByteBuf;
 
@@ -40,8 +40,9 @@ use std::time::Duration;
 
 /// Protocol version carried in every envelope's `v`: the high byte is the major
 /// version (a peer rejects another major), the low byte the minor version (a newer
-/// minor only adds optional fields, which older peers skip). 1.1 added `session`.
-pub const PROTOCOL_VERSION: u16 = 0x0101;
+/// minor only adds optional fields, which older peers skip). 1.1 added `session`;
+/// 1.2 added `grants`.
+pub const PROTOCOL_VERSION: u16 = 0x0102;
 
 /// Hard upper bound on one encoded envelope, whatever a process is configured with.
 /// Bus sockets are configured lower ([`DEFAULT_MAX_MESSAGE_LEN`]); this bound only
@@ -109,11 +110,36 @@ pub fn validate_token(name: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
-/// Key of a reply's data that asks the gateway to subscribe the requesting client
-/// to the listed topics (then removed from the data the client sees).
-pub const REPLY_SUBSCRIBE: &str = "$subscribe";
-/// As [`REPLY_SUBSCRIBE`], to unsubscribe.
-pub const REPLY_UNSUBSCRIBE: &str = "$unsubscribe";
+/// Longest user id (a token's `sub`), in bytes.
+pub const MAX_USER_LEN: usize = 128;
+
+/// Checks a user id (a client token's `sub`): 1 to [`MAX_USER_LEN`] bytes of ASCII
+/// letters, digits and `_ - @ : + = |`. A user id becomes a topic token
+/// (`user.<id>`), so it may never hold `.`, `*`, `>` or whitespace: those would
+/// widen or split the topic.
+///
+/// ```
+/// assert!(switchboard_proto::validate_user("auth0|ada@example-com").is_ok());
+/// assert!(switchboard_proto::validate_user("ada.lovelace").is_err());
+/// assert!(switchboard_proto::validate_user(">").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`ProtoError::Invalid`] naming what is wrong.
+pub fn validate_user(user: &str) -> Result<(), ProtoError> {
+    if user.is_empty() || user.len() > MAX_USER_LEN {
+        return Err(ProtoError::Invalid("user id must be 1 to 128 bytes"));
+    }
+    if !user.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'@' | b':' | b'+' | b'=' | b'|')
+    }) {
+        return Err(ProtoError::Invalid(
+            "user id may hold only ASCII letters, digits and _ - @ : + = |",
+        ));
+    }
+    Ok(())
+}
 
 /// Checks a service, instance or op name: 1 to [`MAX_NAME_LEN`] bytes of ASCII
 /// letters, digits and `_ - . $`.

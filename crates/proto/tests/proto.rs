@@ -37,6 +37,7 @@ fn full_request() -> Envelope {
         idem: true,
         body: ByteBuf::from(vec![0x81, 0xa4, b't', b'e', b'x', b't', 0xa2, b'h', b'i']),
         error: None,
+        grants: None,
     }
 }
 
@@ -160,6 +161,29 @@ mod golden {
         expected.v = 0x0100;
         expected.session = None;
         assert_eq!(env, expected);
+    }
+
+    /// A frame written by a 1.1 peer (before `grants`) still decodes.
+    #[test]
+    fn version_1_1_frame_still_decodes() {
+        let path = format!(
+            "{}/tests/golden/request_v1_1.hex",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
+        let mut expected = full_request();
+        expected.v = 0x0101;
+        assert_eq!(decode(&bytes).unwrap(), expected);
+    }
+
+    #[test]
+    fn reply_with_grants_matches_fixture() {
+        let mut env = Envelope::reply_to(9, "t1", vec![0x80]);
+        env.grants = Some(proto::Grants {
+            subscribe: vec!["chat.room.lobby".into()],
+            unsubscribe: vec!["chat.room.old".into()],
+        });
+        check("reply_grants", &env);
     }
 
     #[test]
@@ -372,12 +396,17 @@ prop_compose! {
         body in proptest::collection::vec(any::<u8>(), 0..300),
         error in proptest::option::of((proptest::sample::select(ErrorCode::ALL.to_vec()), ".{0,40}")),
         minor in 0u16..256,
+        grants in proptest::option::of((
+            proptest::collection::vec("[a-z.]{1,20}", 0..3),
+            proptest::collection::vec("[a-z.]{1,20}", 0..3),
+        )),
     ) -> Envelope {
         Envelope {
             v: (PROTOCOL_VERSION & 0xff00) | minor,
             kind, id, from, to, instance, key, op, deadline, trace, user, session, idem,
             body: ByteBuf::from(body),
             error: error.map(|(code, message)| ErrorBody::new(code, message)),
+            grants: grants.map(|(subscribe, unsubscribe)| proto::Grants { subscribe, unsubscribe }),
         }
     }
 }
@@ -430,5 +459,72 @@ mod auth {
             "names are delimited"
         );
         assert!(!verify(b"secret", b"nonce", "chat", "chat-1", &p[..31]));
+    }
+}
+
+mod topic_index {
+    use super::*;
+    use proto::topic::Index;
+
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("c".to_owned())
+        ]
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![token(), Just("*".to_owned())], 1..4),
+            any::<bool>(),
+        )
+            .prop_map(|(mut tokens, tail)| {
+                if tail {
+                    tokens.push(">".into());
+                }
+                tokens.join(".")
+            })
+    }
+
+    proptest! {
+        /// The index finds exactly what a scan with `topic::matches` finds, after
+        /// any mix of inserts and removes.
+        #[test]
+        fn index_agrees_with_a_scan(
+            ops in prop::collection::vec((pattern(), 0u8..4, any::<bool>()), 0..40),
+            topics in prop::collection::vec(prop::collection::vec(token(), 1..5), 1..10),
+        ) {
+            let mut index = Index::default();
+            let mut list: Vec<(String, u8)> = Vec::new();
+            for (p, v, add) in ops {
+                if add {
+                    index.insert(&p, v);
+                    if !list.contains(&(p.clone(), v)) {
+                        list.push((p, v));
+                    }
+                } else {
+                    let was = list.iter().position(|e| *e == (p.clone(), v));
+                    prop_assert_eq!(index.remove(&p, &v), was.is_some());
+                    if let Some(i) = was {
+                        list.remove(i);
+                    }
+                }
+            }
+            prop_assert_eq!(index.len(), list.len());
+            for t in topics {
+                let t = t.join(".");
+                let mut got = Vec::new();
+                index.for_each_match(&t, |v| got.push(*v));
+                got.sort_unstable();
+                let mut want: Vec<u8> = list
+                    .iter()
+                    .filter(|(p, _)| topic::matches(p, &t))
+                    .map(|(_, v)| *v)
+                    .collect();
+                want.sort_unstable();
+                prop_assert_eq!(got, want, "topic {}", t);
+            }
+        }
     }
 }

@@ -1,27 +1,29 @@
-//! One client connection: the HTTP head (health, path, token), the upgrade, the
-//! reader (frames → requests), the writer (outbox → socket), and the goodbye.
+//! One client connection after the handshake ([`crate::http`]): the reader
+//! (frames → requests), the writer (outbox → socket), grants, and the goodbye.
 
 use futures::{SinkExt, StreamExt};
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_bus::proto::{self, api, ErrorCode, REPLY_SUBSCRIBE, REPLY_UNSUBSCRIBE};
+use switchboard_bus::proto::{self, api, ErrorCode, Grants};
 use switchboard_bus::{new_trace_id, CallOptions};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::http::Admission;
 use crate::hub::ConnOut;
-use crate::outbox::{Next, Outbox};
+use crate::outbox::{Limits, Next, Outbox};
 use crate::{jwt, wire, Gateway};
 
 /// Close code: idle (no pong).
 pub const CLOSE_IDLE: u16 = 4000;
+/// Close code: the token expired.
+pub const CLOSE_EXPIRED: u16 = 4002;
+/// Close code: not authenticated in time.
+pub const CLOSE_AUTH_TIMEOUT: u16 = 4003;
 /// Close code: flooding past the rate limit.
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: frame too large.
@@ -29,125 +31,64 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: shutting down.
 pub const CLOSE_AWAY: u16 = 1001;
 
-/// Longest HTTP request head read before the upgrade.
-const MAX_HEAD: usize = 8 * 1024;
 /// Initial read buffer of a connection (grown for larger frames).
-const READ_BUFFER: usize = 1024;
-/// Time a client has to send its HTTP request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the HTTP request head asks for.
-enum Route {
-    Health,
-    Upgrade { token: Option<String> },
-    NotFound,
-}
+pub const READ_BUFFER: usize = 1024;
 
 /// Serves one TCP connection to its end.
 pub async fn handle(
     gw: Arc<Gateway>,
     stream: TcpStream,
-    peer: SocketAddr,
+    mut admission: Admission,
     id: u64,
     shutdown: CancellationToken,
 ) {
-    let mut stream = stream;
-    let route = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream)).await {
-        Ok(Some(route)) => route,
-        _ => {
-            let _ = respond(
-                &mut stream,
-                "400 Bad Request",
-                r#"{"error":"bad or slow HTTP request"}"#,
-            )
-            .await;
-            return;
-        }
-    };
-    let token = match route {
-        Route::Health => {
-            let _ = respond(&mut stream, "200 OK", &gw.health_json()).await;
-            return;
-        }
-        Route::NotFound => {
-            let _ = respond(
-                &mut stream,
-                "404 Not Found",
-                r#"{"error":"WebSocket paths are /ws and /uws/*; health is /health"}"#,
-            )
-            .await;
-            return;
-        }
-        Route::Upgrade { token } => token,
-    };
-    if gw.stats.open.load(Ordering::Relaxed) >= gw.settings.max_connections {
-        gw.stats.refused.fetch_add(1, Ordering::Relaxed);
-        let _ = respond(
-            &mut stream,
-            "503 Service Unavailable",
-            r#"{"error":"too many connections"}"#,
-        )
-        .await;
+    let peer = stream.peer_addr().ok();
+    let Some(upgrade) = crate::http::handshake(&gw, stream, &mut admission).await else {
         return;
-    }
-    let user = match (&gw.settings.auth_secret, token) {
-        (Some(secret), Some(token)) => {
-            match jwt::verify(secret.as_bytes(), &token, proto::now_ms() / 1000) {
-                Ok(sub) => Some(sub),
-                Err(reason) => {
-                    let body =
-                        serde_json::json!({"error": {"code": "unauthorized", "message": reason}})
-                            .to_string();
-                    let _ = respond(&mut stream, "401 Unauthorized", &body).await;
-                    return;
-                }
-            }
-        }
-        (Some(_), None) => None,
-        (None, _) => Some(format!(
-            "anon-{:012x}",
-            rand::random::<u64>() & 0xffff_ffff_ffff
-        )),
-    };
-    // tungstenite's defaults (128 KiB read and write buffers per connection) cost
-    // 140 KiB an idle connection; frames here are at most a few KiB.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(gw.settings.max_frame_bytes))
-        .max_frame_size(Some(gw.settings.max_frame_bytes));
-    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "handshake failed");
-            return;
-        }
     };
     gw.stats.accepted.fetch_add(1, Ordering::Relaxed);
     gw.stats.open.fetch_add(1, Ordering::Relaxed);
     let session = format!("{}-{id}", gw.bus.instance());
+    let s = &gw.settings;
     let conn = Connection {
         out: Arc::new(ConnOut {
-            outbox: Outbox::new(gw.settings.send_buffer, gw.settings.send_buffer_hard),
+            outbox: Outbox::new(Limits {
+                soft: s.send_buffer,
+                hard: s.send_buffer_hard,
+                soft_bytes: s.send_buffer_bytes,
+                hard_bytes: s.send_buffer_hard_bytes,
+            }),
             binary: AtomicBool::new(false),
         }),
         gw: gw.clone(),
         id,
         session,
         user: Mutex::new(None),
-        topics: Mutex::new(HashSet::new()),
+        expires_ms: AtomicU64::new(0),
+        topics: Mutex::new(Some(HashSet::new())),
         inflight: AtomicUsize::new(0),
     };
     let conn = Arc::new(conn);
-    if let Some(user) = user {
-        conn.open_session(user).await;
+    match (&gw.settings.tokens, upgrade.token) {
+        (Some(_), Some(token)) => conn.open_session(token).await,
+        (Some(_), None) => {
+            // Must authenticate with the `auth` op before the auth timeout.
+            let limit = proto::now_ms() + gw.settings.auth_timeout_ms;
+            conn.expires_ms.store(limit, Ordering::Relaxed);
+        }
+        (None, _) => {
+            let user = format!("anon-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+            conn.open_session(jwt::Verified { user, expires_s: 0 })
+                .await;
+        }
     }
-    tracing::debug!(%peer, session = %conn.session, "client connected");
-    let (sink, stream) = ws.split();
+    tracing::debug!(?peer, session = %conn.session, "client connected");
+    let (sink, stream) = upgrade.ws.split();
     let writer = tokio::spawn(write_loop(sink, conn.out.clone()));
     let why = conn.clone().read_loop(stream, &shutdown).await;
     conn.finish(why, writer).await;
     gw.stats.open.fetch_sub(1, Ordering::Relaxed);
+    drop(admission);
 }
 
 /// Why the reader stopped.
@@ -163,7 +104,12 @@ struct Connection {
     id: u64,
     session: String,
     user: Mutex<Option<String>>,
-    topics: Mutex<HashSet<String>>,
+    /// When the connection must be closed, ms since the epoch (0: never): the
+    /// token's end, or before authentication the auth deadline.
+    expires_ms: AtomicU64,
+    /// The connection's topics; `None` once it is closing, so that a reply that
+    /// arrives late cannot subscribe a connection that is gone.
+    topics: Mutex<Option<HashSet<String>>>,
     inflight: AtomicUsize,
 }
 
@@ -203,7 +149,10 @@ impl Connection {
 
     /// Sets the user and tells the services the session opened; subscribes the
     /// client to its direct-message topic.
-    async fn open_session(self: &Arc<Self>, user: String) {
+    async fn open_session(self: &Arc<Self>, token: jwt::Verified) {
+        let user = token.user;
+        self.expires_ms
+            .store(token.expires_s.saturating_mul(1000), Ordering::Relaxed);
         *self.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(user.clone());
         self.publish_session(api::SESSION_OPEN, &user).await;
         let topic = format!("user.{user}");
@@ -225,24 +174,52 @@ impl Connection {
         }
     }
 
+    fn topics(&self) -> std::sync::MutexGuard<'_, Option<HashSet<String>>> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes the client to `topic`, within its subscription cap.
     async fn subscribe(self: &Arc<Self>, topic: &str) -> Result<(), switchboard_bus::Error> {
+        {
+            let topics = self.topics();
+            let Some(topics) = topics.as_ref() else {
+                return Err(switchboard_bus::Error::new(
+                    ErrorCode::Unavailable,
+                    "connection closing",
+                ));
+            };
+            if topics.contains(topic) {
+                return Ok(());
+            }
+            let cap = self.gw.settings.max_subscriptions;
+            if topics.len() >= cap {
+                return Err(switchboard_bus::Error::new(
+                    ErrorCode::Overloaded,
+                    format!("this connection already holds {cap} subscriptions: unsubscribe first"),
+                ));
+            }
+        }
         self.gw
             .hub
             .subscribe(topic, self.id, self.out.clone())
             .await?;
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.to_owned());
+        let mut topics = self.topics();
+        match topics.as_mut() {
+            Some(topics) => {
+                topics.insert(topic.to_owned());
+            }
+            // Closed while the bus subscribed: undo at once.
+            None => self.gw.hub.unsubscribe(topic, self.id),
+        }
         Ok(())
     }
 
     fn unsubscribe(&self, topic: &str) {
-        self.gw.hub.unsubscribe(topic, self.id);
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(topic);
+        if let Some(topics) = self.topics().as_mut() {
+            if topics.remove(topic) {
+                self.gw.hub.unsubscribe(topic, self.id);
+            }
+        }
     }
 
     async fn read_loop<S>(self: Arc<Self>, mut stream: S, shutdown: &CancellationToken) -> Why
@@ -262,10 +239,33 @@ impl Connection {
             tokio::time::interval(Duration::from_millis(settings.ping_interval_ms.max(10)));
         ping.tick().await;
         let mut last_seen = Instant::now();
+        // The token's end (or the auth deadline): one timer, reset only when the
+        // end moves (a re-authentication).
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut ends_at = 0;
+        let expiry = tokio::time::sleep(far);
+        tokio::pin!(expiry);
         loop {
+            let end = self.expires_ms.load(Ordering::Relaxed);
+            if end != ends_at {
+                ends_at = end;
+                let left = match end {
+                    0 => far,
+                    end => Duration::from_millis(end.saturating_sub(proto::now_ms())),
+                };
+                expiry.as_mut().reset(tokio::time::Instant::now() + left);
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return Why::Shutdown,
                 () = self.out.outbox.closing.cancelled() => return Why::Closing,
+                () = &mut expiry => {
+                    if self.user().is_some() {
+                        self.out.outbox.close(CLOSE_EXPIRED, "token expired");
+                    } else {
+                        self.out.outbox.close(CLOSE_AUTH_TIMEOUT, "not authenticated in time");
+                    }
+                    return Why::Closing;
+                }
                 _ = ping.tick() => {
                     if last_seen.elapsed() >= idle {
                         self.out.outbox.close(CLOSE_IDLE, "idle timeout: no frame or pong");
@@ -338,12 +338,9 @@ impl Connection {
         if proto::validate_name(to).is_err() || proto::validate_name(op).is_err() {
             return reply_err(&m.id, ErrorCode::BadRequest, "invalid service or op name");
         }
-        if to.starts_with('$') || self.gw.settings.deny_services.iter().any(|s| s == to) {
-            return reply_err(
-                &m.id,
-                ErrorCode::Forbidden,
-                &format!("{to} is not open to clients"),
-            );
+        let policy = &self.gw.settings.policy;
+        if let Err(why) = policy.check_call(to, op) {
+            return reply_err(&m.id, ErrorCode::Forbidden, &why);
         }
         if self.inflight.load(Ordering::Relaxed) >= self.gw.settings.max_inflight_per_conn {
             let text = format!(
@@ -356,13 +353,9 @@ impl Connection {
             Ok(body) => body,
             Err(e) => return reply_err(&m.id, ErrorCode::BadRequest, &e),
         };
-        let key = self
-            .gw
-            .settings
-            .route_keys
-            .get(to)
-            .and_then(|field| m.data.as_ref()?.get(field)?.as_str())
-            .map(str::to_owned);
+        let key = policy
+            .key_field(to)
+            .and_then(|field| m.data.as_ref()?.get(field)?.as_str().map(str::to_owned));
         let options = CallOptions {
             timeout: Some(Duration::from_millis(self.gw.settings.request_timeout_ms)),
             trace: new_trace_id(),
@@ -374,14 +367,14 @@ impl Connection {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.gw.stats.requests.fetch_add(1, Ordering::Relaxed);
         let conn = self.clone();
-        let (to, op, id) = (to.to_owned(), op.to_owned(), m.id);
+        let (to, id) = (to.to_owned(), m.id);
+        let op = op.to_owned();
         tokio::spawn(async move {
             let reply = match conn.gw.bus.call(&to, &op, body, options).await {
-                Ok(env) => {
-                    let mut data = wire::body_to_json(&env.body);
-                    conn.apply_directives(&mut data).await;
-                    wire::ok(&id, &data, binary)
-                }
+                Ok(env) => match conn.apply_grants(&to, env.grants.as_ref()).await {
+                    Ok(()) => wire::ok(&id, &wire::body_to_json(&env.body), binary),
+                    Err(e) => wire::error(&id, e.code, &e.message, binary),
+                },
                 Err(e) => wire::error(&id, e.code, &e.message, binary),
             };
             conn.out.outbox.reply(reply);
@@ -389,21 +382,33 @@ impl Connection {
         });
     }
 
-    /// Applies and strips `$subscribe` / `$unsubscribe` in a service's reply.
-    async fn apply_directives(self: &Arc<Self>, data: &mut serde_json::Value) {
-        let Some(map) = data.as_object_mut() else {
-            return;
+    /// Applies the typed grants of `service`'s reply, each only inside what the
+    /// policy lets that service grant. A grant outside it is a service's mistake
+    /// (or a compromised service): it is dropped and logged, never applied. A
+    /// grant the client's subscription cap refuses fails the reply (`overloaded`).
+    async fn apply_grants(
+        self: &Arc<Self>,
+        service: &str,
+        grants: Option<&Grants>,
+    ) -> Result<(), switchboard_bus::Error> {
+        let Some(grants) = grants else {
+            return Ok(());
         };
-        let subscribe = map.remove(REPLY_SUBSCRIBE);
-        let unsubscribe = map.remove(REPLY_UNSUBSCRIBE);
-        for topic in topics_of(subscribe.as_ref()) {
-            if proto::topic::validate(topic, true).is_ok() {
-                self.subscribe(topic).await.ok();
+        for topic in &grants.subscribe {
+            if proto::topic::validate(topic, true).is_err() {
+                tracing::warn!(service, topic = %topic, "invalid grant dropped");
+                continue;
             }
+            if let Err(why) = self.gw.settings.policy.check_grant(service, topic) {
+                tracing::warn!(service, topic = %topic, reason = %why, "grant outside the policy dropped");
+                continue;
+            }
+            self.subscribe(topic).await?;
         }
-        for topic in topics_of(unsubscribe.as_ref()) {
+        for topic in &grants.unsubscribe {
             self.unsubscribe(topic);
         }
+        Ok(())
     }
 
     async fn gateway_op(self: &Arc<Self>, m: &wire::ClientMsg, op: &str, binary: bool) {
@@ -436,10 +441,9 @@ impl Connection {
                     self.unsubscribe(&topic);
                     return ok(serde_json::json!({}));
                 }
-                let first = topic.split('.').next().unwrap_or_default();
-                if !self.gw.settings.client_topics.iter().any(|t| t == first) {
-                    let allowed = self.gw.settings.client_topics.join(", ");
-                    return err(ErrorCode::Forbidden, &format!("clients may subscribe under {allowed} only"));
+                let user = self.user().unwrap_or_default();
+                if let Err(why) = self.gw.settings.policy.check_subscribe(&topic, &user) {
+                    return err(ErrorCode::Forbidden, &why);
                 }
                 match self.subscribe(&topic).await {
                     Ok(()) => ok(serde_json::json!({})),
@@ -447,24 +451,27 @@ impl Connection {
                 }
             }
             "auth" => {
-                let Some(secret) = self.gw.settings.auth_secret.clone() else {
+                let Some(rules) = self.gw.settings.tokens.clone() else {
                     return err(ErrorCode::BadRequest, "this gateway runs without authentication");
                 };
                 let Some(token) = field("token") else {
                     return err(ErrorCode::BadRequest, "missing token");
                 };
-                match jwt::verify(secret.as_bytes(), &token, proto::now_ms() / 1000) {
-                    Ok(sub) => {
+                match jwt::verify(&rules, &token, proto::now_ms() / 1000) {
+                    Ok(verified) => {
                         if let Some(current) = self.user() {
-                            if current != sub {
+                            if current != verified.user {
                                 return err(ErrorCode::Forbidden, "already authenticated as another user");
                             }
-                            return ok(serde_json::json!({ "user": current }));
+                            // A newer token for the same user extends the connection.
+                            self.expires_ms.store(verified.expires_s.saturating_mul(1000), Ordering::Relaxed);
+                            return ok(serde_json::json!({ "user": current, "expires": verified.expires_s }));
                         }
-                        self.open_session(sub.clone()).await;
-                        ok(serde_json::json!({ "user": sub }))
+                        let reply = serde_json::json!({ "user": verified.user, "expires": verified.expires_s });
+                        self.open_session(verified).await;
+                        ok(reply)
                     }
-                    Err(reason) => err(ErrorCode::Unauthorized, reason),
+                    Err(reason) => err(ErrorCode::Unauthorized, &reason),
                 }
             }
             other => err(
@@ -500,12 +507,7 @@ impl Connection {
         {
             abort.abort();
         }
-        let topics: Vec<String> = self
-            .topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let topics = self.topics().take().unwrap_or_default();
         for topic in topics {
             self.gw.hub.unsubscribe(&topic, self.id);
         }
@@ -514,14 +516,6 @@ impl Connection {
         }
         tracing::debug!(session = %self.session, "client disconnected");
     }
-}
-
-fn topics_of(value: Option<&serde_json::Value>) -> impl Iterator<Item = &str> {
-    value
-        .and_then(|v| v.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.as_str())
 }
 
 async fn write_loop<S>(mut sink: S, out: Arc<ConnOut>)
@@ -548,118 +542,5 @@ where
                 return;
             }
         }
-    }
-}
-
-/// Reads the HTTP request head without consuming it (the WebSocket handshake
-/// reads it again) and decides what it asks for.
-async fn read_head(stream: &TcpStream) -> Option<Route> {
-    let mut buf = vec![0u8; MAX_HEAD];
-    let mut seen = 0;
-    loop {
-        let n = stream.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(route(&buf[..end]));
-        }
-        if n >= MAX_HEAD {
-            return None;
-        }
-        if n == seen {
-            // Only part of the head has arrived: wait a little for the rest.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        seen = n;
-    }
-}
-
-fn route(head: &[u8]) -> Route {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Route::NotFound;
-    };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if method == "GET" && path == "/health" {
-        return Route::Health;
-    }
-    if method != "GET" || !(path == "/ws" || path == "/uws" || path.starts_with("/uws/")) {
-        return Route::NotFound;
-    }
-    let token = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "token")
-        .map(|(_, v)| percent_decode(v));
-    Route::Upgrade { token }
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_by_path() {
-        assert!(matches!(route(b"GET /health HTTP/1.1"), Route::Health));
-        assert!(matches!(
-            route(b"GET /ws HTTP/1.1"),
-            Route::Upgrade { token: None }
-        ));
-        assert!(matches!(
-            route(b"GET /uws/anything/here HTTP/1.1"),
-            Route::Upgrade { token: None }
-        ));
-        assert!(matches!(route(b"GET /other HTTP/1.1"), Route::NotFound));
-        assert!(matches!(route(b"POST /ws HTTP/1.1"), Route::NotFound));
-        match route(b"GET /ws?a=1&token=ab%2Ec HTTP/1.1") {
-            Route::Upgrade { token } => assert_eq!(token.as_deref(), Some("ab.c")),
-            _ => panic!("expected an upgrade"),
-        }
-    }
-
-    #[test]
-    fn percent_decoding_is_total() {
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("x%41y"), "xAy");
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%é1"), "%é1");
-        assert_eq!(percent_decode("%4"), "%4");
     }
 }

@@ -1,129 +1,216 @@
-//! HS256 JSON Web Tokens: just enough to verify a client's token.
+//! Client tokens: HS256 JSON Web Tokens, verified by the `jsonwebtoken` crate.
 //!
-//! A token is accepted when its header says `alg: HS256`, its signature is the
-//! HMAC-SHA256 of `header.payload` under the configured secret (compared in
-//! constant time), its `exp` (if any) is in the future and its `nbf` (if any) is
-//! not; its `sub` (1 to 128 bytes) becomes the user.
+//! A token is accepted when it is HS256 and signed with the configured secret, its
+//! `exp` (if any) has not passed and its `nbf` (if any) has, both within `leeway`;
+//! its `aud` and `iss` match when the gateway is configured with them; and its
+//! `sub` is a safe user id ([`switchboard_bus::proto::validate_user`]: it becomes a
+//! topic token, so it may never hold `.`, `*`, `>` or whitespace).
+//!
+//! Every accepted token has an end: its `exp`, or for a token without one, its
+//! `iat` (else the moment it was presented) plus `max_lifetime_s`. The gateway
+//! closes a connection whose token has ended (code 4002) unless the client
+//! re-authenticated with a newer token before.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
-use sha2::Sha256;
+use switchboard_bus::proto;
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
+/// How tokens are checked.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    /// The HS256 secret.
+    pub secret: String,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds.
+    pub leeway_s: u64,
+    /// Lifetime of a token without `exp`, seconds.
+    pub max_lifetime_s: u64,
+}
+
+impl TokenRules {
+    /// Rules with the defaults: 30 s leeway, tokens without `exp` live 24 h.
+    pub fn new(secret: &str) -> Self {
+        Self {
+            secret: secret.to_owned(),
+            audience: None,
+            issuer: None,
+            leeway_s: 30,
+            max_lifetime_s: 24 * 3600,
+        }
+    }
+}
+
+/// A verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The user (the token's `sub`).
+    pub user: String,
+    /// When the token ends, seconds since the epoch.
+    pub expires_s: u64,
 }
 
 #[derive(Deserialize)]
 struct Claims {
-    sub: Option<String>,
+    sub: String,
+    #[serde(default)]
     exp: Option<u64>,
-    nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
-/// Longest `sub` accepted.
-pub const MAX_SUB: usize = 128;
+/// Longest token accepted, bytes.
+pub const MAX_TOKEN: usize = 4096;
 
-/// Verifies `token` and returns its subject.
+/// Verifies `token` at `now_s`.
 ///
 /// # Errors
 ///
 /// A short reason, safe to show the client.
-pub fn verify(secret: &[u8], token: &str, now_s: u64) -> Result<String, &'static str> {
-    if token.len() > 4096 {
-        return Err("token too long");
+pub fn verify(rules: &TokenRules, token: &str, now_s: u64) -> Result<Verified, String> {
+    if token.len() > MAX_TOKEN {
+        return Err("token too long".into());
     }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("token is not header.payload.signature");
-    };
-    let header: Header = decode_part(h).ok_or("bad token header")?;
-    if header.alg != "HS256" {
-        return Err("token algorithm must be HS256");
-    }
-    let sig = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| "bad token signature encoding")?;
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| "bad secret")?;
-    mac.update(h.as_bytes());
-    mac.update(b".");
-    mac.update(p.as_bytes());
-    mac.verify_slice(&sig).map_err(|_| "bad token signature")?;
-    let claims: Claims = decode_part(p).ok_or("bad token payload")?;
-    if claims.exp.is_some_and(|exp| exp <= now_s) {
-        return Err("token expired");
-    }
-    if claims.nbf.is_some_and(|nbf| nbf > now_s) {
-        return Err("token not valid yet");
-    }
-    match claims.sub {
-        Some(sub)
-            if !sub.is_empty() && sub.len() <= MAX_SUB && !sub.chars().any(char::is_control) =>
-        {
-            Ok(sub)
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = rules.leeway_s;
+    validation.validate_nbf = true;
+    // jsonwebtoken checks `aud`/`iss` only when the token has them, unless they
+    // are required: a configured audience or issuer must be present.
+    let mut required = vec!["sub"];
+    match &rules.audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
         }
-        _ => Err("token has no usable sub"),
+        None => validation.validate_aud = false,
     }
+    if let Some(iss) = &rules.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    let key = DecodingKey::from_secret(rules.secret.as_bytes());
+    let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map_err(|e| format!("token refused: {e}"))?;
+    let claims = data.claims;
+    // jsonwebtoken checks `exp` against the system clock; check it against ours
+    // too, so that tests and the expiry timer agree.
+    if claims
+        .exp
+        .is_some_and(|exp| exp.saturating_add(rules.leeway_s) <= now_s)
+    {
+        return Err("token refused: expired".into());
+    }
+    proto::validate_user(&claims.sub).map_err(|e| format!("token sub: {e}"))?;
+    let expires_s = match claims.exp {
+        Some(exp) => exp.saturating_add(rules.leeway_s),
+        None => {
+            let end = claims
+                .iat
+                .unwrap_or(now_s)
+                .saturating_add(rules.max_lifetime_s);
+            if end <= now_s {
+                return Err("token refused: older than the maximum lifetime".into());
+            }
+            end
+        }
+    };
+    Ok(Verified {
+        user: claims.sub,
+        expires_s,
+    })
 }
 
-fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Signs claims (tests, tools and `sbctl` use it to make tokens).
+/// Signs claims with HS256 (tests, tools and `sbctl` use it to make tokens).
 pub fn sign(secret: &[u8], claims: &serde_json::Value) -> String {
-    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let p = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(h.as_bytes());
-    mac.update(b".");
-    mac.update(p.as_bytes());
-    let s = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{h}.{p}.{s}")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     use serde_json::json;
+
+    const NOW: u64 = 1_900_000_000;
+
+    fn rules() -> TokenRules {
+        TokenRules::new("k")
+    }
 
     #[test]
     fn accepts_a_good_token_and_refuses_forgeries() {
-        let token = sign(b"k", &json!({"sub": "ada", "exp": 2_000}));
-        assert_eq!(verify(b"k", &token, 1_000), Ok("ada".into()));
-        assert_eq!(verify(b"other", &token, 1_000), Err("bad token signature"));
-        assert_eq!(verify(b"k", &token, 2_000), Err("token expired"));
-        let (hp, _) = token.rsplit_once('.').unwrap();
-        assert!(verify(b"k", &format!("{hp}.AAAA"), 1_000).is_err());
-        // Tampered payload, original signature.
+        let token = sign(b"k", &json!({"sub": "ada", "exp": NOW + 100}));
+        assert_eq!(
+            verify(&rules(), &token, NOW),
+            Ok(Verified {
+                user: "ada".into(),
+                expires_s: NOW + 130
+            })
+        );
+        assert!(verify(&TokenRules::new("other"), &token, NOW).is_err());
+        assert!(verify(&rules(), &token, NOW + 200).is_err(), "expired");
         let forged = token.replacen(
             token.split('.').nth(1).unwrap(),
             &URL_SAFE_NO_PAD.encode(r#"{"sub":"root"}"#),
             1,
         );
-        assert_eq!(verify(b"k", &forged, 1_000), Err("bad token signature"));
+        assert!(verify(&rules(), &forged, NOW).is_err());
         let none_alg = format!(
             "{}.{}.",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
             URL_SAFE_NO_PAD.encode(r#"{"sub":"x"}"#)
         );
-        assert_eq!(
-            verify(b"k", &none_alg, 1_000),
-            Err("token algorithm must be HS256")
+        assert!(verify(&rules(), &none_alg, NOW).is_err());
+        assert!(verify(&rules(), "garbage", NOW).is_err());
+        assert!(verify(&rules(), &sign(b"k", &json!({"exp": NOW + 5})), NOW).is_err());
+    }
+
+    #[test]
+    fn sub_must_be_a_safe_user_id() {
+        for sub in ["a.b", "*", ">", "a b", "x\n", ""] {
+            let token = sign(b"k", &json!({"sub": sub, "exp": NOW + 100}));
+            assert!(verify(&rules(), &token, NOW).is_err(), "{sub:?}");
+        }
+    }
+
+    #[test]
+    fn audience_issuer_and_lifetime() {
+        let mut r = rules();
+        r.audience = Some("switchboard".into());
+        r.issuer = Some("https://auth.example".into());
+        let good = sign(
+            b"k",
+            &json!({"sub": "ada", "aud": "switchboard", "iss": "https://auth.example", "exp": NOW + 60}),
         );
-        assert!(verify(b"k", "garbage", 1_000).is_err());
-        assert_eq!(
-            verify(b"k", &sign(b"k", &json!({"exp": 5_000})), 1_000),
-            Err("token has no usable sub")
+        assert!(verify(&r, &good, NOW).is_ok());
+        let wrong_aud = sign(
+            b"k",
+            &json!({"sub": "ada", "aud": "other", "iss": "https://auth.example", "exp": NOW + 60}),
         );
-        assert_eq!(
-            verify(b"k", &sign(b"k", &json!({"sub": "a", "nbf": 5_000})), 1_000),
-            Err("token not valid yet")
+        assert!(verify(&r, &wrong_aud, NOW).is_err());
+        let no_iss = sign(
+            b"k",
+            &json!({"sub": "ada", "aud": "switchboard", "exp": NOW + 60}),
         );
+        assert!(verify(&r, &no_iss, NOW).is_err());
+
+        // No exp: lives max_lifetime_s from iat, or from now without iat.
+        let r = rules();
+        let no_exp = sign(b"k", &json!({"sub": "ada"}));
+        assert_eq!(verify(&r, &no_exp, NOW).unwrap().expires_s, NOW + 86_400);
+        let old = sign(b"k", &json!({"sub": "ada", "iat": NOW - 90_000}));
+        assert!(verify(&r, &old, NOW).is_err());
+        // Leeway: 20 s past exp still passes with 30 s leeway.
+        let just = sign(b"k", &json!({"sub": "ada", "exp": NOW - 20}));
+        assert!(verify(&r, &just, NOW).is_ok());
     }
 }

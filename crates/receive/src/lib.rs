@@ -19,15 +19,23 @@
 //! | 1008 | flooding: the client kept sending past its rate limit |
 //! | 1009 | a frame over `max_frame_bytes` |
 //! | 4000 | idle: no frame (or pong) for `idle_timeout_ms` |
-//! | 4001 | slow client: its send buffer reached `send_buffer_hard` |
+//! | 4001 | slow client: its send buffer reached `send_buffer_hard` messages or `send_buffer_hard_bytes` |
+//! | 4002 | the client's token expired (and no newer one was presented with `auth`) |
+//! | 4003 | not authenticated within `auth_timeout_ms` |
+//!
+//! Before the upgrade, the HTTP answers are: 400 (not a WebSocket handshake), 401
+//! (bad token), 403 (Origin not allowed), 404 (unknown path), 503 (too many
+//! connections, or too many handshakes at once in all or from one IP); a head not
+//! complete within `handshake_timeout_ms` is dropped without an answer.
 
 pub mod conn;
+pub mod http;
 pub mod hub;
 pub mod jwt;
 pub mod outbox;
+pub mod policy;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,24 +57,39 @@ pub struct Settings {
     pub send_buffer: usize,
     /// Messages queued for a client before it is closed with 4001.
     pub send_buffer_hard: usize,
+    /// Bytes queued for a client before events are dropped or coalesced.
+    pub send_buffer_bytes: usize,
+    /// Bytes queued for a client (replies included) before it is closed with 4001.
+    pub send_buffer_hard_bytes: usize,
     /// Requests per second a connection may send (token bucket rate).
     pub rate_per_sec: u32,
     /// Bucket size: the burst a connection may send at once.
     pub rate_burst: u32,
-    /// Connections at once; more get HTTP 503 before the upgrade.
+    /// TCP connections at once, counted from accept (handshakes included); more
+    /// get HTTP 503.
     pub max_connections: usize,
+    /// Connections still in the HTTP handshake at once; more get 503.
+    pub max_handshakes: usize,
+    /// Connections from one IP address still in the handshake at once.
+    pub max_handshakes_per_ip: usize,
+    /// Time a client has to send its HTTP request head (and get the upgrade).
+    pub handshake_timeout_ms: u64,
+    /// With an auth secret: time a connection without a token has to `auth`
+    /// before it is closed with 4003.
+    pub auth_timeout_ms: u64,
+    /// Topics one connection may be subscribed to; more get `overloaded`.
+    pub max_subscriptions: usize,
     /// Requests in flight per connection; more get `overloaded`.
     pub max_inflight_per_conn: usize,
     /// Deadline of each request.
     pub request_timeout_ms: u64,
-    /// HS256 secret for client tokens; `None` runs open (anonymous users).
-    pub auth_secret: Option<String>,
-    /// Service → data field whose value is the routing key (`loc` → `zone`).
-    pub route_keys: HashMap<String, String>,
-    /// Services clients may not call (internal ones).
-    pub deny_services: Vec<String>,
-    /// First topic tokens clients may subscribe under (`chat`, `loc`).
-    pub client_topics: Vec<String>,
+    /// Client tokens; `None` runs open (anonymous users).
+    pub tokens: Option<jwt::TokenRules>,
+    /// Browser origins allowed to connect (the `Origin` header); empty allows any.
+    /// A request without `Origin` (not a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// What clients may call, subscribe to and be granted.
+    pub policy: policy::Policy,
     /// How long a shutdown waits for in-flight replies.
     pub shutdown_grace_ms: u64,
 }
@@ -79,18 +102,21 @@ impl Default for Settings {
             ping_interval_ms: 20_000,
             send_buffer: 256,
             send_buffer_hard: 1_024,
+            send_buffer_bytes: 1024 * 1024,
+            send_buffer_hard_bytes: 4 * 1024 * 1024,
             rate_per_sec: 200,
             rate_burst: 400,
             max_connections: 10_000,
+            max_handshakes: 1_024,
+            max_handshakes_per_ip: 32,
+            handshake_timeout_ms: 5_000,
+            auth_timeout_ms: 10_000,
+            max_subscriptions: 64,
             max_inflight_per_conn: 64,
             request_timeout_ms: 5_000,
-            auth_secret: None,
-            route_keys: HashMap::from([
-                ("loc".to_owned(), "zone".to_owned()),
-                ("chat".to_owned(), "room".to_owned()),
-            ]),
-            deny_services: vec!["db".into(), "main".into()],
-            client_topics: vec!["chat".into(), "loc".into()],
+            tokens: None,
+            allowed_origins: Vec::new(),
+            policy: policy::Policy::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -103,8 +129,12 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// Open WebSocket connections now.
     pub open: AtomicUsize,
-    /// Connections refused for `max_connections`.
+    /// Connections refused at accept (`max_connections`, handshake caps).
     pub refused: AtomicU64,
+    /// TCP connections now, from accept (handshakes included).
+    pub tcp: AtomicUsize,
+    /// Handshakes that did not finish within `handshake_timeout_ms`.
+    pub handshake_timeouts: AtomicU64,
     /// Client requests forwarded to the bus.
     pub requests: AtomicU64,
 }
@@ -119,6 +149,8 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     /// Counters.
     pub stats: Stats,
+    /// Connections in the handshake, in all and per IP (see [`http::Admission`]).
+    pub(crate) handshaking: std::sync::Mutex<http::Handshaking>,
     next_conn: AtomicU64,
     started: Instant,
 }
@@ -131,6 +163,7 @@ impl Gateway {
             settings,
             bus,
             stats: Stats::default(),
+            handshaking: std::sync::Mutex::new(http::Handshaking::default()),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
         })
@@ -143,6 +176,10 @@ impl Gateway {
             "bus": if self.bus.is_connected() { "connected" } else { "disconnected" },
             "instance": self.bus.instance(),
             "connections": self.stats.open.load(Ordering::Relaxed),
+            "tcp": self.stats.tcp.load(Ordering::Relaxed),
+            "refused": self.stats.refused.load(Ordering::Relaxed),
+            "handshake_timeouts": self.stats.handshake_timeouts.load(Ordering::Relaxed),
+            "pid": std::process::id(),
             "accepted": self.stats.accepted.load(Ordering::Relaxed),
             "requests": self.stats.requests.load(Ordering::Relaxed),
             "topics": self.hub.topics(),
@@ -156,7 +193,7 @@ impl Gateway {
 /// lets every connection finish its in-flight replies, closes it with 1001, and
 /// returns once all are closed (or the grace period has passed).
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
-    if gateway.settings.auth_secret.is_none() {
+    if gateway.settings.tokens.is_none() {
         tracing::warn!(
             "no auth secret: the gateway runs open, every connection is its own anonymous user"
         );
@@ -167,9 +204,19 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: Cance
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Admission before any byte is read: a connection over a cap
+                    // costs one non-blocking write and a close.
+                    let admission = match http::Admission::try_new(&gateway, peer.ip()) {
+                        Ok(admission) => admission,
+                        Err(why) => {
+                            gateway.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            http::refuse_now(&stream, why);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let id = gateway.next_conn.fetch_add(1, Ordering::Relaxed);
-                    tracker.spawn(conn::handle(gateway.clone(), stream, peer, id, shutdown.clone()));
+                    tracker.spawn(conn::handle(gateway.clone(), stream, admission, id, shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

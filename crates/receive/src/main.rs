@@ -1,9 +1,10 @@
 //! `receive`: the WebSocket gateway (see the library docs) until SIGTERM/SIGINT.
 
 use clap::Parser;
-use std::collections::HashMap;
 use switchboard_bus::svc::{self, BusArgs};
 use switchboard_bus::Service;
+use switchboard_receive::jwt::TokenRules;
+use switchboard_receive::policy::Policy;
 use switchboard_receive::{Gateway, Settings};
 
 /// The Switchboard WebSocket gateway.
@@ -18,73 +19,122 @@ struct Args {
     /// HS256 secret for client tokens; without it the gateway runs open.
     #[arg(long, env = "SB_AUTH_SECRET", hide_env_values = true)]
     auth_secret: Option<String>,
+    /// Required token audience (`aud`).
+    #[arg(long, env = "SB_TOKEN_AUDIENCE")]
+    token_audience: Option<String>,
+    /// Required token issuer (`iss`).
+    #[arg(long, env = "SB_TOKEN_ISSUER")]
+    token_issuer: Option<String>,
+    /// Clock skew allowed on token `exp`/`nbf`, seconds.
+    #[arg(long, env = "SB_TOKEN_LEEWAY_S", default_value_t = 30)]
+    token_leeway_s: u64,
+    /// Lifetime of a token without `exp`, seconds (from its `iat`, else from use).
+    #[arg(long, env = "SB_TOKEN_MAX_LIFETIME_S", default_value_t = 86_400)]
+    token_max_lifetime_s: u64,
+    /// Browser origins allowed (comma-separated, e.g. https://app.example); empty: any.
+    #[arg(long, env = "SB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Client policy file (TOML); the built-in one is crates/receive/client-policy.toml.
+    #[arg(long, env = "SB_POLICY")]
+    policy: Option<String>,
     /// Largest client frame, bytes.
-    #[arg(long, env = "SB_MAX_FRAME_BYTES", default_value_t = Settings::default().max_frame_bytes)]
+    #[arg(long, env = "SB_MAX_FRAME_BYTES", default_value_t = D.max_frame_bytes)]
     max_frame_bytes: usize,
     /// Idle timeout, ms.
-    #[arg(long, env = "SB_IDLE_TIMEOUT_MS", default_value_t = Settings::default().idle_timeout_ms)]
+    #[arg(long, env = "SB_IDLE_TIMEOUT_MS", default_value_t = D.idle_timeout_ms)]
     idle_timeout_ms: u64,
     /// Ping interval, ms.
-    #[arg(long, env = "SB_PING_INTERVAL_MS", default_value_t = Settings::default().ping_interval_ms)]
+    #[arg(long, env = "SB_PING_INTERVAL_MS", default_value_t = D.ping_interval_ms)]
     ping_interval_ms: u64,
     /// Messages queued per client before events are dropped/coalesced.
-    #[arg(long, env = "SB_SEND_BUFFER", default_value_t = Settings::default().send_buffer)]
+    #[arg(long, env = "SB_SEND_BUFFER", default_value_t = D.send_buffer)]
     send_buffer: usize,
     /// Messages queued per client before it is closed (4001).
-    #[arg(long, env = "SB_SEND_BUFFER_HARD", default_value_t = Settings::default().send_buffer_hard)]
+    #[arg(long, env = "SB_SEND_BUFFER_HARD", default_value_t = D.send_buffer_hard)]
     send_buffer_hard: usize,
+    /// Bytes queued per client before events are dropped/coalesced.
+    #[arg(long, env = "SB_SEND_BUFFER_BYTES", default_value_t = D.send_buffer_bytes)]
+    send_buffer_bytes: usize,
+    /// Bytes queued per client (replies included) before it is closed (4001).
+    #[arg(long, env = "SB_SEND_BUFFER_HARD_BYTES", default_value_t = D.send_buffer_hard_bytes)]
+    send_buffer_hard_bytes: usize,
     /// Requests per second per connection.
-    #[arg(long, env = "SB_RATE_PER_SEC", default_value_t = Settings::default().rate_per_sec)]
+    #[arg(long, env = "SB_RATE_PER_SEC", default_value_t = D.rate_per_sec)]
     rate_per_sec: u32,
     /// Request burst per connection.
-    #[arg(long, env = "SB_RATE_BURST", default_value_t = Settings::default().rate_burst)]
+    #[arg(long, env = "SB_RATE_BURST", default_value_t = D.rate_burst)]
     rate_burst: u32,
-    /// Connections at most.
-    #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = Settings::default().max_connections)]
+    /// TCP connections at most, counted from accept.
+    #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = D.max_connections)]
     max_connections: usize,
+    /// Connections in the HTTP handshake at once.
+    #[arg(long, env = "SB_MAX_HANDSHAKES", default_value_t = D.max_handshakes)]
+    max_handshakes: usize,
+    /// Connections in the HTTP handshake at once from one IP address.
+    #[arg(long, env = "SB_MAX_HANDSHAKES_PER_IP", default_value_t = D.max_handshakes_per_ip)]
+    max_handshakes_per_ip: usize,
+    /// Time to send the HTTP request head, ms.
+    #[arg(long, env = "SB_HANDSHAKE_TIMEOUT_MS", default_value_t = D.handshake_timeout_ms)]
+    handshake_timeout_ms: u64,
+    /// With an auth secret: time a connection without a token has to `auth`, ms.
+    #[arg(long, env = "SB_AUTH_TIMEOUT_MS", default_value_t = D.auth_timeout_ms)]
+    auth_timeout_ms: u64,
+    /// Subscriptions per connection.
+    #[arg(long, env = "SB_MAX_SUBSCRIPTIONS", default_value_t = D.max_subscriptions)]
+    max_subscriptions: usize,
     /// Requests in flight per connection.
-    #[arg(long, env = "SB_MAX_INFLIGHT_PER_CONN", default_value_t = Settings::default().max_inflight_per_conn)]
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_CONN", default_value_t = D.max_inflight_per_conn)]
     max_inflight_per_conn: usize,
     /// Request deadline, ms.
-    #[arg(long, env = "SB_REQUEST_TIMEOUT_MS", default_value_t = Settings::default().request_timeout_ms)]
+    #[arg(long, env = "SB_REQUEST_TIMEOUT_MS", default_value_t = D.request_timeout_ms)]
     request_timeout_ms: u64,
     /// Runtime threads (1: a current_thread runtime shared with the bus socket).
     #[arg(long, env = "SB_RECEIVE_THREADS", default_value_t = 1)]
     threads: usize,
-    /// Routing keys, SERVICE=FIELD (comma-separated).
-    #[arg(
-        long,
-        env = "SB_ROUTE_KEYS",
-        value_delimiter = ',',
-        default_value = "loc=zone,chat=room"
-    )]
-    route_keys: Vec<String>,
 }
+
+/// The defaults, shown by `--help`.
+static D: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(Settings::default);
 
 fn main() {
     svc::init_tracing();
     let args = Args::parse();
-    let mut route_keys = HashMap::new();
-    for pair in &args.route_keys {
-        let Some((service, field)) = pair.split_once('=') else {
-            eprintln!("receive: --route-keys wants SERVICE=FIELD, got {pair:?}");
+    let policy = match &args.policy {
+        None => Policy::default(),
+        Some(path) => Policy::load(path).unwrap_or_else(|e| {
+            eprintln!("receive: --policy {e}");
             std::process::exit(svc::EXIT_USAGE);
-        };
-        route_keys.insert(service.to_owned(), field.to_owned());
-    }
+        }),
+    };
+    let tokens = args.auth_secret.filter(|s| !s.is_empty()).map(|secret| {
+        let mut rules = TokenRules::new(&secret);
+        rules.audience = args.token_audience.clone();
+        rules.issuer = args.token_issuer.clone();
+        rules.leeway_s = args.token_leeway_s;
+        rules.max_lifetime_s = args.token_max_lifetime_s;
+        rules
+    });
     let settings = Settings {
         max_frame_bytes: args.max_frame_bytes,
         idle_timeout_ms: args.idle_timeout_ms,
         ping_interval_ms: args.ping_interval_ms,
         send_buffer: args.send_buffer,
         send_buffer_hard: args.send_buffer_hard,
+        send_buffer_bytes: args.send_buffer_bytes,
+        send_buffer_hard_bytes: args.send_buffer_hard_bytes,
         rate_per_sec: args.rate_per_sec,
         rate_burst: args.rate_burst,
         max_connections: args.max_connections,
+        max_handshakes: args.max_handshakes,
+        max_handshakes_per_ip: args.max_handshakes_per_ip,
+        handshake_timeout_ms: args.handshake_timeout_ms,
+        auth_timeout_ms: args.auth_timeout_ms,
+        max_subscriptions: args.max_subscriptions,
         max_inflight_per_conn: args.max_inflight_per_conn,
         request_timeout_ms: args.request_timeout_ms,
-        auth_secret: args.auth_secret.filter(|s| !s.is_empty()),
-        route_keys,
+        tokens,
+        allowed_origins: args.allowed_origins.clone(),
+        policy,
         ..Settings::default()
     };
     // One thread (a current_thread runtime, which the bus socket task then

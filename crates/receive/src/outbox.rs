@@ -1,11 +1,13 @@
 //! A connection's send buffer: bounded, with a policy for slow clients.
 //!
-//! Replies are always queued. Events are queued while the buffer holds fewer than
-//! `soft` messages; past that, a position update (an event with a coalescing key,
-//! `loc.<zone>` + user) replaces the queued update for the same entity (latest
-//! wins), and any other event is dropped and counted. When the buffer reaches
-//! `hard` messages the client is closed with code 4001: never a silent unbounded
-//! queue.
+//! The buffer is bounded in messages and in bytes. Replies are always queued.
+//! Events are queued while the buffer holds fewer than `soft` messages and
+//! `soft_bytes` bytes; past either, a position update (an event with a coalescing
+//! key, `loc.<zone>` + user) replaces the queued update for the same entity
+//! (latest wins), and any other event is dropped and counted. When the buffer
+//! would pass `hard` messages or `hard_bytes` bytes (replies included: a client
+//! that asks for large replies and never reads) it is emptied and the client is
+//! closed with code 4001: never a silent unbounded queue.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,15 +27,29 @@ struct Item {
 
 struct Inner {
     queue: VecDeque<Item>,
+    /// Payload bytes in `queue`.
+    bytes: usize,
     close: Option<CloseFrame>,
+}
+
+/// The limits of one outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages before events are dropped or coalesced.
+    pub soft: usize,
+    /// Messages at which the client is closed.
+    pub hard: usize,
+    /// Bytes before events are dropped or coalesced.
+    pub soft_bytes: usize,
+    /// Bytes at which the client is closed.
+    pub hard_bytes: usize,
 }
 
 /// See the module docs.
 pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
-    soft: usize,
-    hard: usize,
+    limits: Limits,
     /// Events dropped for this connection.
     pub dropped: AtomicU64,
     /// Position updates replaced by a newer one.
@@ -51,16 +67,23 @@ pub enum Next {
 }
 
 impl Outbox {
-    /// A buffer with the given limits (`soft` ≤ `hard`).
-    pub fn new(soft: usize, hard: usize) -> Self {
+    /// A buffer with the given limits (each soft limit at most its hard one).
+    pub fn new(limits: Limits) -> Self {
+        let soft = limits.soft.max(1);
+        let soft_bytes = limits.soft_bytes.max(1);
         Self {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
+                bytes: 0,
                 close: None,
             }),
             notify: Notify::new(),
-            soft: soft.max(1),
-            hard: hard.max(soft.max(1)),
+            limits: Limits {
+                soft,
+                hard: limits.hard.max(soft),
+                soft_bytes,
+                hard_bytes: limits.hard_bytes.max(soft_bytes),
+            },
             dropped: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
             closing: tokio_util::sync::CancellationToken::new(),
@@ -92,14 +115,19 @@ impl Outbox {
         if inner.close.is_some() {
             return;
         }
-        if !is_reply && inner.queue.len() >= self.soft {
+        let size = item.msg.len();
+        let l = &self.limits;
+        let past_soft = inner.queue.len() >= l.soft || inner.bytes + size > l.soft_bytes;
+        if !is_reply && past_soft {
             if let Some(key) = &item.coalesce {
                 if let Some(slot) = inner
                     .queue
                     .iter_mut()
                     .find(|i| i.coalesce.as_ref() == Some(key))
                 {
+                    let old = slot.msg.len();
                     slot.msg = item.msg;
+                    inner.bytes = inner.bytes - old + size;
                     self.coalesced.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -108,11 +136,13 @@ impl Outbox {
                 return;
             }
         }
-        if inner.queue.len() >= self.hard {
+        if inner.queue.len() >= l.hard || inner.bytes + size > l.hard_bytes {
             inner.queue.clear();
+            inner.bytes = 0;
             inner.close = Some(close_frame(CLOSE_SLOW, "send buffer full: client too slow"));
             self.closing.cancel();
         } else {
+            inner.bytes += size;
             inner.queue.push_back(item);
         }
         drop(inner);
@@ -153,6 +183,7 @@ impl Outbox {
             {
                 let mut inner = self.lock();
                 if !inner.queue.is_empty() {
+                    inner.bytes = 0;
                     return Next::Send(inner.queue.drain(..).map(|i| i.msg).collect());
                 }
                 if let Some(frame) = inner.close.take() {
@@ -180,9 +211,18 @@ mod tests {
         Message::Text(s.into())
     }
 
+    fn limits(soft: usize, hard: usize) -> Limits {
+        Limits {
+            soft,
+            hard,
+            soft_bytes: usize::MAX / 2,
+            hard_bytes: usize::MAX / 2,
+        }
+    }
+
     #[tokio::test]
     async fn past_soft_limit_positions_coalesce_and_other_events_drop() {
-        let out = Outbox::new(2, 5);
+        let out = Outbox::new(limits(2, 5));
         out.event(text("a1"), Some("loc.z1/ann".into()));
         out.event(text("chat1"), None);
         // Full (soft): a newer position for ann replaces the queued one.
@@ -204,11 +244,32 @@ mod tests {
 
     #[tokio::test]
     async fn hard_limit_closes_the_client() {
-        let out = Outbox::new(1, 3);
+        let out = Outbox::new(limits(1, 3));
         for i in 0..4 {
             out.reply(text(&i.to_string()));
         }
         assert!(out.is_closing());
+        let Next::Close(frame) = out.next().await else {
+            panic!("expected close")
+        };
+        assert_eq!(u16::from(frame.code), CLOSE_SLOW);
+    }
+
+    #[tokio::test]
+    async fn bytes_count_as_well_as_messages() {
+        let out = Outbox::new(Limits {
+            soft: 100,
+            hard: 100,
+            soft_bytes: 10,
+            hard_bytes: 20,
+        });
+        out.event(text("0123456789"), None);
+        out.event(text("x"), None);
+        assert_eq!(out.dropped.load(Ordering::Relaxed), 1, "past soft bytes");
+        out.reply(text("0123456789"));
+        assert!(!out.is_closing(), "20 bytes fit");
+        out.reply(text("y"));
+        assert!(out.is_closing(), "a reply past hard bytes closes");
         let Next::Close(frame) = out.next().await else {
             panic!("expected close")
         };

@@ -1,0 +1,310 @@
+//! The HTTP side of a connection, before it is a WebSocket: admission at accept
+//! (connection and handshake caps), then hyper reads the request head and the
+//! gateway answers `/health`, refuses what it must (path, Origin, token), or
+//! upgrades. The whole handshake runs under `handshake_timeout_ms`, so a client
+//! that sends half a head and stalls (slowloris) holds its slot only that long,
+//! and a stalled socket costs nothing while it waits: hyper reads only when the
+//! socket is readable (the old hand-written reader polled every 2 ms).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_bus::proto;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{jwt, Gateway};
+
+/// The upgraded connection a WebSocket runs on.
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Handshakes in progress, in all and per client IP. The per-IP map only holds
+/// IPs with a handshake in progress, so it is bounded by `max_handshakes`.
+#[derive(Debug, Default)]
+pub struct Handshaking {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place under the gateway's caps, taken at accept; gives back
+/// the handshake slot when the handshake ends and the connection slot on drop.
+pub struct Admission {
+    gw: Arc<Gateway>,
+    ip: IpAddr,
+    handshaking: bool,
+}
+
+impl Admission {
+    /// Takes a connection slot and a handshake slot for a client at `ip`.
+    ///
+    /// # Errors
+    ///
+    /// Which cap is full.
+    pub fn try_new(gw: &Arc<Gateway>, ip: IpAddr) -> Result<Self, &'static str> {
+        let s = &gw.settings;
+        if gw.stats.tcp.load(Ordering::Relaxed) >= s.max_connections {
+            return Err("too many connections");
+        }
+        {
+            let mut h = gw.handshaking.lock().unwrap_or_else(|p| p.into_inner());
+            if h.total >= s.max_handshakes {
+                return Err("too many handshakes in progress");
+            }
+            let mine = h.per_ip.entry(ip).or_insert(0);
+            if *mine >= s.max_handshakes_per_ip {
+                if *mine == 0 {
+                    h.per_ip.remove(&ip);
+                }
+                return Err("too many handshakes in progress from this address");
+            }
+            *mine += 1;
+            h.total += 1;
+        }
+        gw.stats.tcp.fetch_add(1, Ordering::Relaxed);
+        Ok(Self {
+            gw: gw.clone(),
+            ip,
+            handshaking: true,
+        })
+    }
+
+    /// The handshake is over (upgraded or not): give back its slot.
+    pub fn handshake_done(&mut self) {
+        if !std::mem::take(&mut self.handshaking) {
+            return;
+        }
+        let mut h = self
+            .gw
+            .handshaking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        h.total = h.total.saturating_sub(1);
+        if let Some(n) = h.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.handshake_done();
+        self.gw.stats.tcp.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers a refused connection with a 503 if the socket takes it at once, then
+/// drops it: never a wait.
+pub fn refuse_now(stream: &TcpStream, why: &str) {
+    let body = format!(r#"{{"error":{{"code":"overloaded","message":"{why}"}}}}"#);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(head.as_bytes());
+}
+
+/// What the handshake produced.
+pub struct Upgrade {
+    /// The WebSocket.
+    pub ws: WebSocketStream<Upgraded>,
+    /// The verified token from the URL, if one was given (and a secret is set).
+    pub token: Option<jwt::Verified>,
+}
+
+struct Pending {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    token: Option<jwt::Verified>,
+}
+
+/// Runs the HTTP handshake under the handshake deadline. `None`: the connection
+/// was answered (health, an error) or timed out, and is done.
+pub async fn handshake(
+    gw: &Arc<Gateway>,
+    stream: TcpStream,
+    admission: &mut Admission,
+) -> Option<Upgrade> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(gw.settings.handshake_timeout_ms);
+    let slot: Arc<Mutex<Option<Pending>>> = Arc::new(Mutex::new(None));
+    let service = {
+        let gw = gw.clone();
+        let slot = slot.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = answer(&gw, req, &slot);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(8 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    match tokio::time::timeout_at(deadline, conn).await {
+        Err(_) => {
+            gw.stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "http connection failed");
+            return None;
+        }
+        Ok(Ok(())) => {}
+    }
+    let pending = slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    let upgraded = match tokio::time::timeout_at(deadline, pending.on_upgrade).await {
+        Ok(Ok(upgraded)) => upgraded,
+        _ => return None,
+    };
+    admission.handshake_done();
+    // tungstenite's defaults (128 KiB read and write buffers per connection) cost
+    // 140 KiB an idle connection; frames here are at most a few KiB.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(crate::conn::READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(gw.settings.max_frame_bytes))
+        .max_frame_size(Some(gw.settings.max_frame_bytes));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    Some(Upgrade {
+        ws,
+        token: pending.token,
+    })
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // One request per connection: hyper closes after this answer. (Not
+    // `keep_alive(false)`, which would also overwrite the upgrade's `Connection`.)
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+    )
+}
+
+/// Answers one request: health, an error, or the switch to WebSocket (leaving
+/// the pending upgrade in `slot`).
+fn answer(
+    gw: &Arc<Gateway>,
+    mut req: Request<Incoming>,
+    slot: &Mutex<Option<Pending>>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if req.method() == hyper::Method::GET && path == "/health" {
+        return json(StatusCode::OK, gw.health_json());
+    }
+    let ws_path = path == "/ws" || path == "/uws" || path.starts_with("/uws/");
+    if req.method() != hyper::Method::GET || !ws_path {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "WebSocket paths are /ws and /uws/*; health is /health",
+        );
+    }
+    let headers = req.headers();
+    let has = |name: header::HeaderName, want: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(want))
+            })
+        })
+    };
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a WebSocket handshake",
+        );
+    };
+    if !has(header::UPGRADE, "websocket")
+        || !has(header::CONNECTION, "upgrade")
+        || !has(header::SEC_WEBSOCKET_VERSION, "13")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a WebSocket 13 handshake",
+        );
+    }
+    if !gw.settings.allowed_origins.is_empty() {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let allowed = origin
+                .to_str()
+                .is_ok_and(|o| gw.settings.allowed_origins.iter().any(|a| a == o));
+            if !allowed {
+                return error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+            }
+        }
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let token = match (&gw.settings.tokens, query_token(req.uri().query())) {
+        (Some(rules), Some(token)) => match jwt::verify(rules, &token, proto::now_ms() / 1000) {
+            Ok(verified) => Some(verified),
+            Err(reason) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &reason),
+        },
+        _ => None,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending { on_upgrade, token });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
+}
+
+/// The `token` query parameter, percent-decoded.
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_the_query() {
+        assert_eq!(
+            query_token(Some("a=1&token=ab%2Ec")).as_deref(),
+            Some("ab.c")
+        );
+        assert_eq!(query_token(Some("a=1")), None);
+        assert_eq!(query_token(None), None);
+    }
+}

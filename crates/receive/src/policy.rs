@@ -1,0 +1,274 @@
+//! The client policy: what WebSocket clients may call, subscribe to and be granted,
+//! per service. Configuration, not code: the default is `client-policy.toml` in this
+//! crate (compiled in), and `receive --policy FILE` replaces it.
+//!
+//! Two rules hold whatever the file says: a client never reaches `user.…` or
+//! `session.…` topics other than its own `user.<id>`, and never a pattern that
+//! starts with a wildcard (`>`, `*.…`), which would reach them.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use switchboard_bus::proto::{self, topic};
+
+/// The built-in policy file.
+pub const DEFAULT_POLICY: &str = include_str!("../client-policy.toml");
+
+/// The key of the entry that applies to services not named.
+pub const ANY_SERVICE: &str = "*";
+
+/// The whole policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Per service; `"*"` is the fallback.
+    #[serde(default)]
+    pub services: HashMap<String, ServicePolicy>,
+}
+
+/// What clients may do with one service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePolicy {
+    /// Clients may call it at all.
+    #[serde(default = "yes")]
+    pub open: bool,
+    /// Ops clients may call: `"*"` is every op not starting with `$`; `$` ops by name.
+    #[serde(default = "default_ops")]
+    pub ops: Vec<String>,
+    /// The data field whose value is the request's routing key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Patterns clients may subscribe to directly.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Patterns the service may grant in a reply.
+    #[serde(default)]
+    pub grant: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_ops() -> Vec<String> {
+    vec!["*".into(), "$echo".into()]
+}
+
+impl Default for ServicePolicy {
+    fn default() -> Self {
+        Self {
+            open: true,
+            ops: default_ops(),
+            key: None,
+            subscribe: Vec::new(),
+            grant: Vec::new(),
+        }
+    }
+}
+
+/// Why a client may not do something (the message goes to the client).
+pub type Refusal = String;
+
+impl Default for Policy {
+    fn default() -> Self {
+        // The compiled-in file is checked by a test; a broken one cannot ship.
+        Self::parse(DEFAULT_POLICY).unwrap_or_else(|_| Self {
+            services: HashMap::new(),
+        })
+    }
+}
+
+impl Policy {
+    /// Parses and checks a policy file's text.
+    ///
+    /// # Errors
+    ///
+    /// The TOML error (naming an unknown key), or the first invalid pattern, op
+    /// or field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (name, svc) in &policy.services {
+            if name != ANY_SERVICE {
+                proto::validate_name(name).map_err(|e| format!("service {name:?}: {e}"))?;
+            }
+            for op in &svc.ops {
+                if op != "*" {
+                    proto::validate_name(op)
+                        .map_err(|e| format!("services.{name}.ops {op:?}: {e}"))?;
+                }
+            }
+            for p in svc.subscribe.iter().chain(&svc.grant) {
+                topic::validate(p, true)
+                    .map_err(|e| format!("services.{name} pattern {p:?}: {e}"))?;
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Reads a policy file.
+    ///
+    /// # Errors
+    ///
+    /// Unreadable, or as [`Policy::parse`].
+    pub fn load(path: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        Self::parse(&text).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// The entry for `service` (its own, else the fallback, else closed).
+    pub fn service(&self, service: &str) -> std::borrow::Cow<'_, ServicePolicy> {
+        match self
+            .services
+            .get(service)
+            .or_else(|| self.services.get(ANY_SERVICE))
+        {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => std::borrow::Cow::Owned(ServicePolicy {
+                open: false,
+                ..ServicePolicy::default()
+            }),
+        }
+    }
+
+    /// Whether a client may call `op` on `service`.
+    ///
+    /// # Errors
+    ///
+    /// Why not.
+    pub fn check_call(&self, service: &str, op: &str) -> Result<(), Refusal> {
+        let svc = self.service(service);
+        if !svc.open || service.starts_with('$') {
+            return Err(format!("{service} is not open to clients"));
+        }
+        let allowed = svc
+            .ops
+            .iter()
+            .any(|o| o == op || (o == "*" && !op.starts_with('$')));
+        if !allowed {
+            return Err(format!("{service}.{op} is not open to clients"));
+        }
+        Ok(())
+    }
+
+    /// The routing-key field of `service`, if it has one.
+    pub fn key_field(&self, service: &str) -> Option<String> {
+        self.service(service).key.clone()
+    }
+
+    /// Whether a client (`user`) may subscribe to `pattern` directly: its own
+    /// `user.<id>`, or a pattern inside some service's `subscribe` list.
+    ///
+    /// # Errors
+    ///
+    /// Why not.
+    pub fn check_subscribe(&self, pattern: &str, user: &str) -> Result<(), Refusal> {
+        if pattern == format!("user.{user}") {
+            return Ok(());
+        }
+        reserved(pattern)?;
+        let inside = self
+            .services
+            .values()
+            .flat_map(|s| &s.subscribe)
+            .any(|outer| topic::covers(outer, pattern));
+        if inside {
+            Ok(())
+        } else {
+            Err(format!("clients may not subscribe to {pattern}"))
+        }
+    }
+
+    /// Whether `service` may grant `pattern` to a client.
+    ///
+    /// # Errors
+    ///
+    /// Why not.
+    pub fn check_grant(&self, service: &str, pattern: &str) -> Result<(), Refusal> {
+        reserved(pattern)?;
+        if self
+            .service(service)
+            .grant
+            .iter()
+            .any(|outer| topic::covers(outer, pattern))
+        {
+            Ok(())
+        } else {
+            Err(format!("{service} may not grant {pattern}"))
+        }
+    }
+}
+
+/// The rules no configuration can lift.
+fn reserved(pattern: &str) -> Result<(), Refusal> {
+    let first = pattern.split('.').next().unwrap_or_default();
+    match first {
+        "*" | ">" => Err("a client pattern may not start with a wildcard".into()),
+        "user" | "session" => Err(format!("{first}.… topics are not open to clients")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_policy_parses_and_reproduces_the_documented_defaults() {
+        let p = Policy::parse(DEFAULT_POLICY).unwrap();
+        assert!(p.check_call("chat", "say").is_ok());
+        assert!(p.check_call("chat", "$echo").is_ok());
+        assert!(p.check_call("chat", "$health").is_err());
+        assert!(p.check_call("anything-new", "op").is_ok());
+        for internal in ["db", "main", "receive", "$broker"] {
+            assert!(p.check_call(internal, "x").is_err(), "{internal}");
+        }
+        assert_eq!(p.key_field("loc").as_deref(), Some("zone"));
+        assert_eq!(p.key_field("chat").as_deref(), Some("room"));
+        assert_eq!(p.key_field("other"), None);
+        assert!(p.check_subscribe("chat.room.lobby", "ada").is_ok());
+        assert!(p.check_subscribe("loc.*", "ada").is_ok());
+        assert!(p.check_subscribe("user.ada", "ada").is_ok());
+        for bad in [
+            "user.bob",
+            "user.*",
+            ">",
+            "*.>",
+            "session.close",
+            "*.room.x",
+            "db.x",
+        ] {
+            assert!(p.check_subscribe(bad, "ada").is_err(), "{bad}");
+        }
+        assert!(p.check_grant("chat", "chat.room.lobby").is_ok());
+        assert!(p.check_grant("chat", "chat.room.>").is_err());
+        assert!(p.check_grant("chat", "loc.z").is_err());
+        assert!(p.check_grant("loc", "loc.z").is_ok());
+        assert!(p.check_grant("echo", "chat.room.lobby").is_err());
+    }
+
+    #[test]
+    fn no_configuration_opens_user_or_session_topics() {
+        let p = Policy::parse(
+            r#"
+            [services.evil]
+            subscribe = ["user.>", "session.>", "x.>"]
+            grant = ["user.*", "x.*"]
+            "#,
+        )
+        .unwrap();
+        assert!(p.check_subscribe("user.bob", "ada").is_err());
+        assert!(p.check_subscribe("session.close", "ada").is_err());
+        assert!(p.check_grant("evil", "user.bob").is_err());
+        assert!(p.check_grant("evil", "x.y").is_ok());
+        // Not named and no fallback: closed.
+        assert!(p.check_call("chat", "say").is_err());
+    }
+
+    #[test]
+    fn a_bad_file_is_an_error_naming_the_problem() {
+        let e = Policy::parse("[services.chat]\nopn = true\n").unwrap_err();
+        assert!(e.contains("opn"), "{e}");
+        let e = Policy::parse("[services.chat]\nsubscribe = [\"a..b\"]\n").unwrap_err();
+        assert!(e.contains("a..b"), "{e}");
+    }
+}
