@@ -31,6 +31,11 @@ impl System {
     /// Starts broker, db, chat, loc01, loc02 and receive, and waits until every
     /// service instance is ready.
     pub async fn start(auth: bool) -> Self {
+        Self::start_with(auth, &[]).await
+    }
+
+    /// As [`System::start`], with extra arguments for the gateway.
+    pub async fn start_with(auth: bool, gateway_args: &[&str]) -> Self {
         switchboard_testkit::trace_init();
         let db = TestDatabase::new();
         let broker = Child::broker("tcp://127.0.0.1:0", &["--services", "db,chat,loc"]).unwrap();
@@ -67,6 +72,7 @@ impl System {
         if auth {
             receive_args.extend(["--auth-secret", AUTH_SECRET]);
         }
+        receive_args.extend_from_slice(gateway_args);
         let receive = Child::announcing("receive", &receive_args, &[]).unwrap();
         let ws = receive.first_line.clone().unwrap();
         procs.push(("receive".into(), receive));
@@ -203,6 +209,13 @@ impl Ws {
     pub async fn ok(&mut self, to: &str, op: &str, data: Value) -> Value {
         let reply = self.request(Some(to), op, data).await;
         assert_eq!(reply["ok"], json!(true), "{to}.{op}: {reply}");
+        reply["data"].clone()
+    }
+
+    /// `data` of a successful reply from the gateway itself (no `to`).
+    pub async fn ok_gateway(&mut self, op: &str, data: Value) -> Value {
+        let reply = self.request(None, op, data).await;
+        assert_eq!(reply["ok"], json!(true), "{op}: {reply}");
         reply["data"].clone()
     }
 

@@ -4,5 +4,6 @@
 
 mod gateway;
 mod harness;
+mod security;
 mod services;
 mod supervisor;

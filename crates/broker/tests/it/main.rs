@@ -5,3 +5,4 @@ mod hostile;
 mod liveness;
 mod pubsub;
 mod routing;
+mod trust;

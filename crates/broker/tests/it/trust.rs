@@ -1,0 +1,207 @@
+//! What the broker trusts and what it bounds: replies only from the instance a
+//! request went to, caps on services, subscriptions and deadlines, and no open bus
+//! on a public address without a secret.
+
+use std::time::Duration;
+use switchboard_broker::Settings;
+use switchboard_bus::proto::{self, ErrorCode};
+use switchboard_bus::CallOptions;
+use switchboard_testkit::{
+    broker_stats, client, eventually, trace_init, wait_ready, Child, RawPeer, TestBroker,
+};
+
+const READY: Duration = Duration::from_secs(10);
+
+fn timeout(ms: u64) -> CallOptions {
+    CallOptions {
+        timeout: Some(Duration::from_millis(ms)),
+        ..CallOptions::default()
+    }
+}
+
+/// A hand-driven worker for `service`, registered and ready.
+async fn raw_worker(endpoint: &str, service: &str, instance: &str) -> RawPeer {
+    let mut worker = RawPeer::connect(endpoint, None).await.unwrap();
+    worker.register(service, instance, None).await.unwrap();
+    worker
+        .send_env(&proto::Envelope::new(proto::Kind::Ready))
+        .await
+        .unwrap();
+    worker
+}
+
+#[tokio::test]
+async fn a_rogue_peer_cannot_answer_another_callers_request() {
+    trace_init();
+    let broker = TestBroker::start();
+    let mut worker = raw_worker(&broker.endpoint, "vault", "vault-1").await;
+    // The rogue is a full, registered bus peer of its own service.
+    let mut rogue = raw_worker(&broker.endpoint, "other", "rogue-1").await;
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "vault-1", READY).await);
+    assert!(wait_ready(&bus, "rogue-1", READY).await);
+
+    let caller = bus.clone();
+    let call = tokio::spawn(async move {
+        caller
+            .call("vault", "get", Vec::new(), timeout(5_000))
+            .await
+    });
+    let frames = worker.recv(Duration::from_secs(5)).await.expect("request");
+    let request = proto::decode(&frames[1]).unwrap();
+
+    // The rogue answers first with the right route token (tokens are easy to
+    // guess) and the right id, then the worker itself with a wrong id.
+    let forged = proto::encode(&proto::Envelope::reply_to(
+        request.id,
+        &request.trace,
+        b"forged".to_vec(),
+    ))
+    .unwrap();
+    rogue
+        .send_frames(vec![frames[0].clone(), forged.into()])
+        .await
+        .unwrap();
+    let wrong_id = proto::encode(&proto::Envelope::reply_to(
+        request.id + 1,
+        &request.trace,
+        b"wrong id".to_vec(),
+    ))
+    .unwrap();
+    worker
+        .send_frames(vec![frames[0].clone(), wrong_id.into()])
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            broker_stats(&bus).await.rogue_replies == 2
+        })
+        .await,
+        "both counted as rogue"
+    );
+    // The real answer still gets through, and only it.
+    let genuine = proto::encode(&proto::Envelope::reply_to(
+        request.id,
+        &request.trace,
+        b"genuine".to_vec(),
+    ))
+    .unwrap();
+    worker
+        .send_frames(vec![frames[0].clone(), genuine.into()])
+        .await
+        .unwrap();
+    assert_eq!(&call.await.unwrap().unwrap().body[..], b"genuine");
+}
+
+#[tokio::test]
+async fn subscriptions_past_the_per_peer_cap_are_refused_and_counted() {
+    trace_init();
+    let broker = TestBroker::with(Settings {
+        max_subs_per_peer: 100,
+        ..Settings::default()
+    });
+    let mut peer = RawPeer::connect(&broker.endpoint, None).await.unwrap();
+    peer.register("", "subscriber", None).await.unwrap();
+    for i in 0..10_000 {
+        let mut env = proto::Envelope::new(proto::Kind::Subscribe);
+        env.to = format!("t.{i}.>");
+        peer.send_env(&env).await.unwrap();
+    }
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            broker_stats(&bus).await.subs_refused == 9_900
+        })
+        .await,
+        "9,900 refused: {:?}",
+        broker_stats(&bus).await
+    );
+    // The ones within the cap work: an event on t.5.x reaches the peer.
+    bus.publish("t.5.x", b"hi".to_vec()).await.unwrap();
+    let frames = peer.recv(Duration::from_secs(5)).await.expect("event");
+    assert_eq!(&proto::decode(&frames[0]).unwrap().body[..], b"hi");
+}
+
+#[tokio::test]
+async fn new_service_names_past_the_cap_are_refused() {
+    trace_init();
+    let broker = TestBroker::with(Settings {
+        max_services: 3,
+        services: vec!["declared".into()],
+        ..Settings::default()
+    });
+    let mut accepted = 0;
+    let mut refused = 0;
+    let mut peers = Vec::new();
+    for i in 0..50 {
+        let mut peer = RawPeer::connect(&broker.endpoint, None).await.unwrap();
+        match peer
+            .register(&format!("svc{i}"), &format!("svc{i}-1"), None)
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("overloaded"), "{e}");
+                refused += 1;
+            }
+        }
+        peers.push(peer);
+    }
+    assert_eq!(
+        (accepted, refused),
+        (2, 48),
+        "declared + 2 new = the cap of 3"
+    );
+    // An existing service still takes new instances.
+    let mut more = RawPeer::connect(&broker.endpoint, None).await.unwrap();
+    more.register("svc0", "svc0-2", None).await.unwrap();
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert_eq!(broker_stats(&bus).await.services_refused, 48);
+}
+
+#[tokio::test]
+async fn a_far_future_deadline_is_cut_to_the_cap() {
+    trace_init();
+    let broker = TestBroker::with(Settings {
+        max_deadline_ms: 300,
+        services: vec!["absent".into()],
+        ..Settings::default()
+    });
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    let options = CallOptions {
+        deadline: Some(proto::now_ms() + 3_600_000),
+        ..CallOptions::default()
+    };
+    // Held for a service that never comes, and also pinned to an instance that
+    // never comes: both end at the cap, not in an hour.
+    let pinned = CallOptions {
+        instance: Some("ghost-1".into()),
+        ..options.clone()
+    };
+    let held = tokio::time::timeout(
+        Duration::from_secs(10),
+        bus.call("absent", "x", Vec::new(), options),
+    );
+    let err = held.await.expect("answered by the cap").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        bus.call("absent", "x", Vec::new(), pinned),
+    )
+    .await
+    .expect("answered by the cap")
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+    assert_eq!(broker_stats(&bus).await.deadlines_capped, 2);
+}
+
+#[test]
+fn a_public_bind_without_a_secret_is_refused_unless_insecure() {
+    let mut open = Child::spawn("broker", &["--bind", "tcp://0.0.0.0:0"], &[]).unwrap();
+    let status = open.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(64), "usage error");
+    let secured = Child::broker("tcp://0.0.0.0:0", &["--secret", "s3cret"]).unwrap();
+    assert!(secured.first_line.is_some());
+    let insecure = Child::broker("tcp://0.0.0.0:0", &["--insecure"]).unwrap();
+    assert!(insecure.first_line.is_some());
+}

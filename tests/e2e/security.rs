@@ -1,0 +1,347 @@
+//! One test per attack: what a hostile client tries, and what it gets.
+
+use futures::SinkExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+use switchboard_testkit::eventually;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{System, Ws, AUTH_SECRET};
+
+/// Frames that arrive within `window` (events and stray replies), after a ping
+/// round trip has flushed what the gateway had queued.
+async fn drain(ws: &mut Ws, window: Duration) -> Vec<Value> {
+    let pong = ws.request(None, "ping", json!({})).await;
+    assert_eq!(pong["ok"], json!(true));
+    let mut seen = Vec::new();
+    while let Some(frame) = ws.next_frame(window).await {
+        seen.push(frame);
+    }
+    seen
+}
+
+/// Every way a client used to get `>` through reply data: `$echo` on chat and
+/// loc, and chat `relay` to loc's `$echo`. None subscribes it to anything: the
+/// data comes back as data, and bob's direct message reaches bob only.
+#[tokio::test]
+async fn reply_data_can_never_subscribe_a_client() {
+    let system = System::start(true).await;
+    let mut eve = system.client_as("eve").await;
+    let mut bob = system.client_as("bob").await;
+    let mut carol = system.client_as("carol").await;
+    let evil = json!({"$subscribe": [">", "user.*", "user.bob"], "subscribe": [">"]});
+    for (to, op, data) in [
+        ("chat", "$echo", evil.clone()),
+        ("loc", "$echo", evil.clone()),
+        (
+            "chat",
+            "relay",
+            json!({"to": "loc", "op": "$echo", "data": evil.clone()}),
+        ),
+        (
+            "chat",
+            "relay",
+            json!({"to": "chat", "op": "$echo", "data": evil.clone()}),
+        ),
+    ] {
+        let data = eve.ok(to, op, data).await;
+        assert_eq!(data, evil, "{to}.{op}: returned as plain data");
+    }
+    carol
+        .ok("chat", "dm", json!({"user": "bob", "text": "private"}))
+        .await;
+    let dm = bob.event("user.bob").await.expect("bob gets his message");
+    assert_eq!(dm["text"], "private");
+    let leaked: Vec<Value> = drain(&mut eve, Duration::from_millis(500))
+        .await
+        .into_iter()
+        .filter(|f| f.get("topic").is_some())
+        .collect();
+    assert!(leaked.is_empty(), "eve saw {leaked:?}");
+}
+
+#[tokio::test]
+async fn private_and_wildcard_topics_cannot_be_subscribed() {
+    let system = System::start(true).await;
+    let mut eve = system.client_as("eve").await;
+    for topic in [
+        ">",
+        "*.>",
+        "user.*",
+        "user.>",
+        "user.bob",
+        "session.>",
+        "session.close",
+        "*.room.lobby",
+        "db.>",
+    ] {
+        assert_eq!(
+            eve.err(None, "subscribe", json!({"topic": topic})).await,
+            "forbidden",
+            "{topic}"
+        );
+    }
+    // What the policy opens still works, and the client's own user topic.
+    for topic in ["chat.room.lobby", "chat.>", "loc.z1", "user.eve"] {
+        let reply = eve
+            .request(None, "subscribe", json!({"topic": topic}))
+            .await;
+        assert_eq!(reply["ok"], json!(true), "{topic}: {reply}");
+    }
+    // Closed ops and services stay closed.
+    assert_eq!(
+        eve.err(Some("chat"), "$health", json!({})).await,
+        "forbidden"
+    );
+    assert_eq!(
+        eve.err(Some("receive"), "$echo", json!({})).await,
+        "forbidden"
+    );
+}
+
+#[tokio::test]
+async fn a_token_whose_sub_could_widen_a_topic_is_refused() {
+    let system = System::start(true).await;
+    for sub in [">", "*", "a.b", "bob.>", "a b", "user.*"] {
+        let token = switchboard_receive::jwt::sign(
+            AUTH_SECRET.as_bytes(),
+            &json!({"sub": sub, "exp": 4_000_000_000u64}),
+        );
+        let url = format!("{}/ws?token={token}", system.ws);
+        let refused = Ws::connect(&url).await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("401")),
+            "{sub:?}: {refused:?}"
+        );
+        // And through the auth op.
+        let mut ws = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+        let reply = ws.request(None, "auth", json!({"token": token})).await;
+        assert_eq!(reply["error"]["code"], "unauthorized", "{sub:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_socket_that_never_authenticates_is_closed() {
+    let system = System::start_with(true, &["--auth-timeout-ms", "300"]).await;
+    let mut idle = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    assert_eq!(idle.close_code().await, Some(4003));
+    // One that authenticates in time stays.
+    let mut ws = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    let reply = ws
+        .request(None, "auth", json!({"token": System::token("ada")}))
+        .await;
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        ws.ok("chat", "who", json!({"room": "r"})).await["users"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_its_connection() {
+    let system = System::start_with(true, &["--token-leeway-s", "0"]).await;
+    let now = switchboard_bus::proto::now_ms() / 1000;
+    let token = switchboard_receive::jwt::sign(
+        AUTH_SECRET.as_bytes(),
+        &json!({"sub": "ada", "exp": now + 2}),
+    );
+    let mut ws = Ws::connect(&format!("{}/ws?token={token}", system.ws))
+        .await
+        .unwrap();
+    ws.ok("chat", "join", json!({"room": "r"})).await;
+    assert_eq!(ws.close_code().await, Some(4002));
+    // An expired token is refused outright.
+    let old = switchboard_receive::jwt::sign(
+        AUTH_SECRET.as_bytes(),
+        &json!({"sub": "ada", "exp": now - 10}),
+    );
+    assert!(Ws::connect(&format!("{}/ws?token={old}", system.ws))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn an_origin_outside_the_allow_list_is_refused() {
+    let system = System::start_with(true, &["--allowed-origins", "https://app.example"]).await;
+    let url = format!("{}/ws?token={}", system.ws, System::token("ada"));
+    let with_origin = |origin: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+        req
+    };
+    let bad = tokio_tungstenite::connect_async(with_origin("https://evil.example")).await;
+    assert!(bad.err().is_some_and(|e| e.to_string().contains("403")));
+    let good = tokio_tungstenite::connect_async(with_origin("https://app.example")).await;
+    assert!(good.is_ok());
+}
+
+/// 3,000 sockets send half an HTTP head and stall. Each is refused at accept
+/// (past the handshake caps) or closed by the handshake deadline, while a client
+/// that was already connected keeps getting its pings answered.
+#[tokio::test]
+async fn slowloris_sockets_are_closed_and_a_real_client_keeps_working() {
+    let system = System::start_with(true, &["--handshake-timeout-ms", "1000"]).await;
+    let mut ws = system.client_as("ada").await;
+    let addr = system.ws.trim_start_matches("ws://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..3_000 {
+        let Ok(mut s) = TcpStream::connect(&addr).await else {
+            continue;
+        };
+        if s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_ok()
+        {
+            stalled.push(s);
+        }
+    }
+    // The real client is served during the attack.
+    for _ in 0..20 {
+        let pong = ws.request(None, "ping", json!({})).await;
+        assert_eq!(pong["ok"], json!(true));
+    }
+    // Every stalled socket is closed by the gateway: refused at once, or at the
+    // handshake deadline. None is left holding a slot.
+    let closes = stalled.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    });
+    let closed = futures::future::join_all(closes).await;
+    assert!(closed.iter().all(|c| *c), "every stalled socket closed");
+    let health: Value = http_get_json(&addr, "/health").await;
+    assert!(health["refused"].as_u64().unwrap() > 0, "{health}");
+    assert!(
+        health["handshake_timeouts"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    assert_eq!(health["connections"], json!(1), "{health}");
+    let pong = ws.request(None, "ping", json!({})).await;
+    assert_eq!(pong["ok"], json!(true));
+}
+
+async fn http_get_json(addr: &str, path: &str) -> Value {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A client asks for the largest replies there are (history pages of 200 long
+/// messages, ~800 KB of JSON each) and never reads. Its buffer is bounded in
+/// bytes: it is closed with 4001, and the gateway stays small.
+#[tokio::test]
+async fn a_client_that_never_reads_large_replies_is_closed_and_the_gateway_stays_small() {
+    let mut system = System::start_with(
+        true,
+        &["--rate-per-sec", "100000", "--rate-burst", "100000"],
+    )
+    .await;
+    let mut writer = system.client_as("ada").await;
+    // 1,000 characters of 4 bytes: the longest text a `say` frame carries here.
+    let text = "\u{1F600}".repeat(1000);
+    for _ in 0..200 {
+        writer
+            .ok("chat", "say", json!({"room": "big", "text": text}))
+            .await;
+    }
+    let page = writer
+        .ok("chat", "history", json!({"room": "big", "limit": 200}))
+        .await;
+    let page_bytes = page.to_string().len();
+    assert!(page_bytes > 800_000, "{page_bytes}");
+    let pid = system.proc("receive").pid();
+    let before = rss_kib(pid);
+
+    let mut hog = system.client_as("hog").await;
+    let frame =
+        json!({"id": 1, "to": "chat", "op": "history", "data": {"room": "big", "limit": 200}})
+            .to_string();
+    // 2,000 requests: ~1.6 GB of replies if they were all kept.
+    for _ in 0..2_000 {
+        if hog.stream.send(frame.as_str().into()).await.is_err() {
+            break;
+        }
+    }
+    let mut peak = 0;
+    let stats = system.ws.trim_start_matches("ws://").to_owned();
+    let closed = eventually(Duration::from_secs(30), || {
+        let stats = stats.clone();
+        let rss = rss_kib(pid);
+        peak = peak.max(rss);
+        async move { http_get_json(&stats, "/health").await["connections"] == json!(1) }
+    })
+    .await;
+    assert!(closed, "the hog was closed");
+    assert!(
+        peak < before + 64 * 1024,
+        "gateway RSS {before} KiB → peak {peak} KiB"
+    );
+    assert_eq!(hog.close_code().await, Some(4001));
+    // Everyone else is fine.
+    assert_eq!(
+        writer.ok("chat", "who", json!({"room": "big"})).await["users"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn ten_thousand_subscriptions_are_refused_past_the_cap() {
+    let system = System::start_with(
+        true,
+        &["--rate-per-sec", "100000", "--rate-burst", "100000"],
+    )
+    .await;
+    let mut eve = system.client_as("eve").await;
+    let mut ok = 0;
+    let mut overloaded = 0;
+    for i in 0..10_000 {
+        let reply = eve
+            .request(
+                None,
+                "subscribe",
+                json!({"topic": format!("chat.room.r{i}")}),
+            )
+            .await;
+        match reply["ok"].as_bool() {
+            Some(true) => ok += 1,
+            _ if reply["error"]["code"] == "overloaded" => overloaded += 1,
+            _ => panic!("{reply}"),
+        }
+    }
+    // 64 in all, one of them the client's own user.eve.
+    assert_eq!((ok, overloaded), (63, 9_937));
+    // Joining a room past the cap fails the join's grant, and says so.
+    assert_eq!(
+        eve.err(Some("chat"), "join", json!({"room": "more"})).await,
+        "overloaded"
+    );
+    let addr = system.ws.trim_start_matches("ws://");
+    let health = http_get_json(addr, "/health").await;
+    assert!(health["topics"].as_u64().unwrap() <= 64, "{health}");
+    // Unsubscribing frees a place.
+    eve.ok_gateway("unsubscribe", json!({"topic": "chat.room.r0"}))
+        .await;
+    eve.ok("chat", "join", json!({"room": "more"})).await;
+}
