@@ -345,3 +345,96 @@ async fn ten_thousand_subscriptions_are_refused_past_the_cap() {
         .await;
     eve.ok("chat", "join", json!({"room": "more"})).await;
 }
+
+async fn rows_with_text(system: &System, text: &str) -> u64 {
+    use mysql_async::prelude::Queryable;
+    let mut conn = crate::harness::sql(system).await;
+    conn.exec_first::<u64, _, _>("SELECT COUNT(*) FROM messages WHERE text = ?", (text,))
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// The client cannot know whether a `say` committed when its connection drops
+/// before the ack, or when the ack does not come in time. It retries with the
+/// same idempotency key: the message is stored once, and the retry learns its seq.
+#[tokio::test]
+async fn a_say_retried_after_an_unknown_outcome_is_stored_once() {
+    let mut system = System::start_with(true, &["--request-timeout-ms", "800"]).await;
+    // 1. The connection drops right after the frame is sent: the commit happens,
+    //    the ack is lost with the socket.
+    let mut ws = system.client_as("ada").await;
+    let say = json!({"id": 1, "to": "chat", "op": "say",
+        "data": {"room": "r", "text": "once", "idempotency_key": "m-1"}});
+    ws.send_text(&say.to_string()).await;
+    drop(ws);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            rows_with_text(&system, "once").await == 1
+        })
+        .await,
+        "the first attempt committed"
+    );
+    let mut ws = system.client_as("ada").await;
+    let retry = ws
+        .ok(
+            "chat",
+            "say",
+            json!({"room": "r", "text": "once", "idempotency_key": "m-1"}),
+        )
+        .await;
+    assert_eq!(retry["duplicate"], json!(true), "{retry}");
+    assert_eq!(rows_with_text(&system, "once").await, 1);
+    // Another user's same key is another message.
+    let mut bob = system.client_as("bob").await;
+    let other = bob
+        .ok(
+            "chat",
+            "say",
+            json!({"room": "r", "text": "once", "idempotency_key": "m-1"}),
+        )
+        .await;
+    assert!(other.get("duplicate").is_none(), "{other}");
+    assert_eq!(rows_with_text(&system, "once").await, 2);
+
+    // 2. The db process stalls: the client's request times out with its outcome
+    //    unknown. After the db resumes, the retry with the same key stores at most
+    //    one message in all.
+    let db = system.proc("db").pid();
+    switchboard_testkit::signal_pid(db, nix::sys::signal::Signal::SIGSTOP);
+    let first = ws
+        .request(
+            Some("chat"),
+            "say",
+            json!({"room": "r", "text": "stalled", "idempotency_key": "m-2"}),
+        )
+        .await;
+    switchboard_testkit::signal_pid(db, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(first["ok"], json!(false), "{first}");
+    let mut stored = None;
+    for _ in 0..20 {
+        let retry = ws
+            .request(
+                Some("chat"),
+                "say",
+                json!({"room": "r", "text": "stalled", "idempotency_key": "m-2"}),
+            )
+            .await;
+        if retry["ok"] == json!(true) {
+            stored = Some(retry);
+            break;
+        }
+    }
+    assert!(stored.is_some(), "a retry succeeds once the db is back");
+    assert_eq!(rows_with_text(&system, "stalled").await, 1);
+    // A key that cannot be stored is refused before anything is.
+    assert_eq!(
+        ws.err(
+            Some("chat"),
+            "say",
+            json!({"room": "r", "text": "x", "idempotency_key": "k".repeat(65)})
+        )
+        .await,
+        "bad_request"
+    );
+}

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `join` | `{room}` | `{room, members}`; the client is subscribed to `chat.room.<room>` |
 //! | `leave` | `{room}` | `{room, members}`; and unsubscribed |
-//! | `say` | `{room, text}` | `{seq}` after the db service committed it; then `{room, seq, user, text, ts}` on `chat.room.<room>` |
+//! | `say` | `{room, text, idempotency_key?}` | `{seq}` after the db service committed it; then `{room, seq, user, text, ts}` on `chat.room.<room>`. A retry with the same key gets `{seq, duplicate: true}` and stores nothing |
 //! | `history` | `{room, limit?, before?}` | `{messages: [{seq, user, text, ts}…]}` newest first |
 //! | `who` | `{room}` | `{users}` |
 //! | `dm` | `{user, text}` | `{}`; `{from, text, ts}` on `user.<user>` |
@@ -100,6 +100,10 @@ struct RoomArg {
 struct SayArg {
     room: String,
     text: String,
+    /// Chosen by the client (a UUID, say): a retry with the same key after an
+    /// unknown outcome stores nothing new and gets the first message's `seq`.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +136,9 @@ struct Members<'a> {
 #[derive(Serialize)]
 struct Said {
     seq: u64,
+    /// Present (true) when this was a retry of a message already stored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 #[derive(Serialize)]
@@ -243,22 +250,38 @@ async fn say(req: Request) -> HandlerResult {
     let arg: SayArg = req.decode()?;
     check_room(&arg.room)?;
     check_text(&arg.text)?;
+    if let Some(key) = &arg.idempotency_key {
+        proto::validate_token(key)
+            .map_err(|e| Error::bad_request(format!("idempotency_key {e}")))?;
+    }
     let user = req.require_user()?.to_owned();
     let ts = proto::now_ms();
+    let keyed = arg.idempotency_key.is_some();
     let save = api::ChatSave {
         room: arg.room.clone(),
         user: user.clone(),
         text: arg.text.clone(),
         ts,
+        idempotency_key: arg.idempotency_key,
     };
     let body = proto::to_body(&save).map_err(|e| Error::internal(e.to_string()))?;
-    // Acknowledged only after the db service has committed it.
+    // Acknowledged only after the db service has committed it. With a key the
+    // save is idempotent, so the broker may retry it on another db instance.
+    let mut options = req.onward();
+    options.idem = keyed;
     let reply = req
         .bus
-        .call("db", api::db_ops::CHAT_SAVE, body, req.onward())
+        .call("db", api::db_ops::CHAT_SAVE, body, options)
         .await?;
     let saved: api::ChatSaved =
         proto::from_body(&reply.body).map_err(|e| Error::internal(e.to_string()))?;
+    if saved.duplicate {
+        // Stored (and published) the first time: a retry only learns its seq.
+        return Request::encode(&Said {
+            seq: saved.seq,
+            duplicate: true,
+        });
+    }
     let event = RoomEvent {
         room: &arg.room,
         seq: saved.seq,
@@ -270,7 +293,10 @@ async fn say(req: Request) -> HandlerResult {
     if let Err(e) = req.bus.publish(&room_topic(&arg.room), event).await {
         tracing::warn!(error = %e, "message committed but not published");
     }
-    Request::encode(&Said { seq: saved.seq })
+    Request::encode(&Said {
+        seq: saved.seq,
+        duplicate: false,
+    })
 }
 
 async fn history(req: Request) -> HandlerResult {

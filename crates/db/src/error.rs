@@ -36,7 +36,21 @@ pub fn is_transient(e: &mysql_async::Error) -> bool {
         mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
         mysql_async::Error::Server(s) => matches!(
             s.code,
-            1205 | 1213 | 1040 | 1053 | 1077 | 1927 | 2002 | 2003 | 2006 | 2013 | 1614 | 1180
+            // 1062 (duplicate key): only the idempotent chat insert can raise it,
+            // when another transaction stored the same key first; the retry's
+            // lookup then finds that row.
+            1205 | 1213
+                | 1040
+                | 1053
+                | 1077
+                | 1927
+                | 2002
+                | 2003
+                | 2006
+                | 2013
+                | 1614
+                | 1180
+                | 1062
         ),
         _ => e.is_fatal(),
     }

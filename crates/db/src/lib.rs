@@ -60,8 +60,8 @@ pub fn service(db: Arc<Db>) -> Service {
             let db = save.clone();
             async move {
                 let msg: api::ChatSave = req.decode()?;
-                let seq = db.chat_save(msg, req.trace(), req.env.deadline).await?;
-                Request::encode(&api::ChatSaved { seq })
+                let (seq, duplicate) = db.chat_save(msg, req.trace(), req.env.deadline).await?;
+                Request::encode(&api::ChatSaved { seq, duplicate })
             }
         })
         .handle(db_ops::CHAT_HISTORY, move |req: Request| {

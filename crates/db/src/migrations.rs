@@ -42,6 +42,13 @@ pub const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (zone, user_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"],
     },
+    Migration {
+        version: 3,
+        name: "chat idempotency keys",
+        statements: &["ALTER TABLE messages
+            ADD COLUMN IF NOT EXISTS idem_key VARCHAR(64) NULL,
+            ADD UNIQUE KEY IF NOT EXISTS user_idem (user_id, idem_key)"],
+    },
 ];
 
 /// Applies the migrations that have not run; returns how many ran.

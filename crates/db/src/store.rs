@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::{is_transient, DbError};
 use crate::{migrations, Settings};
+use std::collections::HashMap;
 
 /// Longest room or zone name the schema holds.
 pub const MAX_NAME: usize = 64;
@@ -23,8 +24,12 @@ struct SaveJob {
     msg: api::ChatSave,
     trace: String,
     deadline: u64,
-    tx: oneshot::Sender<Result<u64, DbError>>,
+    tx: oneshot::Sender<Result<Saved, DbError>>,
 }
+
+/// A stored message's `seq`, and whether it was stored before (same user and
+/// idempotency key).
+pub type Saved = (u64, bool);
 
 /// The database: a pool, the schema state, and the group-commit queue.
 pub struct Db {
@@ -135,8 +140,16 @@ impl Db {
         msg: api::ChatSave,
         trace: &str,
         deadline: u64,
-    ) -> Result<u64, DbError> {
+    ) -> Result<Saved, DbError> {
         check_name("room", &msg.room)?;
+        if let Some(key) = &msg.idempotency_key {
+            if key.is_empty() || key.len() > api::MAX_IDEMPOTENCY_KEY {
+                return Err(DbError::Invalid(format!(
+                    "idempotency key must be 1 to {} bytes",
+                    api::MAX_IDEMPOTENCY_KEY
+                )));
+            }
+        }
         check_user(&msg.user)?;
         if msg.text.len() > MAX_TEXT {
             return Err(DbError::Invalid(format!(
@@ -303,9 +316,9 @@ async fn group_commit(db: std::sync::Arc<Db>, mut rx: mpsc::Receiver<SaveJob>, m
         tracing::debug!(rows = batch.len(), traces = ?traces, "INSERT INTO messages … RETURNING seq");
         let result = retry(deadline, "chat.save", || insert_messages(&db.pool, &batch)).await;
         match result {
-            Ok(seqs) if seqs.len() == batch.len() => {
-                for (job, seq) in batch.drain(..).zip(seqs) {
-                    let _ = job.tx.send(Ok(seq));
+            Ok(seqs) if seqs.len() == batch.len() && seqs.iter().all(|(seq, _)| *seq > 0) => {
+                for (job, saved) in batch.drain(..).zip(seqs) {
+                    let _ = job.tx.send(Ok(saved));
                 }
             }
             Ok(seqs) => {
@@ -329,28 +342,95 @@ async fn group_commit(db: std::sync::Arc<Db>, mut rx: mpsc::Receiver<SaveJob>, m
     }
 }
 
-async fn insert_messages(pool: &Pool, batch: &[SaveJob]) -> Result<Vec<u64>, mysql_async::Error> {
+/// Inserts a batch in one transaction; returns each job's `seq` and whether it
+/// was a duplicate. Jobs with an idempotency key already stored (or repeated in
+/// the batch) insert nothing and get the stored message's `seq`. A concurrent
+/// transaction storing the same key first makes the INSERT fail on the unique key
+/// (1062, retried: the lookup then finds it), so a key is never stored twice.
+async fn insert_messages(pool: &Pool, batch: &[SaveJob]) -> Result<Vec<Saved>, mysql_async::Error> {
     let mut conn = pool.get_conn().await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    let rows = vec!["(?,?,?,?,?)"; batch.len()].join(",");
-    let sql = format!(
-        "INSERT INTO messages (room, user_id, text, ts, trace) VALUES {rows} RETURNING seq"
-    );
-    let params: Vec<Value> = batch
+    let keyed: Vec<(&str, &str)> = batch
         .iter()
-        .flat_map(|j| {
-            [
-                j.msg.room.as_str().into(),
-                j.msg.user.as_str().into(),
-                j.msg.text.as_str().into(),
-                j.msg.ts.into(),
-                j.trace.as_str().into(),
-            ]
+        .filter_map(|j| Some((j.msg.user.as_str(), j.msg.idempotency_key.as_deref()?)))
+        .collect();
+    let mut known: HashMap<(String, String), u64> = HashMap::new();
+    if !keyed.is_empty() {
+        let pairs = vec!["(?,?)"; keyed.len()].join(",");
+        let sql = format!(
+            "SELECT user_id, idem_key, seq FROM messages WHERE (user_id, idem_key) IN ({pairs})"
+        );
+        let params: Vec<Value> = keyed
+            .iter()
+            .flat_map(|(u, k)| [(*u).into(), (*k).into()])
+            .collect();
+        let rows: Vec<(String, String, u64)> = tx.exec(sql, params).await?;
+        known.extend(rows.into_iter().map(|(u, k, seq)| ((u, k), seq)));
+    }
+    // Which jobs insert a row; the others copy a seq (stored, or earlier in batch).
+    enum Plan {
+        Insert,
+        Stored(u64),
+        SameAs(usize),
+    }
+    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+    let plans: Vec<Plan> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, j)| match j.msg.idempotency_key.as_deref() {
+            None => Plan::Insert,
+            Some(k) => {
+                let user = j.msg.user.as_str();
+                if let Some(&seq) = known.get(&(user.to_owned(), k.to_owned())) {
+                    Plan::Stored(seq)
+                } else if let Some(&at) = first.get(&(user, k)) {
+                    Plan::SameAs(at)
+                } else {
+                    first.insert((user, k), i);
+                    Plan::Insert
+                }
+            }
         })
         .collect();
-    let seqs: Vec<u64> = tx.exec(sql, params).await?;
+    let inserts: Vec<&SaveJob> = batch
+        .iter()
+        .zip(&plans)
+        .filter(|(_, p)| matches!(p, Plan::Insert))
+        .map(|(j, _)| j)
+        .collect();
+    let mut seqs: Vec<u64> = Vec::new();
+    if !inserts.is_empty() {
+        let rows = vec!["(?,?,?,?,?,?)"; inserts.len()].join(",");
+        let sql = format!(
+            "INSERT INTO messages (room, user_id, text, ts, trace, idem_key) VALUES {rows} RETURNING seq"
+        );
+        let params: Vec<Value> = inserts
+            .iter()
+            .flat_map(|j| {
+                [
+                    j.msg.room.as_str().into(),
+                    j.msg.user.as_str().into(),
+                    j.msg.text.as_str().into(),
+                    j.msg.ts.into(),
+                    j.trace.as_str().into(),
+                    j.msg.idempotency_key.as_deref().into(),
+                ]
+            })
+            .collect();
+        seqs = tx.exec(sql, params).await?;
+    }
     tx.commit().await?;
-    Ok(seqs)
+    let mut inserted = seqs.into_iter();
+    let mut out: Vec<Saved> = Vec::with_capacity(batch.len());
+    for plan in &plans {
+        let saved = match plan {
+            Plan::Insert => (inserted.next().unwrap_or(0), false),
+            Plan::Stored(seq) => (*seq, true),
+            Plan::SameAs(at) => (out[*at].0, true),
+        };
+        out.push(saved);
+    }
+    Ok(out)
 }
 
 /// Runs `op` until it succeeds, fails for good, or `deadline` (ms since the epoch)

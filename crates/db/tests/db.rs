@@ -34,6 +34,7 @@ fn msg(room: &str, user: &str, text: &str) -> api::ChatSave {
         user: user.into(),
         text: text.into(),
         ts: proto::now_ms(),
+        idempotency_key: None,
     }
 }
 
@@ -51,7 +52,7 @@ async fn fresh_database_is_created_and_migrated_once() {
         .query("SELECT version FROM schema_migrations ORDER BY version")
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     let tables: Vec<String> = conn.query("SHOW TABLES").await.unwrap();
     for t in ["messages", "positions", "schema_migrations"] {
         assert!(tables.iter().any(|x| x == t), "{t} in {tables:?}");
@@ -76,7 +77,7 @@ async fn concurrent_saves_are_group_committed_and_stored_verbatim() {
         let db = db.clone();
         let text = format!("{} #{i}", nasty[i % nasty.len()]);
         tasks.push(tokio::spawn(async move {
-            let seq = db
+            let (seq, _) = db
                 .chat_save(msg("lobby", "ada", &text), "trace", soon())
                 .await
                 .unwrap();
@@ -118,7 +119,8 @@ async fn history_is_paged_newest_first() {
         seqs.push(
             db.chat_save(msg("books", "bo", &format!("m{i}")), "t", soon())
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
         );
         db.chat_save(msg("other", "bo", "elsewhere"), "t", soon())
             .await
@@ -317,4 +319,50 @@ async fn db_service_serves_named_operations_over_the_bus() {
     assert_eq!(health.status, "ok");
     shutdown.cancel();
     svc.await.unwrap().unwrap();
+}
+
+/// Retries with the same idempotency key, concurrent and in the same group
+/// commit, store each message once; every retry learns the first one's seq. The
+/// same key from another user is another message.
+#[tokio::test]
+async fn a_key_is_stored_once_however_often_it_is_retried() {
+    trace_init();
+    let tdb = TestDatabase::new();
+    let db = Db::new(&settings(&tdb)).unwrap();
+    db.ensure_schema(soon()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = if i % 2 == 0 { "ada" } else { "bob" };
+            let key = format!("k{}", i % 10);
+            let mut m = msg("lobby", user, &format!("{user} {key}"));
+            m.idempotency_key = Some(key.clone());
+            let (seq, dup) = db.chat_save(m, "t", soon()).await.unwrap();
+            (user, key, seq, dup)
+        }));
+    }
+    let mut by_key = std::collections::HashMap::new();
+    let mut fresh = 0;
+    for t in tasks {
+        let (user, key, seq, dup) = t.await.unwrap();
+        fresh += usize::from(!dup);
+        let first = *by_key.entry((user, key)).or_insert(seq);
+        assert_eq!(first, seq, "every retry gets the same seq");
+    }
+    // ada has k0,k2,..,k8 and bob k1,..,k9: 10 distinct (user, key) pairs.
+    assert_eq!(by_key.len(), 10);
+    assert_eq!(fresh, 10, "one save per pair was not a duplicate");
+    let mut conn = raw(&tdb).await;
+    let rows: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM messages")
+        .await
+        .unwrap();
+    assert_eq!(rows, Some(10));
+    let mut m = msg("lobby", "ada", "too long a key");
+    m.idempotency_key = Some("k".repeat(65));
+    assert!(matches!(
+        db.chat_save(m, "t", soon()).await,
+        Err(DbError::Invalid(_))
+    ));
 }

@@ -30,6 +30,10 @@ pub struct ChatSave {
     pub text: String,
     /// Time, ms since the epoch.
     pub ts: u64,
+    /// The client's idempotency key: a save with the same user and key as a
+    /// stored message stores nothing and answers that message's `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The committed message's sequence number (increasing; unique across rooms).
@@ -37,7 +41,13 @@ pub struct ChatSave {
 pub struct ChatSaved {
     /// Sequence number.
     pub seq: u64,
+    /// The message was already stored (same user and idempotency key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
+
+/// Longest idempotency key of a `say`, bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 64;
 
 /// A page of a room's history, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
