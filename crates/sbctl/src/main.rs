@@ -148,6 +148,28 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// A real client's ping round trips without and with a slowloris attacker,
+    /// and the gateway's CPU during the attack (the gateway must run here).
+    Slowloris {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Stalled sockets held open.
+        #[arg(long, default_value_t = 3_000)]
+        sockets: usize,
+        /// Source addresses (127.0.0.2 …) to spread them over.
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+        /// Pings measured before the attack.
+        #[arg(long, default_value_t = 1_000)]
+        pings: usize,
+        /// Attack duration, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN")]
+        token: Option<String>,
+    },
     /// Request/reply through the broker to a service's `$echo`.
     Rr {
         /// Target service (run one: `echo --service echo`).
@@ -519,6 +541,24 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                         window: *window,
                         duration_ms: *duration_ms,
                         warmup_ms: *warmup_ms,
+                        token: token.clone(),
+                    })
+                    .await
+                }
+                BenchCmd::Slowloris {
+                    url,
+                    sockets,
+                    sources,
+                    pings,
+                    duration_ms,
+                    token,
+                } => {
+                    bench::slowloris(bench::SlowlorisArgs {
+                        url: url.clone(),
+                        sockets: *sockets,
+                        sources: *sources,
+                        pings: *pings,
+                        duration_ms: *duration_ms,
                         token: token.clone(),
                     })
                     .await
