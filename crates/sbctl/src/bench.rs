@@ -472,7 +472,7 @@ pub struct SlowlorisArgs {
 
 /// A real client's ping round trips without and with an attacker holding
 /// `sockets` connections in the HTTP handshake (`GET /ws` and one header, then
-/// nothing; a socket the gateway closes is reopened), and the gateway's CPU
+/// nothing; each opened once and held until the gateway closes it), and the gateway's CPU
 /// during the attack (from `/proc/PID/stat`; the gateway must be on this host).
 ///
 /// # Errors
@@ -503,6 +503,8 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % a.sources.max(1)) as u8);
         attackers.push(tokio::spawn(async move {
             let mut opened = 0u64;
+            // One socket per slot, as the slowloris attack does (a reconnect loop
+            // would be a connection flood, another attack).
             while !stop.load(Ordering::Relaxed) {
                 let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
                     break;
@@ -527,6 +529,7 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
                         }
                     }
                 }
+                break;
             }
             opened
         }));
