@@ -438,3 +438,37 @@ async fn a_say_retried_after_an_unknown_outcome_is_stored_once() {
         "bad_request"
     );
 }
+
+/// A routing key (`room`, `zone`) longer than the bus allows is refused at once
+/// with `bad_request`; the broker would drop the frame, and the client would wait
+/// for its deadline.
+#[tokio::test]
+async fn an_oversize_routing_key_is_refused_at_once() {
+    let system = System::start(true).await;
+    let mut ws = system.client_as("ada").await;
+    let started = std::time::Instant::now();
+    let room = "r".repeat(300);
+    assert_eq!(
+        ws.err(Some("chat"), "join", json!({"room": room})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        ws.err(
+            Some("loc"),
+            "move",
+            json!({"zone": "z".repeat(257), "x": 1, "y": 1})
+        )
+        .await,
+        "bad_request"
+    );
+    // Well within the 5 s request deadline (the failure was a wait for it).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ws.ok("chat", "join", json!({"room": "ok"})).await["room"],
+        "ok"
+    );
+}

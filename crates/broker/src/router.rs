@@ -250,8 +250,9 @@ impl Router {
                 return self.malformed(&identity, &reason);
             }
         };
-        if let Err(reason) = check_head(&head) {
-            return self.malformed(&identity, reason);
+        if let Err(e) = head.check_lengths() {
+            let reason = e.to_string();
+            return self.malformed(&identity, &reason);
         }
         if head.kind == Kind::Hello {
             return self.on_hello(identity, &payload, now);
@@ -1009,21 +1010,6 @@ impl Router {
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a broker message"),
         }
-    }
-}
-
-/// Checks field lengths the broker relies on.
-fn check_head(head: &Head<'_>) -> Result<(), &'static str> {
-    let too_long = head.to.len() > proto::MAX_TOPIC_LEN
-        || head.op.len() > proto::MAX_NAME_LEN
-        || head.from.len() > proto::MAX_NAME_LEN
-        || head.trace.len() > proto::MAX_TRACE_LEN
-        || head.instance.is_some_and(|i| i.len() > proto::MAX_NAME_LEN)
-        || head.key.is_some_and(|k| k.len() > proto::MAX_TOPIC_LEN);
-    if too_long {
-        Err("field longer than its limit")
-    } else {
-        Ok(())
     }
 }
 

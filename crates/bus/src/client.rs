@@ -378,6 +378,10 @@ impl Handle {
         if env.deadline == 0 {
             env.deadline = proto::now_ms() + self.shared.default_timeout_ms;
         }
+        // The broker would drop it as malformed and the caller would wait for its
+        // deadline: refuse it here, at once.
+        env.check_lengths()
+            .map_err(|e| Error::bad_request(e.to_string()))?;
         let frame =
             proto::encode(&env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
         let (tx, rx) = oneshot::channel();

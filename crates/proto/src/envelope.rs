@@ -218,6 +218,71 @@ pub struct Head<'a> {
     pub body: &'a [u8],
 }
 
+impl Head<'_> {
+    /// Checks the routed fields against their limits ([`crate::MAX_NAME_LEN`] for
+    /// names, [`crate::MAX_TOPIC_LEN`] for topics and keys,
+    /// [`crate::MAX_TRACE_LEN`] for the trace). The broker drops a frame that
+    /// fails this as malformed; the bus client refuses to send one.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtoError::Invalid`] naming the field kind.
+    pub fn check_lengths(&self) -> Result<(), ProtoError> {
+        check_lengths(
+            self.to,
+            self.op,
+            self.from,
+            self.trace,
+            self.instance,
+            self.key,
+        )
+    }
+}
+
+impl Envelope {
+    /// As [`Head::check_lengths`].
+    ///
+    /// # Errors
+    ///
+    /// [`ProtoError::Invalid`] naming the field kind.
+    pub fn check_lengths(&self) -> Result<(), ProtoError> {
+        check_lengths(
+            &self.to,
+            &self.op,
+            &self.from,
+            &self.trace,
+            self.instance.as_deref(),
+            self.key.as_deref(),
+        )
+    }
+}
+
+fn check_lengths(
+    to: &str,
+    op: &str,
+    from: &str,
+    trace: &str,
+    instance: Option<&str>,
+    key: Option<&str>,
+) -> Result<(), ProtoError> {
+    use crate::{MAX_NAME_LEN, MAX_TOPIC_LEN, MAX_TRACE_LEN};
+    if op.len() > MAX_NAME_LEN
+        || from.len() > MAX_NAME_LEN
+        || instance.is_some_and(|i| i.len() > MAX_NAME_LEN)
+    {
+        return Err(ProtoError::Invalid("name longer than 64 bytes"));
+    }
+    if to.len() > MAX_TOPIC_LEN || key.is_some_and(|k| k.len() > MAX_TOPIC_LEN) {
+        return Err(ProtoError::Invalid(
+            "topic or routing key longer than 256 bytes",
+        ));
+    }
+    if trace.len() > MAX_TRACE_LEN {
+        return Err(ProtoError::Invalid("trace id longer than 64 bytes"));
+    }
+    Ok(())
+}
+
 /// Encodes an envelope as one MessagePack map (named fields).
 ///
 /// # Errors
