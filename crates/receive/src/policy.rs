@@ -54,18 +54,6 @@ fn default_ops() -> Vec<String> {
     vec!["*".into(), "$echo".into()]
 }
 
-impl Default for ServicePolicy {
-    fn default() -> Self {
-        Self {
-            open: true,
-            ops: default_ops(),
-            key: None,
-            subscribe: Vec::new(),
-            grant: Vec::new(),
-        }
-    }
-}
-
 /// Why a client may not do something (the message goes to the client).
 pub type Refusal = String;
 
@@ -115,19 +103,11 @@ impl Policy {
         Self::parse(&text).map_err(|e| format!("{path}: {e}"))
     }
 
-    /// The entry for `service` (its own, else the fallback, else closed).
-    pub fn service(&self, service: &str) -> std::borrow::Cow<'_, ServicePolicy> {
-        match self
-            .services
+    /// The entry for `service`: its own, else the fallback; `None` is closed.
+    pub fn service(&self, service: &str) -> Option<&ServicePolicy> {
+        self.services
             .get(service)
             .or_else(|| self.services.get(ANY_SERVICE))
-        {
-            Some(p) => std::borrow::Cow::Borrowed(p),
-            None => std::borrow::Cow::Owned(ServicePolicy {
-                open: false,
-                ..ServicePolicy::default()
-            }),
-        }
     }
 
     /// Whether a client may call `op` on `service`.
@@ -136,10 +116,10 @@ impl Policy {
     ///
     /// Why not.
     pub fn check_call(&self, service: &str, op: &str) -> Result<(), Refusal> {
-        let svc = self.service(service);
-        if !svc.open || service.starts_with('$') {
-            return Err(format!("{service} is not open to clients"));
-        }
+        let svc = self
+            .service(service)
+            .filter(|s| s.open && !service.starts_with('$'))
+            .ok_or_else(|| format!("{service} is not open to clients"))?;
         let allowed = svc
             .ops
             .iter()
@@ -151,8 +131,8 @@ impl Policy {
     }
 
     /// The routing-key field of `service`, if it has one.
-    pub fn key_field(&self, service: &str) -> Option<String> {
-        self.service(service).key.clone()
+    pub fn key_field(&self, service: &str) -> Option<&str> {
+        self.service(service)?.key.as_deref()
     }
 
     /// Whether a client (`user`) may subscribe to `pattern` directly: its own
@@ -187,9 +167,7 @@ impl Policy {
         reserved(pattern)?;
         if self
             .service(service)
-            .grant
-            .iter()
-            .any(|outer| topic::covers(outer, pattern))
+            .is_some_and(|s| s.grant.iter().any(|outer| topic::covers(outer, pattern)))
         {
             Ok(())
         } else {
@@ -222,8 +200,8 @@ mod tests {
         for internal in ["db", "main", "receive", "$broker"] {
             assert!(p.check_call(internal, "x").is_err(), "{internal}");
         }
-        assert_eq!(p.key_field("loc").as_deref(), Some("zone"));
-        assert_eq!(p.key_field("chat").as_deref(), Some("room"));
+        assert_eq!(p.key_field("loc"), Some("zone"));
+        assert_eq!(p.key_field("chat"), Some("room"));
         assert_eq!(p.key_field("other"), None);
         assert!(p.check_subscribe("chat.room.lobby", "ada").is_ok());
         assert!(p.check_subscribe("loc.*", "ada").is_ok());
