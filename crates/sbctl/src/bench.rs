@@ -462,12 +462,15 @@ pub struct SlowlorisArgs {
     /// Source addresses the attacker spreads them over (127.0.0.2, .3, …); 1 is
     /// one machine, more is a botnet that the per-IP cap alone cannot stop.
     pub sources: usize,
-    /// Ping round trips measured before and during the attack.
+    /// Ping round trips measured before the attack (one every 10 ms; during the
+    /// attack, as many as fit in `duration_ms`).
     pub pings: usize,
     /// How long the attack lasts, ms.
     pub duration_ms: u64,
     /// Client token.
     pub token: Option<String>,
+    /// The gateway's process id, when its `/health` does not say.
+    pub pid: Option<u64>,
 }
 
 /// A real client's ping round trips without and with an attacker holding
@@ -488,9 +491,9 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
         .unwrap_or_default()
         .to_owned();
     let health = http_get(&addr, "/health").await?;
-    let pid = health["pid"].as_u64().unwrap_or(0);
+    let pid = a.pid.or_else(|| health["pid"].as_u64()).unwrap_or(0);
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
-    let baseline = pings(&mut ws, a.pings).await;
+    let (baseline, _) = pings(&mut ws, a.pings).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let target: std::net::SocketAddr = tokio::net::lookup_host(&addr)
@@ -539,8 +542,11 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
     let cpu0 = cpu_ticks(pid);
     let t0 = Instant::now();
     let mut attacked = Vec::new();
+    let mut errors = 0;
     while t0.elapsed() < Duration::from_millis(a.duration_ms) {
-        attacked.extend(pings(&mut ws, a.pings.min(100)).await);
+        let (lat, failed) = pings(&mut ws, 100).await;
+        attacked.extend(lat);
+        errors += failed;
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_ticks(pid).saturating_sub(cpu0) as f64 / 100.0 / wall;
@@ -557,7 +563,7 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
         "slowloris",
         serde_json::json!({"sockets": a.sockets, "sources": a.sources, "duration_ms": a.duration_ms}),
         attacked,
-        0,
+        errors,
         wall,
     );
     report.extra = serde_json::json!({
@@ -569,37 +575,49 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// `n` pings, one every [`PING_EVERY`]: a person's pace, well under the
+/// gateway's rate limit (a closed loop would measure the rate limiter, and the
+/// client's own flood would be the CPU measured). Returns the round trips of the
+/// answered ones and how many failed.
 async fn pings(
     ws: &mut tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     n: usize,
-) -> Vec<u32> {
+) -> (Vec<u32>, u64) {
     let mut lat = Vec::with_capacity(n);
+    let mut failed = 0;
+    let mut pace = tokio::time::interval(PING_EVERY);
     for _ in 0..n {
+        pace.tick().await;
         let t0 = Instant::now();
         if ws
             .send(Message::Text(r#"{"id":1,"op":"ping"}"#.into()))
             .await
             .is_err()
         {
-            break;
+            return (lat, failed + 1);
         }
         loop {
             match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
                     if t.as_str().contains("\"ok\":true") {
                         lat.push(t0.elapsed().as_micros() as u32);
+                    } else {
+                        failed += 1;
                     }
                     break;
                 }
                 Ok(Some(Ok(_))) => continue,
-                _ => return lat,
+                _ => return (lat, failed + 1),
             }
         }
     }
-    lat
+    (lat, failed)
 }
+
+/// Time between two pings of the measuring client (100/s).
+const PING_EVERY: Duration = Duration::from_millis(10);
 
 /// utime + stime of a process, in clock ticks (100 per second on Linux).
 fn cpu_ticks(pid: u64) -> u64 {

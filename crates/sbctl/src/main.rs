@@ -160,8 +160,8 @@ enum BenchCmd {
         /// Source addresses (127.0.0.2 …) to spread them over.
         #[arg(long, default_value_t = 1)]
         sources: usize,
-        /// Pings measured before the attack.
-        #[arg(long, default_value_t = 1_000)]
+        /// Pings measured before the attack (one every 10 ms).
+        #[arg(long, default_value_t = 300)]
         pings: usize,
         /// Attack duration, ms.
         #[arg(long, default_value_t = 5_000)]
@@ -169,6 +169,9 @@ enum BenchCmd {
         /// Client token.
         #[arg(long, env = "SB_TOKEN")]
         token: Option<String>,
+        /// The gateway's pid, if its /health does not report it.
+        #[arg(long)]
+        pid: Option<u64>,
     },
     /// Request/reply through the broker to a service's `$echo`.
     Rr {
@@ -552,6 +555,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                     pings,
                     duration_ms,
                     token,
+                    pid,
                 } => {
                     bench::slowloris(bench::SlowlorisArgs {
                         url: url.clone(),
@@ -560,6 +564,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                         pings: *pings,
                         duration_ms: *duration_ms,
                         token: token.clone(),
+                        pid: *pid,
                     })
                     .await
                 }
