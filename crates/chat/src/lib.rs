@@ -29,6 +29,9 @@ pub const MAX_TEXT_CHARS: usize = 1000;
 pub const HISTORY_DEFAULT: u32 = 50;
 /// Largest history page.
 pub const HISTORY_MAX: u32 = 200;
+/// Prefix of the idempotency keys chat makes for saves without a client key;
+/// client keys are ASCII letters, digits, `_` and `-`, so they never start with it.
+pub const OWN_KEY_PREFIX: &str = "~";
 /// Services `relay` will not forward to: internal ones (the db service would
 /// take a forged author; the supervisor takes orders).
 pub const RELAY_DENY: [&str; 2] = ["db", "main"];
@@ -256,27 +259,36 @@ async fn say(req: Request) -> HandlerResult {
     }
     let user = req.require_user()?.to_owned();
     let ts = proto::now_ms();
-    let keyed = arg.idempotency_key.is_some();
+    // Every save carries a key: the client's, or one of ours for this request
+    // (`~…`, which no client key can be). So a retry below us — the db's own
+    // after a connection lost at COMMIT, or the broker's on another db instance —
+    // finds the committed row instead of storing the message twice.
+    let client_key = arg.idempotency_key.is_some();
+    let key = arg
+        .idempotency_key
+        .unwrap_or_else(|| format!("{OWN_KEY_PREFIX}{}", switchboard_bus::new_trace_id()));
     let save = api::ChatSave {
         room: arg.room.clone(),
         user: user.clone(),
         text: arg.text.clone(),
         ts,
-        idempotency_key: arg.idempotency_key,
+        idempotency_key: Some(key),
     };
     let body = proto::to_body(&save).map_err(|e| Error::internal(e.to_string()))?;
-    // Acknowledged only after the db service has committed it. With a key the
-    // save is idempotent, so the broker may retry it on another db instance.
+    // Acknowledged only after the db service has committed it; idempotent, so the
+    // broker may retry it on another db instance.
     let mut options = req.onward();
-    options.idem = keyed;
+    options.idem = true;
     let reply = req
         .bus
         .call("db", api::db_ops::CHAT_SAVE, body, options)
         .await?;
     let saved: api::ChatSaved =
         proto::from_body(&reply.body).map_err(|e| Error::internal(e.to_string()))?;
-    if saved.duplicate {
-        // Stored (and published) the first time: a retry only learns its seq.
+    if saved.duplicate && client_key {
+        // The client's retry: stored (and published) the first time; it only
+        // learns the seq. (A duplicate under our own key is a retry of this very
+        // request below us: not yet published, so it goes on as new.)
         return Request::encode(&Said {
             seq: saved.seq,
             duplicate: true,
