@@ -402,24 +402,13 @@ async fn a_say_retried_after_an_unknown_outcome_is_stored_once() {
     //    one message in all.
     let db = system.proc("db").pid();
     switchboard_testkit::signal_pid(db, nix::sys::signal::Signal::SIGSTOP);
-    let first = ws
-        .request(
-            Some("chat"),
-            "say",
-            json!({"room": "r", "text": "stalled", "idempotency_key": "m-2"}),
-        )
-        .await;
+    let stalled = json!({"room": "r", "text": "stalled", "idempotency_key": "m-2"});
+    let first = ws.request(Some("chat"), "say", stalled.clone()).await;
     switchboard_testkit::signal_pid(db, nix::sys::signal::Signal::SIGCONT);
     assert_eq!(first["ok"], json!(false), "{first}");
     let mut stored = None;
     for _ in 0..20 {
-        let retry = ws
-            .request(
-                Some("chat"),
-                "say",
-                json!({"room": "r", "text": "stalled", "idempotency_key": "m-2"}),
-            )
-            .await;
+        let retry = ws.request(Some("chat"), "say", stalled.clone()).await;
         if retry["ok"] == json!(true) {
             stored = Some(retry);
             break;

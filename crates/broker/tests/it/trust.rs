@@ -52,24 +52,16 @@ async fn a_rogue_peer_cannot_answer_another_callers_request() {
 
     // The rogue answers first with the right route token (tokens are easy to
     // guess) and the right id, then the worker itself with a wrong id.
-    let forged = proto::encode(&proto::Envelope::reply_to(
-        request.id,
-        &request.trace,
-        b"forged".to_vec(),
-    ))
-    .unwrap();
+    let reply = |id: u64, body: &[u8]| {
+        let env = proto::Envelope::reply_to(id, &request.trace, body.to_vec());
+        vec![frames[0].clone(), proto::encode(&env).unwrap().into()]
+    };
     rogue
-        .send_frames(vec![frames[0].clone(), forged.into()])
+        .send_frames(reply(request.id, b"forged"))
         .await
         .unwrap();
-    let wrong_id = proto::encode(&proto::Envelope::reply_to(
-        request.id + 1,
-        &request.trace,
-        b"wrong id".to_vec(),
-    ))
-    .unwrap();
     worker
-        .send_frames(vec![frames[0].clone(), wrong_id.into()])
+        .send_frames(reply(request.id + 1, b"wrong id"))
         .await
         .unwrap();
     assert!(
@@ -80,14 +72,8 @@ async fn a_rogue_peer_cannot_answer_another_callers_request() {
         "both counted as rogue"
     );
     // The real answer still gets through, and only it.
-    let genuine = proto::encode(&proto::Envelope::reply_to(
-        request.id,
-        &request.trace,
-        b"genuine".to_vec(),
-    ))
-    .unwrap();
     worker
-        .send_frames(vec![frames[0].clone(), genuine.into()])
+        .send_frames(reply(request.id, b"genuine"))
         .await
         .unwrap();
     assert_eq!(&call.await.unwrap().unwrap().body[..], b"genuine");
