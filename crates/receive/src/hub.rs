@@ -9,6 +9,7 @@ use switchboard_bus::{Error, Handle, Subscription};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::outbox::Outbox;
+use crate::policy::Policy;
 use crate::wire;
 
 /// A connection as the hub sees it: where its events go, and in which format.
@@ -27,6 +28,7 @@ struct Entry {
 /// See the module docs.
 pub struct Hub {
     bus: Handle,
+    policy: Policy,
     topics: Mutex<HashMap<String, Entry>>,
 }
 
@@ -37,10 +39,11 @@ struct EventFrame<'a> {
 }
 
 impl Hub {
-    /// A hub over the gateway's bus handle.
-    pub fn new(bus: Handle) -> Arc<Self> {
+    /// A hub over the gateway's bus handle; `policy` says which events coalesce.
+    pub fn new(bus: Handle, policy: Policy) -> Arc<Self> {
         Arc::new(Self {
             bus,
+            policy,
             topics: Mutex::new(HashMap::new()),
         })
     }
@@ -72,8 +75,14 @@ impl Hub {
             entry.conns.insert(id, conn);
             return Ok(());
         }
-        let task =
-            tokio::spawn(forward(Arc::downgrade(self), topic.to_owned(), sub)).abort_handle();
+        let coalesce = self.policy.coalesce_field(topic).map(str::to_owned);
+        let task = tokio::spawn(forward(
+            Arc::downgrade(self),
+            topic.to_owned(),
+            sub,
+            coalesce,
+        ))
+        .abort_handle();
         topics.insert(
             topic.to_owned(),
             Entry {
@@ -102,7 +111,12 @@ impl Hub {
     }
 }
 
-async fn forward(hub: Weak<Hub>, topic: String, mut sub: Subscription) {
+async fn forward(
+    hub: Weak<Hub>,
+    topic: String,
+    mut sub: Subscription,
+    coalesce_field: Option<String>,
+) {
     while let Some(event) = sub.next().await {
         let Some(hub) = hub.upgrade() else {
             break;
@@ -112,16 +126,12 @@ async fn forward(hub: Weak<Hub>, topic: String, mut sub: Subscription) {
             None => break,
         };
         let data = wire::body_to_json(&event.body);
-        // Position updates coalesce per entity when a client falls behind.
-        let coalesce = event
-            .to
-            .starts_with("loc.")
-            .then(|| {
-                data.get("user")
-                    .and_then(|u| u.as_str())
-                    .map(|u| format!("{}/{u}", event.to))
-            })
-            .flatten();
+        // Events of a service with a `coalesce` field (positions) are replaced
+        // per topic and entity when a client falls behind.
+        let coalesce = coalesce_field.as_deref().and_then(|field| {
+            let entity = data.get(field)?.as_str()?;
+            Some(format!("{}/{entity}", event.to))
+        });
         let frame = EventFrame {
             topic: &event.to,
             data: &data,

@@ -159,7 +159,7 @@ impl Gateway {
     /// A gateway over `bus`.
     pub fn new(settings: Settings, bus: Handle) -> Arc<Self> {
         Arc::new(Self {
-            hub: hub::Hub::new(bus.clone()),
+            hub: hub::Hub::new(bus.clone(), settings.policy.clone()),
             settings,
             bus,
             stats: Stats::default(),

@@ -44,6 +44,12 @@ pub struct ServicePolicy {
     /// Patterns the service may grant in a reply.
     #[serde(default)]
     pub grant: Vec<String>,
+    /// For events on this service's topics: the data field naming the entity an
+    /// event is about (`user` for positions). Past a slow client's soft limit, a
+    /// newer event for the same topic and entity replaces the queued one (latest
+    /// wins) instead of being dropped.
+    #[serde(default)]
+    pub coalesce: Option<String>,
 }
 
 fn yes() -> bool {
@@ -135,6 +141,19 @@ impl Policy {
         self.service(service)?.key.as_deref()
     }
 
+    /// The coalescing field for events under `pattern`: that of the first service
+    /// whose `subscribe` or `grant` patterns cover it.
+    pub fn coalesce_field(&self, pattern: &str) -> Option<&str> {
+        self.services.values().find_map(|s| {
+            let covered = s
+                .subscribe
+                .iter()
+                .chain(&s.grant)
+                .any(|outer| topic::covers(outer, pattern));
+            covered.then_some(s.coalesce.as_deref()).flatten()
+        })
+    }
+
     /// Whether a client (`user`) may subscribe to `pattern` directly: its own
     /// `user.<id>`, or a pattern inside some service's `subscribe` list.
     ///
@@ -222,6 +241,9 @@ mod tests {
         assert!(p.check_grant("chat", "loc.z").is_err());
         assert!(p.check_grant("loc", "loc.z").is_ok());
         assert!(p.check_grant("echo", "chat.room.lobby").is_err());
+        assert_eq!(p.coalesce_field("loc.z1"), Some("user"));
+        assert_eq!(p.coalesce_field("loc.*"), Some("user"));
+        assert_eq!(p.coalesce_field("chat.room.lobby"), None);
     }
 
     #[test]
