@@ -493,6 +493,9 @@ impl Connection {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        if self.out.outbox.too_slow.load(Ordering::Relaxed) {
+            self.gw.stats.closed_slow.fetch_add(1, Ordering::Relaxed);
+        }
         match why {
             Why::Shutdown => self.out.outbox.close(CLOSE_AWAY, "server shutting down"),
             Why::ClientGone => self.out.outbox.close(1000, ""),

@@ -135,6 +135,9 @@ pub struct Stats {
     pub tcp: AtomicUsize,
     /// Handshakes that did not finish within `handshake_timeout_ms`.
     pub handshake_timeouts: AtomicU64,
+    /// Clients closed for not reading (4001). The close frame itself may never
+    /// reach a client that does not read; this says why it went.
+    pub closed_slow: AtomicU64,
     /// Client requests forwarded to the bus.
     pub requests: AtomicU64,
 }
@@ -179,6 +182,7 @@ impl Gateway {
             "tcp": self.stats.tcp.load(Ordering::Relaxed),
             "refused": self.stats.refused.load(Ordering::Relaxed),
             "handshake_timeouts": self.stats.handshake_timeouts.load(Ordering::Relaxed),
+            "closed_slow": self.stats.closed_slow.load(Ordering::Relaxed),
             "pid": std::process::id(),
             "accepted": self.stats.accepted.load(Ordering::Relaxed),
             "requests": self.stats.requests.load(Ordering::Relaxed),

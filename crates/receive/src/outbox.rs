@@ -54,6 +54,8 @@ pub struct Outbox {
     pub dropped: AtomicU64,
     /// Position updates replaced by a newer one.
     pub coalesced: AtomicU64,
+    /// Closed for reaching a hard limit (the client did not read).
+    pub too_slow: std::sync::atomic::AtomicBool,
     /// Cancelled once a close is asked for (the reader stops then).
     pub closing: tokio_util::sync::CancellationToken,
 }
@@ -86,6 +88,7 @@ impl Outbox {
             },
             dropped: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
+            too_slow: std::sync::atomic::AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -140,6 +143,7 @@ impl Outbox {
             inner.queue.clear();
             inner.bytes = 0;
             inner.close = Some(close_frame(CLOSE_SLOW, "send buffer full: client too slow"));
+            self.too_slow.store(true, Ordering::Relaxed);
             self.closing.cancel();
         } else {
             inner.bytes += size;
