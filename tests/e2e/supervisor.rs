@@ -10,11 +10,11 @@ use switchboard_bus::{CallOptions, Handle};
 use switchboard_testkit::{bin_path, client, eventually, spawn_echo_process, Child, Sig};
 
 /// A supervisor running an ecosystem written for the test.
-struct Supervised {
-    main: Child,
-    endpoint: String,
-    bus: Handle,
-    dir: tempfile::TempDir,
+pub struct Supervised {
+    pub main: Child,
+    pub endpoint: String,
+    pub bus: Handle,
+    pub dir: tempfile::TempDir,
 }
 
 const FAST: &str = r#"
@@ -32,7 +32,7 @@ fn app(name: &str, depends_on: &[&str], extra: &str) -> String {
 }
 
 impl Supervised {
-    async fn start(apps: &str) -> Self {
+    pub async fn start(apps: &str) -> Self {
         switchboard_testkit::trace_init();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ecosystem.toml");
@@ -52,7 +52,7 @@ impl Supervised {
         }
     }
 
-    async fn ls(&self) -> Vec<Value> {
+    pub async fn ls(&self) -> Vec<Value> {
         match self
             .bus
             .call("main", "ls", Vec::new(), CallOptions::default())
@@ -67,7 +67,7 @@ impl Supervised {
         }
     }
 
-    async fn instance(&self, name: &str) -> Value {
+    pub async fn instance(&self, name: &str) -> Value {
         self.ls()
             .await
             .into_iter()
@@ -75,7 +75,7 @@ impl Supervised {
             .unwrap_or(Value::Null)
     }
 
-    async fn all_online(&self, n: usize) -> bool {
+    pub async fn all_online(&self, n: usize) -> bool {
         eventually(Duration::from_secs(20), || async {
             let ls = self.ls().await;
             ls.iter().filter(|i| i["state"] == "online").count() >= n
@@ -91,7 +91,7 @@ impl Supervised {
             .unwrap()
     }
 
-    fn logs_dir(&self) -> PathBuf {
+    pub fn logs_dir(&self) -> PathBuf {
         self.dir.path().join("run").join("logs")
     }
 }

@@ -88,24 +88,35 @@ pub fn service(db: Arc<Db>) -> Service {
                 Request::encode(&api::LocPositions { positions })
             }
         })
+        // Answered at once from the last check: main tells hung (no answer) from
+        // degraded (an answer saying `db_down`) only if the answer never waits.
         .health(move || {
             let db = health.clone();
-            async move { db.health().await }
+            async move { db.status().to_owned() }
         })
         .task(move |_bus, shutdown| async move {
-            // Migrate as soon as the database answers, without waiting for a request.
+            // Migrate as soon as the database answers, without waiting for a
+            // request; then check it every second for `$health`.
             let mut logged = false;
+            let mut migrated = false;
             loop {
-                match migrate
-                    .ensure_schema(switchboard_bus::proto::now_ms() + 5_000)
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) if !logged => {
-                        tracing::warn!(error = %e, "database not ready; retrying every second");
-                        logged = true;
+                if !migrated {
+                    match migrate
+                        .ensure_schema(switchboard_bus::proto::now_ms() + 5_000)
+                        .await
+                    {
+                        Ok(()) => migrated = true,
+                        Err(e) if !logged => {
+                            tracing::warn!(error = %e, "database not ready; retrying every second");
+                            logged = true;
+                        }
+                        Err(_) => {}
                     }
-                    Err(_) => {}
+                }
+                let before = migrate.status();
+                let now = migrate.check().await;
+                if now != before {
+                    tracing::info!(from = before, to = now, "database status");
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -38,6 +38,8 @@ pub struct Db {
     server: Opts,
     database: String,
     migrated: Mutex<bool>,
+    /// The last [`Db::check`] result, what `$health` answers at once.
+    status: std::sync::Mutex<&'static str>,
     saves: mpsc::Sender<SaveJob>,
 }
 
@@ -77,6 +79,7 @@ impl Db {
             server,
             database,
             migrated: Mutex::new(false),
+            status: std::sync::Mutex::new("starting"),
             saves,
         });
         tokio::spawn(group_commit(db.clone(), rx, settings.max_batch.max(1)));
@@ -113,19 +116,30 @@ impl Db {
         Ok(())
     }
 
-    /// `"ok"` when a `SELECT 1` answers within a second and the schema is current,
-    /// `"db_down"` otherwise.
-    pub async fn health(&self) -> String {
+    /// Pings the database (a `SELECT 1`, one second at most) and records the
+    /// result for [`Db::status`]: `"ok"`, `"migrating"` (reachable, schema not
+    /// current yet) or `"db_down"`.
+    pub async fn check(&self) -> &'static str {
         let ping = retry(proto::now_ms() + 1_000, "ping", || async {
             let mut conn = self.pool.get_conn().await?;
             conn.query_drop("SELECT 1").await
         })
         .await;
-        match (ping, *self.migrated.lock().await) {
-            (Ok(()), true) => "ok".into(),
-            (Ok(()), false) => "migrating".into(),
-            (Err(_), _) => "db_down".into(),
-        }
+        // A migration in progress holds the lock: that is "migrating" too.
+        let migrated = self.migrated.try_lock().is_ok_and(|done| *done);
+        let status = match (ping, migrated) {
+            (Ok(()), true) => "ok",
+            (Ok(()), false) => "migrating",
+            (Err(_), _) => "db_down",
+        };
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        status
+    }
+
+    /// The last recorded status, at once: a health check never waits on the
+    /// database (a dependency that is down is `degraded`, not hung).
+    pub fn status(&self) -> &'static str {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stores a chat message; returns its sequence number once committed. Messages

@@ -57,7 +57,8 @@ async fn fresh_database_is_created_and_migrated_once() {
     for t in ["messages", "positions", "schema_migrations"] {
         assert!(tables.iter().any(|x| x == t), "{t} in {tables:?}");
     }
-    assert_eq!(db.health().await, "ok");
+    assert_eq!(db.check().await, "ok");
+    assert_eq!(db.status(), "ok");
 }
 
 #[tokio::test]
@@ -249,7 +250,7 @@ async fn unreachable_database_answers_unavailable_by_the_deadline() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(db.health().await, "db_down");
+    assert_eq!(db.check().await, "db_down");
 }
 
 #[tokio::test]

@@ -47,9 +47,13 @@ pub struct InstanceStatus {
     pub app: String,
     /// Instance name.
     pub instance: String,
-    /// `starting`, `online`, `stopping`, `stopped`, `waiting` (restart delay),
-    /// `errored`, or `unmanaged` (on the bus, not started by this supervisor).
+    /// `starting`, `online`, `degraded` (answers, but reports a dependency down:
+    /// left alone), `stopping`, `stopped`, `waiting` (restart delay), `errored`
+    /// (kept exiting), or `unmanaged` (on the bus, not started by this supervisor).
     pub state: String,
+    /// What its last `$health` said when not `ok` (`db_down`); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health: String,
     /// Process id.
     pub pid: u32,
     /// Start time, ms since the epoch (0 when not running).
@@ -108,7 +112,10 @@ impl Managed {
                 tracing::info!(instance = %s.instance, from = %s.state, to = state, "state");
             }
             s.state = state.to_owned();
-            if state != "online" && state != "starting" {
+            if state != "online" && state != "degraded" {
+                s.health.clear();
+            }
+            if state != "online" && state != "starting" && state != "degraded" {
                 s.pid = 0;
                 s.started_at_ms = 0;
                 s.uptime_ms = 0;
@@ -528,13 +535,23 @@ impl Keeper {
                 .await
             {
                 Ok(reply) => {
+                    // It answered: alive. A status other than ok is a dependency
+                    // it reports down (db_down): degraded, never killed for it.
                     self.misses = 0;
                     if let Ok(h) = proto::from_body::<Health>(&reply.body) {
                         if h.pid == p.pid {
+                            let degraded = h.status != "ok" && h.status != "draining";
                             self.m.set(|s| {
                                 s.inflight = h.inflight;
                                 s.handled = h.handled;
+                                s.health = if degraded {
+                                    h.status.clone()
+                                } else {
+                                    String::new()
+                                };
                             });
+                            self.m
+                                .set_state(if degraded { "degraded" } else { "online" });
                         }
                     }
                 }

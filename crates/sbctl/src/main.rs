@@ -633,15 +633,19 @@ fn print_apps_or_json(list: &serde_json::Value, json: bool) {
 
 fn print_apps(list: &[serde_json::Value]) {
     println!(
-        "{:<10} {:<14} {:<10} {:>8} {:>9} {:>4} {:>9} {:>6} {:>8} {:>9}",
+        "{:<10} {:<14} {:<20} {:>8} {:>9} {:>4} {:>9} {:>6} {:>8} {:>9}",
         "APP", "INSTANCE", "STATE", "PID", "UPTIME", "↺", "MEMORY", "CPU", "INFLIGHT", "HANDLED"
     );
     for a in list {
         let num = |k: &str| a[k].as_u64().unwrap_or(0);
-        let state = a["state"].as_str().unwrap_or("?");
+        let state = match (a["state"].as_str(), a["health"].as_str()) {
+            (Some(state), Some(health)) => format!("{state} ({health})"),
+            (Some(state), None) => state.to_owned(),
+            (None, _) => "?".into(),
+        };
         let running = num("pid") > 0;
         println!(
-            "{:<10} {:<14} {:<10} {:>8} {:>9} {:>4} {:>9} {:>5.1}% {:>8} {:>9}",
+            "{:<10} {:<14} {:<20} {:>8} {:>9} {:>4} {:>9} {:>5.1}% {:>8} {:>9}",
             a["app"].as_str().unwrap_or("?"),
             a["instance"].as_str().unwrap_or("?"),
             state,

@@ -1,0 +1,107 @@
+//! Faults an operator meets, with real processes: a database outage under main,
+//! a gateway killed with its clients' state in the services.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use switchboard_bus::proto;
+use switchboard_bus::CallOptions;
+use switchboard_testkit::{bin_path, eventually, TcpRelay, TestDatabase};
+
+use crate::supervisor::Supervised;
+
+/// `url` with its `host:port` replaced by `addr`.
+fn via(url: &str, addr: &str) -> (String, String) {
+    let (scheme_user, rest) = url.split_once('@').expect("user@host in the URL");
+    let (host, db) = rest.split_once('/').expect("a database in the URL");
+    (format!("{scheme_user}@{addr}/{db}"), host.to_owned())
+}
+
+async fn say(s: &Supervised, text: &str, timeout_ms: u64) -> Result<Value, String> {
+    let body = proto::to_body(&json!({"room": "r", "text": text})).unwrap();
+    let options = CallOptions {
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        user: Some("ada".into()),
+        key: Some("r".into()),
+        ..CallOptions::default()
+    };
+    s.bus
+        .call("chat", "say", body, options)
+        .await
+        .map(|r| proto::from_body::<Value>(&r.body).unwrap())
+        .map_err(|e| e.code.to_string())
+}
+
+/// MariaDB goes away (every connection dropped, new ones refused) for several
+/// times main's hung threshold. db keeps answering `$health` with `db_down`: it is
+/// `degraded`, never killed, never `errored`; requests meanwhile fail within their
+/// deadline; the first one after the database is back succeeds.
+#[tokio::test]
+async fn a_database_outage_leaves_db_degraded_and_serving_after_it() {
+    let tdb = TestDatabase::new();
+    let (_, server) = via(&tdb.url, "x");
+    let relay = TcpRelay::start(&server);
+    // mysql_async moves a loopback connection to the server's Unix socket unless
+    // told not to, which would bypass the relay.
+    let (url, _) = via(&tdb.url, &relay.addr);
+    let url = format!("{url}?prefer_socket=false");
+    let apps = format!(
+        "[[apps]]\nname = \"db\"\nbin = \"{}\"\nenv = {{ DATABASE_URL = \"{url}\" }}\n\n\
+         [[apps]]\nname = \"chat\"\nbin = \"{}\"\ndepends_on = [\"db\"]\n",
+        bin_path("db").display(),
+        bin_path("chat").display()
+    );
+    let s = Supervised::start(&apps).await;
+    assert!(s.all_online(2).await, "{:?}", s.ls().await);
+    say(&s, "before", 5_000)
+        .await
+        .expect("say before the outage");
+    let db = s.instance("db").await;
+
+    relay.cut();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let db = s.instance("db").await;
+            db["state"] == "degraded" && db["health"] == "db_down"
+        })
+        .await,
+        "{:?}",
+        s.instance("db").await
+    );
+    // A request during the outage is answered within its deadline.
+    let during = say(&s, "during", 1_500).await;
+    assert!(
+        during
+            .as_ref()
+            .is_err_and(|code| code == "unavailable" || code == "timeout"),
+        "{during:?}"
+    );
+    // Several times the hung threshold (3 x 250 ms): still the same process.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = s.instance("db").await;
+        assert_eq!(now["pid"], db["pid"], "db was not restarted: {now}");
+        assert_eq!(now["state"], "degraded", "{now}");
+        assert_eq!(now["restarts"], json!(0), "{now}");
+    }
+
+    relay.restore();
+    // No operator step: the first say after the database is back succeeds.
+    let after = match say(&s, "after", 5_000).await {
+        Ok(after) => after,
+        Err(e) => {
+            for f in ["db.log", "chat.log"] {
+                let log = std::fs::read_to_string(s.logs_dir().join(f)).unwrap_or_default();
+                eprintln!("== {f}\n{log}");
+            }
+            panic!("first say after the outage: {e}");
+        }
+    };
+    assert!(after["seq"].as_u64().is_some(), "{after}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            s.instance("db").await["state"] == "online"
+        })
+        .await
+    );
+    assert_eq!(s.instance("db").await["pid"], db["pid"]);
+}
