@@ -105,3 +105,53 @@ async fn a_database_outage_leaves_db_degraded_and_serving_after_it() {
     );
     assert_eq!(s.instance("db").await["pid"], db["pid"]);
 }
+
+/// The members and positions of a room and a zone, asked over the bus.
+async fn presence(system: &crate::harness::System, room: &str, zone: &str) -> (Value, Value) {
+    let ask = |service: &'static str, op: &'static str, data: Value, key: &str| {
+        let options = CallOptions {
+            key: Some(key.to_owned()),
+            user: Some("inspector".into()),
+            ..CallOptions::default()
+        };
+        let body = proto::to_body(&data).unwrap();
+        let bus = system.bus.clone();
+        async move {
+            let reply = bus.call(service, op, body, options).await.unwrap();
+            proto::from_body::<Value>(&reply.body).unwrap()
+        }
+    };
+    (
+        ask("chat", "who", json!({"room": room}), room).await["users"].clone(),
+        ask("loc", "zone", json!({"zone": zone}), zone).await["users"].clone(),
+    )
+}
+
+/// A gateway killed with -9 sends no `session.close`: the broker's peer-lost
+/// event does, for all its clients at once. Their presence in chat and their
+/// positions in loc are gone within a few seconds.
+#[tokio::test]
+async fn a_killed_gateway_leaves_no_ghosts() {
+    let mut system = crate::harness::System::start(true).await;
+    let mut ada = system.client_as("ada").await;
+    ada.ok("chat", "join", json!({"room": "g"})).await;
+    ada.ok("loc", "move", json!({"zone": "z2", "x": 1.0, "y": 2.0}))
+        .await;
+    let (members, users) = presence(&system, "g", "z2").await;
+    assert_eq!(members, json!(["ada"]));
+    assert_eq!(users[0]["user"], "ada");
+
+    system
+        .proc("receive")
+        .signal(switchboard_testkit::Sig::SIGKILL)
+        .unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        presence(&system, "g", "z2").await == (json!([]), json!([]))
+    })
+    .await;
+    assert!(
+        gone,
+        "ghosts left: {:?}",
+        presence(&system, "g", "z2").await
+    );
+}

@@ -307,4 +307,15 @@ async fn last_positions_survive_a_loc_restart() {
         ),
         (Some(7.0), Some(8.0))
     );
+    // The reloaded position knows no session; it still ends when ann's does.
+    drop(ann);
+    let mut bob = system.client_as("bob").await;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while bob.ok("loc", "zone", json!({"zone": zone})).await["users"] != json!([]) {
+        assert!(
+            std::time::Instant::now() < until,
+            "ann's reloaded position is gone after her session closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

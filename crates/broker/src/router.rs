@@ -497,6 +497,18 @@ impl Router {
         if why != Loss::Bye {
             self.stats.peers_lost += 1;
         }
+        if matches!(why, Loss::Disconnected | Loss::Silent) {
+            // Gone without a goodbye: whoever kept state for it (a gateway's
+            // client sessions) cleans up now.
+            let lost = proto::api::PeerLost {
+                service: peer
+                    .service
+                    .map(|s| self.services[s].name.clone())
+                    .unwrap_or_default(),
+                instance: peer.instance.clone(),
+            };
+            self.announce(proto::api::PEER_LOST, &lost);
+        }
         if why == Loss::Disconnected || why == Loss::Silent || !peer.inflight.is_empty() {
             tracing::warn!(instance = %peer.instance, reason = ?why, inflight = peer.inflight.len(), "peer lost");
         } else {
@@ -912,6 +924,18 @@ impl Router {
                 msg.push_front(peer.identity.clone());
                 self.out.push(Outgoing { msg, event: true });
             }
+        }
+    }
+
+    /// Publishes an event of the broker's own to the subscribers of `topic`.
+    fn announce<T: Serialize>(&mut self, topic_name: &str, body: &T) {
+        let mut env = Envelope::new(Kind::Event);
+        env.to = topic_name.to_owned();
+        env.from = BROKER_SERVICE.to_owned();
+        env.body = proto::ByteBuf::from(proto::to_body(body).unwrap_or_default());
+        match proto::encode(&env) {
+            Ok(frame) => self.publish(topic_name, Bytes::from(frame), &Bytes::new()),
+            Err(e) => tracing::error!(error = %e, "cannot encode a broker event"),
         }
     }
 

@@ -79,6 +79,22 @@ impl Rooms {
             .unwrap_or_default()
     }
 
+    /// Forgets every session of a lost gateway instance; returns how many.
+    fn close_gateway(&self, gateway: &str) -> usize {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        rooms.retain(|_, members| {
+            members.retain(|_, sessions| {
+                let before = sessions.len();
+                sessions.retain(|s| api::session_gateway(s) != Some(gateway));
+                closed += before - sessions.len();
+                !sessions.is_empty()
+            });
+            !members.is_empty()
+        });
+        closed
+    }
+
     /// Forgets a closed session everywhere.
     fn close_session(&self, user: &str, session: &str) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,7 +211,13 @@ fn session_of(req: &Request) -> String {
 /// The chat service, ready to `run`.
 pub fn service() -> Service {
     let rooms = Arc::new(Rooms::default());
-    let (r_join, r_leave, r_who, r_close) = (rooms.clone(), rooms.clone(), rooms.clone(), rooms);
+    let (r_join, r_leave, r_who, r_close, r_lost) = (
+        rooms.clone(),
+        rooms.clone(),
+        rooms.clone(),
+        rooms.clone(),
+        rooms,
+    );
     Service::new("chat")
         .handle("join", move |req: Request| {
             let rooms = r_join.clone();
@@ -244,6 +266,19 @@ pub fn service() -> Service {
                 match proto::from_body::<api::Session>(&event.body) {
                     Ok(s) => rooms.close_session(&s.user, &s.session),
                     Err(e) => tracing::warn!(error = %e, "bad session.close event"),
+                }
+            }
+        })
+        // A gateway that died (or was cut off) sent no session.close for its
+        // clients: the broker's peer-lost event stands in for all of them.
+        .on_event(api::PEER_LOST, move |event, _bus| {
+            let rooms = r_lost.clone();
+            async move {
+                if let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) {
+                    let closed = rooms.close_gateway(&lost.instance);
+                    if closed > 0 {
+                        tracing::info!(gateway = %lost.instance, sessions = closed, "sessions of a lost gateway closed");
+                    }
                 }
             }
         })
@@ -387,6 +422,18 @@ mod tests {
             rooms.rooms.lock().unwrap().is_empty(),
             "empty rooms are forgotten"
         );
+    }
+
+    #[test]
+    fn a_lost_gateway_takes_its_sessions_only() {
+        let rooms = Rooms::default();
+        rooms.join("lobby", "ada", &api::session_id("receive-1", 1));
+        rooms.join("lobby", "ada", &api::session_id("receive-2", 1));
+        rooms.join("lobby", "bob", &api::session_id("receive-1", 2));
+        rooms.join("den", "cy", &api::session_id("receive-1", 3));
+        assert_eq!(rooms.close_gateway("receive-1"), 3);
+        assert_eq!(rooms.who("lobby"), vec!["ada"], "ada is still on receive-2");
+        assert!(rooms.who("den").is_empty());
     }
 
     #[test]

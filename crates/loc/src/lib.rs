@@ -267,21 +267,40 @@ impl Loc {
         }
     }
 
+    /// Drops `user`'s positions set by `session`, and those reloaded after a
+    /// restart (no session known: any session of the user closing ends them).
+    /// Returns the zones left.
     fn close_session(&self, user: &str, session: &str) -> Vec<String> {
+        self.remove_where(|u, p| u == user && (p.session == session || p.session.is_empty()))
+            .into_iter()
+            .map(|(zone, _)| zone)
+            .collect()
+    }
+
+    /// Drops every position set through a lost gateway instance; returns the
+    /// (zone, user) pairs removed.
+    fn close_gateway(&self, gateway: &str) -> Vec<(String, String)> {
+        self.remove_where(|_, p| api::session_gateway(&p.session) == Some(gateway))
+    }
+
+    /// Removes the positions `doomed` picks, marking them gone for the next save.
+    fn remove_where(&self, doomed: impl Fn(&str, &Pos) -> bool) -> Vec<(String, String)> {
         let mut state = self.lock();
-        let mut left = Vec::new();
+        let mut removed = Vec::new();
         for (name, zone) in state.zones.iter_mut() {
-            if zone.users.get(user).is_some_and(|p| p.session == session) {
-                zone.users.remove(user);
-                left.push(name.clone());
-            }
+            zone.users.retain(|user, p| {
+                let gone = doomed(user, p);
+                if gone {
+                    removed.push((name.clone(), user.clone()));
+                }
+                !gone
+            });
         }
-        for zone in &left {
-            let key = (zone.clone(), user.to_owned());
-            state.dirty.remove(&key);
-            state.gone.insert(key);
+        for key in &removed {
+            state.dirty.remove(key);
+            state.gone.insert(key.clone());
         }
-        left
+        removed
     }
 }
 
@@ -294,6 +313,7 @@ pub fn service(settings: Settings) -> Service {
         zones,
         state: Mutex::new(State::default()),
     });
+    let l_lost = loc.clone();
     let (l_move, l_near, l_zone, l_leave, l_close, l_task) = (
         loc.clone(),
         loc.clone(),
@@ -370,6 +390,18 @@ pub fn service(settings: Settings) -> Service {
                 };
                 for zone in loc.close_session(&s.user, &s.session) {
                     publish_left(&bus, &zone, &s.user).await;
+                }
+            }
+        })
+        // A gateway that died sent no session.close: drop what its clients set.
+        .on_event(api::PEER_LOST, move |event, bus| {
+            let loc = l_lost.clone();
+            async move {
+                let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) else {
+                    return;
+                };
+                for (zone, user) in loc.close_gateway(&lost.instance) {
+                    publish_left(&bus, &zone, &user).await;
                 }
             }
         })

@@ -145,3 +145,34 @@ pub struct Session {
 pub const SESSION_OPEN: &str = "session.open";
 /// Topic of the gateway's session-closed events.
 pub const SESSION_CLOSE: &str = "session.close";
+
+/// Topic of the broker's peer-lost events ([`PeerLost`]): a peer disconnected or
+/// went silent without saying bye. Services that keep per-session state drop the
+/// sessions of a lost gateway instance ([`session_gateway`]).
+pub const PEER_LOST: &str = "bus.peer_lost";
+
+/// Body of a [`PEER_LOST`] event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLost {
+    /// Its service (empty for a pure client).
+    pub service: String,
+    /// Its instance name.
+    pub instance: String,
+}
+
+/// The session id a gateway instance gives its `n`th connection.
+pub fn session_id(gateway: &str, n: u64) -> String {
+    format!("{gateway}-{n}")
+}
+
+/// The gateway instance a session id (from [`session_id`]) belongs to.
+///
+/// ```
+/// use switchboard_proto::api::{session_gateway, session_id};
+/// assert_eq!(session_gateway(&session_id("receive-2", 17)), Some("receive-2"));
+/// assert_eq!(session_gateway("no-number-x"), None);
+/// ```
+pub fn session_gateway(session: &str) -> Option<&str> {
+    let (gateway, n) = session.rsplit_once('-')?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(gateway)
+}

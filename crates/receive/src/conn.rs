@@ -48,7 +48,7 @@ pub async fn handle(
     };
     gw.stats.accepted.fetch_add(1, Ordering::Relaxed);
     gw.stats.open.fetch_add(1, Ordering::Relaxed);
-    let session = format!("{}-{id}", gw.bus.instance());
+    let session = api::session_id(gw.bus.instance(), id);
     let s = &gw.settings;
     let conn = Connection {
         out: Arc::new(ConnOut {
