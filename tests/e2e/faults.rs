@@ -155,3 +155,48 @@ async fn a_killed_gateway_leaves_no_ghosts() {
         presence(&system, "g", "z2").await
     );
 }
+
+/// `kill -9` of the broker under main: main starts it again at once on the same
+/// endpoint, counts the restart, and every process reconnects by itself.
+#[tokio::test]
+async fn a_killed_broker_is_restarted_by_main_and_the_system_serves_again() {
+    let apps = format!(
+        "[[apps]]\nname = \"alpha\"\nbin = \"{}\"\nargs = [\"--service\", \"alpha\"]\n",
+        bin_path("echo").display()
+    );
+    let s = Supervised::start(&apps).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+    let broker = s.instance("broker").await;
+    assert_eq!(broker["state"], "online", "{broker}");
+    let old = broker["pid"].as_u64().unwrap() as u32;
+    switchboard_testkit::signal_pid(old, switchboard_testkit::Sig::SIGKILL);
+    let killed = std::time::Instant::now();
+    let echo = || async {
+        let options = CallOptions {
+            timeout: Some(Duration::from_millis(500)),
+            ..CallOptions::default()
+        };
+        s.bus
+            .call("alpha", "$echo", b"hi".to_vec(), options)
+            .await
+            .is_ok_and(|r| &r.body[..] == b"hi")
+    };
+    assert!(
+        eventually(Duration::from_secs(15), echo).await,
+        "alpha serving again through the new broker"
+    );
+    eprintln!("first success {:?} after the kill", killed.elapsed());
+    // main itself reconnects too (its `ls` answers again once it has).
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let b = s.instance("broker").await;
+            b["state"] == "online"
+                && b["pid"] != json!(old)
+                && b["restarts"] == json!(1)
+                && s.instance("alpha").await["state"] == "online"
+        })
+        .await,
+        "{:?}",
+        s.ls().await
+    );
+}

@@ -78,7 +78,10 @@ impl Supervised {
     pub async fn all_online(&self, n: usize) -> bool {
         eventually(Duration::from_secs(20), || async {
             let ls = self.ls().await;
-            ls.iter().filter(|i| i["state"] == "online").count() >= n
+            ls.iter()
+                .filter(|i| i["state"] == "online" && i["app"] != "broker")
+                .count()
+                >= n
         })
         .await
     }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_bus::{svc, Config, Error, Request, Service};
 use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
 
 use supervisor::{Cmd, InstanceStatus, Supervisor};
 
@@ -82,10 +83,10 @@ pub async fn run(options: Options) -> i32 {
         }
     };
     let shutdown = svc::shutdown_on_signal();
-    let (endpoint, mut broker) = if options.no_spawn {
+    let (endpoint, broker) = if options.no_spawn {
         (options.broker.clone(), None)
     } else {
-        match start_broker(&eco).await {
+        match start_broker(&eco, &eco.broker.bind).await {
             Ok((endpoint, proc)) => (endpoint, Some(proc)),
             Err(e) => {
                 eprintln!("main: cannot start the broker: {e:#}");
@@ -102,16 +103,26 @@ pub async fn run(options: Options) -> i32 {
         }
     };
     let config = Config {
-        broker: endpoint,
+        broker: endpoint.clone(),
         instance: "main".into(),
         secret: options.secret,
         successor: false,
         ..Config::default()
     };
+    // The broker is supervised like an app, but stops last: after the apps.
+    let stop_broker = CancellationToken::new();
+    let keeper = broker.map(|proc| {
+        tokio::spawn(keep_broker(
+            sup.clone(),
+            endpoint.clone(),
+            proc,
+            stop_broker.clone(),
+        ))
+    });
     let result = service(sup.clone()).run(config, shutdown).await;
-    if let Some(broker) = broker.as_mut() {
-        tracing::info!("stopping the broker");
-        broker.stop(Duration::from_secs(5)).await;
+    stop_broker.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
     }
     match result {
         Ok(()) => 0,
@@ -122,14 +133,78 @@ pub async fn run(options: Options) -> i32 {
     }
 }
 
-/// Spawns the broker and reads the endpoint it bound.
-async fn start_broker(eco: &ecosystem::Ecosystem) -> anyhow::Result<(String, proc::Proc)> {
+/// Longest wait before restarting a broker that keeps exiting at once.
+const BROKER_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Keeps the broker running: when it exits (killed, crashed) it is started again
+/// at once on the same endpoint (the one it bound first, so a port picked by the
+/// OS stays), with a growing delay (100 ms doubling to 5 s) only while it keeps
+/// exiting within a second of its start. Services, gateways and sbctl reconnect by
+/// themselves. Stops it (gracefully) when `stop` is cancelled.
+async fn keep_broker(
+    sup: Arc<Supervisor>,
+    endpoint: String,
+    mut proc: proc::Proc,
+    stop: CancellationToken,
+) {
+    let mut quick_exits: u32 = 0;
+    loop {
+        sup.broker_online(proc.pid, proc.started_ms);
+        tokio::select! {
+            () = stop.cancelled() => {
+                tracing::info!("stopping the broker");
+                proc.stop(Duration::from_secs(5)).await;
+                sup.broker_state("stopped");
+                return;
+            }
+            status = proc.child.wait() => {
+                let uptime = proc.started.elapsed();
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                tracing::error!(pid = proc.pid, %status, uptime_ms = uptime.as_millis() as u64, "the broker exited; restarting it");
+                quick_exits = if uptime < Duration::from_secs(1) { quick_exits + 1 } else { 0 };
+            }
+        }
+        sup.broker_state("restarting");
+        loop {
+            let delay = match quick_exits {
+                0 => Duration::ZERO,
+                n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 1))
+                    .min(BROKER_MAX_BACKOFF),
+            };
+            tokio::select! {
+                () = stop.cancelled() => {
+                    sup.broker_state("stopped");
+                    return;
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
+            match start_broker(&sup.eco, &endpoint).await {
+                Ok((_, new)) => {
+                    proc = new;
+                    sup.broker_restarted();
+                    tracing::info!(pid = proc.pid, %endpoint, "broker restarted");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "broker restart failed; retrying");
+                    quick_exits += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Spawns the broker bound to `bind` and reads the endpoint it bound.
+async fn start_broker(
+    eco: &ecosystem::Ecosystem,
+    bind: &str,
+) -> anyhow::Result<(String, proc::Proc)> {
     let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base)
         .ok_or_else(|| anyhow::anyhow!("broker bin {:?} not found", eco.broker.bin))?;
     let services: Vec<&str> = eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
     let mut args = vec![
         "--bind".to_owned(),
-        eco.broker.bind.clone(),
+        bind.to_owned(),
         "--services".to_owned(),
         services.join(","),
     ];

@@ -99,10 +99,7 @@ impl Proc {
 
     /// Resident memory, bytes (0 if unknown).
     pub fn rss(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/statm", self.pid))
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map_or(0, |pages| pages * 4096)
+        rss_of(self.pid)
     }
 
     /// CPU use since the last call, percent of one core.
@@ -133,6 +130,14 @@ impl Proc {
             .and_then(|s| s.rsplit(')').next()?.trim().chars().next())
             .unwrap_or('?')
     }
+}
+
+/// Resident memory of process `pid`, bytes (0 if unknown).
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 /// Clock ticks per second (Linux's USER_HZ is 100 on every common platform).

@@ -171,6 +171,8 @@ pub struct Supervisor {
     broker_ok: AtomicBool,
     /// Only monitor; spawn nothing.
     pub no_spawn: bool,
+    /// The broker's row in `ls` (none with `no_spawn`: not ours).
+    broker_status: Mutex<Option<InstanceStatus>>,
     log_dir: PathBuf,
 }
 
@@ -215,9 +217,64 @@ impl Supervisor {
             managed,
             broker: Mutex::new(broker),
             broker_ok: AtomicBool::new(true),
+            broker_status: Mutex::new((!no_spawn).then(|| InstanceStatus {
+                app: "broker".into(),
+                instance: "broker".into(),
+                state: "starting".into(),
+                managed: true,
+                ..InstanceStatus::default()
+            })),
             no_spawn,
             log_dir,
         }))
+    }
+
+    fn set_broker(&self, f: impl FnOnce(&mut InstanceStatus)) {
+        if let Some(s) = self
+            .broker_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            f(s);
+        }
+    }
+
+    /// The broker process is up.
+    pub fn broker_online(&self, pid: u32, started_at_ms: u64) {
+        self.set_broker(|s| {
+            s.state = "online".into();
+            s.pid = pid;
+            s.started_at_ms = started_at_ms;
+        });
+    }
+
+    /// The broker is `restarting` or `stopped`.
+    pub fn broker_state(&self, state: &str) {
+        self.set_broker(|s| {
+            s.state = state.to_owned();
+            s.pid = 0;
+            s.started_at_ms = 0;
+            s.rss_bytes = 0;
+        });
+    }
+
+    /// Counts one broker restart.
+    pub fn broker_restarted(&self) {
+        self.set_broker(|s| s.restarts += 1);
+    }
+
+    fn broker_row(&self) -> Option<InstanceStatus> {
+        let mut row = self
+            .broker_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        if row.pid > 0 {
+            row.uptime_ms = proto::now_ms().saturating_sub(row.started_at_ms);
+            row.rss_bytes = proc::rss_of(row.pid);
+        }
+        Some(row)
     }
 
     /// The log folder.
@@ -292,7 +349,8 @@ impl Supervisor {
     /// Every instance: the managed ones, and those on the bus that this supervisor
     /// did not start (`unmanaged`).
     pub async fn ls(&self, bus: &Handle) -> Vec<InstanceStatus> {
-        let mut out: Vec<InstanceStatus> = self.managed.iter().map(|m| m.status()).collect();
+        let mut out: Vec<InstanceStatus> = self.broker_row().into_iter().collect();
+        out.extend(self.managed.iter().map(|m| m.status()));
         let reply = bus
             .call(
                 proto::BROKER_SERVICE,
