@@ -200,3 +200,63 @@ async fn a_killed_broker_is_restarted_by_main_and_the_system_serves_again() {
         s.ls().await
     );
 }
+
+/// A broker that hangs (SIGSTOP) is held to the apps' rule: main kills it after
+/// `liveness` failed checks and starts a new one. While the bus cannot be
+/// reached, `sbctl ls` answers from main's status file and says so.
+#[tokio::test]
+async fn a_hung_broker_is_replaced_and_sbctl_ls_answers_meanwhile() {
+    let apps = format!(
+        "[[apps]]\nname = \"alpha\"\nbin = \"{}\"\nargs = [\"--service\", \"alpha\"]\n",
+        bin_path("echo").display()
+    );
+    let s = Supervised::start(&apps).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+    // main's status file, read by sbctl when no broker answers (here: a port
+    // where nothing listens).
+    let run_dir = s.dir.path().join("run");
+    let out = std::process::Command::new(bin_path("sbctl"))
+        .args([
+            "--broker",
+            "tcp://127.0.0.1:1",
+            "--timeout-ms",
+            "300",
+            "--json",
+            "ls",
+        ])
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = shown["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["instance"].as_str())
+        .collect();
+    assert_eq!(names, ["broker", "alpha"], "{shown}");
+    assert!(shown["age_ms"].as_u64().unwrap() < 5_000, "{shown}");
+
+    let old = s.instance("broker").await["pid"].as_u64().unwrap() as u32;
+    switchboard_testkit::signal_pid(old, switchboard_testkit::Sig::SIGSTOP);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let b = s.instance("broker").await;
+            b["state"] == "online" && b["pid"] != json!(old) && b["restarts"] == json!(1)
+        })
+        .await,
+        "{:?}",
+        s.ls().await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            s.bus
+                .call("alpha", "$echo", b"x".to_vec(), CallOptions::default())
+                .await
+                .is_ok()
+        })
+        .await
+    );
+}

@@ -74,6 +74,20 @@ pub struct InstanceStatus {
     pub managed: bool,
 }
 
+/// Name of main's status file in its `run_dir`.
+pub const STATUS_FILE: &str = "status.json";
+
+/// What main writes to [`STATUS_FILE`] every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusFile {
+    /// When, ms since the epoch.
+    pub written_at_ms: u64,
+    /// The broker answered main's last check.
+    pub broker_ok: bool,
+    /// The broker and the managed instances.
+    pub instances: Vec<InstanceStatus>,
+}
+
 /// Orders a keeper takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmd {
@@ -327,8 +341,15 @@ impl Supervisor {
     }
 
     /// Watches the broker so that hung detection pauses while the bus is down.
+    ///
+    /// The broker is held to the apps' rule for hung: `liveness` failed checks in
+    /// a row while its process lives (and not within the grace after its start,
+    /// while everyone, main included, reconnects) and it is killed; its keeper
+    /// starts a new one.
     pub async fn watch_broker(&self, bus: Handle, shutdown: CancellationToken) {
         let every = Duration::from_millis(self.eco.main.heartbeat_ms);
+        let grace_ms = self.eco.main.heartbeat_ms * u64::from(self.eco.main.liveness) * 2;
+        let mut misses = 0;
         loop {
             let options = CallOptions {
                 timeout: Some(every),
@@ -339,10 +360,51 @@ impl Supervisor {
                 .await
                 .is_ok();
             self.broker_ok.store(ok, Ordering::Relaxed);
+            if !self.no_spawn {
+                self.write_status_file(ok);
+                let (pid, uptime_ms) = self.broker_row().map_or((0, 0), |b| (b.pid, b.uptime_ms));
+                misses = if ok || pid == 0 || uptime_ms < grace_ms {
+                    0
+                } else {
+                    misses + 1
+                };
+                if misses >= self.eco.main.liveness {
+                    tracing::error!(
+                        pid,
+                        misses,
+                        "broker hung: no answer while its process lives; killing it"
+                    );
+                    proc::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                    misses = 0;
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
+        }
+    }
+
+    /// `run_dir/status.json`: what `ls` would say of the managed instances and
+    /// the broker, rewritten (atomically) every heartbeat, so that `sbctl ls`
+    /// answers while the broker (and with it the bus) is down.
+    fn write_status_file(&self, broker_ok: bool) {
+        let mut instances: Vec<InstanceStatus> = self.broker_row().into_iter().collect();
+        instances.extend(self.managed.iter().map(|m| m.status()));
+        let file = StatusFile {
+            written_at_ms: proto::now_ms(),
+            broker_ok,
+            instances,
+        };
+        let dir = self.log_dir.parent().unwrap_or(&self.log_dir);
+        let path = dir.join(STATUS_FILE);
+        let tmp = dir.join(format!("{STATUS_FILE}.tmp"));
+        let written = serde_json::to_vec(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, path = %path.display(), "status file not written");
         }
     }
 

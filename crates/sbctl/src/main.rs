@@ -37,6 +37,10 @@ struct Args {
     /// Deadline of each request, ms.
     #[arg(long, global = true, default_value_t = 5_000)]
     timeout_ms: u64,
+    /// main's run folder (its `run_dir`): `ls` reads main's status file there
+    /// when the broker cannot be reached.
+    #[arg(long, global = true, env = "SB_RUN_DIR", default_value = "run")]
+    run_dir: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -345,14 +349,22 @@ async fn run(args: Args) -> Result<(), Failure> {
         ..Config::default()
     })?;
     let bus = conn.handle;
-    bus.wait_connected(Duration::from_millis(args.timeout_ms.min(5_000)))
-        .await
-        .map_err(|_| {
-            Failure::Unreachable(format!(
-                "no broker at {} (is it running? is SB_SECRET right?)",
-                args.broker
-            ))
-        })?;
+    let connected = bus
+        .wait_connected(Duration::from_millis(args.timeout_ms.min(5_000)))
+        .await;
+    if connected.is_err() {
+        let unreachable = format!(
+            "no broker at {} (is it running? is SB_SECRET right?)",
+            args.broker
+        );
+        // The bus is down, but main may not be: it writes what it knows.
+        if matches!(args.command, Command::Ls) {
+            if let Some(shown) = ls_from_status_file(&args, &unreachable) {
+                return shown;
+            }
+        }
+        return Err(Failure::Unreachable(unreachable));
+    }
     let options = CallOptions {
         timeout: Some(Duration::from_millis(args.timeout_ms)),
         ..CallOptions::default()
@@ -629,6 +641,33 @@ fn print_apps_or_json(list: &serde_json::Value, json: bool) {
     } else {
         print_apps(list.as_array().map(Vec::as_slice).unwrap_or_default());
     }
+}
+
+/// `ls` from main's status file when the broker cannot be reached; `None` when
+/// there is no such file (no main, or another run folder).
+fn ls_from_status_file(args: &Args, unreachable: &str) -> Option<Result<(), Failure>> {
+    let path = args.run_dir.join("status.json");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let mut file: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let age_ms = proto::now_ms().saturating_sub(file["written_at_ms"].as_u64().unwrap_or(0));
+    if args.json {
+        file["age_ms"] = serde_json::json!(age_ms);
+        file["source"] = serde_json::json!(path.display().to_string());
+        println!("{file}");
+    } else {
+        eprintln!(
+            "{unreachable}; main's last status, {:.1} s old, from {}:",
+            age_ms as f64 / 1000.0,
+            path.display()
+        );
+        print_apps(
+            file["instances"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        );
+    }
+    Some(Ok(()))
 }
 
 fn print_apps(list: &[serde_json::Value]) {
