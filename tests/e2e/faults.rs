@@ -260,3 +260,132 @@ async fn a_hung_broker_is_replaced_and_sbctl_ls_answers_meanwhile() {
         .await
     );
 }
+
+/// `kill -9` of main leaves its broker and apps running (their own process
+/// groups); they keep serving. A new main started on the same file adopts them
+/// (same names, same pids) instead of starting duplicates, and supervises them:
+/// a later `kill -9` of an app is restarted.
+#[tokio::test]
+async fn a_restarted_main_adopts_its_running_apps() {
+    let apps = format!(
+        "[[apps]]\nname = \"alpha\"\nbin = \"{}\"\nargs = [\"--service\", \"alpha\"]\n",
+        bin_path("echo").display()
+    );
+    let mut s = Supervised::start(&apps).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+    let broker = s.instance("broker").await["pid"].clone();
+    let alpha = s.instance("alpha").await["pid"].clone();
+    // Let main write its status file at least once with both.
+    let run_dir = s.dir.path().join("run");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(run_dir.join("status.json"))
+                .is_ok_and(|t| t.contains(&format!("\"pid\":{alpha}")))
+        })
+        .await
+    );
+
+    s.main.signal(switchboard_testkit::Sig::SIGKILL).unwrap();
+    s.main.wait_exit(Duration::from_secs(5)).expect("main died");
+    // The apps serve on without main.
+    let broker_pid = broker.as_u64().unwrap() as u32;
+    let state = std::fs::read_to_string(format!("/proc/{broker_pid}/stat")).unwrap_or_default();
+    assert!(
+        !state.is_empty()
+            && !state
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .starts_with('Z'),
+        "the broker outlives main: {state}"
+    );
+    let echo = s
+        .bus
+        .call("alpha", "$echo", b"x".to_vec(), CallOptions::default())
+        .await;
+    assert!(echo.is_ok(), "{echo:?}");
+
+    let file = s.dir.path().join("ecosystem.toml");
+    let main =
+        switchboard_testkit::Child::announcing("main", &["--config", file.to_str().unwrap()], &[])
+            .unwrap();
+    assert_eq!(
+        main.first_line.as_deref(),
+        Some(s.endpoint.as_str()),
+        "same broker"
+    );
+    s.main = main;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (b, a) = (s.instance("broker").await, s.instance("alpha").await);
+            b["pid"] == broker && a["pid"] == alpha && a["state"] == "online"
+        })
+        .await,
+        "adopted, not duplicated: {:?}",
+        s.ls().await
+    );
+    let echoes: Vec<Value> = s
+        .ls()
+        .await
+        .into_iter()
+        .filter(|i| i["app"] == "alpha")
+        .collect();
+    assert_eq!(
+        echoes.len(),
+        1,
+        "one alpha, no unmanaged duplicate: {echoes:?}"
+    );
+
+    // Supervision resumed: an adopted app that dies is restarted.
+    switchboard_testkit::signal_pid(
+        alpha.as_u64().unwrap() as u32,
+        switchboard_testkit::Sig::SIGKILL,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let a = s.instance("alpha").await;
+            a["state"] == "online" && a["pid"] != alpha && a["pid"] != json!(0)
+        })
+        .await,
+        "{:?}",
+        s.ls().await
+    );
+}
+
+/// A process whose stderr is a pipe to a supervisor that died must survive its
+/// next log line (tracing-subscriber used to panic reporting the failed write,
+/// and a killed main took the broker and every app down with it).
+#[tokio::test]
+async fn a_broken_log_pipe_is_not_fatal() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(bin_path("broker"))
+        .args(["--bind", "tcp://127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let endpoint = first.trim().strip_prefix("listening ").unwrap().to_owned();
+    // The reader of its stderr goes away, as a killed main's would.
+    drop(child.stderr.take());
+    // Something it logs at warn: a malformed frame.
+    let mut peer = switchboard_testkit::RawPeer::connect(&endpoint, None)
+        .await
+        .unwrap();
+    peer.send_frames(vec![bytes_of(b"garbage")]).await.unwrap();
+    let bus = switchboard_testkit::client(&endpoint, "t-after", None).await;
+    let stats = switchboard_testkit::broker_stats(&bus).await;
+    assert!(stats.malformed >= 1, "{stats:?}");
+    assert!(child.try_wait().unwrap().is_none(), "the broker is alive");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn bytes_of(b: &'static [u8]) -> bytes::Bytes {
+    bytes::Bytes::from_static(b)
+}

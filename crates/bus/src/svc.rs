@@ -17,7 +17,12 @@ pub fn init_tracing() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr is a pipe to a supervisor
+        // that died) is lost, never fatal: by default tracing-subscriber reports
+        // the failure with eprintln!, which panics on the same broken stderr and
+        // took every process down with a killed main.
+        .log_internal_errors(false);
     let json = std::env::var("SB_LOG_FORMAT").is_ok_and(|v| v == "json");
     let _ = if json {
         builder.json().try_init()
