@@ -83,8 +83,18 @@ pub async fn run(options: Options) -> i32 {
         }
     };
     let shutdown = svc::shutdown_on_signal();
+    let previous = supervisor::StatusFile::read(&eco.base.join(&eco.main.run_dir));
+    let adopted = if options.no_spawn {
+        None
+    } else {
+        adoptable_broker(&eco, previous.as_ref()).await
+    };
+    let broker_restarts = adopted.as_ref().map_or(0, |(_, _, restarts)| *restarts);
     let (endpoint, broker) = if options.no_spawn {
         (options.broker.clone(), None)
+    } else if let Some((endpoint, proc, _)) = adopted {
+        tracing::info!(%endpoint, pid = proc.pid, "adopted the running broker");
+        (endpoint, Some(proc))
     } else {
         match start_broker(&eco, &eco.broker.bind).await {
             Ok((endpoint, proc)) => (endpoint, Some(proc)),
@@ -109,6 +119,9 @@ pub async fn run(options: Options) -> i32 {
         successor: false,
         ..Config::default()
     };
+    for _ in 0..broker_restarts {
+        sup.broker_restarted();
+    }
     // The broker is supervised like an app, but stops last: after the apps.
     let stop_broker = CancellationToken::new();
     let keeper = broker.map(|proc| {
@@ -131,6 +144,41 @@ pub async fn run(options: Options) -> i32 {
             svc::EXIT_FAILURE
         }
     }
+}
+
+/// The broker a previous main left running (it was killed, the broker was not):
+/// its pid from the status file still runs the broker binary, and its endpoint
+/// takes connections. Returns (endpoint, process, restarts so far).
+async fn adoptable_broker(
+    eco: &ecosystem::Ecosystem,
+    previous: Option<&supervisor::StatusFile>,
+) -> Option<(String, proc::Proc, u32)> {
+    let file = previous?;
+    let row = file.instances.iter().find(|i| i.app == "broker")?;
+    let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base)?;
+    let name = bin.file_name()?.to_string_lossy().into_owned();
+    let exe = proc::exe_of(row.pid)?;
+    // `/proc/PID/exe` reads "… (deleted)" once the binary was rebuilt: a prefix.
+    let runs_broker = exe
+        .file_name()
+        .is_some_and(|f| f.to_string_lossy().starts_with(&name));
+    if !proc::alive(row.pid) || !runs_broker {
+        return None;
+    }
+    let addr = file.broker_endpoint.strip_prefix("tcp://")?;
+    let answers = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    answers.then(|| {
+        (
+            file.broker_endpoint.clone(),
+            proc::Proc::adopt(row.pid, row.started_at_ms),
+            row.restarts,
+        )
+    })
 }
 
 /// Longest wait before restarting a broker that keeps exiting at once.
@@ -157,9 +205,8 @@ async fn keep_broker(
                 sup.broker_state("stopped");
                 return;
             }
-            status = proc.child.wait() => {
+            status = proc.wait() => {
                 let uptime = proc.started.elapsed();
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 tracing::error!(pid = proc.pid, %status, uptime_ms = uptime.as_millis() as u64, "the broker exited; restarting it");
                 quick_exits = if uptime < Duration::from_secs(1) { quick_exits + 1 } else { 0 };
             }

@@ -11,10 +11,11 @@ use tokio::process::{Child, Command};
 
 use crate::logs::LogFile;
 
-/// A running child.
+/// A running process: a child of this main, or one adopted from a previous main
+/// (not our child: watched through /proc, stopped with signals).
 pub struct Proc {
-    /// The process.
-    pub child: Child,
+    /// The process, when it is our child.
+    child: Option<Child>,
     /// Its pid.
     pub pid: u32,
     /// When it was spawned.
@@ -54,7 +55,7 @@ pub fn spawn(
         tokio::spawn(pump(err, log));
     }
     Ok(Proc {
-        child,
+        child: Some(child),
         pid,
         started: Instant::now(),
         started_ms: switchboard_bus::proto::now_ms(),
@@ -84,17 +85,58 @@ impl Proc {
     pub async fn stop(&mut self, grace: Duration) {
         signal(self.pid, Signal::SIGCONT);
         signal(self.pid, Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
             tracing::warn!(
                 pid = self.pid,
                 grace_ms = grace.as_millis() as u64,
                 "did not stop in time; SIGKILL"
             );
-            let _ = self.child.kill().await;
+            self.kill().await;
         }
+    }
+
+    /// Waits for the process to exit; its exit status, as text.
+    pub async fn wait(&mut self) -> String {
+        match self.child.as_mut() {
+            Some(child) => child
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            None => {
+                // Not our child: its parent (init, or a subreaper) reaps it; poll.
+                while alive(self.pid) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                "exited (adopted: status unknown)".into()
+            }
+        }
+    }
+
+    /// The exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().map(|s| s.to_string()),
+            None => (!alive(self.pid)).then(|| "exited (adopted: status unknown)".into()),
+        }
+    }
+
+    /// SIGKILL, and waits for the exit.
+    pub async fn kill(&mut self) {
+        match self.child.as_mut() {
+            Some(child) => {
+                let _ = child.kill().await;
+            }
+            None => {
+                signal(self.pid, Signal::SIGKILL);
+                self.wait().await;
+            }
+        }
+    }
+
+    /// Whether this process was adopted (not spawned by this main).
+    pub fn adopted(&self) -> bool {
+        self.child.is_none()
     }
 
     /// Resident memory, bytes (0 if unknown).
@@ -158,10 +200,39 @@ impl Proc {
     pub fn from_child(child: Child) -> Self {
         Self {
             pid: child.id().unwrap_or(0),
-            child,
+            child: Some(child),
             started: Instant::now(),
             started_ms: switchboard_bus::proto::now_ms(),
             cpu: None,
         }
     }
+
+    /// Adopts a running process a previous main started (`started_ms` from its
+    /// status file).
+    pub fn adopt(pid: u32, started_ms: u64) -> Self {
+        let age =
+            Duration::from_millis(switchboard_bus::proto::now_ms().saturating_sub(started_ms));
+        Self {
+            child: None,
+            pid,
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            started_ms,
+            cpu: None,
+        }
+    }
+}
+
+/// How often an adopted process is checked for its exit.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
+
+/// Whether `pid` runs (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    pid > 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim().starts_with('Z'))
+}
+
+/// The executable `pid` runs, if it can be read.
+pub fn exe_of(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }

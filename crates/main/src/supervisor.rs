@@ -86,6 +86,30 @@ pub struct StatusFile {
     pub broker_ok: bool,
     /// The broker and the managed instances.
     pub instances: Vec<InstanceStatus>,
+    /// The endpoint the broker bound.
+    #[serde(default)]
+    pub broker_endpoint: String,
+}
+
+impl StatusFile {
+    /// Reads `run_dir/status.json`, if there is one.
+    pub fn read(run_dir: &std::path::Path) -> Option<Self> {
+        let text = std::fs::read_to_string(run_dir.join(STATUS_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Whether `pid` runs and is the instance named `instance` (its environment says
+/// `SB_INSTANCE=instance`, which main gives every app it starts): the test for
+/// adopting a process a previous main started. The environment, not the binary
+/// path, so that a binary rebuilt on disk does not stop the adoption.
+pub fn is_instance(pid: u32, instance: &str) -> bool {
+    if !proc::alive(pid) {
+        return false;
+    }
+    let want = format!("SB_INSTANCE={instance}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == want.as_bytes()))
 }
 
 /// Orders a keeper takes.
@@ -113,6 +137,9 @@ pub struct Managed {
     cmd: mpsc::Sender<(Cmd, Reply)>,
     rx: Mutex<Option<mpsc::Receiver<(Cmd, Reply)>>>,
     log: Arc<LogFile>,
+    /// A live process of this instance that a previous main started, to adopt
+    /// instead of starting another: (pid, started_at_ms, restarts).
+    adopt: Mutex<Option<(u32, u64, u32)>>,
 }
 
 impl Managed {
@@ -198,6 +225,8 @@ impl Supervisor {
     /// When a log file cannot be created.
     pub fn new(eco: Ecosystem, broker: String, no_spawn: bool) -> anyhow::Result<Arc<Self>> {
         let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
+        // A previous main's record (after a crash): its instances still running.
+        let previous = StatusFile::read(&eco.base.join(&eco.main.run_dir));
         let mut managed = Vec::new();
         if !no_spawn {
             for app in &eco.apps {
@@ -222,6 +251,16 @@ impl Supervisor {
                         cmd,
                         rx: Mutex::new(Some(rx)),
                         log: Arc::new(log),
+                        adopt: Mutex::new(previous.as_ref().and_then(|file| {
+                            let was = file.instances.iter().find(|i| {
+                                i.instance == *instance && i.app == app.spec.name && i.pid > 0
+                            })?;
+                            is_instance(was.pid, instance).then_some((
+                                was.pid,
+                                was.started_at_ms,
+                                was.restarts,
+                            ))
+                        })),
                     }));
                 }
             }
@@ -395,6 +434,11 @@ impl Supervisor {
             written_at_ms: proto::now_ms(),
             broker_ok,
             instances,
+            broker_endpoint: self
+                .broker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
         let dir = self.log_dir.parent().unwrap_or(&self.log_dir);
         let path = dir.join(STATUS_FILE);
@@ -491,7 +535,26 @@ impl Keeper {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<(Cmd, Reply)>, shutdown: CancellationToken) {
-        let mut phase = Phase::Idle;
+        let adopted = self
+            .m
+            .adopt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut phase = match adopted {
+            // Running already (a previous main started it): health checks resume.
+            Some((pid, started_ms, restarts)) => {
+                tracing::info!(instance = %self.m.instance, pid, "adopted a running process");
+                self.m.set(|s| {
+                    s.state = "online".into();
+                    s.pid = pid;
+                    s.started_at_ms = started_ms;
+                    s.restarts = restarts;
+                });
+                Phase::Running(Proc::adopt(pid, started_ms))
+            }
+            None => Phase::Idle,
+        };
         let mut tick = tokio::time::interval(Duration::from_millis(
             self.sup.eco.main.heartbeat_ms.max(10),
         ));
@@ -536,8 +599,7 @@ impl Keeper {
                         p.stop(Duration::from_millis(self.spec().kill_timeout_ms)).await;
                         return;
                     }
-                    status = p.child.wait() => {
-                        let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    code = p.wait() => {
                         tracing::warn!(instance = %self.m.instance, pid = p.pid, status = %code, uptime_ms = p.started.elapsed().as_millis() as u64, "process exited");
                         self.after_exit(p.started.elapsed())
                     }
@@ -681,7 +743,7 @@ impl Keeper {
                     if self.misses >= self.sup.eco.main.liveness {
                         tracing::warn!(instance = %self.m.instance, pid = p.pid, state = %p.state(), misses = self.misses, "hung: no health answer while the process lives; killing it");
                         self.misses = 0;
-                        let _ = p.child.kill().await;
+                        p.kill().await;
                         return self.after_exit(Duration::ZERO);
                     }
                 }
@@ -787,13 +849,13 @@ impl Keeper {
         if !spec.wait_ready {
             // Only the process has to exist; give it a moment to fail fast.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            return match p.child.try_wait() {
-                Ok(Some(status)) => Err(format!("exited at once: {status}")),
-                _ => Ok(()),
+            return match p.exited() {
+                Some(status) => Err(format!("exited at once: {status}")),
+                None => Ok(()),
             };
         }
         loop {
-            if let Ok(Some(status)) = p.child.try_wait() {
+            if let Some(status) = p.exited() {
                 return Err(format!("exited before it was ready: {status}"));
             }
             let reply = self
