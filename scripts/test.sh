@@ -2,7 +2,8 @@
 # Runs every check and test of the workspace, the way CI does (.ci/run calls this).
 #
 #   scripts/test.sh            all of it
-#   scripts/test.sh -- NAME    only tests whose name contains NAME (passed to cargo test)
+#   scripts/test.sh -- NAME    only tests whose name contains NAME (passed to cargo test;
+#                              the quick chaos run is then skipped)
 #
 # Builds once (debug), then runs the tests in parallel. Tests bind port 0 and
 # start their own brokers and child processes; they need nothing running.
@@ -29,3 +30,10 @@ cargo build --workspace --bins --tests --locked
 
 echo "== test"
 cargo test --workspace --locked "$@"
+
+# The quick chaos run (a few faults against the whole system, about a minute);
+# skipped when only some tests were asked for. The full run: scripts/chaos.sh.
+if [ $# -eq 0 ]; then
+    echo "== chaos (quick)"
+    target/debug/chaos --quick
+fi
