@@ -5,7 +5,7 @@
 # fault and exits 0 only when every row meets its target (crates/chaos).
 #
 #   scripts/chaos.sh                        the full run (about 4 minutes)
-#   scripts/chaos.sh --quick                a few faults (about a minute; scripts/test.sh runs it)
+#   scripts/chaos.sh --quick                six faults (about a minute; scripts/test.sh runs it)
 #   scripts/chaos.sh --markdown FILE        also write the table to FILE
 #   scripts/chaos.sh --soak 600             10 minutes of client churn, RSS of every process sampled
 set -euo pipefail

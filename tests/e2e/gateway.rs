@@ -127,6 +127,18 @@ async fn health_endpoint_and_sigterm_close_1001() {
     ws.ok("chat", "join", json!({"room": "bye"})).await;
     let receive = system.proc("receive");
     receive.signal(Sig::SIGTERM).unwrap();
+    // First a goaway notice; what the client sends until it sees it (and a little
+    // after) is still answered; then 1001.
+    let notice = ws.next_frame(Duration::from_secs(5)).await.unwrap();
+    assert!(notice.get("goaway").is_some(), "{notice}");
+    let reply = ws
+        .request(Some("chat"), "who", json!({"room": "bye"}))
+        .await;
+    assert_eq!(
+        reply["ok"],
+        json!(true),
+        "answered during the goaway window: {reply}"
+    );
     assert_eq!(ws.close_code().await, Some(1001));
     assert!(
         receive

@@ -88,16 +88,17 @@ pub async fn client(n: usize, url: String, rate: u32, book: Arc<Book>) {
             seq += 1;
             let (kind, frame, key) = request(n, seq);
             let sent = Instant::now();
-            let outcome = if ws
+            let (outcome, goaway) = if ws
                 .send(Message::Text(frame.to_string().into()))
                 .await
                 .is_err()
             {
-                Outcome::LostWithSocket
+                (Outcome::LostWithSocket, false)
             } else {
                 answer(&mut ws, seq).await
             };
-            let lost = outcome == Outcome::LostWithSocket;
+            // A gateway that is going away said so: nothing more on this socket.
+            let lost = outcome == Outcome::LostWithSocket || goaway;
             let phase = book.phase.load(Ordering::Relaxed);
             book.records
                 .lock()
@@ -142,28 +143,36 @@ fn request(n: usize, seq: u64) -> (Kind, Value, Option<String>) {
     }
 }
 
-async fn answer<S>(ws: &mut S, id: u64) -> Outcome
+/// Waits for the answer to `id`; also says whether the gateway sent `goaway`
+/// meanwhile (then the client reconnects before its next request).
+async fn answer<S>(ws: &mut S, id: u64) -> (Outcome, bool)
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     let until = tokio::time::Instant::now() + ANSWER_WITHIN;
+    let mut goaway = false;
     loop {
         match tokio::time::timeout_at(until, ws.next()).await {
-            Err(_) => return Outcome::Unanswered,
+            Err(_) => return (Outcome::Unanswered, goaway),
             Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
-                return Outcome::LostWithSocket
+                return (Outcome::LostWithSocket, goaway)
             }
             Ok(Some(Ok(Message::Text(t)))) => {
                 let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
                     continue;
                 };
+                if v.get("goaway").is_some() {
+                    goaway = true;
+                    continue;
+                }
                 if v["id"] != json!(id) {
                     continue; // an event, or a stray
                 }
-                return match v["ok"].as_bool() {
+                let outcome = match v["ok"].as_bool() {
                     Some(true) => Outcome::Ok,
                     _ => Outcome::Error(v["error"]["code"].as_str().unwrap_or("?").to_owned()),
                 };
+                return (outcome, goaway);
             }
             Ok(Some(Ok(_))) => {}
         }

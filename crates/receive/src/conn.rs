@@ -245,6 +245,11 @@ impl Connection {
         let mut ends_at = 0;
         let expiry = tokio::time::sleep(far);
         tokio::pin!(expiry);
+        // On shutdown the client is told to go away first and served for a short
+        // window, so that what it sent before it saw the notice is answered.
+        let goaway = tokio::time::sleep(far);
+        tokio::pin!(goaway);
+        let mut going = false;
         loop {
             let end = self.expires_ms.load(Ordering::Relaxed);
             if end != ends_at {
@@ -256,7 +261,14 @@ impl Connection {
                 expiry.as_mut().reset(tokio::time::Instant::now() + left);
             }
             tokio::select! {
-                () = shutdown.cancelled() => return Why::Shutdown,
+                () = shutdown.cancelled(), if !going => {
+                    going = true;
+                    let binary = self.out.binary.load(Ordering::Relaxed);
+                    self.out.outbox.reply(wire::goaway("server shutting down: reconnect", binary));
+                    let window = Duration::from_millis(settings.goaway_ms);
+                    goaway.as_mut().reset(tokio::time::Instant::now() + window);
+                }
+                () = &mut goaway, if going => return Why::Shutdown,
                 () = self.out.outbox.closing.cancelled() => return Why::Closing,
                 () = &mut expiry => {
                     if self.user().is_some() {

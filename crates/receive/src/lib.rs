@@ -15,7 +15,7 @@
 //! | code | why |
 //! |---|---|
 //! | 1000 | normal close (the client closed) |
-//! | 1001 | the gateway is shutting down (after in-flight replies were sent) |
+//! | 1001 | the gateway is shutting down: sent `goaway_ms` after a `{"goaway"}` notice, once in-flight replies were sent |
 //! | 1008 | flooding: the client kept sending past its rate limit |
 //! | 1009 | a frame over `max_frame_bytes` |
 //! | 4000 | idle: no frame (or pong) for `idle_timeout_ms` |
@@ -92,6 +92,9 @@ pub struct Settings {
     pub policy: policy::Policy,
     /// How long a shutdown waits for in-flight replies.
     pub shutdown_grace_ms: u64,
+    /// On shutdown: how long a client is still served after its `goaway` notice
+    /// (frames it sent before it saw the notice are answered).
+    pub goaway_ms: u64,
 }
 
 impl Default for Settings {
@@ -118,6 +121,7 @@ impl Default for Settings {
             allowed_origins: Vec::new(),
             policy: policy::Policy::default(),
             shutdown_grace_ms: 10_000,
+            goaway_ms: 500,
         }
     }
 }

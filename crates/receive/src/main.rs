@@ -88,6 +88,9 @@ struct Args {
     /// Request deadline, ms.
     #[arg(long, env = "SB_REQUEST_TIMEOUT_MS", default_value_t = D.request_timeout_ms)]
     request_timeout_ms: u64,
+    /// On shutdown: ms a client is still served after its goaway notice.
+    #[arg(long, env = "SB_GOAWAY_MS", default_value_t = D.goaway_ms)]
+    goaway_ms: u64,
     /// Runtime threads (1: a current_thread runtime shared with the bus socket).
     #[arg(long, env = "SB_RECEIVE_THREADS", default_value_t = 1)]
     threads: usize,
@@ -135,6 +138,7 @@ fn main() {
         tokens,
         allowed_origins: args.allowed_origins.clone(),
         policy,
+        goaway_ms: args.goaway_ms,
         ..Settings::default()
     };
     // One thread (a current_thread runtime, which the bus socket task then

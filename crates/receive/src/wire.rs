@@ -95,6 +95,27 @@ fn encode<T: Serialize>(value: &T, binary_frame: bool) -> Message {
     }
 }
 
+#[derive(Serialize)]
+struct GoAway<'a> {
+    goaway: GoAwayBody<'a>,
+}
+
+#[derive(Serialize)]
+struct GoAwayBody<'a> {
+    reason: &'a str,
+}
+
+/// The notice a client gets before the gateway closes it on shutdown or reload:
+/// `{"goaway": {"reason"}}`. Send nothing more on this connection; reconnect.
+pub fn goaway(reason: &str, binary_frame: bool) -> Message {
+    encode(
+        &GoAway {
+            goaway: GoAwayBody { reason },
+        },
+        binary_frame,
+    )
+}
+
 /// A JSON text frame.
 pub fn text<T: Serialize>(value: &T) -> Message {
     Message::Text(
