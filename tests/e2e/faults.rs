@@ -9,6 +9,14 @@ use switchboard_testkit::{bin_path, eventually, TcpRelay, TestDatabase};
 
 use crate::supervisor::Supervised;
 
+/// An ecosystem's one app: `alpha`, the echo service.
+fn alpha() -> String {
+    format!(
+        "[[apps]]\nname = \"alpha\"\nbin = \"{}\"\nargs = [\"--service\", \"alpha\"]\n",
+        bin_path("echo").display()
+    )
+}
+
 /// `url` with its `host:port` replaced by `addr`.
 fn via(url: &str, addr: &str) -> (String, String) {
     let (scheme_user, rest) = url.split_once('@').expect("user@host in the URL");
@@ -160,10 +168,7 @@ async fn a_killed_gateway_leaves_no_ghosts() {
 /// endpoint, counts the restart, and every process reconnects by itself.
 #[tokio::test]
 async fn a_killed_broker_is_restarted_by_main_and_the_system_serves_again() {
-    let apps = format!(
-        "[[apps]]\nname = \"alpha\"\nbin = \"{}\"\nargs = [\"--service\", \"alpha\"]\n",
-        bin_path("echo").display()
-    );
+    let apps = alpha();
     let s = Supervised::start(&apps).await;
     assert!(s.all_online(1).await, "{:?}", s.ls().await);
     let broker = s.instance("broker").await;
@@ -206,10 +211,7 @@ async fn a_killed_broker_is_restarted_by_main_and_the_system_serves_again() {
 /// reached, `sbctl ls` answers from main's status file and says so.
 #[tokio::test]
 async fn a_hung_broker_is_replaced_and_sbctl_ls_answers_meanwhile() {
-    let apps = format!(
-        "[[apps]]\nname = \"alpha\"\nbin = \"{}\"\nargs = [\"--service\", \"alpha\"]\n",
-        bin_path("echo").display()
-    );
+    let apps = alpha();
     let s = Supervised::start(&apps).await;
     assert!(s.all_online(1).await, "{:?}", s.ls().await);
     // main's status file, read by sbctl when no broker answers (here: a port
@@ -267,10 +269,7 @@ async fn a_hung_broker_is_replaced_and_sbctl_ls_answers_meanwhile() {
 /// a later `kill -9` of an app is restarted.
 #[tokio::test]
 async fn a_restarted_main_adopts_its_running_apps() {
-    let apps = format!(
-        "[[apps]]\nname = \"alpha\"\nbin = \"{}\"\nargs = [\"--service\", \"alpha\"]\n",
-        bin_path("echo").display()
-    );
+    let apps = alpha();
     let mut s = Supervised::start(&apps).await;
     assert!(s.all_online(1).await, "{:?}", s.ls().await);
     let broker = s.instance("broker").await["pid"].clone();
