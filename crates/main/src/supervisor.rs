@@ -594,7 +594,12 @@ impl Keeper {
                         }
                     },
                 },
+                // Biased, exit first: a failing health check holds the loop for a
+                // heartbeat, after which the next tick is due at once; a random
+                // pick would then often take the tick over an exit already
+                // there, and a dead process would be "hung" 3 checks later.
                 Phase::Running(mut p) => tokio::select! {
+                    biased;
                     () = shutdown.cancelled() => {
                         p.stop(Duration::from_millis(self.spec().kill_timeout_ms)).await;
                         return;
@@ -603,11 +608,11 @@ impl Keeper {
                         tracing::warn!(instance = %self.m.instance, pid = p.pid, status = %code, uptime_ms = p.started.elapsed().as_millis() as u64, "process exited");
                         self.after_exit(p.started.elapsed())
                     }
-                    _ = tick.tick() => self.check(p).await,
                     cmd = rx.recv() => match cmd {
                         None => return,
                         Some((cmd, reply)) => self.on_command(p, cmd, reply).await,
                     },
+                    _ = tick.tick() => self.check(p).await,
                 },
             };
         }
@@ -736,6 +741,12 @@ impl Keeper {
                                 .set_state(if degraded { "degraded" } else { "online" });
                         }
                     }
+                }
+                Err(_) if p.exited().is_some() => {
+                    // No answer because it is gone: an exit, not a hang.
+                    let code = p.exited().unwrap_or_default();
+                    tracing::warn!(instance = %self.m.instance, pid = p.pid, status = %code, "process exited");
+                    return self.after_exit(p.started.elapsed());
                 }
                 Err(e) if self.sup.broker_ok.load(Ordering::Relaxed) => {
                     self.misses += 1;
