@@ -229,6 +229,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         std::fs::write(path, &table)?;
     }
     let pass = rows.iter().all(|r| r.pass);
+    let passed = rows.iter().filter(|r| r.pass).count();
+    println!("chaos: {passed} passed, {} failed", rows.len() - passed);
     if !pass {
         eprintln!("chaos: logs kept in {}", system.logs().display());
         // Keep the run folder for a look.
