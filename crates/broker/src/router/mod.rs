@@ -1,0 +1,373 @@
+//! The broker's state machine: registry, dispatch, holding, pub/sub and liveness.
+//!
+//! # Layout
+//!
+//! - this file: the types, [`Router::on_message`] (what each kind does), sending.
+//! - `registry`: hello, challenge, register, states, peer loss.
+//! - `requests`: placing, picking, keyed ownership, replies, `$broker` ops.
+//! - `pubsub`: subscriptions and publishing.
+//! - `time`: deadlines, heartbeats, silent peers.
+//!
+//! [`Router`] owns no socket. Each inbound message goes through
+//! [`Router::on_message`], time through [`Router::on_tick`], and everything the
+//! broker wants to send is pushed to [`Router::out`] for the socket task to send
+//! without ever waiting (see `lib.rs`). That split keeps every routing decision in
+//! plain synchronous code.
+//!
+//! Requests are forwarded as the caller's original bytes: the router decodes only
+//! the borrowed [`Head`] to route and never re-encodes a request or a reply. The
+//! worker gets `[token, request]` and answers `[token, reply]`; the token maps back
+//! to the caller.
+
+mod pubsub;
+mod registry;
+mod requests;
+mod time;
+
+use bytes::Bytes;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use switchboard_proto::{
+    self as proto, auth, topic, BrokerStats, Envelope, ErrorBody, ErrorCode, Head, Hello,
+    InstanceInfo, Kind, Welcome, BROKER_SERVICE,
+};
+use zeromq::ZmqMessage;
+
+use crate::Settings;
+
+/// Internal handle of a registered peer.
+pub type PeerId = u64;
+/// Broker-wide id of one routed request (the route token on the wire).
+type Token = u64;
+
+/// A message the socket task must send, and whether it is an event (dropping an
+/// event to a slow subscriber is normal; dropping anything else is counted apart).
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Frames, identity first.
+    pub msg: ZmqMessage,
+    /// True for pub/sub deliveries.
+    pub event: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerState {
+    /// Registered, not taking requests (yet).
+    Registered,
+    /// Taking requests.
+    Ready,
+    /// Finishing what it has; takes nothing new.
+    Draining,
+}
+
+impl PeerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Registered => "registered",
+            PeerState::Ready => "ready",
+            PeerState::Draining => "draining",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Peer {
+    identity: Bytes,
+    instance: String,
+    service: Option<usize>,
+    pid: u32,
+    state: PeerState,
+    credit: u32,
+    /// Requests dispatched to this peer and not answered yet.
+    inflight: HashSet<Token>,
+    /// Requests this peer sent as a caller and has not had answered yet.
+    outstanding: u32,
+    handled: u64,
+    last_seen: u64,
+    registered_at: u64,
+    subs: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Service {
+    name: String,
+    instances: Vec<PeerId>,
+    /// Held requests, oldest first. May hold tokens already expired or failed;
+    /// those are skipped when met and swept on the tick.
+    queue: VecDeque<Token>,
+    /// Rotates the start of the least-in-flight scan, so ties go round-robin.
+    cursor: std::cell::Cell<usize>,
+}
+
+#[derive(Debug)]
+enum Route {
+    Any,
+    Instance(String),
+    Key(String),
+}
+
+#[derive(Debug)]
+struct Req {
+    caller: PeerId,
+    id: u64,
+    frame: Bytes,
+    service: usize,
+    route: Route,
+    worker: Option<PeerId>,
+    received: u64,
+    deadline: u64,
+    idem: bool,
+}
+
+/// Why a peer is being removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Its connection closed.
+    Disconnected,
+    /// It missed `liveness` heartbeats.
+    Silent,
+    /// It said `bye`.
+    Bye,
+    /// Another peer registered the same instance name, or it registered again.
+    Replaced,
+}
+
+/// Body of a `$broker` `owner` request.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct OwnerQuery {
+    /// Service name.
+    pub service: String,
+    /// Routing key.
+    pub key: String,
+}
+
+/// Body of the `$broker` `owner` reply.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct OwnerReply {
+    /// The instance that owns the key now, if any instance is ready.
+    pub instance: Option<String>,
+}
+
+/// How long a challenge nonce stays valid, ms.
+const CHALLENGE_TTL_MS: u64 = 10_000;
+/// Outstanding challenges at most (a flood of hellos cannot grow memory).
+const MAX_CHALLENGES: usize = 10_000;
+/// How many held requests one queue scan looks at, at most.
+const MAX_QUEUE_SCAN: usize = 256;
+
+/// The broker's whole state. See the module docs.
+pub struct Router {
+    settings: Settings,
+    secret: Option<Vec<u8>>,
+    peers: HashMap<PeerId, Peer>,
+    by_identity: HashMap<Bytes, PeerId>,
+    by_instance: HashMap<String, PeerId>,
+    services: Vec<Service>,
+    service_idx: HashMap<String, usize>,
+    reqs: HashMap<Token, Req>,
+    expiry: BinaryHeap<Reverse<(u64, Token)>>,
+    challenges: HashMap<Bytes, ([u8; auth::NONCE_LEN], u64)>,
+    /// Every peer's subscriptions, looked up by topic without a scan.
+    subs: topic::Index<PeerId>,
+    told_bye: HashSet<Bytes>,
+    heartbeat_frame: Bytes,
+    next_token: Token,
+    next_peer: PeerId,
+    next_heartbeat: u64,
+    reported_malformed: u64,
+    /// Counters since start.
+    pub stats: BrokerStats,
+    /// Messages to send, drained by the socket task after every step.
+    pub out: Vec<Outgoing>,
+}
+
+// === impl Router ===
+
+impl Router {
+    /// A router with the services in `settings.services` declared (their requests
+    /// are held until an instance is ready, even before any instance was seen).
+    pub fn new(settings: Settings) -> Self {
+        let heartbeat_frame =
+            Bytes::from(proto::encode(&Envelope::new(Kind::Heartbeat)).unwrap_or_default());
+        let secret = settings
+            .secret
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_bytes().to_vec());
+        let mut router = Self {
+            secret,
+            peers: HashMap::new(),
+            by_identity: HashMap::new(),
+            by_instance: HashMap::new(),
+            services: Vec::new(),
+            service_idx: HashMap::new(),
+            reqs: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            challenges: HashMap::new(),
+            subs: topic::Index::default(),
+            told_bye: HashSet::new(),
+            heartbeat_frame,
+            next_token: 1,
+            next_peer: 1,
+            next_heartbeat: 0,
+            reported_malformed: 0,
+            stats: BrokerStats::default(),
+            out: Vec::new(),
+            settings,
+        };
+        for name in router.settings.services.clone() {
+            router.service(&name);
+        }
+        router
+    }
+
+    fn service(&mut self, name: &str) -> usize {
+        if let Some(&idx) = self.service_idx.get(name) {
+            return idx;
+        }
+        let idx = self.services.len();
+        self.services.push(Service {
+            name: name.to_owned(),
+            instances: Vec::new(),
+            queue: VecDeque::new(),
+            cursor: std::cell::Cell::new(0),
+        });
+        self.service_idx.insert(name.to_owned(), idx);
+        idx
+    }
+
+    /// Handles one inbound message (identity first).
+    pub fn on_message(&mut self, msg: ZmqMessage, now: u64) {
+        let mut frames = msg.into_vecdeque();
+        let Some(identity) = frames.pop_front() else {
+            return self.malformed(&Bytes::new(), "empty message");
+        };
+        let (token, payload) = match frames.len() {
+            1 => (None, frames.pop_front().unwrap_or_default()),
+            2 if frames[0].len() == proto::ROUTE_TOKEN_LEN => {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&frames[0]);
+                (
+                    Some(u64::from_be_bytes(raw)),
+                    frames.pop_back().unwrap_or_default(),
+                )
+            }
+            _ => return self.malformed(&identity, "wrong frame count"),
+        };
+        let head = match proto::decode_head(&payload) {
+            Ok(head) => head,
+            Err(e) => {
+                let reason = e.to_string();
+                return self.malformed(&identity, &reason);
+            }
+        };
+        if let Err(e) = head.check_lengths() {
+            let reason = e.to_string();
+            return self.malformed(&identity, &reason);
+        }
+        if head.kind == Kind::Hello {
+            return self.on_hello(identity, &payload, now);
+        }
+        let Some(&pid) = self.by_identity.get(&identity) else {
+            self.stats.unauthenticated += 1;
+            // Tell a peer we forgot (broker restart, or declared dead while it was
+            // stopped) to hello again; once per identity per heartbeat interval.
+            if head.kind != Kind::Bye && self.told_bye.insert(identity.clone()) {
+                let mut bye = Envelope::new(Kind::Bye);
+                bye.error = Some(ErrorBody::new(
+                    ErrorCode::Unauthorized,
+                    "not registered: say hello",
+                ));
+                self.send_env(&identity, &bye, false);
+            }
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&pid) {
+            peer.last_seen = now;
+        }
+        match (head.kind, token) {
+            (Kind::Reply, Some(token)) => self.on_reply(pid, token, head.id, payload.clone()),
+            (_, Some(_)) | (Kind::Reply, None) => self.malformed(
+                &identity,
+                "route token on a non-reply, or reply without one",
+            ),
+            (Kind::Request, None) => self.on_request(pid, &head, &payload, now),
+            (Kind::Heartbeat, None) => {}
+            (Kind::Ready, None) => self.set_state(pid, PeerState::Ready),
+            (Kind::Drain, None) => match head.instance {
+                Some(target)
+                    if Some(target) != self.peers.get(&pid).map(|p| p.instance.as_str()) =>
+                {
+                    self.forward_drain(target)
+                }
+                _ => {
+                    self.set_state(pid, PeerState::Draining);
+                    // The ack follows every request already dispatched to the peer on
+                    // the same ordered connection: after it, nothing new arrives.
+                    let mut ack = Envelope::new(Kind::Drain);
+                    ack.op = "ack".into();
+                    self.send_to_peer(pid, &ack);
+                }
+            },
+            (Kind::Bye, None) => self.peer_lost(pid, Loss::Bye, now),
+            (Kind::Subscribe, None) => self.subscribe(pid, head.to, &identity),
+            (Kind::Unsubscribe, None) => self.unsubscribe(pid, head.to),
+            (Kind::Event, None) => self.publish(head.to, payload.clone(), &identity),
+            (Kind::Hello, None) => {}
+        }
+    }
+
+    fn malformed(&mut self, identity: &Bytes, reason: &str) {
+        self.stats.malformed += 1;
+        if self.stats.malformed == 1 {
+            tracing::warn!(peer = %hex(identity), reason, "malformed frame dropped (further ones are counted and reported every 10 s)");
+        } else {
+            tracing::debug!(peer = %hex(identity), reason, "malformed frame dropped");
+        }
+    }
+    // --- sending ---
+
+    fn send_to_peer(&mut self, pid: PeerId, env: &Envelope) {
+        if let Some(identity) = self.peers.get(&pid).map(|p| p.identity.clone()) {
+            self.send_env(&identity, env, false);
+        }
+    }
+
+    fn send_env(&mut self, identity: &Bytes, env: &Envelope, event: bool) {
+        match proto::encode(env) {
+            Ok(bytes) => {
+                let mut msg = ZmqMessage::from(bytes);
+                msg.push_front(identity.clone());
+                self.out.push(Outgoing { msg, event });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a broker message"),
+        }
+    }
+}
+
+/// Rendezvous weight of `instance` for `key`: FNV-1a over `key 0xff instance`,
+/// finished with the splitmix64 mixer. Fixed here (not `std`'s randomized hasher)
+/// so that ownership is the same in every broker process and release.
+pub fn hrw_weight(key: &str, instance: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key
+        .as_bytes()
+        .iter()
+        .chain([0xffu8].iter())
+        .chain(instance.as_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}

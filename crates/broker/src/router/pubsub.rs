@@ -1,0 +1,70 @@
+//! Pub/sub: subscriptions (capped per peer, in a token tree) and publishing.
+
+use super::*;
+
+impl Router {
+    // --- pub/sub ---
+
+    pub(super) fn subscribe(&mut self, pid: PeerId, pattern: &str, identity: &Bytes) {
+        if topic::validate(pattern, true).is_err() {
+            return self.malformed(identity, "invalid subscription pattern");
+        }
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if peer.subs.contains(pattern) {
+            return;
+        }
+        if peer.subs.len() >= self.settings.max_subs_per_peer {
+            self.stats.subs_refused += 1;
+            if self.stats.subs_refused == 1 {
+                tracing::warn!(instance = %peer.instance, cap = self.settings.max_subs_per_peer, "subscription past the per-peer cap refused (further ones are counted)");
+            }
+            return;
+        }
+        peer.subs.insert(pattern.to_owned());
+        self.subs.insert(pattern, pid);
+    }
+
+    pub(super) fn unsubscribe(&mut self, pid: PeerId, pattern: &str) {
+        if let Some(peer) = self.peers.get_mut(&pid) {
+            if peer.subs.remove(pattern) {
+                self.subs.remove(pattern, &pid);
+            }
+        }
+    }
+
+    pub(super) fn publish(&mut self, topic_name: &str, payload: Bytes, identity: &Bytes) {
+        if topic::validate(topic_name, false).is_err() {
+            return self.malformed(identity, "invalid event topic");
+        }
+        self.stats.events += 1;
+        let mut targets = Vec::new();
+        self.subs
+            .for_each_match(topic_name, |&pid| targets.push(pid));
+        if targets.len() > 1 {
+            // A peer under two matching patterns gets the event once.
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        for pid in targets {
+            if let Some(peer) = self.peers.get(&pid) {
+                let mut msg = ZmqMessage::from(payload.clone());
+                msg.push_front(peer.identity.clone());
+                self.out.push(Outgoing { msg, event: true });
+            }
+        }
+    }
+
+    /// Publishes an event of the broker's own to the subscribers of `topic`.
+    pub(super) fn announce<T: Serialize>(&mut self, topic_name: &str, body: &T) {
+        let mut env = Envelope::new(Kind::Event);
+        env.to = topic_name.to_owned();
+        env.from = BROKER_SERVICE.to_owned();
+        env.body = proto::ByteBuf::from(proto::to_body(body).unwrap_or_default());
+        match proto::encode(&env) {
+            Ok(frame) => self.publish(topic_name, Bytes::from(frame), &Bytes::new()),
+            Err(e) => tracing::error!(error = %e, "cannot encode a broker event"),
+        }
+    }
+}

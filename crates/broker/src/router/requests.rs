@@ -1,0 +1,347 @@
+//! Requests: validation, caps, placing (dispatch or hold), picking an instance, keyed ownership, replies, failures, and the `$broker` admin ops.
+
+use super::*;
+
+impl Router {
+    // --- requests ---
+
+    pub(super) fn on_request(
+        &mut self,
+        caller: PeerId,
+        head: &Head<'_>,
+        payload: &Bytes,
+        now: u64,
+    ) {
+        if head.to == BROKER_SERVICE {
+            return self.broker_op(caller, head, now);
+        }
+        let fail_now = |router: &mut Self, code: ErrorCode, message: String| {
+            router.stats.errors += 1;
+            let env = Envelope::error_reply(head.id, head.trace, ErrorBody::new(code, message));
+            router.send_to_peer(caller, &env);
+        };
+        if proto::validate_name(head.to).is_err() || proto::validate_name(head.op).is_err() {
+            return fail_now(
+                self,
+                ErrorCode::BadRequest,
+                "invalid service or op name".into(),
+            );
+        }
+        let Some(&svc) = self.service_idx.get(head.to) else {
+            return fail_now(
+                self,
+                ErrorCode::UnknownService,
+                format!("{}: no such service", head.to),
+            );
+        };
+        let Some(peer) = self.peers.get_mut(&caller) else {
+            return;
+        };
+        if peer.outstanding >= self.settings.max_inflight_per_client {
+            let cap = self.settings.max_inflight_per_client;
+            return fail_now(
+                self,
+                ErrorCode::Overloaded,
+                format!("more than {cap} requests in flight from this peer"),
+            );
+        }
+        let latest = now + self.settings.max_deadline_ms;
+        let deadline = if head.deadline == 0 {
+            now + self
+                .settings
+                .default_deadline_ms
+                .min(self.settings.max_deadline_ms)
+        } else if head.deadline > latest {
+            // A far-future deadline would hold the request (and its frame) for
+            // that long: cut it to the cap.
+            self.stats.deadlines_capped += 1;
+            latest
+        } else {
+            head.deadline
+        };
+        if deadline <= now {
+            return fail_now(self, ErrorCode::Timeout, "deadline already passed".into());
+        }
+        peer.outstanding += 1;
+        let token = self.next_token;
+        self.next_token += 1;
+        let route = match (head.instance, head.key) {
+            (Some(instance), _) => Route::Instance(instance.to_owned()),
+            (None, Some(key)) => Route::Key(key.to_owned()),
+            (None, None) => Route::Any,
+        };
+        self.reqs.insert(
+            token,
+            Req {
+                caller,
+                id: head.id,
+                frame: payload.clone(),
+                service: svc,
+                route,
+                worker: None,
+                received: now,
+                deadline,
+                idem: head.idem,
+            },
+        );
+        self.expiry.push(Reverse((deadline, token)));
+        self.place(token);
+    }
+
+    /// Dispatches a request, or holds it in its service's queue.
+    pub(super) fn place(&mut self, token: Token) {
+        let Some(req) = self.reqs.get(&token) else {
+            return;
+        };
+        let svc = req.service;
+        if let Some(worker) = self.pick(svc, &req.route) {
+            return self.dispatch(token, worker);
+        }
+        if self.services[svc].queue.len() >= self.settings.max_held_per_service {
+            let name = self.services[svc].name.clone();
+            return self.fail(
+                token,
+                ErrorCode::Overloaded,
+                format!("{name}: request queue full"),
+            );
+        }
+        self.stats.held += 1;
+        self.services[svc].queue.push_back(token);
+    }
+
+    /// The instance a request should go to now, if one can take it.
+    pub(super) fn pick(&self, svc: usize, route: &Route) -> Option<PeerId> {
+        let has_room =
+            |p: &Peer| p.state == PeerState::Ready && (p.inflight.len() as u32) < p.credit;
+        let service = &self.services[svc];
+        match route {
+            Route::Any => {
+                // Fewest in flight; among equals, the first after the rotating
+                // cursor, so that an idle service still spreads its load.
+                let n = service.instances.len();
+                let start = service.cursor.get() % n.max(1);
+                let pick = (0..n)
+                    .map(|i| service.instances[(start + i) % n])
+                    .filter_map(|pid| self.peers.get(&pid).map(|p| (pid, p)))
+                    .filter(|(_, p)| has_room(p))
+                    .min_by_key(|(_, p)| p.inflight.len())
+                    .map(|(pid, _)| pid);
+                if pick.is_some() {
+                    service.cursor.set(start + 1);
+                }
+                pick
+            }
+            Route::Instance(name) => self
+                .by_instance
+                .get(name)
+                .filter(|pid| service.instances.contains(pid))
+                .filter(|pid| self.peers.get(pid).is_some_and(has_room))
+                .copied(),
+            Route::Key(key) => self
+                .owner(svc, key)
+                .filter(|pid| self.peers.get(pid).is_some_and(has_room)),
+        }
+    }
+
+    /// The ready instance of `svc` that owns `key`: rendezvous (highest random
+    /// weight) hashing over the ready instances' names. Stable: an instance joining
+    /// takes over only the keys it now wins (about 1/n of them); an instance leaving
+    /// gives up only its own keys.
+    pub(super) fn owner(&self, svc: usize, key: &str) -> Option<PeerId> {
+        self.services[svc]
+            .instances
+            .iter()
+            .filter_map(|pid| self.peers.get(pid).map(|p| (pid, p)))
+            .filter(|(_, p)| p.state == PeerState::Ready)
+            .max_by_key(|(_, p)| (hrw_weight(key, &p.instance), p.instance.as_str()))
+            .map(|(&pid, _)| pid)
+    }
+
+    pub(super) fn dispatch(&mut self, token: Token, worker: PeerId) {
+        let (Some(req), Some(peer)) = (self.reqs.get_mut(&token), self.peers.get_mut(&worker))
+        else {
+            return;
+        };
+        req.worker = Some(worker);
+        peer.inflight.insert(token);
+        let mut msg = ZmqMessage::from(req.frame.clone());
+        msg.push_front(Bytes::copy_from_slice(&token.to_be_bytes()));
+        msg.push_front(peer.identity.clone());
+        self.stats.routed += 1;
+        self.out.push(Outgoing { msg, event: false });
+    }
+
+    /// Dispatches held requests of `svc` that can go now (bounded scan).
+    pub(super) fn drain_queue(&mut self, svc: usize) {
+        let mut kept = Vec::new();
+        for _ in 0..MAX_QUEUE_SCAN {
+            let Some(token) = self.services[svc].queue.pop_front() else {
+                break;
+            };
+            let Some(req) = self.reqs.get(&token) else {
+                continue;
+            };
+            if !self.peers.contains_key(&req.caller) {
+                self.reqs.remove(&token);
+                continue;
+            }
+            match self.pick(svc, &req.route) {
+                Some(worker) => self.dispatch(token, worker),
+                None => {
+                    let any = matches!(req.route, Route::Any);
+                    kept.push(token);
+                    if any {
+                        break;
+                    }
+                }
+            }
+        }
+        let queue = &mut self.services[svc].queue;
+        for token in kept.into_iter().rev() {
+            queue.push_front(token);
+        }
+    }
+
+    pub(super) fn on_reply(&mut self, worker: PeerId, token: Token, id: u64, payload: Bytes) {
+        match self.reqs.get(&token) {
+            // Expired (already answered with `timeout`) or already answered.
+            None => {
+                self.stats.late_replies += 1;
+                return;
+            }
+            // Retried elsewhere after this worker was declared lost: late.
+            Some(r) if r.worker.is_none() => {
+                self.stats.late_replies += 1;
+                return;
+            }
+            // Another peer answering a request it was not given, or the right
+            // peer with the wrong id: never delivered.
+            Some(r) if r.worker != Some(worker) || r.id != id => {
+                self.stats.rogue_replies += 1;
+                if self.stats.rogue_replies == 1 {
+                    let from = self.peers.get(&worker).map(|p| p.instance.clone());
+                    tracing::warn!(?from, "reply from a peer the request was not dispatched to dropped (further ones are counted)");
+                }
+                return;
+            }
+            Some(_) => {}
+        }
+        let Some(req) = self.reqs.remove(&token) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&worker) {
+            peer.inflight.remove(&token);
+            peer.handled += 1;
+        }
+        match self.peers.get_mut(&req.caller) {
+            Some(caller) => {
+                caller.outstanding = caller.outstanding.saturating_sub(1);
+                let mut msg = ZmqMessage::from(payload);
+                msg.push_front(caller.identity.clone());
+                self.stats.replies += 1;
+                self.out.push(Outgoing { msg, event: false });
+            }
+            None => self.stats.late_replies += 1,
+        }
+        self.drain_queue(req.service);
+    }
+
+    /// Ends a request with an error reply from the broker.
+    pub(super) fn fail(&mut self, token: Token, code: ErrorCode, message: String) {
+        let Some(req) = self.reqs.remove(&token) else {
+            return;
+        };
+        if let Some(worker) = req.worker.and_then(|w| self.peers.get_mut(&w)) {
+            worker.inflight.remove(&token);
+        }
+        self.stats.errors += 1;
+        let trace = proto::decode_head(&req.frame)
+            .map(|h| h.trace.to_owned())
+            .unwrap_or_default();
+        let env = Envelope::error_reply(req.id, &trace, ErrorBody::new(code, message));
+        if let Some(caller) = self.peers.get_mut(&req.caller) {
+            caller.outstanding = caller.outstanding.saturating_sub(1);
+        }
+        self.send_to_peer(req.caller, &env);
+    }
+
+    pub(super) fn broker_op(&mut self, caller: PeerId, head: &Head<'_>, now: u64) {
+        let body = match head.op {
+            "stats" => {
+                self.stats.inflight = self.reqs.len() as u64;
+                proto::to_body(&self.stats)
+            }
+            "ls" => proto::to_body(&self.list(now)),
+            "owner" => match proto::from_body::<OwnerQuery>(head.body) {
+                Ok(q) => {
+                    let instance = self
+                        .service_idx
+                        .get(&q.service)
+                        .and_then(|&svc| self.owner(svc, &q.key))
+                        .and_then(|pid| self.peers.get(&pid))
+                        .map(|p| p.instance.clone());
+                    proto::to_body(&OwnerReply { instance })
+                }
+                Err(e) => {
+                    let env = Envelope::error_reply(
+                        head.id,
+                        head.trace,
+                        ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!("owner wants {{service, key}}: {e}"),
+                        ),
+                    );
+                    return self.send_to_peer(caller, &env);
+                }
+            },
+            "$echo" => Ok(head.body.to_vec()),
+            op => {
+                let env = Envelope::error_reply(
+                    head.id,
+                    head.trace,
+                    ErrorBody::new(
+                        ErrorCode::UnknownOp,
+                        format!("$broker has no op {op:?} (stats, ls, owner, $echo)"),
+                    ),
+                );
+                return self.send_to_peer(caller, &env);
+            }
+        };
+        let env = match body {
+            Ok(body) => Envelope::reply_to(head.id, head.trace, body),
+            Err(e) => Envelope::error_reply(
+                head.id,
+                head.trace,
+                ErrorBody::new(ErrorCode::Internal, e.to_string()),
+            ),
+        };
+        self.send_to_peer(caller, &env);
+    }
+
+    pub(super) fn list(&self, now: u64) -> Vec<InstanceInfo> {
+        let mut list: Vec<InstanceInfo> = self
+            .peers
+            .values()
+            .map(|p| InstanceInfo {
+                service: p
+                    .service
+                    .map(|s| self.services[s].name.clone())
+                    .unwrap_or_default(),
+                instance: p.instance.clone(),
+                pid: p.pid,
+                state: if p.service.is_some() {
+                    p.state.as_str()
+                } else {
+                    "client"
+                }
+                .to_owned(),
+                inflight: p.inflight.len() as u32,
+                credit: p.credit,
+                handled: p.handled,
+                age_ms: now.saturating_sub(p.registered_at),
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
+        list
+    }
+}
