@@ -1,0 +1,494 @@
+//! The socket actor: one task owns the DEALER; reconnects, heartbeats, requests, subscriptions.
+
+use super::handshake::*;
+use super::*;
+
+pub(super) struct Pending {
+    frame: Bytes,
+    deadline: u64,
+    idem: bool,
+    sent: bool,
+    tx: oneshot::Sender<Result<Envelope, Error>>,
+}
+
+/// The socket task's state.
+pub(super) struct Actor {
+    config: Config,
+    rx: mpsc::Receiver<Cmd>,
+    inbound: mpsc::Sender<Incoming>,
+    shared: Arc<Shared>,
+    pending: HashMap<u64, Pending>,
+    subs: Subs,
+    ready: bool,
+    draining: Option<oneshot::Sender<()>>,
+    heartbeat_ms: u64,
+    liveness: u32,
+}
+
+/// The local subscriptions: each has an id and a queue; several may share a
+/// pattern (the broker is told of a pattern once). Events are matched through a
+/// [`topic::Index`], so delivering one does not scan every subscription.
+#[derive(Default)]
+pub(super) struct Subs {
+    by_id: HashMap<u64, (String, mpsc::Sender<Box<Envelope>>)>,
+    index: topic::Index<u64>,
+    /// Subscriptions per pattern.
+    patterns: HashMap<String, usize>,
+}
+
+impl Subs {
+    /// Adds a subscription; true when its pattern is new (tell the broker).
+    pub(super) fn add(
+        &mut self,
+        id: u64,
+        pattern: String,
+        tx: mpsc::Sender<Box<Envelope>>,
+    ) -> bool {
+        self.index.insert(&pattern, id);
+        let count = self.patterns.entry(pattern.clone()).or_insert(0);
+        *count += 1;
+        let first = *count == 1;
+        self.by_id.insert(id, (pattern, tx));
+        first
+    }
+
+    /// Removes a subscription; its pattern if it was the last one on it.
+    pub(super) fn remove(&mut self, id: u64) -> Option<String> {
+        let (pattern, _) = self.by_id.remove(&id)?;
+        self.index.remove(&pattern, &id);
+        let count = self.patterns.get_mut(&pattern)?;
+        *count -= 1;
+        if *count > 0 {
+            return None;
+        }
+        self.patterns.remove(&pattern);
+        Some(pattern)
+    }
+
+    pub(super) fn patterns(&self) -> Vec<String> {
+        self.patterns.keys().cloned().collect()
+    }
+
+    /// Queues `env` for every matching subscription; returns how many were full.
+    pub(super) fn deliver(&self, env: &Envelope) -> u64 {
+        let mut dropped = 0;
+        self.index.for_each_match(&env.to, |id| {
+            if let Some((_, tx)) = self.by_id.get(id) {
+                if tx.try_send(Box::new(env.clone())).is_err() {
+                    dropped += 1;
+                }
+            }
+        });
+        dropped
+    }
+}
+
+/// Why a connected session ended.
+pub(super) enum End {
+    /// Reconnect.
+    Lost(&'static str),
+    /// Every handle is gone or `close` was called.
+    Closed,
+}
+
+impl Actor {
+    /// A task for `config`, taking commands from `rx`, passing requests for this
+    /// service to `inbound`.
+    pub(super) fn new(
+        config: Config,
+        rx: mpsc::Receiver<Cmd>,
+        inbound: mpsc::Sender<Incoming>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            config,
+            rx,
+            inbound,
+            shared,
+            pending: HashMap::new(),
+            subs: Subs::default(),
+            ready: false,
+            draining: None,
+            heartbeat_ms: 0,
+            liveness: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut backoff_ms = 50;
+        loop {
+            // One connect attempt, serving commands (requests wait in `pending`)
+            // while it runs.
+            let attempt = connect_once(self.config.clone());
+            tokio::pin!(attempt);
+            let mut sweep = tokio::time::interval(SWEEP);
+            let connected = loop {
+                tokio::select! {
+                    result = &mut attempt => break result,
+                    _ = sweep.tick() => self.expire(proto::now_ms()),
+                    cmd = self.rx.recv() => match cmd {
+                        None => return,
+                        Some(Cmd::Close(done)) => { let _ = done.send(()); return; }
+                        Some(cmd) => self.on_cmd_offline(cmd),
+                    },
+                }
+            };
+            self.expire(proto::now_ms());
+            let Some((mut socket, welcome)) = connected else {
+                if let End::Closed = self.wait_while_disconnected(backoff_ms).await {
+                    return;
+                }
+                backoff_ms = (backoff_ms * 2).min(1_000);
+                continue;
+            };
+            backoff_ms = 50;
+            self.heartbeat_ms = u64::from(welcome.heartbeat_ms).max(10);
+            self.liveness = welcome.liveness.max(1);
+            let end = self.session(&mut socket).await;
+            self.shared.connected.store(false, Ordering::Release);
+            self.fail_unsent_safe();
+            // A drain waiting for its ack is complete: without a connection
+            // nothing can be routed to us.
+            if let Some(done) = self.draining.take() {
+                let _ = done.send(());
+            }
+            match end {
+                End::Closed => {
+                    let bye = encode_simple(Kind::Bye);
+                    let _ = try_send(&mut socket.0, ZmqMessage::from(bye));
+                    // Give the writer task a moment to put the bye on the wire.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return;
+                }
+                End::Lost(why) => {
+                    tracing::warn!(reason = why, "broker connection lost; reconnecting");
+                }
+            }
+        }
+    }
+
+    /// While no connection is up: serve commands for `ms` (requests wait in
+    /// `pending`), expire what passes its deadline.
+    pub(super) async fn wait_while_disconnected(&mut self, ms: u64) -> End {
+        let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        let mut sweep = tokio::time::interval(SWEEP);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return End::Lost("backoff"),
+                _ = sweep.tick() => {}
+                cmd = self.rx.recv() => match cmd {
+                    None => return End::Closed,
+                    Some(Cmd::Close(done)) => { let _ = done.send(()); return End::Closed; }
+                    Some(cmd) => self.on_cmd_offline(cmd),
+                }
+            }
+            self.expire(proto::now_ms());
+        }
+    }
+
+    pub(super) fn on_cmd_offline(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Request {
+                id,
+                frame,
+                deadline,
+                idem,
+                tx,
+            } => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        frame,
+                        deadline,
+                        idem,
+                        sent: false,
+                        tx,
+                    },
+                );
+            }
+            Cmd::Subscribe { sub, pattern, tx } => {
+                self.subs.add(sub, pattern, tx);
+            }
+            Cmd::Unsubscribe { sub } => {
+                self.subs.remove(sub);
+            }
+            Cmd::Ready => self.ready = true,
+            Cmd::Drain(done) => {
+                // Not connected: nothing can be routed to us.
+                self.ready = false;
+                let _ = done.send(());
+            }
+            Cmd::Send(_) | Cmd::Close(_) => {}
+        }
+    }
+
+    pub(super) async fn session(&mut self, (socket, monitor): &mut Session) -> End {
+        self.shared.connected.store(true, Ordering::Release);
+        self.shared.connected_notify.notify_waiters();
+        self.shared
+            .stats
+            .registrations
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(broker = %self.config.broker, instance = %self.config.instance, "registered with the broker");
+        // Restore state: subscriptions, readiness, then requests that waited.
+        for pattern in self.subs.patterns() {
+            let _ = try_send(
+                socket,
+                ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)),
+            );
+        }
+        if self.ready {
+            let _ = try_send(socket, ZmqMessage::from(encode_simple(Kind::Ready)));
+        }
+        let now = proto::now_ms();
+        let resend: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline > now && (!p.sent || p.idem))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in resend {
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.sent = try_send(socket, ZmqMessage::from(p.frame.clone()));
+            }
+        }
+
+        let mut last_recv = proto::now_ms();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.heartbeat_ms));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(SWEEP);
+        let heartbeat_frame = encode_simple(Kind::Heartbeat);
+        loop {
+            // Not biased: a steady stream of incoming messages must not starve the
+            // commands (replies and new requests) waiting to go out.
+            tokio::select! {
+                event = monitor.next() => {
+                    if let Some(SocketEvent::Disconnected(_)) | None = event {
+                        return End::Lost("connection closed");
+                    }
+                }
+                msg = socket.recv() => {
+                    match msg {
+                        Ok(msg) => {
+                            last_recv = proto::now_ms();
+                            if let Some(end) = self.on_message(socket, msg) { return end; }
+                            for _ in 0..255 {
+                                match socket.recv().now_or_never() {
+                                    Some(Ok(msg)) => if let Some(end) = self.on_message(socket, msg) { return end; },
+                                    Some(Err(_)) | None => break,
+                                }
+                            }
+                        }
+                        Err(_) => return End::Lost("receive error"),
+                    }
+                }
+                cmd = self.rx.recv() => {
+                    match cmd {
+                        None => return End::Closed,
+                        Some(cmd) => if let Some(end) = self.on_cmd(socket, cmd) { return end; },
+                    }
+                    for _ in 0..255 {
+                        match self.rx.try_recv() {
+                            Ok(cmd) => if let Some(end) = self.on_cmd(socket, cmd) { return end; },
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let now = proto::now_ms();
+                    if now.saturating_sub(last_recv) > self.heartbeat_ms * u64::from(self.liveness) {
+                        return End::Lost("broker silent for too long");
+                    }
+                    let _ = try_send(socket, ZmqMessage::from(heartbeat_frame.clone()));
+                }
+                _ = sweep.tick() => self.expire(proto::now_ms()),
+            }
+            // Let the socket's writer task (and, on a shared runtime, the
+            // handlers) run between batches: zeromq's reads do not yield by
+            // themselves.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    pub(super) fn on_cmd(&mut self, socket: &mut DealerSocket, cmd: Cmd) -> Option<End> {
+        match cmd {
+            Cmd::Request {
+                id,
+                frame,
+                deadline,
+                idem,
+                tx,
+            } => {
+                if try_send(socket, ZmqMessage::from(frame.clone())) {
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            frame,
+                            deadline,
+                            idem,
+                            sent: true,
+                            tx,
+                        },
+                    );
+                } else {
+                    let _ = tx.send(Err(Error::new(
+                        ErrorCode::Overloaded,
+                        "bus send queue full",
+                    )));
+                }
+            }
+            Cmd::Send(msg) => {
+                let _ = try_send(socket, msg);
+            }
+            Cmd::Subscribe { sub, pattern, tx } => {
+                if self.subs.add(sub, pattern.clone(), tx) {
+                    let _ = try_send(
+                        socket,
+                        ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)),
+                    );
+                }
+            }
+            Cmd::Unsubscribe { sub } => {
+                if let Some(pattern) = self.subs.remove(sub) {
+                    let _ = try_send(
+                        socket,
+                        ZmqMessage::from(encode_topic(Kind::Unsubscribe, &pattern)),
+                    );
+                }
+            }
+            Cmd::Ready => {
+                self.ready = true;
+                let _ = try_send(socket, ZmqMessage::from(encode_simple(Kind::Ready)));
+            }
+            Cmd::Drain(done) => {
+                self.ready = false;
+                self.draining = Some(done);
+                let _ = try_send(socket, ZmqMessage::from(encode_simple(Kind::Drain)));
+            }
+            Cmd::Close(done) => {
+                let _ = done.send(());
+                return Some(End::Closed);
+            }
+        }
+        None
+    }
+
+    pub(super) fn on_message(&mut self, socket: &mut DealerSocket, msg: ZmqMessage) -> Option<End> {
+        let mut frames = msg.into_vecdeque();
+        let (token, payload) = match frames.len() {
+            1 => (None, frames.pop_front()?),
+            2 => (frames.pop_front(), frames.pop_front()?),
+            _ => return None,
+        };
+        let env = match proto::decode(&payload) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable message from the broker dropped");
+                return None;
+            }
+        };
+        match (env.kind, token) {
+            (Kind::Request, Some(token)) => self.on_request(socket, token, env),
+            (Kind::Reply, None) => {
+                if let Some(p) = self.pending.remove(&env.id) {
+                    let result = match env.error.clone() {
+                        Some(error) => Err(error.into()),
+                        None => Ok(env),
+                    };
+                    let _ = p.tx.send(result);
+                }
+            }
+            (Kind::Event, None) => {
+                let dropped = self.subs.deliver(&env);
+                if dropped > 0 {
+                    self.shared
+                        .stats
+                        .events_dropped
+                        .fetch_add(dropped, Ordering::Relaxed);
+                }
+            }
+            (Kind::Drain, None) if env.op == "ack" => {
+                if let Some(done) = self.draining.take() {
+                    let _ = done.send(());
+                }
+            }
+            (Kind::Drain, None) => self.shared.drain_requested.notify_waiters(),
+            (Kind::Bye, None) => return Some(End::Lost("the broker does not know us")),
+            _ => {}
+        }
+        None
+    }
+
+    pub(super) fn on_request(&mut self, socket: &mut DealerSocket, token: Bytes, env: Envelope) {
+        if self.config.service.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inbound.try_send(Incoming {
+            token,
+            env: Box::new(env),
+        }) {
+            // Only when the service stopped reading or exceeded its own credit.
+            let (token, env) = match e {
+                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => {
+                    (i.token, i.env)
+                }
+            };
+            let reply = Envelope::error_reply(
+                env.id,
+                &env.trace,
+                proto::ErrorBody::new(ErrorCode::Overloaded, "instance request queue full"),
+            );
+            tracing::warn!(op = %env.op, "request refused: instance queue full");
+            if let Ok(frame) = proto::encode(&reply) {
+                let mut msg = ZmqMessage::from(frame);
+                msg.push_front(token);
+                let _ = try_send(socket, msg);
+            }
+        }
+    }
+
+    /// Fails requests whose deadline (plus grace) has passed.
+    pub(super) fn expire(&mut self, now: u64) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline + DEADLINE_GRACE_MS <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                let error = if p.sent {
+                    Error::new(ErrorCode::Timeout, "no reply before the deadline")
+                } else {
+                    Error::new(
+                        ErrorCode::Unavailable,
+                        "no broker connection before the deadline",
+                    )
+                };
+                let _ = p.tx.send(Err(error));
+            }
+        }
+    }
+
+    /// After a connection loss: requests that were sent and are not idempotent
+    /// cannot be known to be safe to send again; they fail now with `unavailable`.
+    pub(super) fn fail_unsent_safe(&mut self) {
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent && !p.idem)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in lost {
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.tx.send(Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "broker connection lost with the request in flight",
+                )));
+            }
+        }
+        for p in self.pending.values_mut() {
+            p.sent = false;
+        }
+    }
+}

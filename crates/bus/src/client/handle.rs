@@ -1,0 +1,224 @@
+//! [`Handle`]: what every task holds to use the bus.
+
+use super::*;
+
+impl Handle {
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// This instance's service (empty for a pure client).
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// Whether the client is registered with a broker now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Client counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.shared.stats
+    }
+
+    /// Waits until registered with the broker, at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// `unavailable` when the timeout passes first.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        let wait = async {
+            loop {
+                let notified = self.shared.connected_notify.notified();
+                if self.is_connected() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::new(ErrorCode::Unavailable, "no broker connection"))
+    }
+
+    /// Completes when the broker (or the supervisor through it) asks this instance
+    /// to drain.
+    pub async fn drain_requested(&self) {
+        self.shared.drain_requested.notified().await;
+    }
+
+    /// Sends a request and waits for its reply (or the error that ends it).
+    ///
+    /// # Errors
+    ///
+    /// The reply's error, or `unavailable`/`timeout`/`overloaded` from the bus.
+    pub async fn call(
+        &self,
+        service: &str,
+        op: &str,
+        body: Vec<u8>,
+        options: CallOptions,
+    ) -> Result<Envelope, Error> {
+        let timeout_ms = options
+            .timeout
+            .map(|t| t.as_millis() as u64)
+            .unwrap_or(self.shared.default_timeout_ms);
+        let deadline = options
+            .deadline
+            .unwrap_or_else(|| proto::now_ms() + timeout_ms);
+        let mut env = Envelope::request(service, op, body, deadline);
+        env.instance = options.instance;
+        env.key = options.key;
+        env.user = options.user;
+        env.session = options.session;
+        env.idem = options.idem;
+        env.trace = if options.trace.is_empty() {
+            new_trace_id()
+        } else {
+            options.trace
+        };
+        self.request(env).await
+    }
+
+    /// Sends a fully built request envelope (its `id` and `from` are set here).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::call`].
+    pub async fn request(&self, mut env: Envelope) -> Result<Envelope, Error> {
+        env.kind = Kind::Request;
+        env.id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        env.from.clone_from(&self.shared.instance);
+        if env.deadline == 0 {
+            env.deadline = proto::now_ms() + self.shared.default_timeout_ms;
+        }
+        // The broker would drop it as malformed and the caller would wait for its
+        // deadline: refuse it here, at once.
+        env.check_lengths()
+            .map_err(|e| Error::bad_request(e.to_string()))?;
+        let frame =
+            proto::encode(&env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let deadline = env.deadline;
+        self.tx
+            .send(Cmd::Request {
+                id: env.id,
+                frame: Bytes::from(frame),
+                deadline,
+                idem: env.idem,
+                tx,
+            })
+            .await
+            .map_err(|_| closed())?;
+        // The socket task answers every request by its deadline (plus grace) and
+        // drops the sender if it stops, so this wait ends without a timer of its own.
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(closed()),
+        }
+    }
+
+    /// Publishes an event on `topic`.
+    ///
+    /// # Errors
+    ///
+    /// `bad_request` for an invalid topic; `unavailable` when closed.
+    pub async fn publish(&self, topic_name: &str, body: Vec<u8>) -> Result<(), Error> {
+        topic::validate(topic_name, false).map_err(|e| Error::bad_request(e.to_string()))?;
+        let mut env = Envelope::new(Kind::Event);
+        env.to = topic_name.to_owned();
+        env.from.clone_from(&self.shared.instance);
+        env.body = proto::ByteBuf::from(body);
+        self.send_env(&env).await
+    }
+
+    /// Subscribes to a pattern (see [`switchboard_proto::topic`]).
+    ///
+    /// # Errors
+    ///
+    /// `bad_request` for an invalid pattern; `unavailable` when closed.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        topic::validate(pattern, true).map_err(|e| Error::bad_request(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(SUB_CAPACITY);
+        let sub = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Cmd::Subscribe {
+                sub,
+                pattern: pattern.to_owned(),
+                tx,
+            })
+            .await
+            .map_err(|_| closed())?;
+        Ok(Subscription {
+            rx,
+            sub,
+            tx: self.tx.clone(),
+        })
+    }
+
+    /// Sends the reply to an [`Incoming`] request.
+    ///
+    /// # Errors
+    ///
+    /// `unavailable` when the client is closed.
+    pub async fn reply(&self, token: Bytes, env: &Envelope) -> Result<(), Error> {
+        let frame = proto::encode(env).map_err(|e| Error::internal(e.to_string()))?;
+        let mut msg = ZmqMessage::from(frame);
+        msg.push_front(token);
+        self.tx.send(Cmd::Send(msg)).await.map_err(|_| closed())
+    }
+
+    /// Tells the broker this instance takes requests (and again after reconnects).
+    ///
+    /// # Errors
+    ///
+    /// `unavailable` when the client is closed.
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.tx.send(Cmd::Ready).await.map_err(|_| closed())
+    }
+
+    /// Takes this instance out of rotation and waits (at most `timeout`) until the
+    /// broker has acknowledged: after that no new request arrives.
+    ///
+    /// # Errors
+    ///
+    /// `unavailable` when closed or not acknowledged in time.
+    pub async fn drain(&self, timeout: Duration) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Drain(tx)).await.map_err(|_| closed())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Error::new(ErrorCode::Unavailable, "drain not acknowledged")),
+        }
+    }
+
+    /// Asks the broker to drain another instance (supervisor use).
+    ///
+    /// # Errors
+    ///
+    /// `unavailable` when the client is closed.
+    pub async fn drain_instance(&self, instance: &str) -> Result<(), Error> {
+        let mut env = Envelope::new(Kind::Drain);
+        env.instance = Some(instance.to_owned());
+        self.send_env(&env).await
+    }
+
+    /// Says `bye` and stops the socket task, waiting at most `timeout`.
+    pub async fn close(&self, timeout: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(timeout, rx).await;
+        }
+    }
+
+    async fn send_env(&self, env: &Envelope) -> Result<(), Error> {
+        let frame =
+            proto::encode(env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
+        self.tx
+            .send(Cmd::Send(ZmqMessage::from(frame)))
+            .await
+            .map_err(|_| closed())
+    }
+}
