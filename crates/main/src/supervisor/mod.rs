@@ -1,0 +1,432 @@
+//! The process manager: one keeper task per instance.
+//!
+//! A keeper owns its instance's process and runs a small state machine:
+//!
+//! - **idle** (`stopped` or `errored`): waits for `start`/`restart`/`reload`;
+//! - **running** (`online`): watches the process exit, health-checks it over the
+//!   bus every heartbeat (`$health`, pinned to the instance), and reads its memory
+//!   and CPU from /proc. A process that exits is restarted with the policy; one
+//!   whose health checks fail `liveness` times in a row while its PID lives is
+//!   hung: it is killed and restarted. Past `max_memory_restart`, or when its
+//!   binary changes with `watch`, it is replaced gracefully;
+//! - **waiting**: the restart delay before the next start.
+//!
+//! A start counts only when the instance has registered on the bus and is ready
+//! (with `wait_ready`), or fails after `ready_timeout_ms`. A graceful replacement
+//! (reload) starts the new process as the old one's *successor*: the broker
+//! drains the old one, new requests go to the new one, the old one finishes what
+//! it has and exits; nothing is lost.
+//!
+//! Restart policy, as PM2's: an exit after less than `min_uptime_ms` is unstable;
+//! after `max_restarts` unstable restarts in a row the instance is `errored` and
+//! left alone until told to start. The delay is `restart_delay_ms`, or with
+//! `exp_backoff_restart_delay_ms` that value doubled per unstable restart (15 s at
+//! most).
+
+mod keeper;
+mod status;
+
+use keeper::Keeper;
+pub use status::{is_instance, InstanceStatus, StatusFile, STATUS_FILE};
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use switchboard_bus::proto::{self, Health, InstanceInfo};
+use switchboard_bus::{CallOptions, Handle};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ecosystem::{App, Ecosystem};
+use crate::logs::LogFile;
+use crate::proc::{self, Proc};
+
+/// Longest exponential restart delay.
+const MAX_BACKOFF_MS: u64 = 15_000;
+
+/// Orders a keeper takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    /// Start if not running.
+    Start,
+    /// Stop gracefully (SIGTERM, then SIGKILL after `kill_timeout_ms`).
+    Stop,
+    /// Stop, then start.
+    Restart,
+    /// Zero-downtime replacement (start if not running).
+    Reload,
+}
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+/// One managed instance.
+pub struct Managed {
+    /// Its app.
+    pub app: App,
+    /// Its name.
+    pub instance: String,
+    status: Mutex<InstanceStatus>,
+    cmd: mpsc::Sender<(Cmd, Reply)>,
+    rx: Mutex<Option<mpsc::Receiver<(Cmd, Reply)>>>,
+    log: Arc<LogFile>,
+    /// A live process of this instance that a previous main started, to adopt
+    /// instead of starting another: (pid, started_at_ms, restarts).
+    adopt: Mutex<Option<(u32, u64, u32)>>,
+}
+
+impl Managed {
+    fn set(&self, f: impl FnOnce(&mut InstanceStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn set_state(&self, state: &str) {
+        self.set(|s| {
+            if s.state != state {
+                tracing::info!(instance = %s.instance, from = %s.state, to = state, "state");
+            }
+            s.state = state.to_owned();
+            if state != "online" && state != "degraded" {
+                s.health.clear();
+            }
+            if state != "online" && state != "starting" && state != "degraded" {
+                s.pid = 0;
+                s.started_at_ms = 0;
+                s.uptime_ms = 0;
+                s.rss_bytes = 0;
+                s.cpu_percent = 0.0;
+                s.inflight = 0;
+            }
+        });
+    }
+
+    /// A snapshot of its status.
+    pub fn status(&self) -> InstanceStatus {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if s.started_at_ms > 0 {
+            s.uptime_ms = proto::now_ms().saturating_sub(s.started_at_ms);
+        }
+        s
+    }
+
+    /// Sends an order and waits for its outcome.
+    ///
+    /// # Errors
+    ///
+    /// What went wrong (a start that never became ready, say).
+    pub async fn order(&self, cmd: Cmd) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send((cmd, tx))
+            .await
+            .map_err(|_| "supervisor stopping".to_owned())?;
+        rx.await.map_err(|_| "supervisor stopping".to_owned())?
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.path().to_path_buf()
+    }
+}
+
+/// The supervisor's state shared by keepers and the bus handlers.
+pub struct Supervisor {
+    /// The ecosystem.
+    pub eco: Ecosystem,
+    /// Managed instances, in start order.
+    pub managed: Vec<Arc<Managed>>,
+    /// The broker endpoint children connect to.
+    pub broker: Mutex<String>,
+    /// The broker answered the last check (hung detection pauses when it does not).
+    broker_ok: AtomicBool,
+    /// Only monitor; spawn nothing.
+    pub no_spawn: bool,
+    /// The broker's row in `ls` (none with `no_spawn`: not ours).
+    broker_status: Mutex<Option<InstanceStatus>>,
+    log_dir: PathBuf,
+}
+
+impl Supervisor {
+    /// Prepares the managed instances (opening their log files).
+    ///
+    /// # Errors
+    ///
+    /// When a log file cannot be created.
+    pub fn new(eco: Ecosystem, broker: String, no_spawn: bool) -> anyhow::Result<Arc<Self>> {
+        let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
+        // A previous main's record (after a crash): its instances still running.
+        let previous = StatusFile::read(&eco.base.join(&eco.main.run_dir));
+        let mut managed = Vec::new();
+        if !no_spawn {
+            for app in &eco.apps {
+                for instance in &app.instances {
+                    let log = LogFile::open(
+                        &log_dir,
+                        instance,
+                        eco.main.log_max_bytes,
+                        eco.main.log_keep,
+                    )?;
+                    let (cmd, rx) = mpsc::channel(16);
+                    managed.push(Arc::new(Managed {
+                        app: app.clone(),
+                        instance: instance.clone(),
+                        status: Mutex::new(InstanceStatus {
+                            app: app.spec.name.clone(),
+                            instance: instance.clone(),
+                            state: "stopped".into(),
+                            managed: true,
+                            ..InstanceStatus::default()
+                        }),
+                        cmd,
+                        rx: Mutex::new(Some(rx)),
+                        log: Arc::new(log),
+                        adopt: Mutex::new(previous.as_ref().and_then(|file| {
+                            let was = file.instances.iter().find(|i| {
+                                i.instance == *instance && i.app == app.spec.name && i.pid > 0
+                            })?;
+                            is_instance(was.pid, instance).then_some((
+                                was.pid,
+                                was.started_at_ms,
+                                was.restarts,
+                            ))
+                        })),
+                    }));
+                }
+            }
+        }
+        Ok(Arc::new(Self {
+            eco,
+            managed,
+            broker: Mutex::new(broker),
+            broker_ok: AtomicBool::new(true),
+            broker_status: Mutex::new((!no_spawn).then(|| InstanceStatus {
+                app: "broker".into(),
+                instance: "broker".into(),
+                state: "starting".into(),
+                managed: true,
+                ..InstanceStatus::default()
+            })),
+            no_spawn,
+            log_dir,
+        }))
+    }
+
+    fn set_broker(&self, f: impl FnOnce(&mut InstanceStatus)) {
+        if let Some(s) = self
+            .broker_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            f(s);
+        }
+    }
+
+    /// The broker process is up.
+    pub fn broker_online(&self, pid: u32, started_at_ms: u64) {
+        self.set_broker(|s| {
+            s.state = "online".into();
+            s.pid = pid;
+            s.started_at_ms = started_at_ms;
+        });
+    }
+
+    /// The broker is `restarting` or `stopped`.
+    pub fn broker_state(&self, state: &str) {
+        self.set_broker(|s| {
+            s.state = state.to_owned();
+            s.pid = 0;
+            s.started_at_ms = 0;
+            s.rss_bytes = 0;
+        });
+    }
+
+    /// Counts one broker restart.
+    pub fn broker_restarted(&self) {
+        self.set_broker(|s| s.restarts += 1);
+    }
+
+    fn broker_row(&self) -> Option<InstanceStatus> {
+        let mut row = self
+            .broker_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        if row.pid > 0 {
+            row.uptime_ms = proto::now_ms().saturating_sub(row.started_at_ms);
+            row.rss_bytes = proc::rss_of(row.pid);
+        }
+        Some(row)
+    }
+
+    /// The log folder.
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.log_dir
+    }
+
+    /// Instances matching `name`: an app's instances, or one instance.
+    pub fn find(&self, name: &str) -> Vec<Arc<Managed>> {
+        self.managed
+            .iter()
+            .filter(|m| m.app.spec.name == name || m.instance == name)
+            .cloned()
+            .collect()
+    }
+
+    /// Starts one keeper per instance on the current runtime.
+    pub fn spawn_keepers(self: &Arc<Self>, bus: &Handle, shutdown: &CancellationToken) {
+        for m in &self.managed {
+            let rx = m.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(rx) = rx {
+                tokio::spawn(
+                    Keeper::new(self.clone(), m.clone(), bus.clone()).run(rx, shutdown.clone()),
+                );
+            }
+        }
+    }
+
+    /// Starts every app in dependency order: an app starts once every instance of
+    /// what it depends on is ready.
+    pub async fn start_all(&self) {
+        for app in &self.eco.apps {
+            let instances = self.find(&app.spec.name);
+            let results =
+                futures::future::join_all(instances.iter().map(|m| m.order(Cmd::Start))).await;
+            for (m, r) in instances.iter().zip(results) {
+                if let Err(e) = r {
+                    tracing::error!(instance = %m.instance, error = %e, "did not start");
+                }
+            }
+        }
+    }
+
+    /// Stops every app in reverse dependency order, each gracefully.
+    pub async fn stop_all(&self) {
+        for app in self.eco.apps.iter().rev() {
+            let instances = self.find(&app.spec.name);
+            futures::future::join_all(instances.iter().map(|m| m.order(Cmd::Stop))).await;
+        }
+    }
+
+    /// Watches the broker so that hung detection pauses while the bus is down.
+    ///
+    /// The broker is held to the apps' rule for hung: `liveness` failed checks in
+    /// a row while its process lives (and not within the grace after its start,
+    /// while everyone, main included, reconnects) and it is killed; its keeper
+    /// starts a new one.
+    pub async fn watch_broker(&self, bus: Handle, shutdown: CancellationToken) {
+        let every = Duration::from_millis(self.eco.main.heartbeat_ms);
+        let grace_ms = self.eco.main.heartbeat_ms * u64::from(self.eco.main.liveness) * 2;
+        let mut misses = 0;
+        loop {
+            let options = CallOptions {
+                timeout: Some(every),
+                ..CallOptions::default()
+            };
+            let ok = bus
+                .call(proto::BROKER_SERVICE, "$echo", Vec::new(), options)
+                .await
+                .is_ok();
+            self.broker_ok.store(ok, Ordering::Relaxed);
+            if !self.no_spawn {
+                self.write_status_file(ok);
+                let (pid, uptime_ms) = self.broker_row().map_or((0, 0), |b| (b.pid, b.uptime_ms));
+                misses = if ok || pid == 0 || uptime_ms < grace_ms {
+                    0
+                } else {
+                    misses + 1
+                };
+                if misses >= self.eco.main.liveness {
+                    tracing::error!(
+                        pid,
+                        misses,
+                        "broker hung: no answer while its process lives; killing it"
+                    );
+                    proc::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                    misses = 0;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// `run_dir/status.json`: what `ls` would say of the managed instances and
+    /// the broker, rewritten (atomically) every heartbeat, so that `sbctl ls`
+    /// answers while the broker (and with it the bus) is down.
+    fn write_status_file(&self, broker_ok: bool) {
+        let mut instances: Vec<InstanceStatus> = self.broker_row().into_iter().collect();
+        instances.extend(self.managed.iter().map(|m| m.status()));
+        let file = StatusFile {
+            written_at_ms: proto::now_ms(),
+            broker_ok,
+            instances,
+            broker_endpoint: self
+                .broker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        };
+        let dir = self.log_dir.parent().unwrap_or(&self.log_dir);
+        let path = dir.join(STATUS_FILE);
+        let tmp = dir.join(format!("{STATUS_FILE}.tmp"));
+        let written = serde_json::to_vec(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, path = %path.display(), "status file not written");
+        }
+    }
+
+    /// Every instance: the managed ones, and those on the bus that this supervisor
+    /// did not start (`unmanaged`).
+    pub async fn ls(&self, bus: &Handle) -> Vec<InstanceStatus> {
+        let mut out: Vec<InstanceStatus> = self.broker_row().into_iter().collect();
+        out.extend(self.managed.iter().map(|m| m.status()));
+        let reply = bus
+            .call(
+                proto::BROKER_SERVICE,
+                "ls",
+                Vec::new(),
+                CallOptions::default(),
+            )
+            .await;
+        let on_bus: Vec<InstanceInfo> = reply
+            .ok()
+            .and_then(|r| proto::from_body(&r.body).ok())
+            .unwrap_or_default();
+        for info in on_bus {
+            if info.service.is_empty() || info.service == "main" {
+                continue;
+            }
+            if let Some(s) = out
+                .iter_mut()
+                .find(|s| s.instance == info.instance && s.pid == info.pid)
+            {
+                s.inflight = u64::from(info.inflight);
+                continue;
+            }
+            {
+                out.push(InstanceStatus {
+                    app: info.service,
+                    instance: info.instance,
+                    state: "unmanaged".into(),
+                    pid: info.pid,
+                    started_at_ms: proto::now_ms().saturating_sub(info.age_ms),
+                    uptime_ms: info.age_ms,
+                    inflight: u64::from(info.inflight),
+                    handled: info.handled,
+                    ..InstanceStatus::default()
+                });
+            }
+        }
+        out
+    }
+}
