@@ -1,0 +1,242 @@
+//! The command line: every command and flag.
+
+use clap::{Parser, Subcommand};
+
+/// Switchboard ops CLI.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  sbctl ls\n  sbctl reload chat\n  sbctl logs loc01 -f\n  sbctl send echo echo '{\"hello\":\"world\"}'\n  sbctl send loc nearby '{\"zone\":\"z1\",\"x\":0,\"y\":0,\"radius\":10}' --key z1\n  sbctl sub 'chat.room.*'\n  sbctl pub chat.room.lobby '{\"text\":\"hi\"}'\n  sbctl --json stats"
+)]
+pub(crate) struct Args {
+    /// Broker endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "SB_BROKER",
+        default_value = "tcp://127.0.0.1:5555"
+    )]
+    pub(crate) broker: String,
+    /// Shared bus secret.
+    #[arg(long, global = true, env = "SB_SECRET", hide_env_values = true)]
+    pub(crate) secret: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Deadline of each request, ms.
+    #[arg(long, global = true, default_value_t = 5_000)]
+    pub(crate) timeout_ms: u64,
+    /// main's run folder (its `run_dir`): `ls` reads main's status file there
+    /// when the broker cannot be reached.
+    #[arg(long, global = true, env = "SB_RUN_DIR", default_value = "run")]
+    pub(crate) run_dir: std::path::PathBuf,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Every app instance: state, pid, uptime, restarts, memory, cpu, in flight,
+    /// handled (from `main`; the broker's view when no supervisor runs).
+    Ls,
+    /// Start an app (all its instances) or one instance.
+    Start {
+        /// App or instance name.
+        name: String,
+    },
+    /// Stop an app or instance gracefully.
+    Stop {
+        /// App or instance name.
+        name: String,
+    },
+    /// Stop, then start (a short gap: requests are held, not failed).
+    Restart {
+        /// App or instance name.
+        name: String,
+    },
+    /// Zero-downtime replacement: the new process first, then the old one drains.
+    Reload {
+        /// App or instance name.
+        name: String,
+    },
+    /// Print an instance's log (`broker` for the broker's).
+    Logs {
+        /// Instance (or single-instance app) name.
+        name: String,
+        /// How many lines.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+        /// Keep printing what is written (Ctrl-C to stop).
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// The broker's counters.
+    Stats,
+    /// Send one request (a test packet) and print the reply's data as JSON.
+    Send {
+        /// Service name.
+        service: String,
+        /// Op name.
+        op: String,
+        /// Request data as JSON (default `{}`).
+        #[arg(default_value = "{}")]
+        data: String,
+        /// Pin an instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Route by key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Trace id to carry.
+        #[arg(long, default_value = "")]
+        trace: String,
+    },
+    /// Publish an event.
+    Pub {
+        /// Topic.
+        topic: String,
+        /// Event data as JSON.
+        #[arg(default_value = "{}")]
+        data: String,
+    },
+    /// Print events matching a pattern as they arrive (Ctrl-C to stop).
+    Sub {
+        /// Pattern (`*` one token, `>` the rest).
+        pattern: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Send one request as a WebSocket client through the gateway (the path a
+    /// real client takes) and print the reply frame. Exit status as for `send`.
+    WsSend {
+        /// Service (`-` for the gateway's own ops: ping, subscribe, auth).
+        service: String,
+        /// Op name.
+        op: String,
+        /// Request data as JSON (default `{}`).
+        #[arg(default_value = "{}")]
+        data: String,
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Client token (HS256 JWT), sent as the `token` query parameter.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Also wait this long for events and print them (e.g. after a join).
+        #[arg(long, default_value_t = 0)]
+        listen_ms: u64,
+    },
+    /// Benchmarks (see `sbctl bench --help`).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Which instance owns a key of a service.
+    Owner {
+        /// Service name.
+        service: String,
+        /// Key.
+        key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCmd {
+    /// A real client's ping round trips without and with a slowloris attacker,
+    /// and the gateway's CPU during the attack (the gateway must run here).
+    Slowloris {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Stalled sockets held open.
+        #[arg(long, default_value_t = 3_000)]
+        sockets: usize,
+        /// Source addresses (127.0.0.2 …) to spread them over.
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+        /// Pings measured before the attack (one every 10 ms).
+        #[arg(long, default_value_t = 300)]
+        pings: usize,
+        /// Attack duration, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN")]
+        token: Option<String>,
+        /// The gateway's pid, if its /health does not report it.
+        #[arg(long)]
+        pid: Option<u64>,
+    },
+    /// Request/reply through the broker to a service's `$echo`.
+    Rr {
+        /// Target service (run one: `echo --service echo`).
+        #[arg(long, default_value = "echo")]
+        service: String,
+        /// Op.
+        #[arg(long, default_value = "$echo")]
+        op: String,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Bus connections.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Measured time, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Warm-up, ms.
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+    },
+    /// WebSocket clients through the gateway (the path a real client takes).
+    Ws {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Target service.
+        #[arg(long, default_value = "chat")]
+        service: String,
+        /// Op (`say` commits to MariaDB).
+        #[arg(long, default_value = "$echo")]
+        op: String,
+        /// Request data as JSON.
+        #[arg(
+            long,
+            default_value = r#"{"room":"bench","text":"hello, this is a benchmark message"}"#
+        )]
+        data: String,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Measured time, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Warm-up, ms.
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Hold N idle WebSocket connections; report the gateway's memory per connection.
+    Idle {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Connections (raise `ulimit -n` in the shell that runs this and the gateway).
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+        /// How long to hold them, ms.
+        #[arg(long, default_value_t = 2_000)]
+        hold_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}

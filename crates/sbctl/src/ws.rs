@@ -1,0 +1,89 @@
+//! `ws-send`: one request through the gateway, as a WebSocket client would.
+
+use crate::Failure;
+use anyhow::Context;
+use std::time::Duration;
+use switchboard_bus::proto::ErrorCode;
+
+pub(crate) async fn ws_send(
+    service: &str,
+    op: &str,
+    data: &str,
+    url: &str,
+    token: Option<&str>,
+    listen_ms: u64,
+    timeout_ms: u64,
+) -> Result<(), Failure> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let data: serde_json::Value = serde_json::from_str(data)
+        .with_context(|| format!("data is not JSON: {data}"))
+        .map_err(Failure::Usage)?;
+    let url = match token {
+        Some(t) => format!(
+            "{url}{}token={t}",
+            if url.contains('?') { '&' } else { '?' }
+        ),
+        None => url.to_owned(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let (mut ws, _) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url))
+        .await
+        .map_err(|_| Failure::Unreachable(format!("no answer from {url}")))?
+        .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
+    let mut frame = serde_json::json!({ "id": 1, "op": op, "data": data });
+    if service != "-" {
+        frame["to"] = serde_json::json!(service);
+    }
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    let mut reply: Option<serde_json::Value> = None;
+    let listen_until = tokio::time::Instant::now() + Duration::from_millis(listen_ms);
+    loop {
+        let until = if reply.is_some() {
+            listen_until
+        } else {
+            deadline
+        };
+        let next = match tokio::time::timeout_at(until, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                if reply.is_none() {
+                    return Err(Failure::Unreachable(format!(
+                        "closed by the gateway: {frame:?}"
+                    )));
+                }
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Err(Failure::Unreachable(e.to_string())),
+            Ok(None) | Err(_) => break,
+        };
+        println!("{next}");
+        let value: serde_json::Value = serde_json::from_str(next.as_str()).unwrap_or_default();
+        if value.get("id") == Some(&serde_json::json!(1)) {
+            reply = Some(value);
+            if listen_ms == 0 {
+                break;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    match reply {
+        None => Err(Failure::Reply(switchboard_bus::Error::new(
+            ErrorCode::Timeout,
+            "no reply from the gateway",
+        ))),
+        Some(r) if r["ok"] == serde_json::json!(true) => Ok(()),
+        Some(r) => {
+            let code: ErrorCode =
+                serde_json::from_value(r["error"]["code"].clone()).unwrap_or(ErrorCode::Unknown);
+            let message = r["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Err(Failure::Reply(switchboard_bus::Error::new(code, message)))
+        }
+    }
+}
