@@ -1,0 +1,329 @@
+//! Loading: the file, the profile, environment overrides, every check, the start order.
+
+use super::*;
+
+/// Loads and checks `path` with profile `profile` and the process environment.
+///
+/// # Errors
+///
+/// See [`EcosystemError`].
+pub fn load(path: &Path, profile: Option<&str>) -> Result<Ecosystem, EcosystemError> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    load_with_env(path, profile, &env)
+}
+
+/// As [`load`], with the environment given (tests).
+///
+/// # Errors
+///
+/// See [`EcosystemError`].
+pub fn load_with_env(
+    path: &Path,
+    profile: Option<&str>,
+    env: &HashMap<String, String>,
+) -> Result<Ecosystem, EcosystemError> {
+    let file_err = |message: String| EcosystemError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let top_env: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("SB_ECO__") && !k.to_ascii_uppercase().starts_with("SB_ECO__APPS__")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let built = config::Config::builder()
+        .add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        )
+        .add_source(
+            config::Environment::with_prefix("SB_ECO")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(top_env)),
+        )
+        .build()
+        .map_err(|e| file_err(e.to_string()))?;
+    let mut root: Value = built
+        .try_deserialize()
+        .map_err(|e| file_err(e.to_string()))?;
+    let root_map = root
+        .as_object_mut()
+        .ok_or_else(|| file_err("the file is not a table".into()))?;
+    check_keys("(top level)", root_map, TOP_KEYS, false)?;
+    let main_conf: MainConf = section(root_map, "main", MAIN_KEYS)?;
+    let broker: BrokerConf = section(root_map, "broker", BROKER_KEYS)?;
+    let apps_raw = match root_map.remove("apps") {
+        Some(Value::Array(apps)) => apps,
+        None => Vec::new(),
+        Some(_) => {
+            return Err(file_err(
+                "`apps` must be an array of tables ([[apps]])".into(),
+            ))
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut apps = Vec::new();
+    for (i, mut raw) in apps_raw.into_iter().enumerate() {
+        let map = raw.as_object_mut().ok_or_else(|| EcosystemError::Invalid {
+            app: format!("#{}", i + 1),
+            message: "not a table".into(),
+        })?;
+        let name = map
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| EcosystemError::Invalid {
+                app: format!("#{}", i + 1),
+                message: "missing name".into(),
+            })?;
+        check_keys(&name, map, APP_KEYS, true)?;
+        apply_env_overrides(&name, map, env);
+        apply_profile(map, profile);
+        let spec: AppSpec = serde_json::from_value(raw).map_err(|e| EcosystemError::Invalid {
+            app: name.clone(),
+            message: e.to_string(),
+        })?;
+        apps.push(check_app(spec, &base)?);
+    }
+    let apps = order(apps)?;
+    Ok(Ecosystem {
+        main: main_conf,
+        broker,
+        apps,
+        base,
+    })
+}
+
+pub(super) fn section<T: for<'de> Deserialize<'de>>(
+    root: &mut Map<String, Value>,
+    name: &str,
+    keys: &[&str],
+) -> Result<T, EcosystemError> {
+    let mut value = root.remove(name).unwrap_or(Value::Object(Map::new()));
+    if let Some(map) = value.as_object_mut() {
+        check_keys(&format!("[{name}]"), map, keys, false)?;
+    }
+    serde_json::from_value(value).map_err(|e| EcosystemError::Invalid {
+        app: format!("[{name}]"),
+        message: e.to_string(),
+    })
+}
+
+pub(super) fn check_keys(
+    app: &str,
+    map: &Map<String, Value>,
+    known: &[&str],
+    profiles: bool,
+) -> Result<(), EcosystemError> {
+    for key in map.keys() {
+        let profile_env = profiles && key.starts_with("env_") && key.len() > 4;
+        if !known.contains(&key.as_str()) && !profile_env {
+            return Err(EcosystemError::UnknownKey {
+                app: app.to_owned(),
+                key: key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `SB_ECO__APPS__<APP>__<KEY>=value` overrides one key of one app.
+pub(super) fn apply_env_overrides(
+    app: &str,
+    map: &mut Map<String, Value>,
+    env: &HashMap<String, String>,
+) {
+    let prefix = format!(
+        "SB_ECO__APPS__{}__",
+        app.to_ascii_uppercase().replace('-', "_")
+    );
+    for (k, v) in env {
+        if let Some(key) = k.strip_prefix(&prefix) {
+            let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+            map.insert(key.to_ascii_lowercase(), value);
+        }
+    }
+}
+
+/// Merges `env_<profile>` over `env` and drops every `env_*` table.
+pub(super) fn apply_profile(map: &mut Map<String, Value>, profile: Option<&str>) {
+    let overlay = profile.and_then(|p| map.get(&format!("env_{p}")).cloned());
+    map.retain(|k, _| !k.starts_with("env_"));
+    if let Some(Value::Object(overlay)) = overlay {
+        let env = map
+            .entry("env")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(env) = env.as_object_mut() {
+            env.extend(overlay);
+        }
+    }
+}
+
+pub(super) fn check_app(spec: AppSpec, base: &Path) -> Result<App, EcosystemError> {
+    let invalid = |message: String| EcosystemError::Invalid {
+        app: spec.name.clone(),
+        message,
+    };
+    switchboard_bus::proto::validate_name(&spec.name).map_err(|e| invalid(format!("name: {e}")))?;
+    if spec.name.starts_with('$') || spec.name == "main" {
+        return Err(invalid("the names `main` and `$…` are taken".into()));
+    }
+    if !(1..=99).contains(&spec.instances) {
+        return Err(invalid(format!(
+            "instances must be 1 to 99, not {}",
+            spec.instances
+        )));
+    }
+    let bin = resolve_bin(&spec.bin, base).ok_or_else(|| {
+        invalid(format!(
+            "bin {:?} not found (looked next to main and on PATH)",
+            spec.bin
+        ))
+    })?;
+    let max_memory = match &spec.max_memory_restart {
+        None => None,
+        Some(v) => Some(parse_size(v).ok_or_else(|| {
+            invalid(format!(
+                "max_memory_restart {v}: use bytes or a size like \"200M\""
+            ))
+        })?),
+    };
+    let numbered = spec.instances > 1 || spec.instance_var.is_some();
+    let instances = (1..=spec.instances)
+        .map(|n| {
+            if numbered {
+                format!("{}{n:02}", spec.name)
+            } else {
+                spec.name.clone()
+            }
+        })
+        .collect();
+    Ok(App {
+        spec,
+        bin,
+        max_memory,
+        instances,
+    })
+}
+
+/// Resolves a `bin`: a path (relative to the ecosystem file's folder), or a bare
+/// name next to the running `main`, then on PATH.
+pub fn resolve_bin(bin: &str, base: &Path) -> Option<PathBuf> {
+    let is_file = |p: &Path| p.is_file();
+    if bin.contains('/') {
+        let p = if Path::new(bin).is_absolute() {
+            PathBuf::from(bin)
+        } else {
+            base.join(bin)
+        };
+        return is_file(&p).then_some(p);
+    }
+    let beside = std::env::current_exe().ok()?.parent()?.join(bin);
+    if is_file(&beside) {
+        return Some(beside);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(bin))
+            .find(|p| is_file(p))
+    })
+}
+
+/// "200M" → 209715200; also K, G, plain bytes (number or string).
+pub fn parse_size(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => {
+            let s = s.trim();
+            let (num, mult) = match s.chars().last()?.to_ascii_uppercase() {
+                'K' => (&s[..s.len() - 1], 1u64 << 10),
+                'M' => (&s[..s.len() - 1], 1 << 20),
+                'G' => (&s[..s.len() - 1], 1 << 30),
+                _ => (s, 1),
+            };
+            num.trim().parse::<u64>().ok()?.checked_mul(mult)
+        }
+        _ => None,
+    }
+}
+
+/// Orders apps so that every app comes after what it depends on.
+pub(super) fn order(apps: Vec<App>) -> Result<Vec<App>, EcosystemError> {
+    let index: HashMap<String, usize> = apps
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.spec.name.clone(), i))
+        .collect();
+    if index.len() != apps.len() {
+        let mut seen = std::collections::HashSet::new();
+        let dup = apps
+            .iter()
+            .find(|a| !seen.insert(&a.spec.name))
+            .map(|a| a.spec.name.clone())
+            .unwrap_or_default();
+        return Err(EcosystemError::Invalid {
+            app: dup,
+            message: "two apps have this name".into(),
+        });
+    }
+    for app in &apps {
+        for dep in &app.spec.depends_on {
+            if !index.contains_key(dep) {
+                return Err(EcosystemError::Invalid {
+                    app: app.spec.name.clone(),
+                    message: format!("depends_on {dep:?}, which is not an app"),
+                });
+            }
+        }
+    }
+    // Depth-first, with the path kept to name a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        apps: &[App],
+        index: &HashMap<String, usize>,
+        marks: &mut [Mark],
+        path: &mut Vec<String>,
+        out: &mut Vec<usize>,
+    ) -> Result<(), EcosystemError> {
+        match marks[i] {
+            Mark::Done => return Ok(()),
+            Mark::Active => {
+                let start = path
+                    .iter()
+                    .position(|n| *n == apps[i].spec.name)
+                    .unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(apps[i].spec.name.clone());
+                return Err(EcosystemError::Cycle(cycle.join(" -> ")));
+            }
+            Mark::New => {}
+        }
+        marks[i] = Mark::Active;
+        path.push(apps[i].spec.name.clone());
+        for dep in &apps[i].spec.depends_on {
+            visit(index[dep], apps, index, marks, path, out)?;
+        }
+        path.pop();
+        marks[i] = Mark::Done;
+        out.push(i);
+        Ok(())
+    }
+    let mut marks = vec![Mark::New; apps.len()];
+    let mut out = Vec::new();
+    for i in 0..apps.len() {
+        visit(i, &apps, &index, &mut marks, &mut Vec::new(), &mut out)?;
+    }
+    let mut slots: Vec<Option<App>> = apps.into_iter().map(Some).collect();
+    Ok(out.into_iter().filter_map(|i| slots[i].take()).collect())
+}

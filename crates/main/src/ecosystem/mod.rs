@@ -1,0 +1,268 @@
+//! `ecosystem.toml`: PM2's ecosystem file, in TOML.
+//!
+//! Read with the `config` crate in three layers: the file, then the `--env NAME`
+//! profile (each app's `env_NAME` table over its `env`), then environment
+//! variables: `SB_ECO__MAIN__HEARTBEAT_MS=500`, `SB_ECO__BROKER__BIND=…` for the
+//! top-level tables, and `SB_ECO__APPS__<APP>__<KEY>=value` for one app's key
+//! (the value is read as JSON when it parses, as a string otherwise).
+//!
+//! Everything is checked before anything starts: an unknown key is an error that
+//! names the app and the key; so is a `depends_on` cycle, a dependency that does
+//! not exist, or a `bin` that cannot be found.
+
+mod load;
+
+pub use load::{load, load_with_env, parse_size, resolve_bin};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// What can be wrong with an ecosystem file.
+#[derive(Debug, thiserror::Error)]
+pub enum EcosystemError {
+    /// The file cannot be read or is not TOML.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key the format does not have.
+    #[error("app {app:?}: unknown key {key:?}")]
+    UnknownKey {
+        /// The app (or `[broker]`/`[main]`/top level).
+        app: String,
+        /// The key.
+        key: String,
+    },
+    /// A value of the wrong type or out of range.
+    #[error("app {app:?}: {message}")]
+    Invalid {
+        /// The app.
+        app: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dependency cycle.
+    #[error("depends_on cycle: {0}")]
+    Cycle(String),
+}
+
+const APP_KEYS: &[&str] = &[
+    "name",
+    "bin",
+    "args",
+    "instances",
+    "instance_var",
+    "env",
+    "depends_on",
+    "wait_ready",
+    "ready_timeout_ms",
+    "kill_timeout_ms",
+    "autorestart",
+    "max_restarts",
+    "min_uptime_ms",
+    "restart_delay_ms",
+    "exp_backoff_restart_delay_ms",
+    "max_memory_restart",
+    "watch",
+    "ignore_watch",
+];
+const BROKER_KEYS: &[&str] = &["bin", "bind", "args", "env"];
+const MAIN_KEYS: &[&str] = &[
+    "run_dir",
+    "heartbeat_ms",
+    "liveness",
+    "log_max_bytes",
+    "log_keep",
+];
+const TOP_KEYS: &[&str] = &["main", "broker", "apps"];
+
+/// `[main]`: the supervisor's own settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MainConf {
+    /// Folder for logs (`run_dir/logs/INSTANCE.log`), relative to the file.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: String,
+    /// How often each instance is health-checked (`$health` over the bus).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Failed health checks in a row after which a live process counts as hung.
+    #[serde(default = "default_liveness")]
+    pub liveness: u32,
+    /// A log file is rotated past this size.
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// Rotated log files kept.
+    #[serde(default = "default_log_keep")]
+    pub log_keep: u32,
+}
+
+/// `[broker]`: the broker main starts first.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerConf {
+    /// Binary.
+    #[serde(default = "default_broker_bin")]
+    pub bin: String,
+    /// Endpoint (port 0 picks one).
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Extra arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment.
+    #[serde(default, deserialize_with = "string_map")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// One `[[apps]]` table. Units are in the names; defaults follow PM2's where it
+/// has one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppSpec {
+    /// App name; also its service name on the bus.
+    pub name: String,
+    /// Binary: a path, or a name looked up next to `main` and then on PATH.
+    pub bin: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Processes to run (1 to 99).
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// Like PM2's `increment_var`: instance n is named NAME01, NAME02… and this
+    /// environment variable carries the name (SB_INSTANCE always does).
+    #[serde(default)]
+    pub instance_var: Option<String>,
+    /// Environment (after the profile is applied).
+    #[serde(default, deserialize_with = "string_map")]
+    pub env: BTreeMap<String, String>,
+    /// Apps that must be ready before this one starts.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Started means registered and ready on the bus (true), or just spawned.
+    #[serde(default = "yes")]
+    pub wait_ready: bool,
+    /// How long readiness may take before the start counts as failed.
+    #[serde(default = "default_ready_timeout_ms")]
+    pub ready_timeout_ms: u64,
+    /// Between SIGTERM and SIGKILL when stopping.
+    #[serde(default = "default_kill_timeout_ms")]
+    pub kill_timeout_ms: u64,
+    /// Restart when the process exits or hangs.
+    #[serde(default = "yes")]
+    pub autorestart: bool,
+    /// Unstable restarts (uptime under `min_uptime_ms`) in a row before `errored`.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// Uptime under which an exit counts as unstable.
+    #[serde(default = "default_min_uptime_ms")]
+    pub min_uptime_ms: u64,
+    /// Delay before a restart.
+    #[serde(default = "default_restart_delay_ms")]
+    pub restart_delay_ms: u64,
+    /// When set, the delay doubles on each unstable restart from this value
+    /// (at most 15 s) instead of `restart_delay_ms`.
+    #[serde(default)]
+    pub exp_backoff_restart_delay_ms: u64,
+    /// Resident memory past which the instance is replaced gracefully ("200M",
+    /// "1G", "512K" or bytes).
+    #[serde(default)]
+    pub max_memory_restart: Option<Value>,
+    /// Reload (zero downtime) when the binary changes on disk.
+    #[serde(default)]
+    pub watch: bool,
+    /// Paths never watched (accepted for PM2 compatibility; only `bin` is watched).
+    #[serde(default)]
+    pub ignore_watch: Vec<String>,
+}
+
+/// A checked ecosystem, apps in start order.
+#[derive(Debug, Clone)]
+pub struct Ecosystem {
+    /// `[main]`.
+    pub main: MainConf,
+    /// `[broker]`.
+    pub broker: BrokerConf,
+    /// Apps, dependencies first.
+    pub apps: Vec<App>,
+    /// The folder of the file (relative paths are read from there).
+    pub base: PathBuf,
+}
+
+/// A checked app.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The spec.
+    pub spec: AppSpec,
+    /// The resolved binary.
+    pub bin: PathBuf,
+    /// `max_memory_restart` in bytes.
+    pub max_memory: Option<u64>,
+    /// Instance names.
+    pub instances: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_run_dir() -> String {
+    "run".into()
+}
+fn default_heartbeat_ms() -> u64 {
+    1_000
+}
+fn default_liveness() -> u32 {
+    3
+}
+fn default_log_max_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_log_keep() -> u32 {
+    3
+}
+fn default_broker_bin() -> String {
+    "broker".into()
+}
+fn default_bind() -> String {
+    "tcp://127.0.0.1:5555".into()
+}
+fn default_ready_timeout_ms() -> u64 {
+    10_000
+}
+fn default_kill_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_restarts() -> u32 {
+    10
+}
+fn default_min_uptime_ms() -> u64 {
+    1_000
+}
+fn default_restart_delay_ms() -> u64 {
+    100
+}
+
+fn string_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw: BTreeMap<String, Value> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! The ecosystem file's rules, pinned.
+
+use super::*;
+use std::io::Write;
+
+fn write(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn load_text(
+    text: &str,
+    profile: Option<&str>,
+    env: &[(&str, &str)],
+) -> Result<Ecosystem, EcosystemError> {
+    let f = write(text);
+    let env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    load_with_env(f.path(), profile, &env)
+}
+
+const OK: &str = r#"
+    [broker]
+    bind = "tcp://127.0.0.1:0"
+
+    [[apps]]
+    name = "web"
+    bin = "/bin/sh"
+    depends_on = ["api"]
+    env = { PORT = 3000, MODE = "dev" }
+    env_production = { MODE = "prod" }
+
+    [[apps]]
+    name = "api"
+    bin = "/bin/sh"
+    instances = 2
+    max_memory_restart = "200M"
+"#;
+
+#[test]
+fn orders_by_dependency_names_instances_and_applies_profile() {
+    let eco = load_text(OK, Some("production"), &[]).unwrap();
+    let names: Vec<&str> = eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(eco.apps[0].instances, ["api01", "api02"]);
+    assert_eq!(eco.apps[0].max_memory, Some(200 << 20));
+    assert_eq!(eco.apps[1].instances, ["web"]);
+    assert_eq!(eco.apps[1].spec.env["MODE"], "prod");
+    assert_eq!(eco.apps[1].spec.env["PORT"], "3000");
+    assert_eq!(eco.broker.bind, "tcp://127.0.0.1:0");
+    let dev = load_text(OK, None, &[]).unwrap();
+    assert_eq!(dev.apps[1].spec.env["MODE"], "dev");
+}
+
+#[test]
+fn environment_overrides_top_level_and_app_keys() {
+    let eco = load_text(
+        OK,
+        None,
+        &[
+            ("SB_ECO__MAIN__HEARTBEAT_MS", "250"),
+            ("SB_ECO__APPS__API__INSTANCES", "3"),
+            ("SB_SECRET", "not ours"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(eco.main.heartbeat_ms, 250);
+    assert_eq!(eco.apps[0].instances.len(), 3);
+}
+
+#[test]
+fn unknown_key_names_app_and_key() {
+    let err = load_text(&OK.replace("instances = 2", "instancs = 2"), None, &[]).unwrap_err();
+    assert_eq!(err.to_string(), r#"app "api": unknown key "instancs""#);
+    let err = load_text(&format!("{OK}\n[extra]\nx = 1\n"), None, &[]).unwrap_err();
+    assert!(err.to_string().contains("unknown key \"extra\""), "{err}");
+    let err = load_text(&OK.replace("bind =", "bnd ="), None, &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("[broker]") && err.to_string().contains("bnd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cycles_missing_dependencies_and_bins_are_errors() {
+    let cyclic = OK.replace("max_memory_restart = \"200M\"", "depends_on = [\"web\"]");
+    assert!(
+        matches!(load_text(&cyclic, None, &[]), Err(EcosystemError::Cycle(c)) if c.contains("web") && c.contains("api"))
+    );
+    let missing = OK.replace("depends_on = [\"api\"]", "depends_on = [\"nope\"]");
+    assert!(load_text(&missing, None, &[])
+        .unwrap_err()
+        .to_string()
+        .contains("\"nope\""));
+    let no_bin = OK.replacen("bin = \"/bin/sh\"", "bin = \"/no/such/bin\"", 1);
+    let err = load_text(&no_bin, None, &[]).unwrap_err().to_string();
+    assert!(err.contains("web") && err.contains("not found"), "{err}");
+    let bad_mem = OK.replace("\"200M\"", "\"lots\"");
+    assert!(load_text(&bad_mem, None, &[])
+        .unwrap_err()
+        .to_string()
+        .contains("max_memory_restart"));
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size(&Value::from("512K")), Some(512 << 10));
+    assert_eq!(parse_size(&Value::from("1G")), Some(1 << 30));
+    assert_eq!(parse_size(&Value::from(1000)), Some(1000));
+    assert_eq!(parse_size(&Value::from("x")), None);
+}
