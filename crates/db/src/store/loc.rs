@@ -1,0 +1,95 @@
+//! Loc's operations: last known positions, saved and loaded.
+
+use super::*;
+
+impl Db {
+    /// Upserts positions (a position older than the stored one is ignored: latest
+    /// wins) and deletes the users that left, in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::chat_save`].
+    pub async fn loc_save(&self, save: &api::LocSave, deadline: u64) -> Result<(), DbError> {
+        for p in &save.positions {
+            check_name("zone", &p.zone)?;
+            check_user(&p.user)?;
+            if !p.x.is_finite() || !p.y.is_finite() {
+                return Err(DbError::Invalid("coordinates must be finite".into()));
+            }
+        }
+        for g in &save.gone {
+            check_name("zone", &g.zone)?;
+            check_user(&g.user)?;
+        }
+        if save.positions.is_empty() && save.gone.is_empty() {
+            return Ok(());
+        }
+        self.ensure_schema(deadline).await?;
+        retry(deadline, "loc.save", || async {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            // Chunks keep each statement well under the placeholder limit.
+            for chunk in save.positions.chunks(1_000) {
+                let rows = vec!["(?,?,?,?,?)"; chunk.len()].join(",");
+                let sql = format!(
+                    "INSERT INTO positions (zone, user_id, x, y, ts) VALUES {rows} \
+                     ON DUPLICATE KEY UPDATE \
+                     x = IF(VALUES(ts) >= ts, VALUES(x), x), \
+                     y = IF(VALUES(ts) >= ts, VALUES(y), y), \
+                     ts = GREATEST(ts, VALUES(ts))"
+                );
+                let params: Vec<Value> = chunk
+                    .iter()
+                    .flat_map(|p| {
+                        [
+                            p.zone.as_str().into(),
+                            p.user.as_str().into(),
+                            p.x.into(),
+                            p.y.into(),
+                            p.ts.into(),
+                        ]
+                    })
+                    .collect();
+                tx.exec_drop(sql, params).await?;
+            }
+            for g in &save.gone {
+                tx.exec_drop(
+                    "DELETE FROM positions WHERE zone = ? AND user_id = ?",
+                    (&g.zone, &g.user),
+                )
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// A zone's last known positions.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::chat_save`].
+    pub async fn loc_load(&self, zone: &str, deadline: u64) -> Result<Vec<api::Position>, DbError> {
+        check_name("zone", zone)?;
+        self.ensure_schema(deadline).await?;
+        let rows: Vec<(String, f64, f64, u64)> = retry(deadline, "loc.load", || async {
+            let mut conn = self.pool.get_conn().await?;
+            conn.exec(
+                "SELECT user_id, x, y, ts FROM positions WHERE zone = ?",
+                (zone,),
+            )
+            .await
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, x, y, ts)| api::Position {
+                zone: zone.to_owned(),
+                user,
+                x,
+                y,
+                ts,
+            })
+            .collect())
+    }
+}
