@@ -8,6 +8,14 @@
 //!   broker's own view; [`eventually`]: poll a condition until a deadline.
 //! - [`trace_init`]: test logging, shown when `TEST_LOG` is set.
 
+mod database;
+mod peer;
+mod relay;
+
+pub use database::TestDatabase;
+pub use peer::RawPeer;
+pub use relay::TcpRelay;
+
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -366,154 +374,6 @@ pub async fn whoami(
     Ok(who.instance)
 }
 
-// === raw peers ===
-
-/// A bare DEALER socket speaking the envelope protocol by hand: for tests that
-/// need a peer to misbehave (reply late, send garbage, skip authentication).
-pub struct RawPeer {
-    /// The socket.
-    pub socket: zeromq::DealerSocket,
-}
-
-impl RawPeer {
-    /// Connects a DEALER (with a chosen ZeroMQ identity, if given).
-    pub async fn connect(endpoint: &str, identity: Option<&str>) -> anyhow::Result<Self> {
-        use zeromq::Socket;
-        let mut options = zeromq::SocketOptions::default();
-        if let Some(id) = identity {
-            options.peer_identity(id.parse().context("identity")?);
-        }
-        options.connect_timeout(Duration::from_secs(5));
-        let mut socket = zeromq::DealerSocket::with_options(options);
-        socket.connect(endpoint).await.context("connect")?;
-        Ok(Self { socket })
-    }
-
-    /// Sends frames as given.
-    pub async fn send_frames(&mut self, frames: Vec<bytes::Bytes>) -> anyhow::Result<()> {
-        use zeromq::SocketSend;
-        let msg =
-            zeromq::ZmqMessage::try_from(frames).map_err(|_| anyhow::anyhow!("empty message"))?;
-        self.socket.send(msg).await.context("send")
-    }
-
-    /// Sends one envelope.
-    pub async fn send_env(&mut self, env: &proto::Envelope) -> anyhow::Result<()> {
-        self.send_frames(vec![proto::encode(env)?.into()]).await
-    }
-
-    /// The next message (frames), skipping broker heartbeats; `None` after `timeout`.
-    pub async fn recv(&mut self, timeout: Duration) -> Option<Vec<bytes::Bytes>> {
-        use zeromq::SocketRecv;
-        let until = tokio::time::Instant::now() + timeout;
-        loop {
-            let msg = tokio::time::timeout_at(until, self.socket.recv())
-                .await
-                .ok()?
-                .ok()?;
-            let frames = msg.into_vec();
-            let is_heartbeat = frames
-                .last()
-                .and_then(|f| proto::decode(f).ok())
-                .is_some_and(|e| e.kind == proto::Kind::Heartbeat);
-            if !is_heartbeat {
-                return Some(frames);
-            }
-        }
-    }
-
-    /// Says hello (answering a challenge with `secret`) and returns the final
-    /// answer: `Ok` when accepted.
-    pub async fn register(
-        &mut self,
-        service: &str,
-        instance: &str,
-        secret: Option<&str>,
-    ) -> anyhow::Result<proto::Welcome> {
-        let mut hello = proto::Hello {
-            service: service.into(),
-            instance: instance.into(),
-            pid: std::process::id(),
-            credit: 16,
-            proof: None,
-            successor: false,
-        };
-        for _ in 0..2 {
-            let mut env = proto::Envelope::new(proto::Kind::Hello);
-            env.body = proto::ByteBuf::from(proto::to_body(&hello)?);
-            self.send_env(&env).await?;
-            let frames = self
-                .recv(Duration::from_secs(5))
-                .await
-                .context("no answer to hello")?;
-            let env = proto::decode(frames.last().context("empty")?)?;
-            if let Some(error) = env.error {
-                bail!("hello refused: {error}");
-            }
-            let welcome: proto::Welcome = proto::from_body(&env.body)?;
-            if welcome.accepted {
-                return Ok(welcome);
-            }
-            let nonce = welcome.nonce.context("neither accepted nor challenged")?;
-            let secret = secret.context("challenged without a secret")?;
-            hello.proof = Some(proto::ByteBuf::from(
-                proto::auth::proof(secret.as_bytes(), &nonce, service, instance).to_vec(),
-            ));
-        }
-        bail!("not accepted after answering the challenge")
-    }
-}
-
-// === databases ===
-
-/// A database name of its own for one test (`sb_test_<pid>_<n>_<random>`), on the
-/// server of `SB_TEST_MYSQL` (default `mysql://root@127.0.0.1:3306`). The db
-/// service creates it; dropping the guard drops it (best effort, via the
-/// `mariadb` client).
-pub struct TestDatabase {
-    /// Full URL with the database name.
-    pub url: String,
-    /// The database name.
-    pub name: String,
-}
-
-impl TestDatabase {
-    /// A fresh, unused name.
-    pub fn new() -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let base =
-            std::env::var("SB_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-        let name = format!(
-            "sb_test_{}_{}_{:x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            proto::now_ms() & 0xffff_ffff
-        );
-        Self {
-            url: format!("{}/{name}", base.trim_end_matches('/')),
-            name,
-        }
-    }
-}
-
-impl Default for TestDatabase {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("mariadb")
-            .args(["--protocol=tcp", "-h127.0.0.1", "-uroot", "-e"])
-            .arg(format!("DROP DATABASE IF EXISTS `{}`", self.name))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// Sends a real signal to any process.
 pub fn signal_pid(pid: u32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid as i32), sig);
@@ -542,96 +402,4 @@ pub async fn sleep_in_flight(
         "the sleep request reached an instance of {service}"
     );
     call
-}
-
-// === a cuttable TCP relay ===
-
-/// A real TCP relay in front of a real server (MariaDB), for outages without
-/// touching the server other tests share: [`TcpRelay::cut`] drops every relayed
-/// connection and refuses new ones (closed at once, as a stopped server's port
-/// would); [`TcpRelay::restore`] relays again.
-pub struct TcpRelay {
-    /// `HOST:PORT` to connect to instead of the server.
-    pub addr: String,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: tokio::sync::watch::Sender<u64>,
-    stop: CancellationToken,
-}
-
-impl TcpRelay {
-    /// Relays a port picked by the OS to `target`, on a thread of its own.
-    ///
-    /// # Panics
-    ///
-    /// When no port can be bound.
-    pub fn start(target: &str) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
-        let stop = CancellationToken::new();
-        let (target, cut2, stop2) = (target.to_owned(), cut.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let accepted = tokio::select! {
-                        () = stop2.cancelled() => return,
-                        a = listener.accept() => a,
-                    };
-                    let Ok((mut inbound, _)) = accepted else {
-                        continue;
-                    };
-                    if cut2.load(Ordering::SeqCst) {
-                        continue; // dropped: closed at once
-                    }
-                    let target = target.clone();
-                    let mut gen = gen_rx.clone();
-                    // Only a cut after this connection ends it (the clone would
-                    // otherwise still see the last cut as news).
-                    gen.borrow_and_update();
-                    let stop = stop2.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = gen.changed() => {}
-                            () = stop.cancelled() => {}
-                        }
-                    });
-                }
-            });
-        });
-        Self {
-            addr,
-            cut,
-            generation,
-            stop,
-        }
-    }
-
-    /// The outage: every relayed connection drops, new ones are closed at once.
-    pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    /// The server is back.
-    pub fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for TcpRelay {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
 }
