@@ -1,6 +1,6 @@
 //! The bus's one error type.
 
-use switchboard_proto::{ErrorBody, ErrorCode};
+use switchboard_proto::{ErrorBody, ErrorCode, ProtoError};
 
 /// A failed request or bus operation: a contract [`ErrorCode`] (what callers
 /// branch on) and a message for people.
@@ -42,5 +42,13 @@ impl From<ErrorBody> for Error {
 impl From<Error> for ErrorBody {
     fn from(e: Error) -> Self {
         ErrorBody::new(e.code, e.message)
+    }
+}
+
+/// A body or envelope that does not encode or decode is an `internal` error: a
+/// peer (or this process) broke the contract, not the caller.
+impl From<ProtoError> for Error {
+    fn from(e: ProtoError) -> Self {
+        Self::internal(e.to_string())
     }
 }

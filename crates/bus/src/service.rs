@@ -167,7 +167,7 @@ impl Request {
     ///
     /// `internal` if the value does not serialize.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> HandlerResult {
-        proto::to_body(value).map_err(|e| Error::internal(e.to_string()))
+        proto::to_body(value).map_err(Error::from)
     }
 }
 

@@ -309,7 +309,7 @@ async fn say(req: Request) -> HandlerResult {
         ts,
         idempotency_key: Some(key),
     };
-    let body = proto::to_body(&save).map_err(|e| Error::internal(e.to_string()))?;
+    let body = proto::to_body(&save)?;
     // Acknowledged only after the db service has committed it; idempotent, so the
     // broker may retry it on another db instance.
     let mut options = req.onward();
@@ -318,8 +318,7 @@ async fn say(req: Request) -> HandlerResult {
         .bus
         .call("db", api::db_ops::CHAT_SAVE, body, options)
         .await?;
-    let saved: api::ChatSaved =
-        proto::from_body(&reply.body).map_err(|e| Error::internal(e.to_string()))?;
+    let saved: api::ChatSaved = proto::from_body(&reply.body)?;
     if saved.duplicate && client_key {
         // The client's retry: stored (and published) the first time; it only
         // learns the seq. (A duplicate under our own key is a retry of this very
@@ -336,7 +335,7 @@ async fn say(req: Request) -> HandlerResult {
         text: &arg.text,
         ts,
     };
-    let event = proto::to_body(&event).map_err(|e| Error::internal(e.to_string()))?;
+    let event = proto::to_body(&event)?;
     if let Err(e) = req.bus.publish(&room_topic(&arg.room), event).await {
         tracing::warn!(error = %e, "message committed but not published");
     }
@@ -354,7 +353,7 @@ async fn history(req: Request) -> HandlerResult {
         limit: arg.limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX),
         before: arg.before,
     };
-    let body = proto::to_body(&q).map_err(|e| Error::internal(e.to_string()))?;
+    let body = proto::to_body(&q)?;
     let reply = req
         .bus
         .call("db", api::db_ops::CHAT_HISTORY, body, req.onward())
@@ -374,7 +373,7 @@ async fn dm(req: Request) -> HandlerResult {
         text: &arg.text,
         ts: proto::now_ms(),
     };
-    let body = proto::to_body(&event).map_err(|e| Error::internal(e.to_string()))?;
+    let body = proto::to_body(&event)?;
     req.bus.publish(&topic, body).await?;
     Request::encode(&Empty {})
 }
@@ -394,8 +393,8 @@ async fn relay(req: Request) -> HandlerResult {
         ));
     }
     let body = match &arg.data {
-        Some(data) => proto::to_body(data).map_err(|e| Error::internal(e.to_string()))?,
-        None => proto::to_body(&Empty {}).map_err(|e| Error::internal(e.to_string()))?,
+        Some(data) => proto::to_body(data)?,
+        None => proto::to_body(&Empty {})?,
     };
     let reply = req.bus.call(&arg.to, &arg.op, body, req.onward()).await?;
     Ok(reply.body.into_vec())

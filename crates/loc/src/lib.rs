@@ -192,10 +192,9 @@ impl Loc {
             .bus
             .call("db", api::db_ops::LOC_LOAD, body, req.onward())
             .await;
-        let positions = match loaded.and_then(|r| {
-            proto::from_body::<api::LocPositions>(&r.body)
-                .map_err(|e| Error::internal(e.to_string()))
-        }) {
+        let positions = match loaded
+            .and_then(|r| proto::from_body::<api::LocPositions>(&r.body).map_err(Error::from))
+        {
             Ok(p) => p.positions,
             Err(e) => {
                 tracing::warn!(zone, error = %e, "could not load saved positions; serving from memory");
@@ -472,7 +471,7 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
         y: arg.y,
         ts,
     };
-    let body = proto::to_body(&event).map_err(|e| Error::internal(e.to_string()))?;
+    let body = proto::to_body(&event)?;
     req.bus.publish(&format!("loc.{}", arg.zone), body).await?;
     Request::encode(&Empty {})
 }

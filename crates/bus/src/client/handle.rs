@@ -164,7 +164,7 @@ impl Handle {
     ///
     /// `unavailable` when the client is closed.
     pub async fn reply(&self, token: Bytes, env: &Envelope) -> Result<(), Error> {
-        let frame = proto::encode(env).map_err(|e| Error::internal(e.to_string()))?;
+        let frame = proto::encode(env)?;
         let mut msg = ZmqMessage::from(frame);
         msg.push_front(token);
         self.tx.send(Cmd::Send(msg)).await.map_err(|_| closed())

@@ -69,8 +69,7 @@ pub(super) async fn register(config: &Config, socket: &mut DealerSocket) -> Resu
         if let Some(error) = env.error {
             return Err(error.into());
         }
-        let welcome: Welcome =
-            proto::from_body(&env.body).map_err(|e| Error::internal(e.to_string()))?;
+        let welcome: Welcome = proto::from_body(&env.body)?;
         if welcome.accepted {
             return Ok(welcome);
         }
@@ -94,9 +93,8 @@ pub(super) fn try_send(socket: &mut DealerSocket, msg: ZmqMessage) -> bool {
 pub(super) async fn send_hello(socket: &mut DealerSocket, hello: &Hello) -> Result<(), Error> {
     let mut env = Envelope::new(Kind::Hello);
     env.from.clone_from(&hello.instance);
-    env.body =
-        proto::ByteBuf::from(proto::to_body(hello).map_err(|e| Error::internal(e.to_string()))?);
-    let frame = proto::encode(&env).map_err(|e| Error::internal(e.to_string()))?;
+    env.body = proto::ByteBuf::from(proto::to_body(hello)?);
+    let frame = proto::encode(&env)?;
     socket
         .send(ZmqMessage::from(frame))
         .await

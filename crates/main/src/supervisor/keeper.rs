@@ -385,8 +385,7 @@ impl Keeper {
                 )
                 .await;
             if let Ok(list) = reply.and_then(|r| {
-                proto::from_body::<Vec<InstanceInfo>>(&r.body)
-                    .map_err(|e| switchboard_bus::Error::internal(e.to_string()))
+                proto::from_body::<Vec<InstanceInfo>>(&r.body).map_err(switchboard_bus::Error::from)
             }) {
                 if list
                     .iter()
