@@ -50,7 +50,7 @@ pub async fn handle(
     gw.stats.open.fetch_add(1, Ordering::Relaxed);
     let session = api::session_id(gw.bus.instance(), id);
     let s = &gw.settings;
-    let conn = Connection {
+    let conn = Client {
         out: Arc::new(ConnOut {
             outbox: Outbox::new(Limits {
                 soft: s.send_buffer,
@@ -98,7 +98,7 @@ enum Why {
     Closing,
 }
 
-struct Connection {
+struct Client {
     gw: Arc<Gateway>,
     out: Arc<ConnOut>,
     id: u64,
@@ -140,9 +140,9 @@ impl Bucket {
     }
 }
 
-// === impl Connection ===
+// === impl Client ===
 
-impl Connection {
+impl Client {
     fn user(&self) -> Option<String> {
         self.user.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -29,7 +29,7 @@ pub struct ClientMsg {
 }
 
 #[derive(Serialize)]
-struct Ok<'a> {
+struct OkFrame<'a> {
     id: &'a serde_json::Value,
     ok: bool,
     data: &'a serde_json::Value,
@@ -42,7 +42,7 @@ struct ErrBody<'a> {
 }
 
 #[derive(Serialize)]
-struct Err<'a> {
+struct ErrFrame<'a> {
     id: &'a serde_json::Value,
     ok: bool,
     error: ErrBody<'a>,
@@ -67,7 +67,7 @@ pub fn parse(msg: &Message) -> Result<ClientMsg, String> {
 
 /// A success reply.
 pub fn ok(id: &serde_json::Value, data: &serde_json::Value, binary_frame: bool) -> Message {
-    encode(&Ok { id, ok: true, data }, binary_frame)
+    encode(&OkFrame { id, ok: true, data }, binary_frame)
 }
 
 /// An error reply.
@@ -78,7 +78,7 @@ pub fn error(
     binary_frame: bool,
 ) -> Message {
     encode(
-        &Err {
+        &ErrFrame {
             id,
             ok: false,
             error: ErrBody { code, message },

@@ -91,7 +91,7 @@ struct Peer {
 }
 
 #[derive(Debug)]
-struct Service {
+struct ServiceEntry {
     name: String,
     instances: Vec<PeerId>,
     /// Held requests, oldest first. May hold tokens already expired or failed;
@@ -164,7 +164,7 @@ pub struct Router {
     peers: HashMap<PeerId, Peer>,
     by_identity: HashMap<Bytes, PeerId>,
     by_instance: HashMap<String, PeerId>,
-    services: Vec<Service>,
+    services: Vec<ServiceEntry>,
     service_idx: HashMap<String, usize>,
     reqs: HashMap<Token, Req>,
     expiry: BinaryHeap<Reverse<(u64, Token)>>,
@@ -228,7 +228,7 @@ impl Router {
             return idx;
         }
         let idx = self.services.len();
-        self.services.push(Service {
+        self.services.push(ServiceEntry {
             name: name.to_owned(),
             instances: Vec::new(),
             queue: VecDeque::new(),
