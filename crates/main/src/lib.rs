@@ -22,7 +22,6 @@ pub mod logs;
 pub mod proc;
 pub mod supervisor;
 
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +29,7 @@ use switchboard_bus::{svc, Config, Error, Request, Service};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
-use supervisor::{Cmd, InstanceStatus, Supervisor};
+use supervisor::{Cmd, InstanceState, InstanceStatus, Supervisor};
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -47,31 +46,7 @@ pub struct Options {
     pub secret: Option<String>,
 }
 
-/// Body of `start`/`stop`/`restart`/`reload`/`logs`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NameArg {
-    /// App or instance name.
-    pub name: String,
-    /// `logs`: how many lines (default 50).
-    #[serde(default)]
-    pub lines: Option<usize>,
-    /// `logs`: follow from this offset (from an earlier reply).
-    #[serde(default)]
-    pub offset: Option<u64>,
-}
-
-/// Reply of `logs`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LogsReply {
-    /// The instance.
-    pub instance: String,
-    /// The file.
-    pub path: String,
-    /// Text (the last lines, or what came after `offset`).
-    pub text: String,
-    /// Where to follow from.
-    pub offset: u64,
-}
+pub use switchboard_bus::proto::admin::{LogsReply, NameArg};
 
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(options: Options) -> i32 {
@@ -83,7 +58,7 @@ pub async fn run(options: Options) -> i32 {
         }
     };
     let shutdown = svc::shutdown_on_signal();
-    let previous = supervisor::StatusFile::read(&eco.base.join(&eco.main.run_dir));
+    let previous = supervisor::read_status_file(&eco.base.join(&eco.main.run_dir));
     let adopted = if options.no_spawn {
         None
     } else {
@@ -202,7 +177,7 @@ async fn keep_broker(
             () = stop.cancelled() => {
                 tracing::info!("stopping the broker");
                 proc.stop(Duration::from_secs(5)).await;
-                sup.broker_state("stopped");
+                sup.broker_state(InstanceState::Stopped);
                 return;
             }
             status = proc.wait() => {
@@ -211,7 +186,7 @@ async fn keep_broker(
                 quick_exits = if uptime < Duration::from_secs(1) { quick_exits + 1 } else { 0 };
             }
         }
-        sup.broker_state("restarting");
+        sup.broker_state(InstanceState::Restarting);
         loop {
             let delay = match quick_exits {
                 0 => Duration::ZERO,
@@ -220,7 +195,7 @@ async fn keep_broker(
             };
             tokio::select! {
                 () = stop.cancelled() => {
-                    sup.broker_state("stopped");
+                    sup.broker_state(InstanceState::Stopped);
                     return;
                 }
                 () = tokio::time::sleep(delay) => {}

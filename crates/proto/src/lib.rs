@@ -14,6 +14,7 @@
 //! - [`control`]: bodies of the control kinds (`hello`, `$health`, broker stats).
 //! - [`topic`]: topic and pattern syntax for pub/sub.
 //! - [`auth`]: the HMAC proof a peer gives in `hello`.
+//! - [`admin`]: what `$broker` and `main` take and answer, instance states.
 //!
 //! # Framing on the ZeroMQ socket
 //!
@@ -24,6 +25,7 @@
 //! one frame. See [`ROUTE_TOKEN_LEN`].
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod control;

@@ -14,6 +14,7 @@ use clap::Parser;
 use cli::{Args, BenchCmd, Command};
 use print::{ls_from_status_file, print_apps_or_json, print_table};
 use std::time::Duration;
+use switchboard_bus::proto::admin::{LogsReply, NameArg, OwnerQuery};
 use switchboard_bus::proto::{self, BrokerStats, ErrorCode, InstanceInfo};
 use switchboard_bus::{svc, CallOptions, Config, Handle};
 use ws::ws_send;
@@ -178,8 +179,11 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 Command::Restart { .. } => "restart",
                 _ => "reload",
             };
-            let body = proto::to_body(&serde_json::json!({ "name": name }))
-                .map_err(|e| Failure::Usage(e.into()))?;
+            let arg = NameArg {
+                name: name.clone(),
+                ..NameArg::default()
+            };
+            let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
             // Starting waits for readiness (up to each app's ready_timeout_ms).
             let options = CallOptions {
                 timeout: Some(Duration::from_millis(args.timeout_ms.max(60_000))),
@@ -193,11 +197,16 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             lines,
             follow,
         } => {
-            let body = proto::to_body(&serde_json::json!({ "name": name, "lines": lines }))
-                .map_err(|e| Failure::Usage(e.into()))?;
+            let arg = NameArg {
+                name: name.clone(),
+                lines: Some(*lines),
+                offset: None,
+            };
+            let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
             let reply = bus.call("main", "logs", body, options.clone()).await?;
-            let mut logs = body_to_json(&reply.body);
-            print!("{}", logs["text"].as_str().unwrap_or_default());
+            let mut logs: LogsReply =
+                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            print!("{}", logs.text);
             if *follow {
                 let shutdown = svc::shutdown_on_signal();
                 loop {
@@ -205,13 +214,15 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(Duration::from_millis(300)) => {}
                     }
-                    let offset = logs["offset"].as_u64().unwrap_or(0);
-                    let body =
-                        proto::to_body(&serde_json::json!({ "name": name, "offset": offset }))
-                            .map_err(|e| Failure::Usage(e.into()))?;
+                    let arg = NameArg {
+                        name: name.clone(),
+                        lines: None,
+                        offset: Some(logs.offset),
+                    };
+                    let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
                     let reply = bus.call("main", "logs", body, options.clone()).await?;
-                    logs = body_to_json(&reply.body);
-                    print!("{}", logs["text"].as_str().unwrap_or_default());
+                    logs = proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+                    print!("{}", logs.text);
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
                 }
@@ -366,8 +377,11 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             report.map_err(Failure::Usage)?.print(args.json);
         }
         Command::Owner { service, key } => {
-            let body = proto::to_body(&serde_json::json!({ "service": service, "key": key }))
-                .map_err(|e| Failure::Usage(e.into()))?;
+            let query = OwnerQuery {
+                service: service.clone(),
+                key: key.clone(),
+            };
+            let body = proto::to_body(&query).map_err(|e| Failure::Usage(e.into()))?;
             let reply = bus
                 .call(proto::BROKER_SERVICE, "owner", body, options)
                 .await?;

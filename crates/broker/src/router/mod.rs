@@ -26,7 +26,7 @@ mod time;
 
 use bytes::Bytes;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use switchboard_proto::{
@@ -134,21 +134,7 @@ pub enum Loss {
     Replaced,
 }
 
-/// Body of a `$broker` `owner` request.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct OwnerQuery {
-    /// Service name.
-    pub service: String,
-    /// Routing key.
-    pub key: String,
-}
-
-/// Body of the `$broker` `owner` reply.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct OwnerReply {
-    /// The instance that owns the key now, if any instance is ready.
-    pub instance: Option<String>,
-}
+pub use switchboard_proto::admin::{OwnerQuery, OwnerReply};
 
 /// How long a challenge nonce stays valid, ms.
 const CHALLENGE_TTL_MS: u64 = 10_000;

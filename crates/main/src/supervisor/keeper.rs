@@ -52,7 +52,7 @@ impl Keeper {
             Some((pid, started_ms, restarts)) => {
                 tracing::info!(instance = %self.m.instance, pid, "adopted a running process");
                 self.m.set(|s| {
-                    s.state = "online".into();
+                    s.state = InstanceState::Online;
                     s.pid = pid;
                     s.started_at_ms = started_ms;
                     s.restarts = restarts;
@@ -90,7 +90,7 @@ impl Keeper {
                     cmd = rx.recv() => match cmd {
                         None => return,
                         Some((Cmd::Stop, reply)) => {
-                            self.m.set_state("stopped");
+                            self.m.set_state(InstanceState::Stopped);
                             let _ = reply.send(Ok(()));
                             Phase::Idle
                         }
@@ -148,7 +148,7 @@ impl Keeper {
     pub(super) fn after_exit(&mut self, uptime: Duration) -> Phase {
         let spec = self.m.app.spec.clone();
         if !spec.autorestart {
-            self.m.set_state("stopped");
+            self.m.set_state(InstanceState::Stopped);
             return Phase::Idle;
         }
         if uptime < Duration::from_millis(spec.min_uptime_ms) {
@@ -158,7 +158,7 @@ impl Keeper {
         }
         if self.unstable > spec.max_restarts {
             tracing::error!(instance = %self.m.instance, restarts = spec.max_restarts, "crash loop: errored after max_restarts unstable restarts");
-            self.m.set_state("errored");
+            self.m.set_state(InstanceState::Errored);
             return Phase::Idle;
         }
         let delay = if spec.exp_backoff_restart_delay_ms > 0 {
@@ -169,7 +169,7 @@ impl Keeper {
         } else {
             spec.restart_delay_ms
         };
-        self.m.set_state("waiting");
+        self.m.set_state(InstanceState::Waiting);
         Phase::Waiting(tokio::time::Instant::now() + Duration::from_millis(delay))
     }
 
@@ -181,14 +181,14 @@ impl Keeper {
                 Phase::Running(p)
             }
             Cmd::Stop => {
-                self.m.set_state("stopping");
+                self.m.set_state(InstanceState::Stopping);
                 p.stop(kill_timeout).await;
-                self.m.set_state("stopped");
+                self.m.set_state(InstanceState::Stopped);
                 let _ = reply.send(Ok(()));
                 Phase::Idle
             }
             Cmd::Restart => {
-                self.m.set_state("stopping");
+                self.m.set_state(InstanceState::Stopping);
                 p.stop(kill_timeout).await;
                 self.m.set(|s| s.restarts += 1);
                 self.unstable = 0;
@@ -243,8 +243,11 @@ impl Keeper {
                                     String::new()
                                 };
                             });
-                            self.m
-                                .set_state(if degraded { "degraded" } else { "online" });
+                            self.m.set_state(if degraded {
+                                InstanceState::Degraded
+                            } else {
+                                InstanceState::Online
+                            });
                         }
                     }
                 }
@@ -330,7 +333,7 @@ impl Keeper {
             if successor { "1" } else { "0" }.into(),
         ));
         if !successor {
-            self.m.set_state("starting");
+            self.m.set_state(InstanceState::Starting);
         }
         let mut p = proc::spawn(&self.m.app.bin, &spec.args, &env, self.m.log.clone())
             .map_err(|e| format!("cannot spawn {}: {e}", self.m.app.bin.display()))?;
@@ -339,7 +342,7 @@ impl Keeper {
         if let Err(e) = ready {
             p.stop(Duration::from_millis(500)).await;
             if !successor {
-                self.m.set_state("stopped");
+                self.m.set_state(InstanceState::Stopped);
             }
             return Err(e);
         }
@@ -347,7 +350,7 @@ impl Keeper {
         let pid = p.pid;
         let started = p.started_ms;
         self.m.set(|s| {
-            s.state = "online".into();
+            s.state = InstanceState::Online;
             s.pid = pid;
             s.started_at_ms = started;
             s.inflight = 0;

@@ -27,7 +27,9 @@ mod keeper;
 mod status;
 
 use keeper::Keeper;
-pub use status::{is_instance, InstanceStatus, StatusFile, STATUS_FILE};
+pub use status::{
+    is_instance, read_status_file, InstanceState, InstanceStatus, StatusFile, STATUS_FILE,
+};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,16 +82,16 @@ impl Managed {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    fn set_state(&self, state: &str) {
+    fn set_state(&self, state: InstanceState) {
         self.set(|s| {
             if s.state != state {
-                tracing::info!(instance = %s.instance, from = %s.state, to = state, "state");
+                tracing::info!(instance = %s.instance, from = %s.state, to = %state, "state");
             }
-            s.state = state.to_owned();
-            if state != "online" && state != "degraded" {
+            s.state = state;
+            if !matches!(state, InstanceState::Online | InstanceState::Degraded) {
                 s.health.clear();
             }
-            if state != "online" && state != "starting" && state != "degraded" {
+            if !state.running() {
                 s.pid = 0;
                 s.started_at_ms = 0;
                 s.uptime_ms = 0;
@@ -159,7 +161,7 @@ impl Supervisor {
     pub fn new(eco: Ecosystem, broker: String, no_spawn: bool) -> anyhow::Result<Arc<Self>> {
         let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
         // A previous main's record (after a crash): its instances still running.
-        let previous = StatusFile::read(&eco.base.join(&eco.main.run_dir));
+        let previous = read_status_file(&eco.base.join(&eco.main.run_dir));
         let mut managed = Vec::new();
         if !no_spawn {
             for app in &eco.apps {
@@ -177,7 +179,7 @@ impl Supervisor {
                         status: Mutex::new(InstanceStatus {
                             app: app.spec.name.clone(),
                             instance: instance.clone(),
-                            state: "stopped".into(),
+                            state: InstanceState::Stopped,
                             managed: true,
                             ..InstanceStatus::default()
                         }),
@@ -206,7 +208,7 @@ impl Supervisor {
             broker_status: Mutex::new((!no_spawn).then(|| InstanceStatus {
                 app: "broker".into(),
                 instance: "broker".into(),
-                state: "starting".into(),
+                state: InstanceState::Starting,
                 managed: true,
                 ..InstanceStatus::default()
             })),
@@ -229,16 +231,16 @@ impl Supervisor {
     /// The broker process is up.
     pub fn broker_online(&self, pid: u32, started_at_ms: u64) {
         self.set_broker(|s| {
-            s.state = "online".into();
+            s.state = InstanceState::Online;
             s.pid = pid;
             s.started_at_ms = started_at_ms;
         });
     }
 
     /// The broker is `restarting` or `stopped`.
-    pub fn broker_state(&self, state: &str) {
+    pub fn broker_state(&self, state: InstanceState) {
         self.set_broker(|s| {
-            s.state = state.to_owned();
+            s.state = state;
             s.pid = 0;
             s.started_at_ms = 0;
             s.rss_bytes = 0;
@@ -417,7 +419,7 @@ impl Supervisor {
                 out.push(InstanceStatus {
                     app: info.service,
                     instance: info.instance,
-                    state: "unmanaged".into(),
+                    state: InstanceState::Unmanaged,
                     pid: info.pid,
                     started_at_ms: proto::now_ms().saturating_sub(info.age_ms),
                     uptime_ms: info.age_ms,

@@ -1,0 +1,195 @@
+//! The operators' contracts: what `$broker` and the supervisor `main` take and
+//! answer, and the status main keeps. Used by both ends (broker, main, `sbctl`).
+
+use serde::{Deserialize, Serialize};
+
+/// Body of a `$broker` `owner` request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct OwnerQuery {
+    /// Service name.
+    pub service: String,
+    /// Routing key.
+    pub key: String,
+}
+
+/// Body of the `$broker` `owner` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct OwnerReply {
+    /// The instance that owns the key now, if any instance is ready.
+    pub instance: Option<String>,
+}
+
+/// Body of main's `start`/`stop`/`restart`/`reload`/`logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NameArg {
+    /// App or instance name.
+    pub name: String,
+    /// `logs`: how many lines (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
+    /// `logs`: follow from this offset (from an earlier reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Reply of main's `logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsReply {
+    /// The instance.
+    pub instance: String,
+    /// The file.
+    pub path: String,
+    /// Text (the last lines, or what came after `offset`).
+    pub text: String,
+    /// Where to follow from.
+    pub offset: u64,
+}
+
+/// The state of an instance as main sees it. Encoded as its snake_case name.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Spawned, not ready on the bus yet.
+    Starting,
+    /// Ready and answering its health checks.
+    Online,
+    /// Answers, but reports a dependency down (see [`InstanceStatus::health`]):
+    /// left alone.
+    Degraded,
+    /// Being stopped.
+    Stopping,
+    /// Not running (stopped, or not started yet).
+    #[default]
+    Stopped,
+    /// In the delay before a restart.
+    Waiting,
+    /// Kept exiting: left alone until told to start.
+    Errored,
+    /// The broker, between an exit and its new process.
+    Restarting,
+    /// On the bus, not started by this supervisor.
+    Unmanaged,
+    /// A state this build does not know (from a newer main).
+    #[serde(other)]
+    Unknown,
+}
+
+impl InstanceState {
+    /// Its name on the wire (`online`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Online => "online",
+            Self::Degraded => "degraded",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Waiting => "waiting",
+            Self::Errored => "errored",
+            Self::Restarting => "restarting",
+            Self::Unmanaged => "unmanaged",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Whether a process is running in this state (pid and resources shown).
+    pub fn running(self) -> bool {
+        matches!(self, Self::Starting | Self::Online | Self::Degraded)
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `ls` shows of one instance.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct InstanceStatus {
+    /// App (service) name.
+    pub app: String,
+    /// Instance name.
+    pub instance: String,
+    /// Its state.
+    pub state: InstanceState,
+    /// What its last `$health` said when not `ok` (`db_down`); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health: String,
+    /// Process id.
+    pub pid: u32,
+    /// Start time, ms since the epoch (0 when not running).
+    pub started_at_ms: u64,
+    /// Milliseconds since the start.
+    pub uptime_ms: u64,
+    /// Restarts since the supervisor started.
+    pub restarts: u32,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU, percent of one core, over the last heartbeat.
+    pub cpu_percent: f64,
+    /// Requests in flight (its last `$health`).
+    pub inflight: u64,
+    /// Requests handled (its last `$health`).
+    pub handled: u64,
+    /// Started by this supervisor.
+    pub managed: bool,
+}
+
+/// Name of main's status file in its `run_dir`.
+pub const STATUS_FILE: &str = "status.json";
+
+/// What main writes to [`STATUS_FILE`] every heartbeat: read by `sbctl ls` when
+/// the bus is down, and by a new main adopting what a previous one left running.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusFile {
+    /// When, ms since the epoch.
+    pub written_at_ms: u64,
+    /// The broker answered main's last check.
+    pub broker_ok: bool,
+    /// The broker and the managed instances.
+    pub instances: Vec<InstanceStatus>,
+    /// The endpoint the broker bound.
+    #[serde(default)]
+    pub broker_endpoint: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The states travel as their snake_case names (status file, `main ls`), and
+    /// a state from a newer main decodes as `Unknown`, not as an error.
+    #[test]
+    fn states_are_names_on_the_wire() {
+        let row = InstanceStatus {
+            state: InstanceState::Degraded,
+            ..InstanceStatus::default()
+        };
+        let bytes = crate::to_body(&row).unwrap();
+        let back: InstanceStatus = crate::from_body(&bytes).unwrap();
+        assert_eq!(back.state, InstanceState::Degraded);
+        let newer = crate::to_body(&std::collections::BTreeMap::from([(
+            "state",
+            "hibernating",
+        )]))
+        .unwrap();
+        #[derive(Deserialize)]
+        struct Only {
+            state: InstanceState,
+        }
+        assert_eq!(
+            crate::from_body::<Only>(&newer).unwrap().state,
+            InstanceState::Unknown
+        );
+        for s in [
+            InstanceState::Online,
+            InstanceState::Degraded,
+            InstanceState::Restarting,
+            InstanceState::Unmanaged,
+        ] {
+            let b = crate::to_body(&s).unwrap();
+            assert_eq!(crate::from_body::<String>(&b).unwrap(), s.as_str());
+        }
+    }
+}
