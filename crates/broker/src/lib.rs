@@ -38,7 +38,7 @@ pub use switchboard_proto::BrokerStats;
 /// Broker settings. Units are in the names.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Endpoint to bind, `tcp://127.0.0.1:5555` by default (loopback unless told
+    /// Endpoint to bind, [`switchboard_proto::DEFAULT_BROKER`] by default (loopback unless told
     /// otherwise); `ipc:///path` also works.
     pub bind: String,
     /// Shared bus secret; when set, every peer must prove it knows it in `hello`.
@@ -74,7 +74,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            bind: "tcp://127.0.0.1:5555".into(),
+            bind: switchboard_proto::DEFAULT_BROKER.into(),
             secret: None,
             heartbeat_ms: switchboard_proto::HEARTBEAT_INTERVAL.as_millis() as u64,
             liveness: switchboard_proto::HEARTBEAT_LIVENESS,

@@ -10,7 +10,7 @@ use switchboard_bus::svc;
 struct Args {
     /// Endpoint to bind (tcp://HOST:PORT or ipc:///path). Port 0 picks a free port;
     /// the bound endpoint is printed on stdout as `listening ENDPOINT`.
-    #[arg(long, env = "SB_BROKER_BIND", default_value = "tcp://127.0.0.1:5555")]
+    #[arg(long, env = "SB_BROKER_BIND", default_value = switchboard_proto::DEFAULT_BROKER)]
     bind: String,
     /// Shared bus secret; peers must prove they know it.
     #[arg(long, env = "SB_SECRET", hide_env_values = true)]

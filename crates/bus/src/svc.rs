@@ -96,7 +96,7 @@ pub async fn serve(service: crate::Service, config: crate::Config, concurrency: 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BusArgs {
     /// Broker endpoint.
-    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
+    #[arg(long, env = "SB_BROKER", default_value = switchboard_proto::DEFAULT_BROKER)]
     pub broker: String,
     /// Instance name, unique on the bus (the service's own default when absent).
     #[arg(long, env = "SB_INSTANCE")]

@@ -23,12 +23,9 @@ use std::sync::{Arc, Mutex};
 use switchboard_bus::proto::{self, api};
 use switchboard_bus::{Error, HandlerResult, Reply, Request, Service};
 
-/// Longest message text, in characters.
-pub const MAX_TEXT_CHARS: usize = 1000;
-/// Default and largest history page.
-pub const HISTORY_DEFAULT: u32 = 50;
-/// Largest history page.
-pub const HISTORY_MAX: u32 = 200;
+/// The limits chat holds clients to (defined with the types they limit).
+pub use api::{HISTORY_DEFAULT, HISTORY_MAX, MAX_TEXT_CHARS};
+
 /// Prefix of the idempotency keys chat makes for saves without a client key;
 /// client keys are ASCII letters, digits, `_` and `-`, so they never start with it.
 pub const OWN_KEY_PREFIX: &str = "~";

@@ -18,7 +18,7 @@ struct Args {
     #[arg(long)]
     no_spawn: bool,
     /// Broker endpoint (with --no-spawn).
-    #[arg(long, env = "SB_BROKER", default_value = "tcp://127.0.0.1:5555")]
+    #[arg(long, env = "SB_BROKER", default_value = switchboard_bus::proto::DEFAULT_BROKER)]
     broker: String,
     /// Shared bus secret (also passed to every app through the environment).
     #[arg(long, env = "SB_SECRET", hide_env_values = true)]

@@ -19,6 +19,13 @@ pub mod db_ops {
     pub const LOC_LOAD: &str = "loc.load";
 }
 
+/// Longest chat message text, in characters (chat and db hold it to this).
+pub const MAX_TEXT_CHARS: usize = 1000;
+/// Default history page.
+pub const HISTORY_DEFAULT: u32 = 50;
+/// Largest history page.
+pub const HISTORY_MAX: u32 = 200;
+
 /// Store one chat message; acknowledged after commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatSave {

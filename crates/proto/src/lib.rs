@@ -46,6 +46,10 @@ use std::time::Duration;
 /// 1.2 added `grants`.
 pub const PROTOCOL_VERSION: u16 = 0x0102;
 
+/// The broker's endpoint when none is configured (loopback: without a secret the
+/// broker binds nothing else).
+pub const DEFAULT_BROKER: &str = "tcp://127.0.0.1:5555";
+
 /// Hard upper bound on one encoded envelope, whatever a process is configured with.
 /// Bus sockets are configured lower ([`DEFAULT_MAX_MESSAGE_LEN`]); this bound only
 /// guarantees that [`decode`] never looks at more than this many bytes.

@@ -15,7 +15,7 @@ pub(crate) struct Args {
         long,
         global = true,
         env = "SB_BROKER",
-        default_value = "tcp://127.0.0.1:5555"
+        default_value = switchboard_bus::proto::DEFAULT_BROKER
     )]
     pub(crate) broker: String,
     /// Shared bus secret.

@@ -40,7 +40,7 @@ use crate::Error;
 /// Bus client settings. Units are in the names.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Broker endpoint, `tcp://127.0.0.1:5555` by default.
+    /// Broker endpoint, [`proto::DEFAULT_BROKER`] by default.
     pub broker: String,
     /// Service this process serves; empty for a pure client.
     pub service: String,
@@ -74,7 +74,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            broker: "tcp://127.0.0.1:5555".into(),
+            broker: proto::DEFAULT_BROKER.into(),
             service: String::new(),
             instance: format!("client-{}", std::process::id()),
             secret: None,

@@ -26,9 +26,9 @@ impl Db {
             }
         }
         check_user(&msg.user)?;
-        if msg.text.len() > MAX_TEXT {
+        if msg.text.chars().count() > MAX_TEXT_CHARS {
             return Err(DbError::Invalid(format!(
-                "text longer than {MAX_TEXT} bytes"
+                "text longer than {MAX_TEXT_CHARS} characters"
             )));
         }
         self.ensure_schema(deadline).await?;

@@ -21,14 +21,10 @@ use crate::error::{is_transient, DbError};
 use crate::{migrations, Settings};
 use std::collections::HashMap;
 
-/// Longest room or zone name the schema holds.
-pub const MAX_NAME: usize = 64;
-/// Longest user id the schema holds.
-pub const MAX_USER: usize = 128;
-/// Longest chat text the db accepts (the chat service's own limit is lower).
-pub const MAX_TEXT: usize = 16 * 1024;
-/// Largest history page.
-pub const MAX_HISTORY: u32 = 200;
+// The limits, from where they are defined: names (`VARCHAR(64)`) and users
+// (`VARCHAR(128)`) in proto, text and history pages next to the chat types.
+use proto::api::{HISTORY_MAX as MAX_HISTORY, MAX_TEXT_CHARS};
+use proto::{MAX_NAME_LEN as MAX_NAME, MAX_USER_LEN as MAX_USER};
 
 struct SaveJob {
     msg: api::ChatSave,

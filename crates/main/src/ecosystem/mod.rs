@@ -230,7 +230,7 @@ fn default_broker_bin() -> String {
     "broker".into()
 }
 fn default_bind() -> String {
-    "tcp://127.0.0.1:5555".into()
+    switchboard_bus::proto::DEFAULT_BROKER.into()
 }
 fn default_ready_timeout_ms() -> u64 {
     10_000
