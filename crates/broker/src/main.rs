@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use switchboard_broker::Settings;
-use switchboard_bus::svc;
+use switchboard_svc as svc;
 
 /// The Switchboard message broker.
 #[derive(Parser, Debug)]

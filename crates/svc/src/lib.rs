@@ -1,0 +1,80 @@
+//! What every Switchboard binary shares, broker and supervisor included: tracing
+//! set-up, the shutdown signal, exit codes, process memory. No bus: the broker
+//! links this, not the bus client.
+#![warn(missing_docs)]
+
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad configuration or usage (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// Initializes tracing once: `RUST_LOG` filter (default `info`), JSON lines when
+/// `SB_LOG_FORMAT=json`, plain text otherwise, to stderr.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr is a pipe to a supervisor
+        // that died) is lost, never fatal: by default tracing-subscriber reports
+        // the failure with eprintln!, which panics on the same broken stderr and
+        // took every process down with a killed main.
+        .log_internal_errors(false);
+    let json = std::env::var("SB_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT (PM2 and systemd send
+/// SIGTERM). Must be called inside a tokio runtime.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        trigger.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, only ctrl-c via the portable API is left.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Resident set size of this process in bytes, from `/proc/self/statm` (0 where
+/// that does not exist).
+pub fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
