@@ -378,18 +378,7 @@ impl Keeper {
             if let Some(status) = p.exited() {
                 return Err(format!("exited before it was ready: {status}"));
             }
-            let reply = self
-                .bus
-                .call(
-                    proto::BROKER_SERVICE,
-                    "ls",
-                    Vec::new(),
-                    CallOptions::default(),
-                )
-                .await;
-            if let Ok(list) = reply.and_then(|r| {
-                proto::from_body::<Vec<InstanceInfo>>(&r.body).map_err(switchboard_bus::Error::from)
-            }) {
+            if let Some(list) = broker_ls(&self.bus).await {
                 if list
                     .iter()
                     .any(|i| i.instance == self.m.instance && i.pid == p.pid && i.state == "ready")

@@ -386,24 +386,30 @@ impl Supervisor {
             tracing::debug!(error = %e, path = %path.display(), "status file not written");
         }
     }
+}
 
+/// The broker's list of registered instances (`$broker ls`); `None` when it does
+/// not answer.
+pub(crate) async fn broker_ls(bus: &Handle) -> Option<Vec<InstanceInfo>> {
+    let reply = bus
+        .call(
+            proto::BROKER_SERVICE,
+            "ls",
+            Vec::new(),
+            CallOptions::default(),
+        )
+        .await
+        .ok()?;
+    proto::from_body(&reply.body).ok()
+}
+
+impl Supervisor {
     /// Every instance: the managed ones, and those on the bus that this supervisor
     /// did not start (`unmanaged`).
     pub async fn ls(&self, bus: &Handle) -> Vec<InstanceStatus> {
         let mut out: Vec<InstanceStatus> = self.broker_row().into_iter().collect();
         out.extend(self.managed.iter().map(|m| m.status()));
-        let reply = bus
-            .call(
-                proto::BROKER_SERVICE,
-                "ls",
-                Vec::new(),
-                CallOptions::default(),
-            )
-            .await;
-        let on_bus: Vec<InstanceInfo> = reply
-            .ok()
-            .and_then(|r| proto::from_body(&r.body).ok())
-            .unwrap_or_default();
+        let on_bus = broker_ls(bus).await.unwrap_or_default();
         for info in on_bus {
             if info.service.is_empty() || info.service == "main" {
                 continue;
