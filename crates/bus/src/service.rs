@@ -260,6 +260,40 @@ impl Service {
         self
     }
 
+    /// Adds a handler for `op` that gets the service's shared `state` with each
+    /// request (the framework clones the `Arc`, not every handler by hand).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchboard_bus::{Request, Service};
+    /// let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    /// Service::new("counter").handle_with("hit", &hits, |_req: Request, hits| async move {
+    ///     let n = hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    ///     Request::encode(&n)
+    /// });
+    /// ```
+    pub fn handle_with<S, F, Fut, R>(self, op: &str, state: &Arc<S>, handler: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Request, Arc<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, Error>> + Send + 'static,
+        R: Into<Reply> + 'static,
+    {
+        let state = state.clone();
+        self.handle(op, move |req| handler(req, state.clone()))
+    }
+
+    /// As [`Service::on_event`], with the service's shared `state`.
+    pub fn on_event_with<S, F, Fut>(self, pattern: &str, state: &Arc<S>, handler: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Envelope, Handle, Arc<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let state = state.clone();
+        self.on_event(pattern, move |env, bus| handler(env, bus, state.clone()))
+    }
+
     /// How many requests run at once (also the credit given to the broker).
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n.max(1);

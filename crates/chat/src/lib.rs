@@ -208,74 +208,52 @@ fn session_of(req: &Request) -> String {
 /// The chat service, ready to `run`.
 pub fn service() -> Service {
     let rooms = Arc::new(Rooms::default());
-    let (r_join, r_leave, r_who, r_close, r_lost) = (
-        rooms.clone(),
-        rooms.clone(),
-        rooms.clone(),
-        rooms.clone(),
-        rooms,
-    );
     Service::new("chat")
-        .handle("join", move |req: Request| {
-            let rooms = r_join.clone();
-            async move {
-                let arg: RoomArg = req.decode()?;
-                check_room(&arg.room)?;
-                let members = rooms.join(&arg.room, req.require_user()?, &session_of(&req));
-                let body = Request::encode(&Members {
-                    room: &arg.room,
-                    members,
-                })?;
-                // A typed grant: the gateway subscribes the client to the room.
-                Ok(Reply::new(body).grant(room_topic(&arg.room)))
-            }
+        .handle_with("join", &rooms, |req: Request, rooms| async move {
+            let arg: RoomArg = req.decode()?;
+            check_room(&arg.room)?;
+            let members = rooms.join(&arg.room, req.require_user()?, &session_of(&req));
+            let body = Request::encode(&Members {
+                room: &arg.room,
+                members,
+            })?;
+            // A typed grant: the gateway subscribes the client to the room.
+            Ok(Reply::new(body).grant(room_topic(&arg.room)))
         })
-        .handle("leave", move |req: Request| {
-            let rooms = r_leave.clone();
-            async move {
-                let arg: RoomArg = req.decode()?;
-                check_room(&arg.room)?;
-                let members = rooms.leave(&arg.room, req.require_user()?, &session_of(&req));
-                let body = Request::encode(&Members {
-                    room: &arg.room,
-                    members,
-                })?;
-                Ok(Reply::new(body).revoke(room_topic(&arg.room)))
-            }
+        .handle_with("leave", &rooms, |req: Request, rooms| async move {
+            let arg: RoomArg = req.decode()?;
+            check_room(&arg.room)?;
+            let members = rooms.leave(&arg.room, req.require_user()?, &session_of(&req));
+            let body = Request::encode(&Members {
+                room: &arg.room,
+                members,
+            })?;
+            Ok(Reply::new(body).revoke(room_topic(&arg.room)))
         })
         .handle("say", say)
         .handle("history", history)
-        .handle("who", move |req: Request| {
-            let rooms = r_who.clone();
-            async move {
-                let arg: RoomArg = req.decode()?;
-                check_room(&arg.room)?;
-                Request::encode(&Users {
-                    users: rooms.who(&arg.room),
-                })
-            }
+        .handle_with("who", &rooms, |req: Request, rooms| async move {
+            let arg: RoomArg = req.decode()?;
+            check_room(&arg.room)?;
+            Request::encode(&Users {
+                users: rooms.who(&arg.room),
+            })
         })
         .handle("dm", dm)
         .handle("relay", relay)
-        .on_event(api::SESSION_CLOSE, move |event, _bus| {
-            let rooms = r_close.clone();
-            async move {
-                match proto::from_body::<api::Session>(&event.body) {
-                    Ok(s) => rooms.close_session(&s.user, &s.session),
-                    Err(e) => tracing::warn!(error = %e, "bad session.close event"),
-                }
+        .on_event_with(api::SESSION_CLOSE, &rooms, |event, _bus, rooms| async move {
+            match proto::from_body::<api::Session>(&event.body) {
+                Ok(s) => rooms.close_session(&s.user, &s.session),
+                Err(e) => tracing::warn!(error = %e, "bad session.close event"),
             }
         })
         // A gateway that died (or was cut off) sent no session.close for its
         // clients: the broker's peer-lost event stands in for all of them.
-        .on_event(api::PEER_LOST, move |event, _bus| {
-            let rooms = r_lost.clone();
-            async move {
-                if let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) {
-                    let closed = rooms.close_gateway(&lost.instance);
-                    if closed > 0 {
-                        tracing::info!(gateway = %lost.instance, sessions = closed, "sessions of a lost gateway closed");
-                    }
+        .on_event_with(api::PEER_LOST, &rooms, |event, _bus, rooms| async move {
+            if let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) {
+                let closed = rooms.close_gateway(&lost.instance);
+                if closed > 0 {
+                    tracing::info!(gateway = %lost.instance, sessions = closed, "sessions of a lost gateway closed");
                 }
             }
         })

@@ -47,46 +47,27 @@ impl Default for Settings {
 
 /// The db service over `db`, ready to `run`.
 pub fn service(db: Arc<Db>) -> Service {
-    let (save, history, loc_save, loc_load, health, migrate) = (
-        db.clone(),
-        db.clone(),
-        db.clone(),
-        db.clone(),
-        db.clone(),
-        db,
-    );
+    let (health, migrate) = (db.clone(), db.clone());
     Service::new("db")
-        .handle(db_ops::CHAT_SAVE, move |req: Request| {
-            let db = save.clone();
-            async move {
-                let msg: api::ChatSave = req.decode()?;
-                let (seq, duplicate) = db.chat_save(msg, req.trace(), req.env.deadline).await?;
-                Request::encode(&api::ChatSaved { seq, duplicate })
-            }
+        .handle_with(db_ops::CHAT_SAVE, &db, |req: Request, db| async move {
+            let msg: api::ChatSave = req.decode()?;
+            let (seq, duplicate) = db.chat_save(msg, req.trace(), req.env.deadline).await?;
+            Request::encode(&api::ChatSaved { seq, duplicate })
         })
-        .handle(db_ops::CHAT_HISTORY, move |req: Request| {
-            let db = history.clone();
-            async move {
-                let q: api::ChatHistory = req.decode()?;
-                let messages = db.chat_history(&q, req.env.deadline).await?;
-                Request::encode(&api::ChatMessages { messages })
-            }
+        .handle_with(db_ops::CHAT_HISTORY, &db, |req: Request, db| async move {
+            let q: api::ChatHistory = req.decode()?;
+            let messages = db.chat_history(&q, req.env.deadline).await?;
+            Request::encode(&api::ChatMessages { messages })
         })
-        .handle(db_ops::LOC_SAVE, move |req: Request| {
-            let db = loc_save.clone();
-            async move {
-                let save: api::LocSave = req.decode()?;
-                db.loc_save(&save, req.env.deadline).await?;
-                Request::encode(&empty_map())
-            }
+        .handle_with(db_ops::LOC_SAVE, &db, |req: Request, db| async move {
+            let save: api::LocSave = req.decode()?;
+            db.loc_save(&save, req.env.deadline).await?;
+            Request::encode(&empty_map())
         })
-        .handle(db_ops::LOC_LOAD, move |req: Request| {
-            let db = loc_load.clone();
-            async move {
-                let q: api::LocLoad = req.decode()?;
-                let positions = db.loc_load(&q.zone, req.env.deadline).await?;
-                Request::encode(&api::LocPositions { positions })
-            }
+        .handle_with(db_ops::LOC_LOAD, &db, |req: Request, db| async move {
+            let q: api::LocLoad = req.decode()?;
+            let positions = db.loc_load(&q.zone, req.env.deadline).await?;
+            Request::encode(&api::LocPositions { positions })
         })
         // Answered at once from the last check: main tells hung (no answer) from
         // degraded (an answer saying `db_down`) only if the answer never waits.

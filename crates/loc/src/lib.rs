@@ -312,96 +312,74 @@ pub fn service(settings: Settings) -> Service {
         zones,
         state: Mutex::new(State::default()),
     });
-    let l_lost = loc.clone();
-    let (l_move, l_near, l_zone, l_leave, l_close, l_task) = (
-        loc.clone(),
-        loc.clone(),
-        loc.clone(),
-        loc.clone(),
-        loc.clone(),
-        loc,
-    );
+    let l_task = loc.clone();
     Service::new("loc")
-        .handle("move", move |req: Request| {
-            let loc = l_move.clone();
-            async move { do_move(&loc, req).await }
+        .handle_with("move", &loc, |req: Request, loc| async move {
+            do_move(&loc, req).await
         })
-        .handle("nearby", move |req: Request| {
-            let loc = l_near.clone();
-            async move { nearby(&loc, req).await }
+        .handle_with("nearby", &loc, |req: Request, loc| async move {
+            nearby(&loc, req).await
         })
-        .handle("zone", move |req: Request| {
-            let loc = l_zone.clone();
-            async move {
-                let arg: ZoneArg = req.decode()?;
-                loc.check_zone(&arg.zone)?;
-                loc.ensure_loaded(&arg.zone, &req).await;
-                let state = loc.lock();
-                let mut users: Vec<ZoneUser> = state
+        .handle_with("zone", &loc, |req: Request, loc| async move {
+            let arg: ZoneArg = req.decode()?;
+            loc.check_zone(&arg.zone)?;
+            loc.ensure_loaded(&arg.zone, &req).await;
+            let state = loc.lock();
+            let mut users: Vec<ZoneUser> = state
+                .zones
+                .get(&arg.zone)
+                .map(|z| {
+                    z.users
+                        .iter()
+                        .map(|(u, p)| ZoneUser {
+                            user: u.clone(),
+                            x: p.x,
+                            y: p.y,
+                            ts: p.ts,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            users.sort_by(|a, b| a.user.cmp(&b.user));
+            Request::encode(&ZoneReply { users })
+        })
+        .handle_with("leave", &loc, |req: Request, loc| async move {
+            let arg: ZoneArg = req.decode()?;
+            loc.check_zone(&arg.zone)?;
+            let user = req.require_user()?.to_owned();
+            let was_there = {
+                let mut state = loc.lock();
+                let removed = state
                     .zones
-                    .get(&arg.zone)
-                    .map(|z| {
-                        z.users
-                            .iter()
-                            .map(|(u, p)| ZoneUser {
-                                user: u.clone(),
-                                x: p.x,
-                                y: p.y,
-                                ts: p.ts,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                users.sort_by(|a, b| a.user.cmp(&b.user));
-                Request::encode(&ZoneReply { users })
+                    .get_mut(&arg.zone)
+                    .and_then(|z| z.users.remove(&user))
+                    .is_some();
+                let key = (arg.zone.clone(), user.clone());
+                state.dirty.remove(&key);
+                state.gone.insert(key);
+                removed
+            };
+            if was_there {
+                publish_left(&req.bus, &arg.zone, &user).await;
             }
+            Request::encode(&Empty {})
         })
-        .handle("leave", move |req: Request| {
-            let loc = l_leave.clone();
-            async move {
-                let arg: ZoneArg = req.decode()?;
-                loc.check_zone(&arg.zone)?;
-                let user = req.require_user()?.to_owned();
-                let was_there = {
-                    let mut state = loc.lock();
-                    let removed = state
-                        .zones
-                        .get_mut(&arg.zone)
-                        .and_then(|z| z.users.remove(&user))
-                        .is_some();
-                    let key = (arg.zone.clone(), user.clone());
-                    state.dirty.remove(&key);
-                    state.gone.insert(key);
-                    removed
-                };
-                if was_there {
-                    publish_left(&req.bus, &arg.zone, &user).await;
-                }
-                Request::encode(&Empty {})
-            }
-        })
-        .on_event(api::SESSION_CLOSE, move |event, bus| {
-            let loc = l_close.clone();
-            async move {
-                let Ok(s) = proto::from_body::<api::Session>(&event.body) else {
-                    tracing::warn!("bad session.close event");
-                    return;
-                };
-                for zone in loc.close_session(&s.user, &s.session) {
-                    publish_left(&bus, &zone, &s.user).await;
-                }
+        .on_event_with(api::SESSION_CLOSE, &loc, |event, bus, loc| async move {
+            let Ok(s) = proto::from_body::<api::Session>(&event.body) else {
+                tracing::warn!("bad session.close event");
+                return;
+            };
+            for zone in loc.close_session(&s.user, &s.session) {
+                publish_left(&bus, &zone, &s.user).await;
             }
         })
         // A gateway that died sent no session.close: drop what its clients set.
-        .on_event(api::PEER_LOST, move |event, bus| {
-            let loc = l_lost.clone();
-            async move {
-                let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) else {
-                    return;
-                };
-                for (zone, user) in loc.close_gateway(&lost.instance) {
-                    publish_left(&bus, &zone, &user).await;
-                }
+        .on_event_with(api::PEER_LOST, &loc, |event, bus, loc| async move {
+            let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) else {
+                return;
+            };
+            for (zone, user) in loc.close_gateway(&lost.instance) {
+                publish_left(&bus, &zone, &user).await;
             }
         })
         .task(move |bus, shutdown| async move {

@@ -323,76 +323,62 @@ async fn order(sup: Arc<Supervisor>, req: Request, cmd: Cmd) -> switchboard_bus:
 
 /// The `main` bus service over `sup`.
 fn service(sup: Arc<Supervisor>) -> Service {
-    let (s_ls, s_start, s_stop, s_restart, s_reload, s_logs, s_task) = (
-        sup.clone(),
-        sup.clone(),
-        sup.clone(),
-        sup.clone(),
-        sup.clone(),
-        sup.clone(),
-        sup,
-    );
+    let s_task = sup.clone();
     Service::new("main")
         .concurrency(64)
-        .handle("ls", move |req: Request| {
-            let sup = s_ls.clone();
-            async move { Request::encode(&sup.ls(&req.bus).await) }
+        .handle_with("ls", &sup, |req: Request, sup| async move {
+            Request::encode(&sup.ls(&req.bus).await)
         })
-        .handle("start", move |req: Request| {
-            order(s_start.clone(), req, Cmd::Start)
+        .handle_with("start", &sup, |req: Request, sup| {
+            order(sup, req, Cmd::Start)
         })
-        .handle("stop", move |req: Request| {
-            order(s_stop.clone(), req, Cmd::Stop)
+        .handle_with("stop", &sup, |req: Request, sup| order(sup, req, Cmd::Stop))
+        .handle_with("restart", &sup, |req: Request, sup| {
+            order(sup, req, Cmd::Restart)
         })
-        .handle("restart", move |req: Request| {
-            order(s_restart.clone(), req, Cmd::Restart)
+        .handle_with("reload", &sup, |req: Request, sup| {
+            order(sup, req, Cmd::Reload)
         })
-        .handle("reload", move |req: Request| {
-            order(s_reload.clone(), req, Cmd::Reload)
-        })
-        .handle("logs", move |req: Request| {
-            let sup = s_logs.clone();
-            async move {
-                let arg = decode_name(&req)?;
-                let (instance, path) = if arg.name == "broker" {
-                    ("broker".to_owned(), sup.log_dir().join("broker.log"))
-                } else {
-                    let found = targets(&sup, &arg.name)?;
-                    if found.len() > 1 {
-                        let names: Vec<&str> = found.iter().map(|m| m.instance.as_str()).collect();
-                        return Err(Error::bad_request(format!(
-                            "{} has several instances: {}",
-                            arg.name,
-                            names.join(", ")
-                        )));
-                    }
-                    (found[0].instance.clone(), found[0].log_path())
-                };
-                let read = match arg.offset {
-                    Some(offset) => logs::since(&path, offset),
-                    None => logs::tail(&path, arg.lines.unwrap_or(50).min(10_000)).map(
-                        |(lines, size)| {
-                            let mut text = lines.join("\n");
-                            if !text.is_empty() {
-                                text.push('\n');
-                            }
-                            (text, size)
-                        },
-                    ),
-                };
-                let (text, offset) = read.map_err(|e| {
-                    Error::new(
-                        switchboard_bus::proto::ErrorCode::Unavailable,
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                Request::encode(&LogsReply {
-                    instance,
-                    path: path.display().to_string(),
-                    text,
-                    offset,
-                })
-            }
+        .handle_with("logs", &sup, |req: Request, sup| async move {
+            let arg = decode_name(&req)?;
+            let (instance, path) = if arg.name == "broker" {
+                ("broker".to_owned(), sup.log_dir().join("broker.log"))
+            } else {
+                let found = targets(&sup, &arg.name)?;
+                if found.len() > 1 {
+                    let names: Vec<&str> = found.iter().map(|m| m.instance.as_str()).collect();
+                    return Err(Error::bad_request(format!(
+                        "{} has several instances: {}",
+                        arg.name,
+                        names.join(", ")
+                    )));
+                }
+                (found[0].instance.clone(), found[0].log_path())
+            };
+            let read = match arg.offset {
+                Some(offset) => logs::since(&path, offset),
+                None => {
+                    logs::tail(&path, arg.lines.unwrap_or(50).min(10_000)).map(|(lines, size)| {
+                        let mut text = lines.join("\n");
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        (text, size)
+                    })
+                }
+            };
+            let (text, offset) = read.map_err(|e| {
+                Error::new(
+                    switchboard_bus::proto::ErrorCode::Unavailable,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            Request::encode(&LogsReply {
+                instance,
+                path: path.display().to_string(),
+                text,
+                offset,
+            })
         })
         .task(move |bus, shutdown| async move {
             let sup = s_task;
