@@ -1,0 +1,120 @@
+//! One request's task: the built-in ops (`$echo`, `$health`), the handler
+//! under its deadline and a panic guard, the counters, and the reply.
+
+use futures::FutureExt;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use switchboard_proto::{self as proto, Envelope, ErrorBody, ErrorCode, Health};
+
+use super::{Handler, HealthFn, Reply, Request};
+use crate::client::{Handle, Incoming};
+use crate::Error;
+
+/// Counters a service keeps for `$health`.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) inflight: AtomicU64,
+    pub(super) handled: AtomicU64,
+    pub(super) errors: AtomicU64,
+}
+
+/// What one request's task needs from the service.
+pub(super) struct Ctx<'a> {
+    pub(super) handlers: &'a HashMap<String, Handler>,
+    pub(super) counters: &'a Counters,
+    pub(super) name: &'a str,
+    pub(super) started: Instant,
+    pub(super) health: Option<&'a HealthFn>,
+}
+
+pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) {
+    let Incoming { token, env } = incoming;
+    let env = *env;
+    let Ctx {
+        handlers,
+        counters,
+        name,
+        started,
+        health,
+    } = ctx;
+    counters.inflight.fetch_add(1, Ordering::Relaxed);
+    let id = env.id;
+    let trace = env.trace.clone();
+    let op = env.op.clone();
+    let deadline = env.deadline;
+    // Every log line of this request, in any service, carries its trace id.
+    let span = tracing::debug_span!(
+        "request",
+        service = name,
+        op = %op,
+        trace = %trace,
+        user = env.user.as_deref().unwrap_or("")
+    );
+    let result: Result<Reply, Error> = match op.as_str() {
+        "$echo" => Ok(Reply::new(env.body.into_vec())),
+        "$health" => {
+            let status = match health {
+                Some(check) => check().await,
+                None => "ok".to_owned(),
+            };
+            Request::encode(&Health {
+                service: name.to_owned(),
+                instance: handle.instance().to_owned(),
+                status,
+                pid: std::process::id(),
+                uptime_ms: started.elapsed().as_millis() as u64,
+                rss_bytes: crate::svc::rss_bytes(),
+                inflight: counters.inflight.load(Ordering::Relaxed).saturating_sub(1),
+                handled: counters.handled.load(Ordering::Relaxed),
+                errors: counters.errors.load(Ordering::Relaxed),
+            })
+            .map(Reply::new)
+        }
+        _ => match handlers.get(&op) {
+            None => Err(Error::new(
+                ErrorCode::UnknownOp,
+                format!("{name} has no op {op:?}"),
+            )),
+            Some(handler) => {
+                let fut = tracing::Instrument::instrument(
+                    handler(Request {
+                        env,
+                        bus: handle.clone(),
+                    }),
+                    span.clone(),
+                );
+                let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
+                match tokio::time::timeout(left, AssertUnwindSafe(fut).catch_unwind()).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => {
+                        tracing::error!(parent: &span, "handler panicked");
+                        Err(Error::internal("handler panicked"))
+                    }
+                    Err(_) => Err(Error::new(
+                        ErrorCode::Timeout,
+                        "handler did not finish before the deadline",
+                    )),
+                }
+            }
+        },
+    };
+    counters.handled.fetch_add(1, Ordering::Relaxed);
+    let reply = match result {
+        Ok(Reply { body, grants }) => {
+            let mut env = Envelope::reply_to(id, &trace, body);
+            env.grants = (!grants.is_empty()).then_some(grants);
+            env
+        }
+        Err(e) => {
+            tracing::debug!(parent: &span, code = %e.code, error = %e.message, "request failed");
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            Envelope::error_reply(id, &trace, ErrorBody::from(e))
+        }
+    };
+    if let Err(e) = handle.reply(token, &reply).await {
+        tracing::debug!(error = %e, "reply not sent");
+    }
+    counters.inflight.fetch_sub(1, Ordering::Relaxed);
+}
