@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use switchboard_bus::proto;
+use switchboard_bus::svc::procinfo;
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{bin_path, eventually, TcpRelay, TestDatabase};
 
@@ -288,16 +289,10 @@ async fn a_restarted_main_adopts_its_running_apps() {
     s.main.wait_exit(Duration::from_secs(5)).expect("main died");
     // The apps serve on without main.
     let broker_pid = broker.as_u64().unwrap() as u32;
-    let state = std::fs::read_to_string(format!("/proc/{broker_pid}/stat")).unwrap_or_default();
     assert!(
-        !state.is_empty()
-            && !state
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .starts_with('Z'),
-        "the broker outlives main: {state}"
+        procinfo::alive(broker_pid),
+        "the broker outlives main: state {}",
+        procinfo::state(broker_pid)
     );
     let echo = s
         .bus

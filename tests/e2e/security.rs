@@ -240,12 +240,7 @@ async fn http_get_json(addr: &str, path: &str) -> Value {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    switchboard_bus::svc::procinfo::rss_of(pid) / 1024
 }
 
 /// A client asks for the largest replies there are (history pages of 200 long

@@ -112,9 +112,7 @@ fn pid(v: &Value) -> u32 {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim().starts_with('Z'))
-        .unwrap_or(false)
+    switchboard_bus::svc::procinfo::alive(pid)
 }
 
 #[tokio::test]

@@ -244,28 +244,8 @@ async fn start_broker(
         eco.main.log_max_bytes,
         eco.main.log_keep,
     )?);
-    let mut cmd = tokio::process::Command::new(&bin);
-    cmd.args(&args)
-        .envs(env)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    if let Some(err) = child.stderr.take() {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                log.write(format!("{line}\n").as_bytes());
-            }
-        });
-    }
+    let (proc, stdout) = proc::spawn_reporting(&bin, &args, &env, log.clone())?;
+    let stdout = stdout.ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await
@@ -280,10 +260,10 @@ async fn start_broker(
         .strip_prefix("listening ")
         .ok_or_else(|| anyhow::anyhow!("unexpected broker output: {first}"))?
         .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let pid = child.id().unwrap_or(0);
-    tracing::info!(%endpoint, pid, "broker started");
-    Ok((endpoint, proc::Proc::from_child(child)))
+    // Anything it prints later goes to its log, like every app's output.
+    tokio::spawn(proc::pump(lines.into_inner(), log));
+    tracing::info!(%endpoint, pid = proc.pid, "broker started");
+    Ok((endpoint, proc))
 }
 
 fn decode_name(req: &Request) -> Result<NameArg, Error> {

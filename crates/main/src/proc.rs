@@ -1,4 +1,5 @@
-//! Child processes: spawning with logs, signals, and /proc readings.
+//! Child processes: spawning with logs, signals, and their /proc readings
+//! (through [`switchboard_bus::svc::procinfo`], the workspace's one reader).
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -7,7 +8,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
+
+use switchboard_bus::svc::procinfo;
 
 use crate::logs::LogFile;
 
@@ -22,7 +25,7 @@ pub struct Proc {
     pub started: Instant,
     /// Wall-clock start, ms since the epoch.
     pub started_ms: u64,
-    cpu: Option<(u64, Instant)>,
+    cpu: Option<(f64, Instant)>,
 }
 
 /// Spawns `bin args` with `env`, stdout and stderr appended to `log`. The child
@@ -38,6 +41,25 @@ pub fn spawn(
     env: &[(String, String)],
     log: Arc<LogFile>,
 ) -> std::io::Result<Proc> {
+    let (proc, out) = spawn_reporting(bin, args, env, log.clone())?;
+    if let Some(out) = out {
+        tokio::spawn(pump(out, log));
+    }
+    Ok(proc)
+}
+
+/// [`spawn`], but the child's stdout is handed to the caller (the broker
+/// reports the endpoint it bound there); stderr goes to `log`.
+///
+/// # Errors
+///
+/// When the process cannot be started.
+pub fn spawn_reporting(
+    bin: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: Arc<LogFile>,
+) -> std::io::Result<(Proc, Option<ChildStdout>)> {
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -48,22 +70,22 @@ pub fn spawn(
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, log.clone()));
-    }
+    let out = child.stdout.take();
     if let Some(err) = child.stderr.take() {
         tokio::spawn(pump(err, log));
     }
-    Ok(Proc {
+    let proc = Proc {
         child: Some(child),
         pid,
         started: Instant::now(),
         started_ms: switchboard_bus::proto::now_ms(),
         cpu: None,
-    })
+    };
+    Ok((proc, out))
 }
 
-async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, log: Arc<LogFile>) {
+/// Appends what `r` yields to `log` until it ends.
+pub async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, log: Arc<LogFile>) {
     let mut buf = vec![0u8; 8192];
     loop {
         match r.read(&mut buf).await {
@@ -141,12 +163,12 @@ impl Proc {
 
     /// Resident memory, bytes (0 if unknown).
     pub fn rss(&self) -> u64 {
-        rss_of(self.pid)
+        procinfo::rss_of(self.pid)
     }
 
     /// CPU use since the last call, percent of one core.
     pub fn cpu_percent(&mut self) -> f64 {
-        let Some(ticks) = cpu_ticks(self.pid) else {
+        let Some(used) = procinfo::cpu_seconds(self.pid) else {
             return 0.0;
         };
         let now = Instant::now();
@@ -154,59 +176,24 @@ impl Proc {
             Some((before, at)) => {
                 let secs = now.duration_since(at).as_secs_f64();
                 if secs > 0.0 {
-                    (ticks.saturating_sub(before)) as f64 / CLOCK_TICKS / secs * 100.0
+                    (used - before).max(0.0) / secs * 100.0
                 } else {
                     0.0
                 }
             }
             None => 0.0,
         };
-        self.cpu = Some((ticks, now));
+        self.cpu = Some((used, now));
         percent
     }
 
     /// The process's state letter from /proc (`T` = stopped).
     pub fn state(&self) -> char {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|s| s.rsplit(')').next()?.trim().chars().next())
-            .unwrap_or('?')
+        procinfo::state(self.pid)
     }
-}
-
-/// Resident memory of process `pid`, bytes (0 if unknown).
-pub fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
-/// Clock ticks per second (Linux's USER_HZ is 100 on every common platform).
-const CLOCK_TICKS: f64 = 100.0;
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit(')').next()?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3 (index 0 here); utime 14, stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
 }
 
 impl Proc {
-    /// Wraps a child spawned elsewhere (the broker).
-    pub fn from_child(child: Child) -> Self {
-        Self {
-            pid: child.id().unwrap_or(0),
-            child: Some(child),
-            started: Instant::now(),
-            started_ms: switchboard_bus::proto::now_ms(),
-            cpu: None,
-        }
-    }
-
     /// Adopts a running process a previous main started (`started_ms` from its
     /// status file).
     pub fn adopt(pid: u32, started_ms: u64) -> Self {
@@ -225,14 +212,4 @@ impl Proc {
 /// How often an adopted process is checked for its exit.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);
 
-/// Whether `pid` runs (exists and is not a zombie).
-pub fn alive(pid: u32) -> bool {
-    pid > 0
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim().starts_with('Z'))
-}
-
-/// The executable `pid` runs, if it can be read.
-pub fn exe_of(pid: u32) -> Option<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
-}
+pub use procinfo::{alive, exe_of};

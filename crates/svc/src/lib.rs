@@ -1,7 +1,9 @@
 //! What every Switchboard binary shares, broker and supervisor included: tracing
-//! set-up, the shutdown signal, exit codes, process memory. No bus: the broker
-//! links this, not the bus client.
+//! set-up, the shutdown signal, exit codes, and [`procinfo`]: what `/proc` says
+//! about a process. No bus: the broker links this, not the bus client.
 #![warn(missing_docs)]
+
+pub mod procinfo;
 
 use tokio_util::sync::CancellationToken;
 
@@ -65,16 +67,4 @@ async fn wait_for_signal() {
     }
 }
 
-/// Resident set size of this process in bytes, from `/proc/self/statm` (0 where
-/// that does not exist).
-pub fn rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+pub use procinfo::rss_bytes;

@@ -177,11 +177,7 @@ async fn sigstopped_flooded_worker_does_not_stall_another_service() {
 
 /// The one-letter state of a process from /proc (`T` = stopped).
 fn process_state(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit(')')
-        .next()
-        .and_then(|rest| rest.trim().chars().next())
-        .unwrap_or('?')
+    switchboard_bus::svc::procinfo::state(pid)
 }
 
 #[tokio::test]

@@ -260,7 +260,7 @@ impl Supervisor {
             .clone()?;
         if row.pid > 0 {
             row.uptime_ms = proto::now_ms().saturating_sub(row.started_at_ms);
-            row.rss_bytes = proc::rss_of(row.pid);
+            row.rss_bytes = switchboard_bus::svc::procinfo::rss_of(row.pid);
         }
         Some(row)
     }

@@ -19,7 +19,5 @@ pub fn is_instance(pid: u32, instance: &str) -> bool {
     if !proc::alive(pid) {
         return false;
     }
-    let want = format!("SB_INSTANCE={instance}");
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == want.as_bytes()))
+    switchboard_bus::svc::procinfo::has_env(pid, "SB_INSTANCE", instance)
 }

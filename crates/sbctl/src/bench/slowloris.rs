@@ -1,6 +1,7 @@
 //! `bench slowloris`: a connected client's ping round trips and the gateway's CPU, without and with an attacker holding sockets in the HTTP handshake.
 
 use super::*;
+use switchboard_bus::svc::procinfo;
 
 /// `bench slowloris` parameters.
 pub struct SlowlorisArgs {
@@ -88,7 +89,7 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
     }
     // Let the attack build up, then measure.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let cpu0 = cpu_ticks(pid);
+    let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
     let mut attacked = Vec::new();
     let mut errors = 0;
@@ -98,7 +99,7 @@ pub async fn slowloris(a: SlowlorisArgs) -> anyhow::Result<Report> {
         errors += failed;
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_ticks(pid).saturating_sub(cpu0) as f64 / 100.0 / wall;
+    let cpu = (cpu_seconds(pid) - cpu0) / wall;
     stop.store(true, Ordering::Relaxed);
     let mut opened = 0;
     for t in attackers {
@@ -168,12 +169,12 @@ async fn pings(
 /// Time between two pings of the measuring client (100/s).
 const PING_EVERY: Duration = Duration::from_millis(10);
 
-/// utime + stime of a process, in clock ticks (100 per second on Linux).
-fn cpu_ticks(pid: u64) -> u64 {
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.stat())
-        .map(|s| s.utime + s.stime)
-        .unwrap_or(0)
+/// CPU seconds the process has used (0 if unknown).
+fn cpu_seconds(pid: u64) -> f64 {
+    u32::try_from(pid)
+        .ok()
+        .and_then(procinfo::cpu_seconds)
+        .unwrap_or(0.0)
 }
 
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
