@@ -62,7 +62,7 @@ async fn bad_input_gets_documented_errors_and_the_connection_stays() {
 async fn missing_or_forged_tokens_are_refused() {
     let system = System::start(true).await;
     // Forged token in the query: refused before the upgrade.
-    let forged = switchboard_receive::jwt::sign(b"not-the-secret", &json!({"sub": "mallory"}));
+    let forged = switchboard_gateway::jwt::sign(b"not-the-secret", &json!({"sub": "mallory"}));
     let err = Ws::connect(&format!("{}/ws?token={forged}", system.ws))
         .await
         .err()

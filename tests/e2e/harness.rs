@@ -104,7 +104,7 @@ impl System {
 
     /// A client token for `user`.
     pub fn token(user: &str) -> String {
-        switchboard_receive::jwt::sign(
+        switchboard_gateway::jwt::sign(
             AUTH_SECRET.as_bytes(),
             &json!({ "sub": user, "exp": 4_000_000_000u64 }),
         )

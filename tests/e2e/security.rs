@@ -104,7 +104,7 @@ async fn private_and_wildcard_topics_cannot_be_subscribed() {
 async fn a_token_whose_sub_could_widen_a_topic_is_refused() {
     let system = System::start(true).await;
     for sub in [">", "*", "a.b", "bob.>", "a b", "user.*"] {
-        let token = switchboard_receive::jwt::sign(
+        let token = switchboard_gateway::jwt::sign(
             AUTH_SECRET.as_bytes(),
             &json!({"sub": sub, "exp": 4_000_000_000u64}),
         );
@@ -143,7 +143,7 @@ async fn a_socket_that_never_authenticates_is_closed() {
 async fn an_expired_token_closes_its_connection() {
     let system = System::start_with(true, &["--token-leeway-s", "0"]).await;
     let now = switchboard_bus::proto::now_ms() / 1000;
-    let token = switchboard_receive::jwt::sign(
+    let token = switchboard_gateway::jwt::sign(
         AUTH_SECRET.as_bytes(),
         &json!({"sub": "ada", "exp": now + 2}),
     );
@@ -153,7 +153,7 @@ async fn an_expired_token_closes_its_connection() {
     ws.ok("chat", "join", json!({"room": "r"})).await;
     assert_eq!(ws.close_code().await, Some(4002));
     // An expired token is refused outright.
-    let old = switchboard_receive::jwt::sign(
+    let old = switchboard_gateway::jwt::sign(
         AUTH_SECRET.as_bytes(),
         &json!({"sub": "ada", "exp": now - 10}),
     );

@@ -3,9 +3,9 @@
 use clap::Parser;
 use switchboard_bus::svc::{self, BusArgs};
 use switchboard_bus::Service;
-use switchboard_receive::jwt::TokenRules;
-use switchboard_receive::policy::Policy;
-use switchboard_receive::{Gateway, Settings};
+use switchboard_gateway::jwt::TokenRules;
+use switchboard_gateway::policy::Policy;
+use switchboard_gateway::{Gateway, Settings};
 
 /// The Switchboard WebSocket gateway.
 #[derive(Parser, Debug)]
@@ -34,7 +34,7 @@ struct Args {
     /// Browser origins allowed (comma-separated, e.g. https://app.example); empty: any.
     #[arg(long, env = "SB_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
-    /// Client policy file (TOML); the built-in one is crates/receive/client-policy.toml.
+    /// Client policy file (TOML); the built-in one is crates/gateway/client-policy.toml.
     #[arg(long, env = "SB_POLICY")]
     policy: Option<String>,
     /// Largest client frame, bytes.
@@ -177,7 +177,7 @@ fn main() {
         let result = Service::new("receive")
             .task(move |bus, shutdown| async move {
                 let gateway = Gateway::new(settings, bus);
-                switchboard_receive::serve(gateway, listener, shutdown).await;
+                switchboard_gateway::serve(gateway, listener, shutdown).await;
             })
             .run(config, svc::shutdown_on_signal())
             .await;

@@ -33,7 +33,7 @@ async fn main() {
     svc::init_tracing();
     let args = Args::parse();
     if args.check {
-        match switchboard_main::ecosystem::load(&args.config, args.env.as_deref()) {
+        match switchboard_supervisor::ecosystem::load(&args.config, args.env.as_deref()) {
             Ok(eco) => {
                 for app in &eco.apps {
                     println!(
@@ -51,7 +51,7 @@ async fn main() {
             }
         }
     }
-    let code = switchboard_main::run(switchboard_main::Options {
+    let code = switchboard_supervisor::run(switchboard_supervisor::Options {
         config: args.config,
         env: args.env,
         no_spawn: args.no_spawn,
