@@ -1,27 +1,30 @@
 //! One client connection after the handshake ([`crate::http`]): the reader
 //! (frames → requests), the writer (outbox → socket), grants, and the goodbye.
 //!
-//! - this file: the connection's state, its topics, the writer and the goodbye;
-//! - [`read`]: the read loop (rate limit, pings, token expiry, go-away);
-//! - [`frame`]: one client frame → a bus call or a gateway op, and grants.
+//! - this file: the path of a request: the read loop (rate limit, pings, token
+//!   expiry, go-away), one frame → a bus call, the reply's grants, the writer;
+//! - [`session`]: who the client is, its topics, and the goodbye;
+//! - [`ops`]: the gateway's own ops (`ping`, `subscribe`, `unsubscribe`, `auth`).
 
-mod frame;
-mod read;
+mod ops;
+mod session;
 
 use futures::{SinkExt, StreamExt};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_bus::proto::{self, api, ErrorCode};
+use switchboard_bus::proto::{self, api, ErrorCode, Grants};
+use switchboard_bus::{new_trace_id, CallOptions};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::Admission;
 use crate::hub::ConnOut;
 use crate::outbox::{Limits, Next, Outbox};
-use crate::{jwt, Gateway};
+use crate::{jwt, wire, Gateway};
 
 /// Close code: idle (no pong).
 pub const CLOSE_IDLE: u16 = 4000;
@@ -118,125 +121,235 @@ struct Client {
     inflight: AtomicUsize,
 }
 
+/// Token bucket for the per-connection request rate.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+    /// Requests refused in a row; past `burst` of them the client is flooding.
+    refused: u32,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused = 0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+}
+
 // === impl Client ===
 
 impl Client {
-    fn user(&self) -> Option<String> {
-        self.user.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Sets the user and tells the services the session opened; subscribes the
-    /// client to its direct-message topic.
-    async fn open_session(self: &Arc<Self>, token: jwt::Verified) {
-        let user = token.user;
-        self.expires_ms
-            .store(token.expires_s.saturating_mul(1000), Ordering::Relaxed);
-        *self.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(user.clone());
-        self.publish_session(api::SESSION_OPEN, &user).await;
-        let topic = format!("user.{user}");
-        if proto::topic::validate(&topic, false).is_ok() {
-            self.subscribe(&topic).await.ok();
-        }
-    }
-
-    async fn publish_session(&self, topic: &str, user: &str) {
-        let body = proto::to_body(&api::Session {
-            user: user.to_owned(),
-            session: self.session.clone(),
-            gateway: self.gw.bus.instance().to_owned(),
-        });
-        if let Ok(body) = body {
-            if let Err(e) = self.gw.bus.publish(topic, body).await {
-                tracing::warn!(error = %e, topic, "session event not published");
+    async fn read_loop<S>(self: Arc<Self>, mut stream: S, shutdown: &CancellationToken) -> Why
+    where
+        S: futures::Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let settings = &self.gw.settings;
+        let mut bucket = Bucket {
+            tokens: f64::from(settings.rate_burst),
+            last: Instant::now(),
+            rate: f64::from(settings.rate_per_sec),
+            burst: f64::from(settings.rate_burst.max(1)),
+            refused: 0,
+        };
+        let idle = Duration::from_millis(settings.idle_timeout_ms);
+        let mut ping =
+            tokio::time::interval(Duration::from_millis(settings.ping_interval_ms.max(10)));
+        ping.tick().await;
+        let mut last_seen = Instant::now();
+        // The token's end (or the auth deadline): one timer, reset only when the
+        // end moves (a re-authentication).
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut ends_at = 0;
+        let expiry = tokio::time::sleep(far);
+        tokio::pin!(expiry);
+        // On shutdown the client is told to go away first and served for a short
+        // window, so that what it sent before it saw the notice is answered.
+        let goaway = tokio::time::sleep(far);
+        tokio::pin!(goaway);
+        let mut going = false;
+        loop {
+            let end = self.expires_ms.load(Ordering::Relaxed);
+            if end != ends_at {
+                ends_at = end;
+                let left = match end {
+                    0 => far,
+                    end => Duration::from_millis(end.saturating_sub(proto::now_ms())),
+                };
+                expiry.as_mut().reset(tokio::time::Instant::now() + left);
+            }
+            tokio::select! {
+                () = shutdown.cancelled(), if !going => {
+                    going = true;
+                    let binary = self.out.binary.load(Ordering::Relaxed);
+                    self.out.outbox.reply(wire::goaway("server shutting down: reconnect", binary));
+                    let window = Duration::from_millis(settings.goaway_ms);
+                    goaway.as_mut().reset(tokio::time::Instant::now() + window);
+                }
+                () = &mut goaway, if going => return Why::Shutdown,
+                () = self.out.outbox.closing.cancelled() => return Why::Closing,
+                () = &mut expiry => {
+                    if self.user().is_some() {
+                        self.out.outbox.close(CLOSE_EXPIRED, "token expired");
+                    } else {
+                        self.out.outbox.close(CLOSE_AUTH_TIMEOUT, "not authenticated in time");
+                    }
+                    return Why::Closing;
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() >= idle {
+                        self.out.outbox.close(CLOSE_IDLE, "idle timeout: no frame or pong");
+                        return Why::Closing;
+                    }
+                    self.out.outbox.reply(Message::Ping(bytes::Bytes::from_static(b"sb")));
+                }
+                frame = stream.next() => {
+                    let msg = match frame {
+                        None => return Why::ClientGone,
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            tracing::debug!(session = %self.session, size, max_size, "frame too large");
+                            self.out.outbox.close(CLOSE_TOO_BIG, &format!("frame of {size} bytes exceeds {max_size}"));
+                            return Why::Closing;
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(session = %self.session, error = %e, "read error");
+                            return Why::ClientGone;
+                        }
+                        Some(Ok(msg)) => msg,
+                    };
+                    last_seen = Instant::now();
+                    match msg {
+                        Message::Text(_) | Message::Binary(_) => {
+                            let binary = matches!(msg, Message::Binary(_));
+                            if binary {
+                                self.out.binary.store(true, Ordering::Relaxed);
+                            }
+                            if !bucket.take() {
+                                if bucket.refused > settings.rate_burst {
+                                    self.out.outbox.close(CLOSE_POLICY, "flooding past the rate limit");
+                                    return Why::Closing;
+                                }
+                                let id = wire::parse(&msg).map(|m| m.id).unwrap_or_default();
+                                let text = format!("rate limit: {} requests/s", settings.rate_per_sec);
+                                self.out.outbox.reply(wire::error(&id, ErrorCode::Overloaded, &text, binary));
+                                continue;
+                            }
+                            self.on_frame(&msg, binary).await;
+                        }
+                        Message::Close(_) => return Why::ClientGone,
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
             }
         }
     }
 
-    fn topics(&self) -> std::sync::MutexGuard<'_, Option<HashSet<String>>> {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Subscribes the client to `topic`, within its subscription cap.
-    async fn subscribe(self: &Arc<Self>, topic: &str) -> Result<(), switchboard_bus::Error> {
-        {
-            let topics = self.topics();
-            let Some(topics) = topics.as_ref() else {
-                return Err(switchboard_bus::Error::new(
-                    ErrorCode::Unavailable,
-                    "connection closing",
-                ));
+    async fn on_frame(self: &Arc<Self>, msg: &Message, binary: bool) {
+        let reply_err = |id: &serde_json::Value, code: ErrorCode, text: &str| {
+            self.out.outbox.reply(wire::error(id, code, text, binary));
+        };
+        let m = match wire::parse(msg) {
+            Ok(m) => m,
+            Err(e) => return reply_err(&serde_json::Value::Null, ErrorCode::BadRequest, &e),
+        };
+        let Some(op) = m.op.as_deref() else {
+            return reply_err(&m.id, ErrorCode::BadRequest, "missing op");
+        };
+        let Some(to) = m.to.as_deref() else {
+            return self.gateway_op(&m, op, binary).await;
+        };
+        let Some(user) = self.user() else {
+            return reply_err(
+                &m.id,
+                ErrorCode::Unauthorized,
+                "authenticate first: token query parameter or the auth op",
+            );
+        };
+        if proto::validate_name(to).is_err() || proto::validate_name(op).is_err() {
+            return reply_err(&m.id, ErrorCode::BadRequest, "invalid service or op name");
+        }
+        let policy = &self.gw.settings.policy;
+        if let Err(why) = policy.check_call(to, op) {
+            return reply_err(&m.id, ErrorCode::Forbidden, &why);
+        }
+        if self.inflight.load(Ordering::Relaxed) >= self.gw.settings.max_inflight_per_conn {
+            let text = format!(
+                "more than {} requests in flight on this connection",
+                self.gw.settings.max_inflight_per_conn
+            );
+            return reply_err(&m.id, ErrorCode::Overloaded, &text);
+        }
+        let body = match wire::json_to_body(m.data.as_ref()) {
+            Ok(body) => body,
+            Err(e) => return reply_err(&m.id, ErrorCode::BadRequest, &e),
+        };
+        let key = policy
+            .key_field(to)
+            .and_then(|field| m.data.as_ref()?.get(field)?.as_str().map(str::to_owned));
+        let options = CallOptions {
+            timeout: Some(Duration::from_millis(self.gw.settings.request_timeout_ms)),
+            trace: new_trace_id(),
+            user: Some(user),
+            session: Some(self.session.clone()),
+            key,
+            ..CallOptions::default()
+        };
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.gw.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let conn = self.clone();
+        let (to, id) = (to.to_owned(), m.id);
+        let op = op.to_owned();
+        tokio::spawn(async move {
+            let reply = match conn.gw.bus.call(&to, &op, body, options).await {
+                Ok(env) => match conn.apply_grants(&to, env.grants.as_ref()).await {
+                    Ok(()) => wire::ok(&id, &wire::body_to_json(&env.body), binary),
+                    Err(e) => wire::error(&id, e.code, &e.message, binary),
+                },
+                Err(e) => wire::error(&id, e.code, &e.message, binary),
             };
-            if topics.contains(topic) {
-                return Ok(());
+            conn.out.outbox.reply(reply);
+            conn.inflight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Applies the typed grants of `service`'s reply, each only inside what the
+    /// policy lets that service grant. A grant outside it is a service's mistake
+    /// (or a compromised service): it is dropped and logged, never applied. A
+    /// grant the client's subscription cap refuses fails the reply (`overloaded`).
+    async fn apply_grants(
+        self: &Arc<Self>,
+        service: &str,
+        grants: Option<&Grants>,
+    ) -> Result<(), switchboard_bus::Error> {
+        let Some(grants) = grants else {
+            return Ok(());
+        };
+        for topic in &grants.subscribe {
+            if proto::topic::validate(topic, true).is_err() {
+                tracing::warn!(service, topic = %topic, "invalid grant dropped");
+                continue;
             }
-            let cap = self.gw.settings.max_subscriptions;
-            if topics.len() >= cap {
-                return Err(switchboard_bus::Error::new(
-                    ErrorCode::Overloaded,
-                    format!("this connection already holds {cap} subscriptions: unsubscribe first"),
-                ));
+            if let Err(why) = self.gw.settings.policy.check_grant(service, topic) {
+                tracing::warn!(service, topic = %topic, reason = %why, "grant outside the policy dropped");
+                continue;
             }
+            self.subscribe(topic).await?;
         }
-        self.gw
-            .hub
-            .subscribe(topic, self.id, self.out.clone())
-            .await?;
-        let mut topics = self.topics();
-        match topics.as_mut() {
-            Some(topics) => {
-                topics.insert(topic.to_owned());
-            }
-            // Closed while the bus subscribed: undo at once.
-            None => self.gw.hub.unsubscribe(topic, self.id),
+        for topic in &grants.unsubscribe {
+            self.unsubscribe(topic);
         }
         Ok(())
-    }
-
-    fn unsubscribe(&self, topic: &str) {
-        if let Some(topics) = self.topics().as_mut() {
-            if topics.remove(topic) {
-                self.gw.hub.unsubscribe(topic, self.id);
-            }
-        }
-    }
-
-    /// Stops the connection: waits (within the grace period) for in-flight replies
-    /// to be queued, closes with the right code, tells the services.
-    async fn finish(self: Arc<Self>, why: Why, writer: tokio::task::JoinHandle<()>) {
-        if matches!(why, Why::Shutdown | Why::ClientGone) {
-            let until = Instant::now() + Duration::from_millis(self.gw.settings.shutdown_grace_ms);
-            while self.inflight.load(Ordering::Relaxed) > 0
-                && Instant::now() < until
-                && !self.out.outbox.is_closing()
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        if self.out.outbox.too_slow.load(Ordering::Relaxed) {
-            self.gw.stats.closed_slow.fetch_add(1, Ordering::Relaxed);
-        }
-        match why {
-            Why::Shutdown => self.out.outbox.close(CLOSE_AWAY, "server shutting down"),
-            Why::ClientGone => self.out.outbox.close(1000, ""),
-            Why::Closing => {}
-        }
-        // The writer sends what is queued and the close frame; a client that does
-        // not read gets a second, then the socket is dropped.
-        let abort = writer.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(1), writer)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
-        let topics = self.topics().take().unwrap_or_default();
-        for topic in topics {
-            self.gw.hub.unsubscribe(&topic, self.id);
-        }
-        if let Some(user) = self.user() {
-            self.publish_session(api::SESSION_CLOSE, &user).await;
-        }
-        tracing::debug!(session = %self.session, "client disconnected");
     }
 }
 
