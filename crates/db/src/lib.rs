@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`store`]: [`store::Db`], the pool, the operations, retries and group commit.
+//! - [`store`]: [`store::Db`], the pool, retries; one module per domain with its
+//!   ops and its SQL (`store::chat`: group commit, idempotency; `store::loc`).
 //! - [`migrations`]: the schema, versioned.
 //! - [`error`]: [`error::DbError`] and what counts as transient.
 //! - this file: [`Settings`] and [`service`], the bus service.
@@ -19,8 +20,7 @@ pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_bus::proto::api::{self, db_ops};
-use switchboard_bus::{Request, Service};
+use switchboard_bus::Service;
 
 pub use store::Db;
 
@@ -48,27 +48,11 @@ impl Default for Settings {
 /// The db service over `db`, ready to `run`.
 pub fn service(db: Arc<Db>) -> Service {
     let (health, migrate) = (db.clone(), db.clone());
-    Service::new("db")
-        .handle_with(db_ops::CHAT_SAVE, &db, |req: Request, db| async move {
-            let msg: api::ChatSave = req.decode()?;
-            let (seq, duplicate) = db.chat_save(msg, req.trace(), req.env.deadline).await?;
-            Request::encode(&api::ChatSaved { seq, duplicate })
-        })
-        .handle_with(db_ops::CHAT_HISTORY, &db, |req: Request, db| async move {
-            let q: api::ChatHistory = req.decode()?;
-            let messages = db.chat_history(&q, req.env.deadline).await?;
-            Request::encode(&api::ChatMessages { messages })
-        })
-        .handle_with(db_ops::LOC_SAVE, &db, |req: Request, db| async move {
-            let save: api::LocSave = req.decode()?;
-            db.loc_save(&save, req.env.deadline).await?;
-            Request::encode(&empty_map())
-        })
-        .handle_with(db_ops::LOC_LOAD, &db, |req: Request, db| async move {
-            let q: api::LocLoad = req.decode()?;
-            let positions = db.loc_load(&q.zone, req.env.deadline).await?;
-            Request::encode(&api::LocPositions { positions })
-        })
+    let service = Service::new("db");
+    // One call per domain: each registers its ops next to its SQL.
+    let service = store::chat::ops(service, &db);
+    let service = store::loc::ops(service, &db);
+    service
         // Answered at once from the last check: main tells hung (no answer) from
         // degraded (an answer saying `db_down`) only if the answer never waits.
         .health(move || {
@@ -105,9 +89,4 @@ pub fn service(db: Arc<Db>) -> Service {
                 }
             }
         })
-}
-
-/// An empty MessagePack map (`{}`), the reply of ops that return nothing.
-fn empty_map() -> std::collections::BTreeMap<String, u8> {
-    std::collections::BTreeMap::new()
 }

@@ -1,6 +1,25 @@
-//! Chat's operations: saving messages (group commit, idempotency keys) and history.
+//! Chat's operations on the bus (`chat.save`, `chat.history`) and their SQL:
+//! saving messages (group commit, idempotency keys) and history.
 
 use super::*;
+use std::sync::Arc;
+use switchboard_bus::proto::api::db_ops;
+use switchboard_bus::{Request, Service};
+
+/// Registers chat's ops on the db service.
+pub fn ops(service: Service, db: &Arc<Db>) -> Service {
+    service
+        .handle_with(db_ops::CHAT_SAVE, db, |req: Request, db| async move {
+            let msg: api::ChatSave = req.decode()?;
+            let (seq, duplicate) = db.chat_save(msg, req.trace(), req.env.deadline).await?;
+            Request::encode(&api::ChatSaved { seq, duplicate })
+        })
+        .handle_with(db_ops::CHAT_HISTORY, db, |req: Request, db| async move {
+            let q: api::ChatHistory = req.decode()?;
+            let messages = db.chat_history(&q, req.env.deadline).await?;
+            Request::encode(&api::ChatMessages { messages })
+        })
+}
 
 impl Db {
     /// Stores a chat message; returns its sequence number once committed. Messages

@@ -1,6 +1,26 @@
-//! Loc's operations: last known positions, saved and loaded.
+//! Loc's operations on the bus (`loc.save`, `loc.load`) and their SQL: last
+//! known positions, saved and loaded.
 
 use super::*;
+use std::sync::Arc;
+use switchboard_bus::proto::api::db_ops;
+use switchboard_bus::{Request, Service};
+
+/// Registers loc's ops on the db service.
+pub fn ops(service: Service, db: &Arc<Db>) -> Service {
+    service
+        .handle_with(db_ops::LOC_SAVE, db, |req: Request, db| async move {
+            let save: api::LocSave = req.decode()?;
+            db.loc_save(&save, req.env.deadline).await?;
+            // An empty map (`{}`): the reply of an op that returns nothing.
+            Request::encode(&std::collections::BTreeMap::<String, u8>::new())
+        })
+        .handle_with(db_ops::LOC_LOAD, db, |req: Request, db| async move {
+            let q: api::LocLoad = req.decode()?;
+            let positions = db.loc_load(&q.zone, req.env.deadline).await?;
+            Request::encode(&api::LocPositions { positions })
+        })
+}
 
 impl Db {
     /// Upserts positions (a position older than the stored one is ignored: latest

@@ -4,11 +4,12 @@
 //! # Layout
 //!
 //! - this file: [`Db`], its pool and schema, health, `retry`, name checks.
-//! - `chat`: messages (group commit, idempotency keys) and history.
-//! - `loc`: positions.
+//! - [`chat`]: `chat.save`/`chat.history`: messages (group commit, idempotency
+//!   keys) and history.
+//! - [`loc`]: `loc.save`/`loc.load`: positions.
 
-mod chat;
-mod loc;
+pub mod chat;
+pub mod loc;
 
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
