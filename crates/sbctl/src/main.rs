@@ -151,11 +151,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                     print_apps_or_json(&body_to_json(&reply.body), args.json);
                 }
                 Err(e) if matches!(e.code, ErrorCode::UnknownService | ErrorCode::Unavailable) => {
-                    let reply = bus
-                        .call(proto::BROKER_SERVICE, "ls", Vec::new(), options)
-                        .await?;
-                    let list: Vec<InstanceInfo> =
-                        proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+                    let list: Vec<InstanceInfo> = bus.broker("ls", Vec::new(), options).await?;
                     if args.json {
                         println!(
                             "{}",
@@ -229,11 +225,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             }
         }
         Command::Stats => {
-            let reply = bus
-                .call(proto::BROKER_SERVICE, "stats", Vec::new(), options)
-                .await?;
-            let stats: BrokerStats =
-                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            let stats: BrokerStats = bus.broker("stats", Vec::new(), options).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&stats).unwrap_or_default()

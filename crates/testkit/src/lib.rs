@@ -237,30 +237,16 @@ pub async fn client(endpoint: &str, instance: &str, secret: Option<&str>) -> Han
 
 /// The broker's counters.
 pub async fn broker_stats(bus: &Handle) -> BrokerStats {
-    let reply = bus
-        .call(
-            proto::BROKER_SERVICE,
-            "stats",
-            Vec::new(),
-            CallOptions::default(),
-        )
+    bus.broker("stats", Vec::new(), CallOptions::default())
         .await
-        .expect("$broker stats");
-    proto::from_body(&reply.body).expect("stats body")
+        .expect("$broker stats")
 }
 
 /// The broker's registry.
 pub async fn broker_ls(bus: &Handle) -> Vec<InstanceInfo> {
-    let reply = bus
-        .call(
-            proto::BROKER_SERVICE,
-            "ls",
-            Vec::new(),
-            CallOptions::default(),
-        )
+    bus.broker("ls", Vec::new(), CallOptions::default())
         .await
-        .expect("$broker ls");
-    proto::from_body(&reply.body).expect("ls body")
+        .expect("$broker ls")
 }
 
 /// Polls `check` every 20 ms until it returns true; false if `timeout` passes.

@@ -7,8 +7,28 @@ pub(super) struct Pending {
     frame: Bytes,
     deadline: u64,
     idem: bool,
+    /// Whether it went out on the socket (a request made offline waits for the
+    /// connection).
     sent: bool,
     tx: oneshot::Sender<Result<Envelope, Error>>,
+}
+
+impl Pending {
+    /// A request not yet sent.
+    pub(super) fn new(
+        frame: Bytes,
+        deadline: u64,
+        idem: bool,
+        tx: oneshot::Sender<Result<Envelope, Error>>,
+    ) -> Self {
+        Self {
+            frame,
+            deadline,
+            idem,
+            sent: false,
+            tx,
+        }
+    }
 }
 
 /// The socket task's state.
@@ -188,23 +208,8 @@ impl Actor {
 
     pub(super) fn on_cmd_offline(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Request {
-                id,
-                frame,
-                deadline,
-                idem,
-                tx,
-            } => {
-                self.pending.insert(
-                    id,
-                    Pending {
-                        frame,
-                        deadline,
-                        idem,
-                        sent: false,
-                        tx,
-                    },
-                );
+            Cmd::Request { id, pending } => {
+                self.pending.insert(id, pending);
             }
             Cmd::Subscribe { sub, pattern, tx } => {
                 self.subs.add(sub, pattern, tx);
@@ -312,26 +317,12 @@ impl Actor {
 
     pub(super) fn on_cmd(&mut self, socket: &mut DealerSocket, cmd: Cmd) -> Option<End> {
         match cmd {
-            Cmd::Request {
-                id,
-                frame,
-                deadline,
-                idem,
-                tx,
-            } => {
-                if try_send(socket, ZmqMessage::from(frame.clone())) {
-                    self.pending.insert(
-                        id,
-                        Pending {
-                            frame,
-                            deadline,
-                            idem,
-                            sent: true,
-                            tx,
-                        },
-                    );
+            Cmd::Request { id, mut pending } => {
+                if try_send(socket, ZmqMessage::from(pending.frame.clone())) {
+                    pending.sent = true;
+                    self.pending.insert(id, pending);
                 } else {
-                    let _ = tx.send(Err(Error::new(
+                    let _ = pending.tx.send(Err(Error::new(
                         ErrorCode::Overloaded,
                         "bus send queue full",
                     )));

@@ -1,5 +1,6 @@
 //! [`Handle`]: what every task holds to use the bus.
 
+use super::actor::Pending;
 use super::*;
 
 impl Handle {
@@ -47,6 +48,22 @@ impl Handle {
     /// to drain.
     pub async fn drain_requested(&self) {
         self.shared.drain_requested.notified().await;
+    }
+
+    /// Calls `op` of the broker's own service (`$broker`: `ls`, `stats`, `owner`)
+    /// and decodes its reply as `T` (types in `switchboard_proto::admin`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::call`], and `internal` for a reply that is not a `T`.
+    pub async fn broker<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        body: Vec<u8>,
+        options: CallOptions,
+    ) -> Result<T, Error> {
+        let reply = self.call(proto::BROKER_SERVICE, op, body, options).await?;
+        Ok(proto::from_body(&reply.body)?)
     }
 
     /// Sends a request and waits for its reply (or the error that ends it).
@@ -105,10 +122,7 @@ impl Handle {
         self.tx
             .send(Cmd::Request {
                 id: env.id,
-                frame: Bytes::from(frame),
-                deadline,
-                idem: env.idem,
-                tx,
+                pending: Pending::new(Bytes::from(frame), deadline, env.idem, tx),
             })
             .await
             .map_err(|_| closed())?;

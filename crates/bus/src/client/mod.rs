@@ -129,12 +129,10 @@ struct Shared {
 }
 
 enum Cmd {
+    /// A request to send, kept (by id) until its reply or its deadline.
     Request {
         id: u64,
-        frame: Bytes,
-        deadline: u64,
-        idem: bool,
-        tx: oneshot::Sender<Result<Envelope, Error>>,
+        pending: actor::Pending,
     },
     /// Frames to send as they are (replies, events, control).
     Send(ZmqMessage),

@@ -391,16 +391,9 @@ impl Supervisor {
 /// The broker's list of registered instances (`$broker ls`); `None` when it does
 /// not answer.
 pub(crate) async fn broker_ls(bus: &Handle) -> Option<Vec<InstanceInfo>> {
-    let reply = bus
-        .call(
-            proto::BROKER_SERVICE,
-            "ls",
-            Vec::new(),
-            CallOptions::default(),
-        )
+    bus.broker("ls", Vec::new(), CallOptions::default())
         .await
-        .ok()?;
-    proto::from_body(&reply.body).ok()
+        .ok()
 }
 
 impl Supervisor {
