@@ -9,14 +9,7 @@ use switchboard_testkit::{
     wait_ready, whoami, RawPeer, TestBroker,
 };
 
-const READY: Duration = Duration::from_secs(10);
-
-fn timeout(ms: u64) -> CallOptions {
-    CallOptions {
-        timeout: Some(Duration::from_millis(ms)),
-        ..CallOptions::default()
-    }
-}
+use crate::{timeout, READY};
 
 #[tokio::test]
 async fn late_reply_is_dropped_and_counted_never_delivered_twice() {

@@ -13,7 +13,7 @@ use switchboard_testkit::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const READY: Duration = Duration::from_secs(10);
+use crate::READY;
 
 /// A deterministic xorshift generator: reproducible garbage.
 struct Rng(u64);

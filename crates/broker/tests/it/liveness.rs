@@ -9,14 +9,7 @@ use switchboard_testkit::{
     trace_init, wait_ready, whoami, Child, Sig, TestBroker,
 };
 
-const READY: Duration = Duration::from_secs(10);
-
-fn with_timeout(ms: u64) -> CallOptions {
-    CallOptions {
-        timeout: Some(Duration::from_millis(ms)),
-        ..CallOptions::default()
-    }
-}
+use crate::{timeout, READY};
 
 #[tokio::test]
 async fn sigkill_mid_request_gives_worker_lost_within_a_heartbeat_window() {
@@ -26,7 +19,7 @@ async fn sigkill_mid_request_gives_worker_lost_within_a_heartbeat_window() {
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "victim", READY).await);
 
-    let call = sleep_in_flight(&bus, "echo", 20_000, with_timeout(30_000)).await;
+    let call = sleep_in_flight(&bus, "echo", 20_000, timeout(30_000)).await;
     let killed = Instant::now();
     worker.signal(Sig::SIGKILL).unwrap();
     let err = call.await.unwrap().unwrap_err();
@@ -51,7 +44,7 @@ async fn idempotent_request_is_retried_on_another_instance_when_its_worker_dies(
     assert!(wait_ready(&bus, "idem-a", READY).await && wait_ready(&bus, "idem-b", READY).await);
     let options = CallOptions {
         idem: true,
-        ..with_timeout(10_000)
+        ..timeout(10_000)
     };
     let call = sleep_in_flight(&bus, "echo", 500, options).await;
     let busy = broker_ls(&bus)
@@ -77,7 +70,7 @@ async fn a_stopped_worker_is_declared_dead_by_heartbeats() {
     let worker = spawn_echo_process(&broker.endpoint, "echo", "sleeper", &[]).unwrap();
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "sleeper", READY).await);
-    let call = sleep_in_flight(&bus, "echo", 100, with_timeout(20_000)).await;
+    let call = sleep_in_flight(&bus, "echo", 100, timeout(20_000)).await;
     // Hung, PID alive, connection open: only heartbeats can tell.
     worker.signal(Sig::SIGSTOP).unwrap();
     let stopped = Instant::now();
@@ -118,7 +111,7 @@ async fn sigstopped_flooded_worker_does_not_stall_another_service() {
         .map(|_| {
             let f = flooder.clone();
             tokio::spawn(async move {
-                f.call("slow", "echo", vec![0u8; 100], with_timeout(20_000))
+                f.call("slow", "echo", vec![0u8; 100], timeout(20_000))
                     .await
             })
         })
@@ -133,7 +126,7 @@ async fn sigstopped_flooded_worker_does_not_stall_another_service() {
     for i in 0..300 {
         let started = Instant::now();
         let reply = bus
-            .call("fast", "echo", vec![i as u8; 100], with_timeout(2_000))
+            .call("fast", "echo", vec![i as u8; 100], timeout(2_000))
             .await;
         worst = worst.max(started.elapsed());
         assert!(
@@ -195,7 +188,7 @@ async fn broker_restart_needs_no_service_restart() {
     );
 
     // A request in flight when the broker dies is answered at once.
-    let inflight = sleep_in_flight(&bus, "echo", 5_000, with_timeout(20_000)).await;
+    let inflight = sleep_in_flight(&bus, "echo", 5_000, timeout(20_000)).await;
     broker.signal(Sig::SIGKILL).unwrap();
     let died = Instant::now();
     drop(broker);
@@ -212,7 +205,7 @@ async fn broker_restart_needs_no_service_restart() {
     // Same client, same service processes: both re-register by themselves.
     assert!(
         eventually(Duration::from_secs(10), || async {
-            whoami(&bus, "echo", with_timeout(500))
+            whoami(&bus, "echo", timeout(500))
                 .await
                 .is_ok_and(|w| w == "survivor")
         })

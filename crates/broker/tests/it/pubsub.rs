@@ -8,6 +8,8 @@ use switchboard_testkit::{
     TestBroker,
 };
 
+use crate::READY;
+
 async fn next_topic(sub: &mut switchboard_bus::Subscription) -> Option<String> {
     tokio::time::timeout(Duration::from_millis(500), sub.next())
         .await
@@ -147,5 +149,3 @@ async fn events_to_a_subscriber_that_stopped_reading_are_dropped_and_counted() {
         "echo-1"
     );
 }
-
-const READY: Duration = Duration::from_secs(10);

@@ -11,28 +11,7 @@ use switchboard_testkit::{
     TestBroker,
 };
 
-const READY: Duration = Duration::from_secs(10);
-
-fn pinned(instance: &str) -> CallOptions {
-    CallOptions {
-        instance: Some(instance.into()),
-        ..CallOptions::default()
-    }
-}
-
-fn keyed(key: &str) -> CallOptions {
-    CallOptions {
-        key: Some(key.into()),
-        ..CallOptions::default()
-    }
-}
-
-fn timeout(ms: u64) -> CallOptions {
-    CallOptions {
-        timeout: Some(Duration::from_millis(ms)),
-        ..CallOptions::default()
-    }
-}
+use crate::{keyed, pinned, timeout, READY};
 
 #[tokio::test]
 async fn routes_by_service_name() {

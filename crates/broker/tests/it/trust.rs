@@ -10,14 +10,7 @@ use switchboard_testkit::{
     broker_stats, client, eventually, trace_init, wait_ready, Child, RawPeer, TestBroker,
 };
 
-const READY: Duration = Duration::from_secs(10);
-
-fn timeout(ms: u64) -> CallOptions {
-    CallOptions {
-        timeout: Some(Duration::from_millis(ms)),
-        ..CallOptions::default()
-    }
-}
+use crate::{timeout, READY};
 
 /// A hand-driven worker for `service`, registered and ready.
 async fn raw_worker(endpoint: &str, service: &str, instance: &str) -> RawPeer {
