@@ -242,6 +242,28 @@ pub async fn broker_stats(bus: &Handle) -> BrokerStats {
         .expect("$broker stats")
 }
 
+/// `$health` of a service (any instance).
+pub async fn health(bus: &Handle, service: &str) -> proto::Health {
+    let reply = bus
+        .call(service, "$health", Vec::new(), CallOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{service} $health: {e}"));
+    proto::from_body(&reply.body).expect("health body")
+}
+
+/// One round trip through the broker: what this client sent before (a
+/// subscription, say) has been handled once it returns.
+pub async fn sync_with_broker(bus: &Handle) {
+    bus.call(
+        proto::BROKER_SERVICE,
+        "$echo",
+        Vec::new(),
+        CallOptions::default(),
+    )
+    .await
+    .expect("$broker $echo");
+}
+
 /// The broker's registry.
 pub async fn broker_ls(bus: &Handle) -> Vec<InstanceInfo> {
     bus.broker("ls", Vec::new(), CallOptions::default())

@@ -5,7 +5,7 @@ use std::time::Duration;
 use switchboard_bus::proto::{self, ErrorCode};
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
-    broker_ls, broker_stats, client, eventually, sleep_in_flight, spawn_echo, trace_init,
+    broker_ls, broker_stats, client, eventually, health, sleep_in_flight, spawn_echo, trace_init,
     wait_ready, whoami, RawPeer, TestBroker,
 };
 
@@ -161,11 +161,7 @@ async fn a_successor_takes_over_while_the_old_process_finishes_its_work() {
     );
     // New work goes to the successor; the old one finishes, then leaves by itself.
     for _ in 0..5 {
-        let health = bus
-            .call("echo", "$health", Vec::new(), CallOptions::default())
-            .await
-            .unwrap();
-        let health: proto::Health = proto::from_body(&health.body).unwrap();
+        let health = health(&bus, "echo").await;
         assert_eq!(
             health.inflight, 0,
             "the successor answers, not the busy old process"

@@ -8,7 +8,7 @@ use switchboard_broker::Settings;
 use switchboard_bus::proto::{self, Envelope, ErrorCode, Kind};
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
-    broker_stats, client, eventually, spawn_echo, trace_init, wait_ready, whoami, RawPeer,
+    broker_stats, client, eventually, health, spawn_echo, trace_init, wait_ready, whoami, RawPeer,
     TestBroker,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -336,11 +336,7 @@ async fn without_the_secret_a_peer_can_neither_register_nor_reach_a_service() {
             "echo-1"
         );
     }
-    let health = bus
-        .call("echo", "$health", Vec::new(), CallOptions::default())
-        .await
-        .unwrap();
-    let health: proto::Health = proto::from_body(&health.body).unwrap();
+    let health = health(&bus, "echo").await;
     assert_eq!(
         health.handled, 21,
         "only our own requests reached the service (20 + 1 whoami)"

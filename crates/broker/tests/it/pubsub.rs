@@ -1,11 +1,11 @@
 //! Pub/sub through the broker: pattern syntax, unsubscribe, slow subscribers.
 
 use std::time::Duration;
-use switchboard_bus::proto::{self, Envelope, Kind};
+use switchboard_bus::proto::{Envelope, Kind};
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
-    broker_stats, client, eventually, spawn_echo, trace_init, wait_ready, whoami, RawPeer,
-    TestBroker,
+    broker_stats, client, eventually, spawn_echo, sync_with_broker, trace_init, wait_ready, whoami,
+    RawPeer, TestBroker,
 };
 
 use crate::READY;
@@ -28,23 +28,8 @@ async fn patterns_match_whole_tokens() {
     let mut tail = bus.subscribe("loc.>").await.unwrap();
     let mut exact = bus.subscribe("user.ada").await.unwrap();
     // Subscriptions are in place once a round trip through the broker is done.
-    publisher
-        .call(
-            proto::BROKER_SERVICE,
-            "$echo",
-            Vec::new(),
-            CallOptions::default(),
-        )
-        .await
-        .unwrap();
-    bus.call(
-        proto::BROKER_SERVICE,
-        "$echo",
-        Vec::new(),
-        CallOptions::default(),
-    )
-    .await
-    .unwrap();
+    sync_with_broker(&publisher).await;
+    sync_with_broker(&bus).await;
 
     for topic in [
         "chat.room.lobby",
@@ -80,14 +65,7 @@ async fn patterns_match_whole_tokens() {
     // Dropping a subscription unsubscribes.
     drop(star);
     let mut other = bus.subscribe("chat.room.lobby").await.unwrap();
-    bus.call(
-        proto::BROKER_SERVICE,
-        "$echo",
-        Vec::new(),
-        CallOptions::default(),
-    )
-    .await
-    .unwrap();
+    sync_with_broker(&bus).await;
     publisher
         .publish("chat.room.lobby", Vec::new())
         .await
@@ -114,14 +92,7 @@ async fn events_to_a_subscriber_that_stopped_reading_are_dropped_and_counted() {
     let mut sub = Envelope::new(Kind::Subscribe);
     sub.to = "flood.x".into();
     stuck.send_env(&sub).await.unwrap();
-    bus.call(
-        proto::BROKER_SERVICE,
-        "$echo",
-        Vec::new(),
-        CallOptions::default(),
-    )
-    .await
-    .unwrap();
+    sync_with_broker(&bus).await;
 
     let publisher = client(&broker.endpoint, "t-pub", None).await;
     let body = vec![7u8; 1024];

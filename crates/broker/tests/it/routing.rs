@@ -7,8 +7,8 @@ use switchboard_broker::Settings;
 use switchboard_bus::proto::{self, ErrorCode};
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
-    broker_ls, broker_stats, client, eventually, spawn_echo, trace_init, wait_ready, whoami,
-    TestBroker,
+    broker_ls, broker_stats, client, eventually, health, spawn_echo, trace_init, wait_ready,
+    whoami, TestBroker,
 };
 
 use crate::{keyed, pinned, timeout, READY};
@@ -42,11 +42,7 @@ async fn routes_by_service_name() {
         .await
         .unwrap();
     assert_eq!(&reply.body[..], b"raw");
-    let health = bus
-        .call("beta", "$health", Vec::new(), CallOptions::default())
-        .await
-        .unwrap();
-    let health: proto::Health = proto::from_body(&health.body).unwrap();
+    let health = health(&bus, "beta").await;
     assert_eq!(
         (
             health.service.as_str(),
