@@ -286,18 +286,25 @@ pub async fn ws(a: WsArgs) -> anyhow::Result<Report> {
             let mut next_id = 0u64;
             let mut lat = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
-            for _ in 0..window {
-                next_id += 1;
-                sent_at.insert(next_id, Instant::now());
-                if tx
-                    .send(Message::Text(frame_for(next_id).into()))
-                    .await
-                    .is_err()
-                {
-                    return (lat, errors + 1);
+            // Frames to send before the next read: the window at first, then
+            // one per reply while the clock runs.
+            let mut to_send = window;
+            'run: loop {
+                for _ in 0..std::mem::take(&mut to_send) {
+                    next_id += 1;
+                    sent_at.insert(next_id, Instant::now());
+                    if tx
+                        .send(Message::Text(frame_for(next_id).into()))
+                        .await
+                        .is_err()
+                    {
+                        errors += 1;
+                        break 'run;
+                    }
                 }
-            }
-            while !sent_at.is_empty() {
+                if sent_at.is_empty() {
+                    break;
+                }
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 let msg = match tokio::time::timeout_at(deadline, rx.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => t,
@@ -320,16 +327,7 @@ pub async fn ws(a: WsArgs) -> anyhow::Result<Report> {
                     }
                 }
                 if !clock.done() {
-                    next_id += 1;
-                    sent_at.insert(next_id, Instant::now());
-                    if tx
-                        .send(Message::Text(frame_for(next_id).into()))
-                        .await
-                        .is_err()
-                    {
-                        errors += 1;
-                        break;
-                    }
+                    to_send = 1;
                 }
             }
             let _ = tx.send(Message::Close(None)).await;
