@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole system on this machine until Ctrl-C: builds in release mode,
-# makes sure MariaDB answers, starts the supervisor `main` with ecosystem.toml
-# (broker, db, chat, loc01, loc02, receive), waits until every app is ready, and
-# prints the status table and the WebSocket URL. Ctrl-C stops everything in
-# reverse dependency order, gracefully.
+# Runs the whole system on this machine until Ctrl-C: builds (release by default),
+# makes sure there is a MariaDB it can use (scripts/ensure-mariadb.sh), starts the
+# supervisor `main` with ecosystem.toml (broker, db, chat, loc01, loc02, receive),
+# shows each app as it starts, and prints the status table and the WebSocket URL
+# once every app is ready. If an app cannot start, it says which and why; if the
+# gateway cannot start nothing can serve, and it stops everything and exits 1.
+# Ctrl-C stops everything in reverse dependency order, gracefully (and a private
+# MariaDB this run started).
 #
 # Environment:
 #   SB_ECOSYSTEM   ecosystem file (default ecosystem.toml)
+#   SB_BUILD       release (default), debug, or none (use what target/ holds)
+#   SB_BIN_DIR     use the binaries in this folder, build nothing (the tests)
+#   SB_RUN_DIR     where main.out, main.log and mariadb.env go (default run)
+#   DATABASE_URL   MariaDB to use; if it does not work, scripts/ensure-mariadb.sh
+#                  finds or makes one (see there) and the db app uses that
 #   SB_PROFILE     profile for main --env (e.g. production)
 #   SB_SECRET      shared bus secret (default: none; the broker binds loopback)
 #   SB_AUTH_SECRET HS256 secret for client tokens (default: none, anonymous users)
@@ -15,57 +23,135 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eco=${SB_ECOSYSTEM:-ecosystem.toml}
-echo "== build (release)"
-cargo build --release --workspace --bins --locked
+export SB_RUN_DIR=${SB_RUN_DIR:-run}
+run=$SB_RUN_DIR
+build=${SB_BUILD:-release}
+[ -n "${SB_BIN_DIR:-}" ] && build=given
+case $build in
+given) bin=$SB_BIN_DIR ;;
+release)
+    bin=target/release
+    echo "== build (release; the first build takes a few minutes)"
+    cargo build --release --workspace --bins --locked
+    ;;
+debug)
+    bin=target/debug
+    echo "== build (debug)"
+    cargo build --workspace --bins --locked
+    ;;
+none)
+    bin=target/release
+    [ -x "$bin/main" ] || bin=target/debug
+    ;;
+*)
+    echo "SB_BUILD must be release, debug or none" >&2
+    exit 64
+    ;;
+esac
 
-scripts/ensure-mariadb.sh
-
-mkdir -p run/logs
-profile=()
-[ -n "${SB_PROFILE:-}" ] && profile=(--env "$SB_PROFILE")
-target/release/main --check --config "$eco" "${profile[@]}" >/dev/null
-
-# main in its own session: Ctrl-C reaches only this script, which asks main to
-# stop (SIGTERM); main stops the apps in order, then the broker.
-setsid target/release/main --config "$eco" "${profile[@]}" >run/logs/main.out 2>run/logs/main.log &
-main_pid=$!
+main_pid=""
+SB_MYSQL_STARTED=""
 stop() {
     trap - EXIT INT TERM
     echo
-    echo "== stopping (apps in reverse dependency order, then the broker)"
-    kill -TERM "$main_pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$main_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$main_pid" 2>/dev/null || true
+    if [ -n "$main_pid" ]; then
+        echo "== stopping (apps in reverse dependency order, then the broker)"
+        kill -TERM "$main_pid" 2>/dev/null || true
+        for _ in $(seq 1 300); do kill -0 "$main_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$main_pid" 2>/dev/null || true
+    fi
+    if [ -n "$SB_MYSQL_STARTED" ]; then
+        echo "== stopping the private MariaDB this run started (pid $SB_MYSQL_STARTED)"
+        kill -TERM "$SB_MYSQL_STARTED" 2>/dev/null || true
+        for _ in $(seq 1 300); do kill -0 "$SB_MYSQL_STARTED" 2>/dev/null || break; sleep 0.1; done
+    fi
     echo "stopped"
 }
 trap stop EXIT
 trap 'exit 0' INT TERM
 
-echo "== starting (main pid $main_pid, log run/logs/main.log)"
-for _ in $(seq 1 600); do
-    if grep -q '^ready' run/logs/main.out 2>/dev/null; then break; fi
+echo "== database"
+db_name=switchboard
+if [ -n "${DATABASE_URL:-}" ]; then
+    db_name=${DATABASE_URL##*/}
+    db_name=${db_name%%\?*}
+fi
+scripts/ensure-mariadb.sh
+. "$run/mariadb.env"
+export DATABASE_URL="$SB_MYSQL/$db_name"
+
+mkdir -p "$run/logs"
+profile=()
+[ -n "${SB_PROFILE:-}" ] && profile=(--env "$SB_PROFILE")
+"$bin/main" --check --config "$eco" "${profile[@]}" >/dev/null
+
+# main in its own session: Ctrl-C reaches only this script, which asks main to
+# stop (SIGTERM); main stops the apps in order, then the broker.
+out="$run/logs/main.out"
+setsid "$bin/main" --config "$eco" "${profile[@]}" >"$out" 2>"$run/logs/main.log" &
+main_pid=$!
+
+echo "== starting (main pid $main_pid, log $run/logs/main.log)"
+# main says `starting X`, `online X`, `failed X: why`, then `ready` or `not-ready N`.
+shown=0
+result=""
+failed=()
+for _ in $(seq 1 1200); do
+    mapfile -t lines <"$out" 2>/dev/null || lines=()
+    while [ "$shown" -lt "${#lines[@]}" ]; do
+        line=${lines[$shown]}
+        shown=$((shown + 1))
+        case $line in
+        "listening "*) echo "   broker  ${line#listening }" ;;
+        "starting "*) echo "   ${line#starting } …" ;;
+        "online "*) echo "   ${line#online } online" ;;
+        "failed "*)
+            echo " ! ${line#failed }" >&2
+            failed+=("${line#failed }")
+            ;;
+        ready | "not-ready "*) result=$line ;;
+        esac
+    done
+    [ -n "$result" ] && break
     if ! kill -0 "$main_pid" 2>/dev/null; then
-        echo "main exited; see run/logs/main.log" >&2
-        tail -20 run/logs/main.log >&2
+        echo "main exited; see $run/logs/main.log" >&2
+        tail -20 "$run/logs/main.log" >&2
         exit 1
     fi
     sleep 0.1
 done
-broker=$(sed -n 's/^listening //p' run/logs/main.out | head -1)
+broker=$(sed -n 's/^listening //p' "$out" | head -1)
 export SB_BROKER=$broker
-if ! grep -q '^ready' run/logs/main.out; then
-    echo "not every app became ready within 60 s; see run/logs/" >&2
-    target/release/sbctl ls || true
+if [ -z "$result" ]; then
+    echo "not every app started within 120 s; see $run/logs/" >&2
+    "$bin/sbctl" ls || true
     exit 1
 fi
-target/release/sbctl ls
+if [ "$result" != ready ]; then
+    for f in "${failed[@]}"; do
+        case $f in
+        receive*)
+            echo "the gateway did not start, so nothing can serve clients:" >&2
+            echo "   $f" >&2
+            exit 1
+            ;;
+        esac
+    done
+fi
+"$bin/sbctl" ls
 listen=$(grep -o '127.0.0.1:[0-9]*' <<<"$(grep -A4 'name = "receive"' "$eco" | grep args || true)" | head -1)
+listen=${listen:-127.0.0.1:3000}
 echo
-echo "WebSocket: ws://${listen:-127.0.0.1:3000}/ws   (also /uws/*; GET http://${listen:-127.0.0.1:3000}/health)"
+if [ "$result" != ready ]; then
+    echo "STARTED WITH ERRORS: ${#failed[@]} app(s) did not start (left to their restart policy):"
+    for f in "${failed[@]}"; do echo "   $f"; done
+    echo
+fi
+echo "WebSocket: ws://$listen/ws   (also /uws/*; GET http://$listen/health)"
 echo "Broker:    $broker"
 echo "Try:       scripts/ws-send.sh chat join '{\"room\":\"lobby\"}' --listen-ms 3000"
-echo "Ops:       target/release/sbctl ls | reload chat | logs loc01 -f"
+echo "Ops:       $bin/sbctl ls | reload chat | logs loc01 -f"
 echo "Ctrl-C stops everything."
 while kill -0 "$main_pid" 2>/dev/null; do sleep 1; done
-echo "main exited; see run/logs/main.log" >&2
+echo "main exited; see $run/logs/main.log" >&2
 exit 1

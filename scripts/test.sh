@@ -15,8 +15,20 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# MariaDB: the services' tests use a real server; make sure one is reachable.
+# MariaDB: the services' tests use a real server. ensure-mariadb.sh finds one the
+# tests can log in to (or creates a user, or runs a private server) and saves it in
+# run/mariadb.env; a private server it started for this run is stopped at the end.
 scripts/ensure-mariadb.sh
+SB_MYSQL_STARTED=""
+. run/mariadb.env
+export SB_TEST_MYSQL=$SB_MYSQL
+stop_db() {
+    if [ -n "$SB_MYSQL_STARTED" ]; then
+        kill -TERM "$SB_MYSQL_STARTED" 2>/dev/null || true
+        for _ in $(seq 1 300); do kill -0 "$SB_MYSQL_STARTED" 2>/dev/null || break; sleep 0.1; done
+    fi
+}
+trap stop_db EXIT
 
 echo "== format"
 cargo fmt --all -- --check
@@ -27,6 +39,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 # The integration tests run the real binaries as child processes.
 cargo build --workspace --bins --tests --locked
+
+if [ $# -eq 0 ]; then
+    echo "== first run with a stock Debian MariaDB (root refused over TCP) and with none"
+    scripts/test-first-run.sh
+fi
 
 echo "== test"
 cargo test --workspace --locked "$@"

@@ -33,13 +33,11 @@ struct Args {
     /// Requests per second per client.
     #[arg(long, default_value_t = 10)]
     rate: u32,
-    /// MariaDB server (a database of the run's own is created and dropped).
-    #[arg(
-        long,
-        env = "SB_TEST_MYSQL",
-        default_value = "mysql://root@127.0.0.1:3306"
-    )]
-    mysql: String,
+    /// MariaDB server (a database of the run's own is created and dropped);
+    /// default: what scripts/ensure-mariadb.sh saved in run/mariadb.env, else
+    /// mysql://root@127.0.0.1:3306.
+    #[arg(long, env = "SB_TEST_MYSQL")]
+    mysql: Option<String>,
     /// Write the table as Markdown to this file too.
     #[arg(long)]
     markdown: Option<std::path::PathBuf>,
@@ -162,7 +160,13 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let mut system = System::start(&args.mysql).await?;
+    let mut system = System::start(
+        &args
+            .mysql
+            .clone()
+            .unwrap_or_else(switchboard_testkit::mysql_server_url),
+    )
+    .await?;
     eprintln!(
         "chaos: system up in {:.1} s (run folder {})",
         started.elapsed().as_secs_f64(),
