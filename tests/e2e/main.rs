@@ -7,4 +7,5 @@ mod gateway;
 mod harness;
 mod security;
 mod services;
+mod start;
 mod supervisor;

@@ -371,9 +371,14 @@ fn service(sup: Arc<Supervisor>) -> Service {
             });
             if !sup.no_spawn {
                 tokio::select! {
-                    () = sup.start_all() => {
-                        tracing::info!("every app started");
-                        println!("ready");
+                    failed = sup.start_all() => {
+                        if failed.is_empty() {
+                            tracing::info!("every app started");
+                            println!("ready");
+                        } else {
+                            tracing::error!(failed = failed.len(), "some apps did not start");
+                            println!("not-ready {}", failed.len());
+                        }
                     }
                     () = shutdown.cancelled() => {}
                 }

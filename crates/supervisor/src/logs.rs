@@ -114,6 +114,37 @@ pub fn since(path: &Path, offset: u64) -> std::io::Result<(String, u64)> {
     ))
 }
 
+/// What a process wrote last since `from` (a byte offset in its log): its
+/// error lines if it wrote any, else its last line; at most 300 characters.
+/// `None` when it wrote nothing.
+pub fn last_words(path: &Path, from: u64) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    // A rotated log is shorter than the offset: read its end instead.
+    let start = if from <= size { from } else { 0 }.max(size.saturating_sub(16 * 1024));
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut text = String::new();
+    std::io::Read::take(file, 16 * 1024)
+        .read_to_string(&mut text)
+        .ok()?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("ERROR") || l.contains("error:") || l.contains("Error"))
+        .collect();
+    let words = if errors.is_empty() {
+        lines.last()?.to_string()
+    } else {
+        errors[errors.len().saturating_sub(2)..].join(" / ")
+    };
+    Some(words.chars().take(300).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +167,22 @@ mod tests {
         let (text, next) = since(log.path(), size).unwrap();
         assert_eq!(text, "fresh\n");
         assert_eq!(since(log.path(), next).unwrap().0, "");
+    }
+
+    #[test]
+    fn last_words_prefer_errors_and_read_from_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::write(&path, "old ERROR before\n").unwrap();
+        let from = std::fs::metadata(&path).unwrap().len();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("starting\nERROR receive: 127.0.0.1:3000 is in use\nbye\n");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            last_words(&path, from).as_deref(),
+            Some("ERROR receive: 127.0.0.1:3000 is in use")
+        );
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(last_words(&path, 0), None);
     }
 }

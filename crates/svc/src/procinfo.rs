@@ -56,6 +56,56 @@ pub fn has_env(pid: u32, name: &str, value: &str) -> bool {
         .is_some_and(|v| v == value)
 }
 
+/// Who listens on a TCP port: the listening sockets found there (any address,
+/// v4 and v6) and the processes that hold them, as far as this process may see.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// Listening sockets on the port.
+    pub sockets: usize,
+    /// The processes holding them (fewer than `sockets` when some are hidden:
+    /// another user's processes, without privileges).
+    pub pids: Vec<u32>,
+}
+
+/// Who listens on TCP `port`.
+pub fn tcp_listeners(port: u16) -> Listeners {
+    use procfs::net::TcpState;
+    use procfs::process::FDTarget;
+    let entries = procfs::net::tcp()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(procfs::net::tcp6().unwrap_or_default());
+    let inodes: Vec<u64> = entries
+        .filter(|e| e.state == TcpState::Listen && e.local_address.port() == port)
+        .map(|e| e.inode)
+        .collect();
+    let mut found = Listeners {
+        sockets: inodes.len(),
+        pids: Vec::new(),
+    };
+    if inodes.is_empty() {
+        return found;
+    }
+    // Bounded by the processes on the machine; a process that ends meanwhile is
+    // skipped.
+    for process in procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(fds) = process.fd() else { continue };
+        let holds = fds
+            .flatten()
+            .any(|fd| matches!(fd.target, FDTarget::Socket(inode) if inodes.contains(&inode)));
+        if holds {
+            if let Ok(pid) = u32::try_from(process.pid) {
+                found.pids.push(pid);
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +130,16 @@ mod tests {
         assert!(!alive(u32::MAX));
         assert_eq!(state(u32::MAX), '?');
         assert_eq!(exe_of(u32::MAX), None);
+    }
+
+    #[test]
+    fn finds_who_listens_on_a_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let found = tcp_listeners(port);
+        assert_eq!(found.sockets, 1);
+        assert_eq!(found.pids, [std::process::id()]);
+        drop(listener);
+        assert_eq!(tcp_listeners(port), Listeners::default());
     }
 }

@@ -12,7 +12,7 @@ mod database;
 mod peer;
 mod relay;
 
-pub use database::TestDatabase;
+pub use database::{server_url as mysql_server_url, TestDatabase};
 pub use peer::RawPeer;
 pub use relay::TcpRelay;
 
@@ -133,6 +133,8 @@ pub struct Child {
     inner: std::process::Child,
     /// First stdout line (`listening …` for the broker), when asked for.
     pub first_line: Option<String>,
+    /// The stdout lines after the first (the last 1,000), when it was asked for.
+    later: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Child {
@@ -151,6 +153,7 @@ impl Child {
         Ok(Self {
             inner,
             first_line: None,
+            later: std::sync::Arc::default(),
         })
     }
 
@@ -168,13 +171,20 @@ impl Child {
         let mut child = Self::spawn(name, args, env)?;
         let stdout = child.inner.stdout.take().context("stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let later = child.later.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(line)) = lines.next() {
                 let _ = tx.send(line);
             }
             // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
+            for line in lines.map_while(Result::ok) {
+                let mut later = later.lock().unwrap_or_else(|p| p.into_inner());
+                if later.len() >= 1000 {
+                    later.remove(0);
+                }
+                later.push(line);
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(10))
@@ -184,6 +194,11 @@ impl Child {
         };
         child.first_line = Some(address.to_owned());
         Ok(child)
+    }
+
+    /// The stdout lines after the first so far (for [`Child::announcing`]).
+    pub fn later_lines(&self) -> Vec<String> {
+        self.later.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The process id.

@@ -335,6 +335,7 @@ impl Keeper {
         if !successor {
             self.m.set_state(InstanceState::Starting);
         }
+        let log_from = std::fs::metadata(self.m.log.path()).map_or(0, |m| m.len());
         let mut p = proc::spawn(&self.m.app.bin, &spec.args, &env, self.m.log.clone())
             .map_err(|e| format!("cannot spawn {}: {e}", self.m.app.bin.display()))?;
         tracing::info!(instance = %self.m.instance, pid = p.pid, successor, "spawned");
@@ -344,7 +345,12 @@ impl Keeper {
             if !successor {
                 self.m.set_state(InstanceState::Stopped);
             }
-            return Err(e);
+            // Why, in the app's own words: the last lines it wrote.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(match crate::logs::last_words(self.m.log.path(), log_from) {
+                Some(words) => format!("{e}: {words}"),
+                None => e,
+            });
         }
         self.misses = 0;
         let pid = p.pid;

@@ -293,17 +293,31 @@ impl Supervisor {
 
     /// Starts every app in dependency order: an app starts once every instance of
     /// what it depends on is ready.
-    pub async fn start_all(&self) {
+    ///
+    /// Says on stdout, for scripts/run-all.sh to show: `starting INSTANCE`,
+    /// `online INSTANCE`, `failed INSTANCE: WHY` (a failed app is then left to its
+    /// restart policy). Returns the instances that failed, with why.
+    pub async fn start_all(&self) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
         for app in &self.eco.apps {
             let instances = self.find(&app.spec.name);
+            for m in &instances {
+                println!("starting {}", m.instance);
+            }
             let results =
                 futures::future::join_all(instances.iter().map(|m| m.order(Cmd::Start))).await;
             for (m, r) in instances.iter().zip(results) {
-                if let Err(e) = r {
-                    tracing::error!(instance = %m.instance, error = %e, "did not start");
+                match r {
+                    Ok(()) => println!("online {}", m.instance),
+                    Err(e) => {
+                        tracing::error!(instance = %m.instance, error = %e, "did not start");
+                        println!("failed {}: {}", m.instance, e.replace('\n', " "));
+                        failed.push((m.instance.clone(), e));
+                    }
                 }
             }
         }
+        failed
     }
 
     /// Stops every app in reverse dependency order, each gracefully.

@@ -1,0 +1,80 @@
+//! An honest start: main names an app that cannot start and says why, and the
+//! gateway shares its port only with gateways of its own binary.
+
+use std::time::Duration;
+use switchboard_bus::svc::procinfo;
+use switchboard_testkit::{bin_path, eventually};
+
+use crate::supervisor::Supervised;
+
+/// A port held the way uWebSockets.js holds it: SO_REUSEPORT set, by a process
+/// that is not a gateway (this test).
+fn foreign_listener() -> (tokio::net::TcpListener, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseport(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+fn gateway_app(port: u16, extra: &str) -> String {
+    format!(
+        "[[apps]]\nname = \"receive\"\nbin = \"{}\"\nargs = [\"--listen\", \"127.0.0.1:{port}\"]\n{extra}\n",
+        bin_path("receive").display()
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_port_held_by_another_program_is_an_error_naming_port_and_holder() {
+    let (_foreign, port) = foreign_listener();
+    let s = Supervised::start(&gateway_app(port, "autorestart = false")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            s.main
+                .later_lines()
+                .iter()
+                .any(|l| l.starts_with("not-ready"))
+        })
+        .await,
+        "main says the start failed: {:?}",
+        s.main.later_lines()
+    );
+    let lines = s.main.later_lines();
+    assert!(lines.iter().any(|l| l == "starting receive"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l == "ready"), "{lines:?}");
+    let failed = lines
+        .iter()
+        .find(|l| l.starts_with("failed receive: "))
+        .unwrap_or_else(|| panic!("no failed line: {lines:?}"));
+    let holder = format!("port {port} is in use by pid {}", std::process::id());
+    assert!(failed.contains(&holder), "{failed}");
+    // Nothing was split: the port's only listener is still the foreign one.
+    assert_eq!(procinfo::tcp_listeners(port).pids, [std::process::id()]);
+}
+
+#[tokio::test]
+async fn instances_of_the_gateway_share_its_port() {
+    let port = free_port();
+    let s = Supervised::start(&gateway_app(port, "instances = 2")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            s.main.later_lines().iter().any(|l| l == "ready")
+        })
+        .await,
+        "{:?}",
+        s.main.later_lines()
+    );
+    let lines = s.main.later_lines();
+    assert!(lines.iter().any(|l| l == "online receive01"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "online receive02"), "{lines:?}");
+    assert_eq!(procinfo::tcp_listeners(port).pids.len(), 2);
+}
