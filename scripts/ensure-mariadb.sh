@@ -73,7 +73,7 @@ save() { # save URL [STARTED_PID]
     umask 077
     {
         echo "SB_MYSQL='$1'"
-        [ -n "${2:-}" ] && echo "SB_MYSQL_STARTED=$2"
+        if [ -n "${2:-}" ]; then echo "SB_MYSQL_STARTED=$2"; fi
     } >"$env_file"
 }
 
@@ -106,7 +106,7 @@ candidates=()
 [ -n "${DATABASE_URL:-}" ] && candidates+=("$DATABASE_URL|DATABASE_URL")
 if [ -f "$env_file" ]; then
     saved=$(sed -n "s/^SB_MYSQL='\(.*\)'$/\1/p" "$env_file")
-    [ -n "$saved" ] && candidates+=("$saved|$env_file")
+    if [ -n "$saved" ]; then candidates+=("$saved|$env_file"); fi
 else
     saved=""
 fi
