@@ -46,6 +46,9 @@ if [ $# -eq 0 ]; then
 fi
 
 echo "== test"
+# The spec-only Python peer's environment (pyzmq, msgpack in target/py).
+SB_TEST_PYTHON=$(scripts/python-peer-env.sh)
+export SB_TEST_PYTHON
 cargo test --workspace --locked "$@"
 
 # The quick chaos run (a few faults against the whole system, about a minute);

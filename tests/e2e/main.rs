@@ -7,5 +7,6 @@ mod gateway;
 mod harness;
 mod security;
 mod services;
+mod spec_peer;
 mod start;
 mod supervisor;
