@@ -39,6 +39,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 # The integration tests run the real binaries as child processes.
 cargo build --workspace --bins --tests --locked
+# The service template, a crate outside the workspace (as a user's own would be),
+# built into the same target folder (it reuses the workspace's compiled crates).
+CARGO_TARGET_DIR="$PWD/target" cargo build --manifest-path templates/service/Cargo.toml --locked
 
 if [ $# -eq 0 ]; then
     echo "== first run with a stock Debian MariaDB (root refused over TCP) and with none"

@@ -10,3 +10,4 @@ mod services;
 mod spec_peer;
 mod start;
 mod supervisor;
+mod template;

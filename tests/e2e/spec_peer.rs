@@ -56,10 +56,17 @@ async fn a_peer_written_from_the_spec_serves_sbctl() {
         "the Python peer did not register: {first:?}"
     );
 
-    let out = sbctl(&endpoint, secret, &["send", "reverse", "reverse", r#"{"text":"switchboard"}"#]);
+    let out = sbctl(
+        &endpoint,
+        secret,
+        &["send", "reverse", "reverse", r#"{"text":"switchboard"}"#],
+    );
     assert!(out.status.success(), "{out:?}");
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(reply, serde_json::json!({"text": "draobhctiws", "lang": "python"}));
+    assert_eq!(
+        reply,
+        serde_json::json!({"text": "draobhctiws", "lang": "python"})
+    );
 
     // Its errors are typed too: unknown_op is sbctl's exit status 13.
     let out = sbctl(&endpoint, secret, &["send", "reverse", "nope"]);
@@ -69,23 +76,24 @@ async fn a_peer_written_from_the_spec_serves_sbctl() {
     let out = sbctl(&endpoint, secret, &["--json", "ls"]);
     let ls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        ls.as_array().unwrap().iter().any(|i| i["instance"] == "py-1"
-            && i["service"] == "reverse"
-            && i["state"] == "ready"),
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["instance"] == "py-1" && i["service"] == "reverse" && i["state"] == "ready"),
         "{ls}"
     );
 
     // SIGTERM: it says bye; the broker no longer routes to it.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(peer.id() as i32),
-        Sig::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(peer.id() as i32), Sig::SIGTERM).unwrap();
     let _ = peer.wait();
     let out = sbctl(
         &endpoint,
         secret,
         &["--timeout-ms", "300", "send", "reverse", "reverse", "{}"],
     );
-    assert_eq!(out.status.code(), Some(14), "unavailable after bye: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(14),
+        "unavailable after bye: {out:?}"
+    );
 }

@@ -209,6 +209,7 @@ fn session_of(req: &Request) -> String {
 pub fn service() -> Service {
     let rooms = Arc::new(Rooms::default());
     Service::new("chat")
+        .version(env!("CARGO_PKG_VERSION"))
         .handle_with("join", &rooms, |req: Request, rooms| async move {
             let arg: RoomArg = req.decode()?;
             check_room(&arg.room)?;

@@ -48,7 +48,7 @@ impl Default for Settings {
 /// The db service over `db`, ready to `run`.
 pub fn service(db: Arc<Db>) -> Service {
     let (health, migrate) = (db.clone(), db.clone());
-    let service = Service::new("db");
+    let service = Service::new("db").version(env!("CARGO_PKG_VERSION"));
     // One call per domain: each registers its ops next to its SQL.
     let service = store::chat::ops(service, &db);
     let service = store::loc::ops(service, &db);

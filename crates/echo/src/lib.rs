@@ -35,6 +35,7 @@ pub const MAX_SLEEP_MS: u64 = 60_000;
 /// The echo service under `name`, ready to `run`.
 pub fn service(name: &str) -> Service {
     Service::new(name)
+        .version(env!("CARGO_PKG_VERSION"))
         .handle(
             "echo",
             |req: Request| async move { Ok(req.env.body.into_vec()) },

@@ -175,6 +175,7 @@ fn main() {
         }
         let config = args.bus.config("receive");
         let result = Service::new("receive")
+            .version(env!("CARGO_PKG_VERSION"))
             .task(move |bus, shutdown| async move {
                 let gateway = Gateway::new(settings, bus);
                 switchboard_gateway::serve(gateway, listener, shutdown).await;

@@ -314,6 +314,7 @@ pub fn service(settings: Settings) -> Service {
     });
     let l_task = loc.clone();
     Service::new("loc")
+        .version(env!("CARGO_PKG_VERSION"))
         .handle_with("move", &loc, |req: Request, loc| async move {
             do_move(&loc, req).await
         })

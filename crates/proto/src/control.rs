@@ -73,6 +73,32 @@ pub struct Health {
     pub errors: u64,
 }
 
+/// Reply body of the built-in `$info` op every service answers: what it is and
+/// what it takes (`sbctl info SERVICE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Info {
+    /// Service name.
+    pub service: String,
+    /// Instance name.
+    pub instance: String,
+    /// The service's own version (its crate's, given to `Service::version`);
+    /// empty when it gave none.
+    #[serde(default)]
+    pub version: String,
+    /// Version of the `switchboard-bus` it is built on.
+    #[serde(default)]
+    pub bus_version: String,
+    /// Protocol version it speaks (`1.2`).
+    #[serde(default)]
+    pub protocol: String,
+    /// Its ops, sorted, the built-in `$` ops included.
+    #[serde(default)]
+    pub ops: Vec<String>,
+    /// The topic patterns it handles events of.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
 /// One registered instance, as `$broker` `ls` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct InstanceInfo {

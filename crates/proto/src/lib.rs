@@ -33,7 +33,7 @@ pub mod envelope;
 pub mod error;
 pub mod topic;
 
-pub use control::{BrokerStats, Health, Hello, InstanceInfo, Welcome};
+pub use control::{BrokerStats, Health, Hello, Info, InstanceInfo, Welcome};
 pub use envelope::{decode, decode_head, encode, from_body, to_body, Envelope, Grants, Head, Kind};
 pub use error::{ErrorBody, ErrorCode, ProtoError};
 pub use serde_bytes::ByteBuf;

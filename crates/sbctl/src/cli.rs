@@ -71,6 +71,15 @@ pub(crate) enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// What a service is and takes: its version, bus and protocol versions, ops
+    /// and event patterns (its `$info`).
+    Info {
+        /// Service name.
+        service: String,
+        /// Ask this instance (default: any).
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// The broker's counters.
     Stats,
     /// Send one request (a test packet) and print the reply's data as JSON.

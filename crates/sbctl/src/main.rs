@@ -224,6 +224,35 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 }
             }
         }
+        Command::Info { service, instance } => {
+            let options = CallOptions {
+                instance: instance.clone(),
+                ..options
+            };
+            let reply = bus.call(service, "$info", Vec::new(), options).await?;
+            let info: proto::Info =
+                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                );
+            } else {
+                let version = if info.version.is_empty() {
+                    "?"
+                } else {
+                    &info.version
+                };
+                println!(
+                    "{} ({}) {version} · bus {} · protocol {}",
+                    info.service, info.instance, info.bus_version, info.protocol
+                );
+                println!("ops:    {}", info.ops.join(" "));
+                if !info.events.is_empty() {
+                    println!("events: {}", info.events.join(" "));
+                }
+            }
+        }
         Command::Stats => {
             let stats: BrokerStats = bus.broker("stats", Vec::new(), options).await?;
             println!(

@@ -305,6 +305,7 @@ async fn order(sup: Arc<Supervisor>, req: Request, cmd: Cmd) -> switchboard_bus:
 fn service(sup: Arc<Supervisor>) -> Service {
     let s_task = sup.clone();
     Service::new("main")
+        .version(env!("CARGO_PKG_VERSION"))
         .concurrency(64)
         .handle_with("ls", &sup, |req: Request, sup| async move {
             Request::encode(&sup.ls(&req.bus).await)

@@ -16,7 +16,7 @@
 //! `run` registers the instance, says `ready`, and runs each request's handler on
 //! its own task, at most `concurrency` at once (the credit it announces, so the
 //! broker never sends more). Every service also answers `$echo` (the body back,
-//! unchanged) and `$health` ([`switchboard_proto::Health`]). On shutdown (the token,
+//! unchanged), `$health` ([`switchboard_proto::Health`]) and `$info` ([`switchboard_proto::Info`]: its ops and versions). On shutdown (the token,
 //! SIGTERM/SIGINT in the binaries, or a drain asked through the broker) it drains:
 //! takes itself out of rotation, waits for the broker's acknowledgement (after which
 //! nothing new arrives), finishes what is in flight within the grace period, says
@@ -52,6 +52,7 @@ type EventFn =
 /// A service under construction. See the module docs.
 pub struct Service {
     name: String,
+    version: String,
     handlers: HashMap<String, Handler>,
     concurrency: u32,
     grace: Duration,
@@ -65,6 +66,7 @@ impl Service {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            version: String::new(),
             handlers: HashMap::new(),
             concurrency: 256,
             grace: Duration::from_secs(10),
@@ -72,6 +74,12 @@ impl Service {
             tasks: Vec::new(),
             events: Vec::new(),
         }
+    }
+
+    /// Sets the version `$info` reports: `.version(env!("CARGO_PKG_VERSION"))`.
+    pub fn version(mut self, version: &str) -> Self {
+        version.clone_into(&mut self.version);
+        self
     }
 
     /// Sets what `$health` reports as `status` (`"ok"` by default): a service with
@@ -176,6 +184,27 @@ impl Service {
         self
     }
 
+    /// The encoded `$info` answer of this service as instance `instance`.
+    fn info(&self, instance: &str) -> Result<Vec<u8>, crate::Error> {
+        let mut ops: Vec<String> = self.handlers.keys().cloned().collect();
+        ops.extend(["$echo", "$health", "$info"].map(String::from));
+        ops.sort();
+        let info = switchboard_proto::Info {
+            service: self.name.clone(),
+            instance: instance.to_owned(),
+            version: self.version.clone(),
+            bus_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: format!(
+                "{}.{}",
+                switchboard_proto::PROTOCOL_VERSION >> 8,
+                switchboard_proto::PROTOCOL_VERSION & 0xff
+            ),
+            ops,
+            events: self.events.iter().map(|(p, _)| p.clone()).collect(),
+        };
+        Ok(switchboard_proto::to_body(&info)?)
+    }
+
     /// Registers and serves until `shutdown` is cancelled or a drain is asked for,
     /// then drains and returns.
     ///
@@ -185,6 +214,7 @@ impl Service {
     pub async fn run(self, mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         config.service.clone_from(&self.name);
         config.credit = self.concurrency;
+        let info = self.info(&config.instance)?;
         let conn = connect(config)?;
         let handle = conn.handle;
         let mut inbound = conn.inbound;
@@ -219,7 +249,9 @@ impl Service {
         tokio::pin!(drain_asked);
 
         let health = self.health.clone();
+        let info = Arc::new(info);
         let spawn = |incoming: Incoming| {
+            let info = info.clone();
             let handle = handle.clone();
             let handlers = handlers.clone();
             let counters = counters.clone();
@@ -234,6 +266,7 @@ impl Service {
                     name: &name,
                     started,
                     health: health.as_ref(),
+                    info: &info,
                 };
                 serve_one(incoming, handle, ctx).await;
             }));

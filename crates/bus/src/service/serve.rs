@@ -27,6 +27,8 @@ pub(super) struct Ctx<'a> {
     pub(super) name: &'a str,
     pub(super) started: Instant,
     pub(super) health: Option<&'a HealthFn>,
+    /// The encoded `$info` answer.
+    pub(super) info: &'a [u8],
 }
 
 pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) {
@@ -38,6 +40,7 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
         name,
         started,
         health,
+        info,
     } = ctx;
     counters.inflight.fetch_add(1, Ordering::Relaxed);
     let id = env.id;
@@ -54,6 +57,7 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
     );
     let result: Result<Reply, Error> = match op.as_str() {
         "$echo" => Ok(Reply::new(env.body.into_vec())),
+        "$info" => Ok(Reply::new(info.to_vec())),
         "$health" => {
             let status = match health {
                 Some(check) => check().await,

@@ -1,0 +1,55 @@
+//! The service template (templates/service: its own workspace, depending on
+//! switchboard-bus by path as a crate outside this repository would) started by
+//! main from its ecosystem entry: it becomes ready, answers a request, and tells
+//! `sbctl info` what it is. scripts/test.sh builds it into target/debug/greeter.
+
+use std::process::Command;
+use switchboard_bus::proto;
+use switchboard_bus::CallOptions;
+use switchboard_testkit::bin_path;
+
+use crate::supervisor::Supervised;
+
+#[tokio::test]
+async fn the_template_service_runs_under_main_and_answers() {
+    // The template's own ecosystem entry, with the binary's path made absolute.
+    let entry = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/service/ecosystem.toml"),
+    )
+    .unwrap()
+    .replace(
+        "target/debug/greeter",
+        &bin_path("greeter").display().to_string(),
+    );
+    let s = Supervised::start(&entry).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+
+    let body = proto::to_body(&serde_json::json!({"name": "ada"})).unwrap();
+    let reply = s
+        .bus
+        .call("greeter", "hello", body, CallOptions::default())
+        .await
+        .unwrap();
+    let reply: serde_json::Value = proto::from_body(&reply.body).unwrap();
+    assert_eq!(reply, serde_json::json!({"greeting": "hello, ada"}));
+
+    let body = proto::to_body(&serde_json::json!({"name": ""})).unwrap();
+    let err = s
+        .bus
+        .call("greeter", "hello", body, CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, proto::ErrorCode::BadRequest);
+
+    let out = Command::new(bin_path("sbctl"))
+        .args(["--json", "info", "greeter"])
+        .env("SB_BROKER", &s.endpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let info: proto::Info = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info.service, "greeter");
+    assert_eq!(info.version, "0.1.0");
+    assert_eq!(info.protocol, "1.2");
+    assert_eq!(info.ops, ["$echo", "$health", "$info", "hello"]);
+}
