@@ -23,7 +23,7 @@ heartbeat_ms = 250
 liveness = 3
 "#;
 
-fn app(name: &str, depends_on: &[&str], extra: &str) -> String {
+pub fn app(name: &str, depends_on: &[&str], extra: &str) -> String {
     format!(
         "[[apps]]\nname = \"{name}\"\nbin = \"{}\"\nargs = [\"--service\", \"{name}\"]\ndepends_on = {}\nrestart_delay_ms = 50\n{extra}\n",
         bin_path("echo").display(),

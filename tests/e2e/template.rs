@@ -14,7 +14,8 @@ use crate::supervisor::Supervised;
 async fn the_template_service_runs_under_main_and_answers() {
     // The template's own ecosystem entry, with the binary's path made absolute.
     let entry = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/service/ecosystem.toml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../templates/service/ecosystem.toml"),
     )
     .unwrap()
     .replace(

@@ -193,3 +193,81 @@ mod tests {
         }
     }
 }
+
+/// Reply of main's `describe` (`sbctl describe APP`): an app's configuration as
+/// main runs it, and its instances. Environment values that look secret (a key
+/// holding SECRET, PASSWORD, TOKEN or KEY, or a URL's password) are redacted.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct AppDescription {
+    /// App name (its service name).
+    pub name: String,
+    /// The binary main runs (resolved path).
+    pub bin: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment from the ecosystem file and profile, redacted.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Apps it waits for.
+    pub depends_on: Vec<String>,
+    /// Instances configured.
+    pub instances: u32,
+    /// Started means ready on the bus (true) or spawned.
+    pub wait_ready: bool,
+    /// Readiness deadline, ms.
+    pub ready_timeout_ms: u64,
+    /// SIGTERM to SIGKILL, ms.
+    pub kill_timeout_ms: u64,
+    /// Restarted when it exits or hangs.
+    pub autorestart: bool,
+    /// Unstable restarts before `errored`.
+    pub max_restarts: u32,
+    /// Uptime under which an exit is unstable, ms.
+    pub min_uptime_ms: u64,
+    /// Delay before a restart, ms (the first, when backing off).
+    pub restart_delay_ms: u64,
+    /// Resident memory past which it is replaced, bytes.
+    pub max_memory_bytes: Option<u64>,
+    /// Reloaded when the binary changes.
+    pub watch: bool,
+    /// Log files, one per instance.
+    pub logs: Vec<String>,
+    /// Its instances now.
+    pub status: Vec<InstanceStatus>,
+}
+
+/// `value` with anything secret in it replaced by `***` (see [`AppDescription`]).
+pub fn redact(key: &str, value: &str) -> String {
+    let upper = key.to_ascii_uppercase();
+    if ["SECRET", "PASSWORD", "TOKEN", "KEY"]
+        .iter()
+        .any(|word| upper.contains(word))
+    {
+        return "***".to_owned();
+    }
+    // scheme://user:password@host… → scheme://user:***@host…
+    if let Some((scheme, rest)) = value.split_once("://") {
+        if let Some((cred, host)) = rest.split_once('@') {
+            if let Some((user, _)) = cred.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    value.to_owned()
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact;
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(redact("SB_AUTH_SECRET", "abc"), "***");
+        assert_eq!(redact("api_key", "abc"), "***");
+        assert_eq!(
+            redact("DATABASE_URL", "mysql://sb:pw@127.0.0.1:3306/switchboard"),
+            "mysql://sb:***@127.0.0.1:3306/switchboard"
+        );
+        assert_eq!(redact("RUST_LOG", "info"), "info");
+        assert_eq!(redact("URL", "mysql://root@h/db"), "mysql://root@h/db");
+    }
+}

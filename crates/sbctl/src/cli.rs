@@ -39,7 +39,11 @@ pub(crate) struct Args {
 pub(crate) enum Command {
     /// Every app instance: state, pid, uptime, restarts, memory, cpu, in flight,
     /// handled (from `main`; the broker's view when no supervisor runs).
-    Ls,
+    Ls {
+        /// Redraw every second until Ctrl-C (PM2's `monit`).
+        #[arg(long, short)]
+        watch: bool,
+    },
     /// Start an app (all its instances) or one instance.
     Start {
         /// App or instance name.
@@ -60,10 +64,15 @@ pub(crate) enum Command {
         /// App or instance name.
         name: String,
     },
-    /// Print an instance's log (`broker` for the broker's).
+    /// Print an instance's log (`broker` for the broker's); with no name, every
+    /// app's, each line prefixed with its instance.
     Logs {
-        /// Instance (or single-instance app) name.
-        name: String,
+        /// Instance (or single-instance app) name; none: every instance and the broker.
+        name: Option<String>,
+        /// Only warnings and errors (the lines tracing marks WARN or ERROR; the
+        /// logs hold stdout and stderr together).
+        #[arg(long)]
+        err: bool,
         /// How many lines.
         #[arg(long, short = 'n', default_value_t = 50)]
         lines: usize,
@@ -80,6 +89,13 @@ pub(crate) enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// An app's configuration as main runs it (secrets redacted) and its instances.
+    Describe {
+        /// App name.
+        app: String,
+    },
+    /// Stop every app (in reverse dependency order), then main itself.
+    Shutdown,
     /// The broker's counters.
     Stats,
     /// Send one request (a test packet) and print the reply's data as JSON.

@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli;
+mod daily;
 mod print;
 mod ws;
 
@@ -14,7 +15,7 @@ use clap::Parser;
 use cli::{Args, BenchCmd, Command};
 use print::{ls_from_status_file, print_apps_or_json, print_table};
 use std::time::Duration;
-use switchboard_bus::proto::admin::{LogsReply, NameArg, OwnerQuery};
+use switchboard_bus::proto::admin::{NameArg, OwnerQuery};
 use switchboard_bus::proto::{self, BrokerStats, ErrorCode, InstanceInfo};
 use switchboard_bus::{svc, CallOptions, Config, Handle};
 use ws::ws_send;
@@ -126,7 +127,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             args.broker
         );
         // The bus is down, but main may not be: it writes what it knows.
-        if matches!(args.command, Command::Ls) {
+        if matches!(args.command, Command::Ls { .. }) {
             if let Some(shown) = ls_from_status_file(&args, &unreachable) {
                 return shown;
             }
@@ -144,7 +145,8 @@ async fn run(args: Args) -> Result<(), Failure> {
 
 async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), Failure> {
     match &args.command {
-        Command::Ls => {
+        Command::Ls { watch: true } => daily::watch(bus, args.json, options).await?,
+        Command::Ls { watch: false } => {
             let from_main = bus.call("main", "ls", Vec::new(), options.clone()).await;
             match from_main {
                 Ok(reply) => {
@@ -191,39 +193,13 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
         Command::Logs {
             name,
             lines,
+            err,
             follow,
         } => {
-            let arg = NameArg {
-                name: name.clone(),
-                lines: Some(*lines),
-                offset: None,
-            };
-            let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
-            let reply = bus.call("main", "logs", body, options.clone()).await?;
-            let mut logs: LogsReply =
-                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
-            print!("{}", logs.text);
-            if *follow {
-                let shutdown = svc::shutdown_on_signal();
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_millis(300)) => {}
-                    }
-                    let arg = NameArg {
-                        name: name.clone(),
-                        lines: None,
-                        offset: Some(logs.offset),
-                    };
-                    let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
-                    let reply = bus.call("main", "logs", body, options.clone()).await?;
-                    logs = proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
-                    print!("{}", logs.text);
-                    use std::io::Write;
-                    let _ = std::io::stdout().flush();
-                }
-            }
+            daily::logs(bus, name.as_deref(), *lines, *err, *follow, options).await?;
         }
+        Command::Describe { app } => daily::describe(bus, app, args.json, options).await?,
+        Command::Shutdown => daily::shutdown(bus, args.json, options).await?,
         Command::Info { service, instance } => {
             let options = CallOptions {
                 instance: instance.clone(),

@@ -107,7 +107,9 @@ pub async fn run(options: Options) -> i32 {
             stop_broker.clone(),
         ))
     });
-    let result = service(sup.clone()).run(config, shutdown).await;
+    let result = service(sup.clone(), shutdown.clone())
+        .run(config, shutdown)
+        .await;
     stop_broker.cancel();
     if let Some(keeper) = keeper {
         let _ = keeper.await;
@@ -302,7 +304,8 @@ async fn order(sup: Arc<Supervisor>, req: Request, cmd: Cmd) -> switchboard_bus:
 }
 
 /// The `main` bus service over `sup`.
-fn service(sup: Arc<Supervisor>) -> Service {
+fn service(sup: Arc<Supervisor>, shutdown: CancellationToken) -> Service {
+    let shutdown = Arc::new(shutdown);
     let s_task = sup.clone();
     Service::new("main")
         .version(env!("CARGO_PKG_VERSION"))
@@ -320,6 +323,46 @@ fn service(sup: Arc<Supervisor>) -> Service {
         .handle_with("reload", &sup, |req: Request, sup| {
             order(sup, req, Cmd::Reload)
         })
+        .handle_with("describe", &sup, |req: Request, sup| async move {
+            let arg = decode_name(&req)?;
+            let app = sup
+                .eco
+                .apps
+                .iter()
+                .find(|a| a.spec.name == arg.name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> =
+                        sup.eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
+                    Error::bad_request(format!(
+                        "no app {:?} (apps: {})",
+                        arg.name,
+                        known.join(", ")
+                    ))
+                })?;
+            let found = sup.find(&app.spec.name);
+            Request::encode(
+                &app.describe(
+                    found.iter().map(|m| m.status()).collect(),
+                    found
+                        .iter()
+                        .map(|m| m.log_path().display().to_string())
+                        .collect(),
+                ),
+            )
+        })
+        .handle_with(
+            "shutdown",
+            &shutdown,
+            |_req: Request, shutdown| async move {
+                tracing::warn!("shutdown asked over the bus: stopping every app, then main");
+                // After the reply has gone out.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    shutdown.cancel();
+                });
+                Request::encode(&std::collections::BTreeMap::<String, u8>::new())
+            },
+        )
         .handle_with("logs", &sup, |req: Request, sup| async move {
             let arg = decode_name(&req)?;
             let (instance, path) = if arg.name == "broker" {

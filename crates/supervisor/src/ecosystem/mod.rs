@@ -205,6 +205,46 @@ pub struct App {
     pub instances: Vec<String>,
 }
 
+impl App {
+    /// What `describe` answers for this app, with its instances' `status` and
+    /// `logs`.
+    pub fn describe(
+        &self,
+        status: Vec<switchboard_bus::proto::admin::InstanceStatus>,
+        logs: Vec<String>,
+    ) -> switchboard_bus::proto::admin::AppDescription {
+        use switchboard_bus::proto::admin::redact;
+        let s = &self.spec;
+        switchboard_bus::proto::admin::AppDescription {
+            name: s.name.clone(),
+            bin: self.bin.display().to_string(),
+            args: s.args.clone(),
+            env: s
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), redact(k, v)))
+                .collect(),
+            depends_on: s.depends_on.clone(),
+            instances: s.instances,
+            wait_ready: s.wait_ready,
+            ready_timeout_ms: s.ready_timeout_ms,
+            kill_timeout_ms: s.kill_timeout_ms,
+            autorestart: s.autorestart,
+            max_restarts: s.max_restarts,
+            min_uptime_ms: s.min_uptime_ms,
+            restart_delay_ms: if s.exp_backoff_restart_delay_ms > 0 {
+                s.exp_backoff_restart_delay_ms
+            } else {
+                s.restart_delay_ms
+            },
+            max_memory_bytes: self.max_memory,
+            watch: s.watch,
+            logs,
+            status,
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }

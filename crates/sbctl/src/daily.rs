@@ -1,0 +1,190 @@
+//! PM2's daily commands: `logs` of every app, `ls --watch`, `describe`, `shutdown`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+use switchboard_bus::proto::admin::{AppDescription, InstanceStatus, LogsReply, NameArg};
+use switchboard_bus::proto::{self};
+use switchboard_bus::{svc, CallOptions, Handle};
+
+use crate::print::print_apps_or_json;
+use crate::Failure;
+
+/// How often `logs -f` and `ls --watch` ask again.
+const POLL: Duration = Duration::from_millis(300);
+
+async fn logs_of(
+    bus: &Handle,
+    name: &str,
+    lines: Option<usize>,
+    offset: Option<u64>,
+    options: &CallOptions,
+) -> Result<LogsReply, Failure> {
+    let arg = NameArg {
+        name: name.to_owned(),
+        lines,
+        offset,
+    };
+    let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
+    let reply = bus.call("main", "logs", body, options.clone()).await?;
+    proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))
+}
+
+/// Prints `text`, each line prefixed with `prefix` (when given) and only the
+/// warnings and errors when `err`.
+fn print_lines(text: &str, prefix: Option<&str>, width: usize, err: bool) {
+    let mut out = std::io::stdout().lock();
+    for line in text.lines() {
+        if err && !(line.contains("WARN") || line.contains("ERROR")) {
+            continue;
+        }
+        let _ = match prefix {
+            Some(p) => writeln!(out, "{p:<width$} | {line}"),
+            None => writeln!(out, "{line}"),
+        };
+    }
+    let _ = out.flush();
+}
+
+/// `logs [NAME]`: one instance's log, or every instance's (and the broker's)
+/// prefixed with its name; `-f` follows.
+pub(crate) async fn logs(
+    bus: &Handle,
+    name: Option<&str>,
+    lines: usize,
+    err: bool,
+    follow: bool,
+    options: CallOptions,
+) -> Result<(), Failure> {
+    let names: Vec<String> = match name {
+        Some(name) => vec![name.to_owned()],
+        None => {
+            let reply = bus.call("main", "ls", Vec::new(), options.clone()).await?;
+            let list: Vec<InstanceStatus> =
+                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            // The broker's row is named `broker`; main's `logs` knows it.
+            list.into_iter()
+                .filter(|i| i.managed)
+                .map(|i| i.instance)
+                .collect()
+        }
+    };
+    let prefixed = name.is_none();
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    let mut offsets = Vec::with_capacity(names.len());
+    for n in &names {
+        let reply = logs_of(bus, n, Some(lines), None, &options).await?;
+        print_lines(&reply.text, prefixed.then_some(n.as_str()), width, err);
+        offsets.push(reply.offset);
+    }
+    if !follow {
+        return Ok(());
+    }
+    let shutdown = svc::shutdown_on_signal();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(POLL) => {}
+        }
+        for (n, offset) in names.iter().zip(offsets.iter_mut()) {
+            let reply = logs_of(bus, n, None, Some(*offset), &options).await?;
+            print_lines(&reply.text, prefixed.then_some(n.as_str()), width, err);
+            *offset = reply.offset;
+        }
+    }
+}
+
+/// `ls --watch`: the table redrawn every second (a JSON line a second in a pipe
+/// or with `--json`), until Ctrl-C.
+pub(crate) async fn watch(bus: &Handle, json: bool, options: CallOptions) -> Result<(), Failure> {
+    let terminal = std::io::stdout().is_terminal() && !json;
+    let shutdown = svc::shutdown_on_signal();
+    loop {
+        let reply = bus.call("main", "ls", Vec::new(), options.clone()).await?;
+        let list: serde_json::Value = proto::from_body(&reply.body).unwrap_or_default();
+        if terminal {
+            // Clear the screen and go home, then the table.
+            print!("\x1b[2J\x1b[H");
+            println!("sbctl ls --watch · every 1 s · Ctrl-C to stop\n");
+            print_apps_or_json(&list, false);
+        } else {
+            println!("{list}");
+        }
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// `describe APP`.
+pub(crate) async fn describe(
+    bus: &Handle,
+    app: &str,
+    json: bool,
+    options: CallOptions,
+) -> Result<(), Failure> {
+    let arg = NameArg {
+        name: app.to_owned(),
+        ..NameArg::default()
+    };
+    let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
+    let reply = bus.call("main", "describe", body, options).await?;
+    let d: AppDescription = proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+        return Ok(());
+    }
+    let rows: Vec<(&str, String)> = vec![
+        ("name", d.name.clone()),
+        ("bin", d.bin.clone()),
+        ("args", d.args.join(" ")),
+        ("instances", d.instances.to_string()),
+        ("depends_on", d.depends_on.join(", ")),
+        (
+            "wait_ready",
+            format!("{} (within {} ms)", d.wait_ready, d.ready_timeout_ms),
+        ),
+        ("kill_timeout", format!("{} ms", d.kill_timeout_ms)),
+        (
+            "autorestart",
+            format!(
+                "{} (max {} unstable restarts under {} ms; delay {} ms)",
+                d.autorestart, d.max_restarts, d.min_uptime_ms, d.restart_delay_ms
+            ),
+        ),
+        (
+            "max_memory",
+            d.max_memory_bytes
+                .map_or_else(|| "-".to_owned(), |b| format!("{} MiB", b / (1024 * 1024))),
+        ),
+        ("watch", d.watch.to_string()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<14} {v}");
+    }
+    for (k, v) in &d.env {
+        println!("{:<14} {k}={v}", "env");
+    }
+    for log in &d.logs {
+        println!("{:<14} {log}", "log");
+    }
+    println!();
+    print_apps_or_json(&serde_json::to_value(&d.status).unwrap_or_default(), false);
+    Ok(())
+}
+
+/// `shutdown`: main stops every app, then itself.
+pub(crate) async fn shutdown(
+    bus: &Handle,
+    json: bool,
+    options: CallOptions,
+) -> Result<(), Failure> {
+    bus.call("main", "shutdown", Vec::new(), options).await?;
+    if json {
+        println!("{}", serde_json::json!({"shutdown": true}));
+    } else {
+        println!("main is stopping every app in reverse dependency order, then itself");
+    }
+    Ok(())
+}
