@@ -17,12 +17,16 @@
 //! loaded when the instance first touches it, so a restart loses at most one save
 //! interval. A user's position is dropped when the session that set it closes.
 
+mod zones;
+
+use zones::{Loc, Pos, State};
+
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_bus::proto::{self, api};
-use switchboard_bus::{CallOptions, Error, Handle, HandlerResult, Request, Service};
+use switchboard_bus::{Error, Handle, HandlerResult, Request, Service};
 
 /// loc settings.
 #[derive(Debug, Clone)]
@@ -52,35 +56,6 @@ impl Default for Settings {
 
 /// Most users a `nearby` reply lists.
 pub const NEARBY_MAX: usize = 100;
-
-#[derive(Debug, Clone)]
-struct Pos {
-    x: f64,
-    y: f64,
-    ts: u64,
-    session: String,
-}
-
-#[derive(Default)]
-struct Zone {
-    users: HashMap<String, Pos>,
-    loaded: bool,
-}
-
-#[derive(Default)]
-struct State {
-    zones: HashMap<String, Zone>,
-    /// Positions to save: (zone, user) → latest.
-    dirty: HashMap<(String, String), api::Position>,
-    /// Users that left, to delete.
-    gone: HashSet<(String, String)>,
-}
-
-struct Loc {
-    settings: Settings,
-    zones: HashSet<String>,
-    state: Mutex<State>,
-}
 
 #[derive(Deserialize)]
 struct ZoneArg {
@@ -146,162 +121,6 @@ struct ZoneReply {
 
 #[derive(Serialize)]
 struct Empty {}
-
-// === impl Loc ===
-
-impl Loc {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn check_zone(&self, zone: &str) -> Result<(), Error> {
-        if self.zones.contains(zone) {
-            Ok(())
-        } else {
-            Err(Error::bad_request(format!("unknown zone {zone:?}")))
-        }
-    }
-
-    fn check_point(&self, x: f64, y: f64) -> Result<(), Error> {
-        let max = self.settings.max_coord;
-        if !x.is_finite() || !y.is_finite() {
-            return Err(Error::bad_request("coordinates must be finite numbers"));
-        }
-        if x.abs() > max || y.abs() > max {
-            return Err(Error::bad_request(format!(
-                "coordinates must be within ±{max}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Loads a zone's saved positions the first time this instance touches it.
-    /// If the db cannot answer, the zone works from memory and loading is tried
-    /// again on the next request.
-    async fn ensure_loaded(&self, zone: &str, req: &Request) {
-        if self.lock().zones.get(zone).is_some_and(|z| z.loaded) {
-            return;
-        }
-        let body = match proto::to_body(&api::LocLoad {
-            zone: zone.to_owned(),
-        }) {
-            Ok(body) => body,
-            Err(_) => return,
-        };
-        let loaded = req
-            .bus
-            .call("db", api::db_ops::LOC_LOAD, body, req.onward())
-            .await;
-        let positions = match loaded
-            .and_then(|r| proto::from_body::<api::LocPositions>(&r.body).map_err(Error::from))
-        {
-            Ok(p) => p.positions,
-            Err(e) => {
-                tracing::warn!(zone, error = %e, "could not load saved positions; serving from memory");
-                return;
-            }
-        };
-        let mut state = self.lock();
-        let z = state.zones.entry(zone.to_owned()).or_default();
-        if z.loaded {
-            return;
-        }
-        for p in positions {
-            // Anything that moved since we asked is newer than the saved row.
-            z.users.entry(p.user).or_insert(Pos {
-                x: p.x,
-                y: p.y,
-                ts: p.ts,
-                session: String::new(),
-            });
-        }
-        z.loaded = true;
-        tracing::debug!(zone, users = z.users.len(), "zone loaded");
-    }
-
-    fn take_pending(&self) -> api::LocSave {
-        let mut state = self.lock();
-        api::LocSave {
-            positions: state.dirty.drain().map(|(_, p)| p).collect(),
-            gone: state
-                .gone
-                .drain()
-                .map(|(zone, user)| api::Gone { zone, user })
-                .collect(),
-        }
-    }
-
-    /// Puts back what could not be saved, unless something newer arrived since.
-    fn restore_pending(&self, save: api::LocSave) {
-        let mut state = self.lock();
-        for g in save.gone {
-            let key = (g.zone, g.user);
-            if !state.dirty.contains_key(&key) {
-                state.gone.insert(key);
-            }
-        }
-        for p in save.positions {
-            let key = (p.zone.clone(), p.user.clone());
-            if !state.dirty.contains_key(&key) && !state.gone.contains(&key) {
-                state.dirty.insert(key, p);
-            }
-        }
-    }
-
-    async fn flush(&self, bus: &Handle) {
-        let save = self.take_pending();
-        if save.positions.is_empty() && save.gone.is_empty() {
-            return;
-        }
-        let Ok(body) = proto::to_body(&save) else {
-            return;
-        };
-        let options = CallOptions {
-            timeout: Some(Duration::from_secs(5)),
-            ..CallOptions::default()
-        };
-        if let Err(e) = bus.call("db", api::db_ops::LOC_SAVE, body, options).await {
-            tracing::warn!(error = %e, positions = save.positions.len(), "saving positions failed; will retry");
-            self.restore_pending(save);
-        }
-    }
-
-    /// Drops `user`'s positions set by `session`, and those reloaded after a
-    /// restart (no session known: any session of the user closing ends them).
-    /// Returns the zones left.
-    fn close_session(&self, user: &str, session: &str) -> Vec<String> {
-        self.remove_where(|u, p| u == user && (p.session == session || p.session.is_empty()))
-            .into_iter()
-            .map(|(zone, _)| zone)
-            .collect()
-    }
-
-    /// Drops every position set through a lost gateway instance; returns the
-    /// (zone, user) pairs removed.
-    fn close_gateway(&self, gateway: &str) -> Vec<(String, String)> {
-        self.remove_where(|_, p| api::session_gateway(&p.session) == Some(gateway))
-    }
-
-    /// Removes the positions `doomed` picks, marking them gone for the next save.
-    fn remove_where(&self, doomed: impl Fn(&str, &Pos) -> bool) -> Vec<(String, String)> {
-        let mut state = self.lock();
-        let mut removed = Vec::new();
-        for (name, zone) in state.zones.iter_mut() {
-            zone.users.retain(|user, p| {
-                let gone = doomed(user, p);
-                if gone {
-                    removed.push((name.clone(), user.clone()));
-                }
-                !gone
-            });
-        }
-        for key in &removed {
-            state.dirty.remove(key);
-            state.gone.insert(key.clone());
-        }
-        removed
-    }
-}
 
 /// The loc service with `settings`, ready to `run`.
 pub fn service(settings: Settings) -> Service {
