@@ -36,6 +36,12 @@ impl System {
 
     /// As [`System::start`], with extra arguments for the gateway.
     pub async fn start_with(auth: bool, gateway_args: &[&str]) -> Self {
+        Self::start_full(auth, gateway_args, &[]).await
+    }
+
+    /// As [`System::start`], with extra arguments for the gateway and for both
+    /// loc instances.
+    pub async fn start_full(auth: bool, gateway_args: &[&str], loc_args: &[&str]) -> Self {
         switchboard_testkit::trace_init();
         let db = TestDatabase::new();
         let broker = Child::broker("tcp://127.0.0.1:0", &["--services", "db,chat,loc"]).unwrap();
@@ -51,7 +57,7 @@ impl System {
             Child::spawn("chat", &["--broker", &endpoint], &[]).unwrap(),
         ));
         for loc in ["loc01", "loc02"] {
-            let args = [
+            let mut args = vec![
                 "--broker",
                 &endpoint,
                 "--instance",
@@ -59,6 +65,7 @@ impl System {
                 "--save-interval-ms",
                 "100",
             ];
+            args.extend_from_slice(loc_args);
             procs.push((loc.into(), Child::spawn("loc", &args, &[]).unwrap()));
         }
         let mut receive_args = vec![

@@ -12,3 +12,4 @@ mod spec_peer;
 mod start;
 mod supervisor;
 mod template;
+mod zones;

@@ -160,15 +160,22 @@ async fn relay_reaches_another_service_and_comes_back() {
     );
 }
 
-async fn owner(system: &System, zone: &str) -> String {
-    let body = proto::to_body(&json!({"service": "loc", "key": zone})).unwrap();
-    let reply = system
+/// The loc instance that owns `zone`.
+pub async fn owner(system: &System, zone: &str) -> String {
+    let query = proto::admin::OwnerQuery {
+        service: "loc".into(),
+        key: zone.into(),
+    };
+    let reply: proto::admin::OwnerReply = system
         .bus
-        .call(proto::BROKER_SERVICE, "owner", body, CallOptions::default())
+        .broker(
+            "owner",
+            proto::to_body(&query).unwrap(),
+            CallOptions::default(),
+        )
         .await
         .unwrap();
-    let v: serde_json::Value = proto::from_body(&reply.body).unwrap();
-    v["instance"].as_str().unwrap().to_owned()
+    reply.instance.expect("a ready loc instance")
 }
 
 /// Two zones owned by different loc instances.
@@ -246,7 +253,7 @@ async fn positions_across_two_zones_on_two_loc_instances() {
         ann.err(
             Some("loc"),
             "move",
-            json!({"zone": "atlantis", "x": 0, "y": 0})
+            json!({"zone": "atlantis.deep", "x": 0, "y": 0})
         )
         .await,
         "bad_request"

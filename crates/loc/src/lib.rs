@@ -10,9 +10,13 @@
 //! | `zone` | `{zone}` | `{users: [{user, x, y, ts}…]}` |
 //! | `leave` | `{zone}` | `{}`; `{zone, user, left: true}` on `loc.<zone>` |
 //!
-//! Zones are configured (`--zones`); another zone, a coordinate outside
-//! ±`max_coord`, NaN or infinity, or a radius outside (0, `max_radius`] is
-//! `bad_request`. Positions are saved through the db service every
+//! A zone exists from its first use, like a chat room, under the same name rules
+//! (1 to 64 ASCII letters, digits, `_`, `-`); `--zones` is an optional allow-list.
+//! An instance holds at most `max_zones` live zones (`overloaded` past that, after
+//! evicting idle ones); a zone no request named for `zone_idle_ms` (10 minutes) is
+//! evicted from memory, its positions saved, and loaded again on its next use.
+//! An invalid zone name, a coordinate outside ±`max_coord`, NaN or infinity, or a
+//! radius outside (0, `max_radius`] is `bad_request`. Positions are saved through the db service every
 //! `save_interval_ms`, coalesced (latest wins), and a zone's last positions are
 //! loaded when the instance first touches it, so a restart loses at most one save
 //! interval. A user's position is dropped when the session that set it closes.
@@ -31,8 +35,14 @@ use switchboard_bus::{Error, Handle, HandlerResult, Request, Service};
 /// loc settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The zones that exist.
+    /// An allow-list of zones; empty: any valid name (a zone exists from its
+    /// first use).
     pub zones: Vec<String>,
+    /// Live zones one instance holds at most.
+    pub max_zones: usize,
+    /// A zone no request named for this long is evicted from memory (its
+    /// positions stay saved and come back on its next use), ms.
+    pub zone_idle_ms: u64,
     /// Largest |x| or |y|.
     pub max_coord: f64,
     /// Largest `nearby` radius.
@@ -44,9 +54,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            zones: ["lobby", "z1", "z2", "z3", "z4", "z5", "z6", "z7", "z8"]
-                .map(String::from)
-                .to_vec(),
+            zones: Vec::new(),
+            max_zones: 10_000,
+            zone_idle_ms: 10 * 60 * 1000,
             max_coord: 1_000_000.0,
             max_radius: 100_000.0,
             save_interval_ms: 500,
@@ -143,6 +153,7 @@ pub fn service(settings: Settings) -> Service {
         .handle_with("zone", &loc, |req: Request, loc| async move {
             let arg: ZoneArg = req.decode()?;
             loc.check_zone(&arg.zone)?;
+            loc.touch(&arg.zone)?;
             loc.ensure_loaded(&arg.zone, &req).await;
             let state = loc.lock();
             let mut users: Vec<ZoneUser> = state
@@ -208,7 +219,10 @@ pub fn service(settings: Settings) -> Service {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = tick.tick() => l_task.flush(&bus).await,
+                    _ = tick.tick() => {
+                        l_task.flush(&bus).await;
+                        l_task.evict_idle();
+                    }
                 }
             }
             // Final save before the instance leaves.
@@ -230,6 +244,7 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
     let arg: MoveArg = req.decode()?;
     loc.check_zone(&arg.zone)?;
     loc.check_point(arg.x, arg.y)?;
+    loc.touch(&arg.zone)?;
     let user = req.require_user()?.to_owned();
     loc.ensure_loaded(&arg.zone, &req).await;
     let ts = proto::now_ms();
@@ -238,7 +253,7 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
         state
             .zones
             .entry(arg.zone.clone())
-            .or_default()
+            .or_insert_with(zones::Zone::fresh)
             .users
             .insert(
                 user.clone(),
@@ -284,6 +299,7 @@ async fn nearby(loc: &Loc, req: Request) -> HandlerResult {
             loc.settings.max_radius
         )));
     }
+    loc.touch(&arg.zone)?;
     loc.ensure_loaded(&arg.zone, &req).await;
     let mut users: Vec<Near> = {
         let state = loc.lock();

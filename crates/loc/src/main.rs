@@ -10,14 +10,16 @@ use switchboard_loc::Settings;
 struct Args {
     #[command(flatten)]
     bus: BusArgs,
-    /// The zones that exist (comma-separated).
-    #[arg(
-        long,
-        env = "SB_LOC_ZONES",
-        value_delimiter = ',',
-        default_value = "lobby,z1,z2,z3,z4,z5,z6,z7,z8"
-    )]
+    /// An allow-list of zones (comma-separated); none: any valid name, each
+    /// created on first use.
+    #[arg(long, env = "SB_LOC_ZONES", value_delimiter = ',')]
     zones: Vec<String>,
+    /// Live zones this instance holds at most.
+    #[arg(long, env = "SB_LOC_MAX_ZONES", default_value_t = 10_000)]
+    max_zones: usize,
+    /// A zone no request named for this long is evicted (positions saved), ms.
+    #[arg(long, env = "SB_LOC_ZONE_IDLE_MS", default_value_t = 600_000)]
+    zone_idle_ms: u64,
     /// Largest |x| or |y|.
     #[arg(long, env = "SB_LOC_MAX_COORD", default_value_t = 1_000_000.0)]
     max_coord: f64,
@@ -43,6 +45,8 @@ async fn main() {
     }
     let settings = Settings {
         zones: args.zones,
+        max_zones: args.max_zones.max(1),
+        zone_idle_ms: args.zone_idle_ms,
         max_coord: args.max_coord,
         max_radius: args.max_radius,
         save_interval_ms: args.save_interval_ms,

@@ -22,6 +22,8 @@ pub(crate) struct Pos {
 pub(crate) struct Zone {
     pub(crate) users: HashMap<String, Pos>,
     pub(crate) loaded: bool,
+    /// The last request that named it, ms since the epoch.
+    pub(crate) used_ms: u64,
 }
 
 #[derive(Default)]
@@ -39,6 +41,16 @@ pub(crate) struct Loc {
     pub(crate) state: Mutex<State>,
 }
 
+impl Zone {
+    /// A zone used now, not loaded yet.
+    pub(crate) fn fresh() -> Self {
+        Self {
+            used_ms: proto::now_ms(),
+            ..Self::default()
+        }
+    }
+}
+
 // === impl Loc ===
 
 impl Loc {
@@ -46,12 +58,50 @@ impl Loc {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A zone name a client may use: a chat room's rules (1 to 64 ASCII letters,
+    /// digits, `_`, `-`), and within the allow-list when one is configured.
     pub(crate) fn check_zone(&self, zone: &str) -> Result<(), Error> {
-        if self.zones.contains(zone) {
-            Ok(())
-        } else {
-            Err(Error::bad_request(format!("unknown zone {zone:?}")))
+        if let Err(e) = proto::validate_token(zone) {
+            return Err(Error::bad_request(format!("zone name {e}")));
         }
+        if !self.zones.is_empty() && !self.zones.contains(zone) {
+            return Err(Error::bad_request(format!("unknown zone {zone:?}")));
+        }
+        Ok(())
+    }
+
+    /// Marks `zone` used now, creating it (a zone exists from its first use, like
+    /// a chat room) within the cap on live zones: when full, idle zones are
+    /// evicted first; still full, `overloaded`.
+    pub(crate) fn touch(&self, zone: &str) -> Result<(), Error> {
+        let now = proto::now_ms();
+        let mut state = self.lock();
+        if let Some(z) = state.zones.get_mut(zone) {
+            z.used_ms = now;
+            return Ok(());
+        }
+        if state.zones.len() >= self.settings.max_zones {
+            evict_idle(&mut state, now, self.settings.zone_idle_ms);
+        }
+        if state.zones.len() >= self.settings.max_zones {
+            return Err(Error::new(
+                switchboard_bus::proto::ErrorCode::Overloaded,
+                format!(
+                    "this loc instance holds {} live zones, its cap; try again later",
+                    self.settings.max_zones
+                ),
+            ));
+        }
+        state.zones.insert(zone.to_owned(), Zone::fresh());
+        Ok(())
+    }
+
+    /// Evicts the zones no request has named for `zone_idle_ms` (their positions
+    /// are saved already: a zone with positions still to save is kept until they
+    /// are). The next request that names one loads its positions again.
+    pub(crate) fn evict_idle(&self) -> usize {
+        let now = proto::now_ms();
+        evict_idle(&mut self.lock(), now, self.settings.zone_idle_ms)
     }
 
     pub(crate) fn check_point(&self, x: f64, y: f64) -> Result<(), Error> {
@@ -67,7 +117,8 @@ impl Loc {
         Ok(())
     }
 
-    /// Loads a zone's saved positions the first time this instance touches it.
+    /// Loads a zone's saved positions the first time this instance touches it
+    /// (and again after it was evicted).
     /// If the db cannot answer, the zone works from memory and loading is tried
     /// again on the next request.
     pub(crate) async fn ensure_loaded(&self, zone: &str, req: &Request) {
@@ -94,7 +145,10 @@ impl Loc {
             }
         };
         let mut state = self.lock();
-        let z = state.zones.entry(zone.to_owned()).or_default();
+        let z = state
+            .zones
+            .entry(zone.to_owned())
+            .or_insert_with(Zone::fresh);
         if z.loaded {
             return;
         }
@@ -195,5 +249,89 @@ impl Loc {
             state.gone.insert(key.clone());
         }
         removed
+    }
+}
+
+fn evict_idle(state: &mut State, now: u64, idle_ms: u64) -> usize {
+    let pending: HashSet<&str> = state
+        .dirty
+        .keys()
+        .chain(state.gone.iter())
+        .map(|(zone, _)| zone.as_str())
+        .collect();
+    let idle: Vec<String> = state
+        .zones
+        .iter()
+        .filter(|(name, z)| {
+            now.saturating_sub(z.used_ms) >= idle_ms && !pending.contains(name.as_str())
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &idle {
+        state.zones.remove(name);
+    }
+    if !idle.is_empty() {
+        tracing::debug!(
+            evicted = idle.len(),
+            live = state.zones.len(),
+            "idle zones evicted"
+        );
+    }
+    idle.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(zones: &[&str], max_zones: usize, zone_idle_ms: u64) -> Loc {
+        Loc {
+            zones: zones.iter().map(|z| (*z).to_owned()).collect(),
+            settings: Settings {
+                zones: zones.iter().map(|z| (*z).to_owned()).collect(),
+                max_zones,
+                zone_idle_ms,
+                ..Settings::default()
+            },
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    #[test]
+    fn an_allow_list_limits_the_names() {
+        let open = loc(&[], 10, 60_000);
+        assert!(open.check_zone("anything-new").is_ok());
+        assert!(open.check_zone("a.b").is_err());
+        let listed = loc(&["lobby"], 10, 60_000);
+        assert!(listed.check_zone("lobby").is_ok());
+        assert!(listed.check_zone("anything-new").is_err());
+    }
+
+    #[test]
+    fn the_cap_counts_live_zones_and_idle_ones_make_room() {
+        let busy = loc(&[], 2, 60_000);
+        busy.touch("a").unwrap();
+        busy.touch("b").unwrap();
+        busy.touch("a").unwrap();
+        let err = busy.touch("c").unwrap_err();
+        assert_eq!(err.code, proto::ErrorCode::Overloaded);
+
+        let idle = loc(&[], 2, 0);
+        idle.touch("a").unwrap();
+        idle.touch("b").unwrap();
+        // A zone with a position still to save is not evicted.
+        idle.lock().dirty.insert(
+            ("a".into(), "ada".into()),
+            api::Position {
+                zone: "a".into(),
+                user: "ada".into(),
+                x: 0.0,
+                y: 0.0,
+                ts: 0,
+            },
+        );
+        idle.touch("c").unwrap();
+        let live: HashSet<String> = idle.lock().zones.keys().cloned().collect();
+        assert_eq!(live, ["a", "c"].map(String::from).into());
     }
 }
