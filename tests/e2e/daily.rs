@@ -46,6 +46,23 @@ async fn logs_describe_watch_and_shutdown() {
         "{text}"
     );
 
+    // --json on logs too: one object a line.
+    let out = sbctl(&s, &["--json", "logs", "beta01", "-n", "5"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| l["instance"] == "beta01"));
+    // In a pipe, tables carry no colour codes.
+    let out = sbctl(&s, &["ls"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
+    // Shell completions, with no broker needed.
+    let out = Command::new(bin_path("sbctl"))
+        .args(["--broker", "tcp://127.0.0.1:1", "completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_sbctl()"));
+
     // describe: the configuration, secrets redacted, and the instances.
     let out = sbctl(&s, &["--json", "describe", "alpha"]);
     assert!(out.status.success(), "{out:?}");

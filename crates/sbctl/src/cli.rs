@@ -96,6 +96,12 @@ pub(crate) enum Command {
     },
     /// Stop every app (in reverse dependency order), then main itself.
     Shutdown,
+    /// Print a shell completion script: `sbctl completions bash >
+    /// /etc/bash_completion.d/sbctl` (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// The broker's counters.
     Stats,
     /// Send one request (a test packet) and print the reply's data as JSON.

@@ -29,17 +29,33 @@ async fn logs_of(
     proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))
 }
 
-/// Prints `text`, each line prefixed with `prefix` (when given) and only the
-/// warnings and errors when `err`.
-fn print_lines(text: &str, prefix: Option<&str>, width: usize, err: bool) {
+/// How `logs` prints.
+#[derive(Clone, Copy)]
+pub(crate) struct LogsView {
+    /// Only WARN and ERROR lines.
+    pub(crate) err: bool,
+    /// One JSON object a line: `{"instance", "line"}`.
+    pub(crate) json: bool,
+}
+
+/// Prints `instance`'s `text`: each line prefixed with the instance when
+/// `prefixed`, as JSON when asked, only warnings and errors when asked.
+fn print_lines(text: &str, instance: &str, prefixed: bool, width: usize, view: LogsView) {
     let mut out = std::io::stdout().lock();
     for line in text.lines() {
-        if err && !(line.contains("WARN") || line.contains("ERROR")) {
+        if view.err && !(line.contains("WARN") || line.contains("ERROR")) {
             continue;
         }
-        let _ = match prefix {
-            Some(p) => writeln!(out, "{p:<width$} | {line}"),
-            None => writeln!(out, "{line}"),
+        let _ = if view.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"instance": instance, "line": line})
+            )
+        } else if prefixed {
+            writeln!(out, "{instance:<width$} | {line}")
+        } else {
+            writeln!(out, "{line}")
         };
     }
     let _ = out.flush();
@@ -51,7 +67,7 @@ pub(crate) async fn logs(
     bus: &Handle,
     name: Option<&str>,
     lines: usize,
-    err: bool,
+    view: LogsView,
     follow: bool,
     options: CallOptions,
 ) -> Result<(), Failure> {
@@ -73,7 +89,7 @@ pub(crate) async fn logs(
     let mut offsets = Vec::with_capacity(names.len());
     for n in &names {
         let reply = logs_of(bus, n, Some(lines), None, &options).await?;
-        print_lines(&reply.text, prefixed.then_some(n.as_str()), width, err);
+        print_lines(&reply.text, n, prefixed, width, view);
         offsets.push(reply.offset);
     }
     if !follow {
@@ -87,7 +103,7 @@ pub(crate) async fn logs(
         }
         for (n, offset) in names.iter().zip(offsets.iter_mut()) {
             let reply = logs_of(bus, n, None, Some(*offset), &options).await?;
-            print_lines(&reply.text, prefixed.then_some(n.as_str()), width, err);
+            print_lines(&reply.text, n, prefixed, width, view);
             *offset = reply.offset;
         }
     }

@@ -91,6 +91,11 @@ fn body_to_json(body: &[u8]) -> serde_json::Value {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    if let Command::Completions { shell } = args.command {
+        let mut command = <Args as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "sbctl", &mut std::io::stdout());
+        return Ok(());
+    }
     if let Command::WsSend {
         service,
         op,
@@ -196,7 +201,11 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             err,
             follow,
         } => {
-            daily::logs(bus, name.as_deref(), *lines, *err, *follow, options).await?;
+            let view = daily::LogsView {
+                err: *err,
+                json: args.json,
+            };
+            daily::logs(bus, name.as_deref(), *lines, view, *follow, options).await?;
         }
         Command::Describe { app } => daily::describe(bus, app, args.json, options).await?,
         Command::Shutdown => daily::shutdown(bus, args.json, options).await?,
@@ -284,6 +293,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             }
         }
         Command::WsSend { .. } => {}
+        Command::Completions { .. } => {}
         Command::Bench(b) => {
             let report = match b {
                 BenchCmd::Rr {

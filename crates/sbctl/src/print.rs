@@ -1,13 +1,60 @@
 //! Tables for people, JSON for scripts; `ls` from main's status file when the bus is down.
 
+use comfy_table::{presets, Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
+use std::io::IsTerminal;
+
 use crate::cli::Args;
 use crate::Failure;
 use switchboard_bus::proto::{self, InstanceInfo};
 
+/// Colour in a terminal, none in a pipe or under `NO_COLOR`.
+pub(crate) fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A table for people: plain columns (no borders, so `grep` and `awk` work on
+/// it), the numbers right-aligned. comfy-table lays it out and styles it.
+fn table(header: &[&str], right: &[usize]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(
+            header
+                .iter()
+                .map(|h| Cell::new(h).add_attribute(Attribute::Bold)),
+        );
+    if !colour() {
+        t.force_no_tty();
+    }
+    for &i in right {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+/// A state, coloured by what it means for the operator.
+fn state_cell(state: &str, text: String) -> Cell {
+    let cell = Cell::new(text);
+    if !colour() {
+        return cell;
+    }
+    match state {
+        "online" | "ready" => cell.fg(Color::Green),
+        "degraded" | "starting" | "waiting" | "stopping" | "restarting" | "draining"
+        | "registered" => cell.fg(Color::Yellow),
+        "errored" | "stopped" | "lost" => cell.fg(Color::Red),
+        _ => cell,
+    }
+}
+
 pub(crate) fn print_table(list: &[InstanceInfo]) {
-    println!(
-        "{:<12} {:<16} {:<11} {:>8} {:>10} {:>9} {:>10}",
-        "SERVICE", "INSTANCE", "STATE", "PID", "UPTIME", "INFLIGHT", "HANDLED"
+    let mut t = table(
+        &[
+            "SERVICE", "INSTANCE", "STATE", "PID", "UPTIME", "INFLIGHT", "HANDLED",
+        ],
+        &[3, 4, 5, 6],
     );
     for i in list {
         let service = if i.service.is_empty() {
@@ -15,17 +62,17 @@ pub(crate) fn print_table(list: &[InstanceInfo]) {
         } else {
             &i.service
         };
-        println!(
-            "{:<12} {:<16} {:<11} {:>8} {:>10} {:>9} {:>10}",
-            service,
-            i.instance,
-            i.state,
-            i.pid,
-            format_age(i.age_ms),
-            format!("{}/{}", i.inflight, i.credit),
-            i.handled
-        );
+        t.add_row(vec![
+            Cell::new(service),
+            Cell::new(&i.instance),
+            state_cell(&i.state, i.state.clone()),
+            Cell::new(i.pid),
+            Cell::new(format_age(i.age_ms)),
+            Cell::new(format!("{}/{}", i.inflight, i.credit)),
+            Cell::new(i.handled),
+        ]);
     }
+    println!("{t}");
 }
 
 /// `main`'s instance list, as JSON or as the `ls` table.
@@ -65,40 +112,44 @@ pub(crate) fn ls_from_status_file(args: &Args, unreachable: &str) -> Option<Resu
 }
 
 pub(crate) fn print_apps(list: &[serde_json::Value]) {
-    println!(
-        "{:<10} {:<14} {:<20} {:>8} {:>9} {:>4} {:>9} {:>6} {:>8} {:>9}",
-        "APP", "INSTANCE", "STATE", "PID", "UPTIME", "↺", "MEMORY", "CPU", "INFLIGHT", "HANDLED"
+    let mut t = table(
+        &[
+            "APP", "INSTANCE", "STATE", "PID", "UPTIME", "↺", "MEMORY", "CPU", "INFLIGHT",
+            "HANDLED",
+        ],
+        &[3, 4, 5, 6, 7, 8, 9],
     );
     for a in list {
         let num = |k: &str| a[k].as_u64().unwrap_or(0);
-        let state = match (a["state"].as_str(), a["health"].as_str()) {
-            (Some(state), Some(health)) => format!("{state} ({health})"),
-            (Some(state), None) => state.to_owned(),
-            (None, _) => "?".into(),
+        let raw = a["state"].as_str().unwrap_or("?");
+        let state = match a["health"].as_str() {
+            Some(health) => format!("{raw} ({health})"),
+            None => raw.to_owned(),
         };
         let running = num("pid") > 0;
-        println!(
-            "{:<10} {:<14} {:<20} {:>8} {:>9} {:>4} {:>9} {:>5.1}% {:>8} {:>9}",
-            a["app"].as_str().unwrap_or("?"),
-            a["instance"].as_str().unwrap_or("?"),
-            state,
-            if running {
+        let dash = || "-".to_owned();
+        t.add_row(vec![
+            Cell::new(a["app"].as_str().unwrap_or("?")),
+            Cell::new(a["instance"].as_str().unwrap_or("?")),
+            state_cell(raw, state),
+            Cell::new(if running {
                 num("pid").to_string()
             } else {
-                "-".into()
-            },
-            if running {
+                dash()
+            }),
+            Cell::new(if running {
                 format_age(num("uptime_ms"))
             } else {
-                "-".into()
-            },
-            num("restarts"),
-            format_bytes(num("rss_bytes")),
-            a["cpu_percent"].as_f64().unwrap_or(0.0),
-            num("inflight"),
-            num("handled")
-        );
+                dash()
+            }),
+            Cell::new(num("restarts")),
+            Cell::new(format_bytes(num("rss_bytes"))),
+            Cell::new(format!("{:.1}%", a["cpu_percent"].as_f64().unwrap_or(0.0))),
+            Cell::new(num("inflight")),
+            Cell::new(num("handled")),
+        ]);
     }
+    println!("{t}");
 }
 
 pub(crate) fn format_bytes(b: u64) -> String {
