@@ -275,7 +275,7 @@ fn decode_name(req: &Request) -> Result<NameArg, Error> {
 fn targets(sup: &Supervisor, name: &str) -> Result<Vec<Arc<supervisor::Managed>>, Error> {
     let found = sup.find(name);
     if found.is_empty() {
-        let known: Vec<&str> = sup.eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
+        let known: Vec<String> = sup.apps().into_iter().map(|a| a.spec.name).collect();
         return Err(Error::bad_request(format!(
             "no app or instance {name:?} (apps: {})",
             known.join(", ")
@@ -325,14 +325,12 @@ fn service(sup: Arc<Supervisor>, shutdown: CancellationToken) -> Service {
         })
         .handle_with("describe", &sup, |req: Request, sup| async move {
             let arg = decode_name(&req)?;
-            let app = sup
-                .eco
-                .apps
+            let apps = sup.apps();
+            let app = apps
                 .iter()
                 .find(|a| a.spec.name == arg.name)
                 .ok_or_else(|| {
-                    let known: Vec<&str> =
-                        sup.eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
+                    let known: Vec<&str> = apps.iter().map(|a| a.spec.name.as_str()).collect();
                     Error::bad_request(format!(
                         "no app {:?} (apps: {})",
                         arg.name,

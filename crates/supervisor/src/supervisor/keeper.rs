@@ -21,7 +21,7 @@ pub(super) struct Keeper {
 
 impl Keeper {
     pub(super) fn new(sup: Arc<Supervisor>, m: Arc<Managed>, bus: Handle) -> Self {
-        let bin_mtime = mtime(&m.app.bin);
+        let bin_mtime = mtime(&m.app().bin);
         Self {
             sup,
             m,
@@ -32,8 +32,8 @@ impl Keeper {
         }
     }
 
-    pub(super) fn spec(&self) -> &crate::ecosystem::AppSpec {
-        &self.m.app.spec
+    pub(super) fn spec(&self) -> crate::ecosystem::AppSpec {
+        self.m.app().spec
     }
 
     pub(super) async fn run(
@@ -146,7 +146,7 @@ impl Keeper {
     /// The restart policy after an exit (or a failed start) of a process that ran
     /// for `uptime`.
     pub(super) fn after_exit(&mut self, uptime: Duration) -> Phase {
-        let spec = self.m.app.spec.clone();
+        let spec = self.m.app().spec;
         if !spec.autorestart {
             self.m.set_state(InstanceState::Stopped);
             return Phase::Idle;
@@ -270,14 +270,14 @@ impl Keeper {
                 Err(_) => {}
             }
         }
-        if let Some(max) = self.m.app.max_memory {
+        if let Some(max) = self.m.app().max_memory {
             if rss > max {
                 tracing::warn!(instance = %self.m.instance, rss, max, "over max_memory_restart: replacing gracefully");
                 return self.replace_or_keep(p).await;
             }
         }
         if self.spec().watch {
-            let now = mtime(&self.m.app.bin);
+            let now = mtime(&self.m.app().bin);
             if now.is_some() && now != self.bin_mtime {
                 self.bin_mtime = now;
                 tracing::info!(instance = %self.m.instance, "binary changed: reloading");
@@ -336,8 +336,9 @@ impl Keeper {
             self.m.set_state(InstanceState::Starting);
         }
         let log_from = std::fs::metadata(self.m.log.path()).map_or(0, |m| m.len());
-        let mut p = proc::spawn(&self.m.app.bin, &spec.args, &env, self.m.log.clone())
-            .map_err(|e| format!("cannot spawn {}: {e}", self.m.app.bin.display()))?;
+        let bin = self.m.app().bin;
+        let mut p = proc::spawn(&bin, &spec.args, &env, self.m.log.clone())
+            .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))?;
         tracing::info!(instance = %self.m.instance, pid = p.pid, successor, "spawned");
         let ready = self.wait_ready(&mut p, &spec).await;
         if let Err(e) = ready {

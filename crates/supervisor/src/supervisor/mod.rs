@@ -33,7 +33,7 @@ pub use status::{
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use switchboard_bus::proto::{self, Health, InstanceInfo};
 use switchboard_bus::{CallOptions, Handle};
@@ -64,8 +64,8 @@ type Reply = oneshot::Sender<Result<(), String>>;
 
 /// One managed instance.
 pub struct Managed {
-    /// Its app.
-    pub app: App,
+    /// Its app (replaced when `reload-config` changes the app).
+    app: Mutex<App>,
     /// Its name.
     pub instance: String,
     status: Mutex<InstanceStatus>,
@@ -75,9 +75,52 @@ pub struct Managed {
     /// A live process of this instance that a previous main started, to adopt
     /// instead of starting another: (pid, started_at_ms, restarts).
     adopt: Mutex<Option<(u32, u64, u32)>>,
+    /// Its keeper's token and task: cancelling the token retires the instance
+    /// (its keeper stops the process and ends).
+    keeper: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Managed {
+    /// A stopped instance `instance` of `app`, its log in `log_dir`; `previous`
+    /// (a status file) names a live process of it to adopt.
+    fn new(
+        app: &App,
+        instance: &str,
+        main: &crate::ecosystem::MainConf,
+        log_dir: &std::path::Path,
+        previous: Option<&StatusFile>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let log = LogFile::open(log_dir, instance, main.log_max_bytes, main.log_keep)?;
+        let (cmd, rx) = mpsc::channel(16);
+        Ok(Arc::new(Managed {
+            app: Mutex::new(app.clone()),
+            instance: instance.to_owned(),
+            status: Mutex::new(InstanceStatus {
+                app: app.spec.name.clone(),
+                instance: instance.to_owned(),
+                state: InstanceState::Stopped,
+                managed: true,
+                ..InstanceStatus::default()
+            }),
+            cmd,
+            rx: Mutex::new(Some(rx)),
+            log: Arc::new(log),
+            adopt: Mutex::new(previous.and_then(|file| {
+                let was = file
+                    .instances
+                    .iter()
+                    .find(|i| i.instance == instance && i.app == app.spec.name && i.pid > 0)?;
+                is_instance(was.pid, instance).then_some((was.pid, was.started_at_ms, was.restarts))
+            })),
+            keeper: Mutex::new(None),
+        }))
+    }
+
+    /// Its app, as configured now.
+    pub fn app(&self) -> App {
+        self.app.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn set(&self, f: impl FnOnce(&mut InstanceStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
@@ -139,8 +182,12 @@ impl Managed {
 pub struct Supervisor {
     /// The ecosystem.
     pub eco: Ecosystem,
+    /// The apps, in start order (changed by `scale` and `reload-config`).
+    apps: RwLock<Vec<App>>,
     /// Managed instances, in start order.
-    pub managed: Vec<Arc<Managed>>,
+    managed: RwLock<Vec<Arc<Managed>>>,
+    /// What keepers started later need: the bus and main's shutdown token.
+    keeper_ctx: Mutex<Option<(Handle, CancellationToken)>>,
     /// The broker endpoint children connect to.
     pub broker: Mutex<String>,
     /// The broker answered the last check (hung detection pauses when it does not).
@@ -166,43 +213,21 @@ impl Supervisor {
         if !no_spawn {
             for app in &eco.apps {
                 for instance in &app.instances {
-                    let log = LogFile::open(
-                        &log_dir,
+                    managed.push(Managed::new(
+                        app,
                         instance,
-                        eco.main.log_max_bytes,
-                        eco.main.log_keep,
-                    )?;
-                    let (cmd, rx) = mpsc::channel(16);
-                    managed.push(Arc::new(Managed {
-                        app: app.clone(),
-                        instance: instance.clone(),
-                        status: Mutex::new(InstanceStatus {
-                            app: app.spec.name.clone(),
-                            instance: instance.clone(),
-                            state: InstanceState::Stopped,
-                            managed: true,
-                            ..InstanceStatus::default()
-                        }),
-                        cmd,
-                        rx: Mutex::new(Some(rx)),
-                        log: Arc::new(log),
-                        adopt: Mutex::new(previous.as_ref().and_then(|file| {
-                            let was = file.instances.iter().find(|i| {
-                                i.instance == *instance && i.app == app.spec.name && i.pid > 0
-                            })?;
-                            is_instance(was.pid, instance).then_some((
-                                was.pid,
-                                was.started_at_ms,
-                                was.restarts,
-                            ))
-                        })),
-                    }));
+                        &eco.main,
+                        &log_dir,
+                        previous.as_ref(),
+                    )?);
                 }
             }
         }
         Ok(Arc::new(Self {
+            apps: RwLock::new(eco.apps.clone()),
             eco,
-            managed,
+            managed: RwLock::new(managed),
+            keeper_ctx: Mutex::new(None),
             broker: Mutex::new(broker),
             broker_ok: AtomicBool::new(true),
             broker_status: Mutex::new((!no_spawn).then(|| InstanceStatus {
@@ -272,22 +297,51 @@ impl Supervisor {
 
     /// Instances matching `name`: an app's instances, or one instance.
     pub fn find(&self, name: &str) -> Vec<Arc<Managed>> {
-        self.managed
-            .iter()
-            .filter(|m| m.app.spec.name == name || m.instance == name)
-            .cloned()
+        self.managed()
+            .into_iter()
+            .filter(|m| m.app().spec.name == name || m.instance == name)
             .collect()
+    }
+
+    /// Every managed instance, in start order.
+    pub fn managed(&self) -> Vec<Arc<Managed>> {
+        self.managed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The apps, in start order.
+    pub fn apps(&self) -> Vec<App> {
+        self.apps.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Starts one keeper per instance on the current runtime.
     pub fn spawn_keepers(self: &Arc<Self>, bus: &Handle, shutdown: &CancellationToken) {
-        for m in &self.managed {
-            let rx = m.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(rx) = rx {
-                tokio::spawn(
-                    Keeper::new(self.clone(), m.clone(), bus.clone()).run(rx, shutdown.clone()),
-                );
-            }
+        *self.keeper_ctx.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((bus.clone(), shutdown.clone()));
+        for m in self.managed() {
+            self.spawn_keeper(&m);
+        }
+    }
+
+    /// Starts `m`'s keeper (once), under a token of its own that main's shutdown
+    /// also cancels.
+    fn spawn_keeper(self: &Arc<Self>, m: &Arc<Managed>) {
+        let Some((bus, shutdown)) = self
+            .keeper_ctx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let rx = m.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(rx) = rx {
+            let token = shutdown.child_token();
+            let task =
+                tokio::spawn(Keeper::new(self.clone(), m.clone(), bus).run(rx, token.clone()));
+            *m.keeper.lock().unwrap_or_else(|p| p.into_inner()) = Some((token, task));
         }
     }
 
@@ -299,7 +353,7 @@ impl Supervisor {
     /// restart policy). Returns the instances that failed, with why.
     pub async fn start_all(&self) -> Vec<(String, String)> {
         let mut failed = Vec::new();
-        for app in &self.eco.apps {
+        for app in self.apps() {
             let instances = self.find(&app.spec.name);
             for m in &instances {
                 println!("starting {}", m.instance);
@@ -322,7 +376,7 @@ impl Supervisor {
 
     /// Stops every app in reverse dependency order, each gracefully.
     pub async fn stop_all(&self) {
-        for app in self.eco.apps.iter().rev() {
+        for app in self.apps().iter().rev() {
             let instances = self.find(&app.spec.name);
             futures::future::join_all(instances.iter().map(|m| m.order(Cmd::Stop))).await;
         }
@@ -378,7 +432,7 @@ impl Supervisor {
     /// answers while the broker (and with it the bus) is down.
     fn write_status_file(&self, broker_ok: bool) {
         let mut instances: Vec<InstanceStatus> = self.broker_row().into_iter().collect();
-        instances.extend(self.managed.iter().map(|m| m.status()));
+        instances.extend(self.managed().iter().map(|m| m.status()));
         let file = StatusFile {
             written_at_ms: proto::now_ms(),
             broker_ok,
@@ -415,7 +469,7 @@ impl Supervisor {
     /// did not start (`unmanaged`).
     pub async fn ls(&self, bus: &Handle) -> Vec<InstanceStatus> {
         let mut out: Vec<InstanceStatus> = self.broker_row().into_iter().collect();
-        out.extend(self.managed.iter().map(|m| m.status()));
+        out.extend(self.managed().iter().map(|m| m.status()));
         let on_bus = broker_ls(bus).await.unwrap_or_default();
         for info in on_bus {
             if info.service.is_empty() || info.service == "main" {
