@@ -6,6 +6,7 @@ mod daily;
 mod faults;
 mod gateway;
 mod harness;
+mod membership;
 mod security;
 mod services;
 mod spec_peer;

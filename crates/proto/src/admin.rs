@@ -194,6 +194,33 @@ mod tests {
     }
 }
 
+/// Body of main's `scale`: run `instances` instances of `app`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ScaleArg {
+    /// App name.
+    pub app: String,
+    /// Instances wanted (1 to 99).
+    pub instances: u32,
+}
+
+/// Reply of main's `reload-config`: what changed in `ecosystem.toml` and was
+/// applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConfigChange {
+    /// Apps started.
+    pub added: Vec<String>,
+    /// Apps stopped and dropped.
+    pub removed: Vec<String>,
+    /// Apps whose configuration changed: instances added or retired, the others
+    /// reloaded one at a time (zero downtime).
+    pub changed: Vec<String>,
+    /// Apps left as they were.
+    pub unchanged: Vec<String>,
+    /// Sections that changed but apply only when main restarts (`[main]`,
+    /// `[broker]`).
+    pub needs_restart: Vec<String>,
+}
+
 /// Reply of main's `describe` (`sbctl describe APP`): an app's configuration as
 /// main runs it, and its instances. Environment values that look secret (a key
 /// holding SECRET, PASSWORD, TOKEN or KEY, or a URL's password) are redacted.

@@ -96,6 +96,18 @@ pub(crate) enum Command {
     },
     /// Stop every app (in reverse dependency order), then main itself.
     Shutdown,
+    /// Run N instances of an app: new ones start (and are ready) before extra
+    /// ones are stopped.
+    Scale {
+        /// App name.
+        app: String,
+        /// Instances wanted (1 to 99).
+        instances: u32,
+    },
+    /// Re-read ecosystem.toml and apply the difference: new apps started,
+    /// removed apps stopped, changed apps scaled and reloaded one instance at a
+    /// time (zero downtime).
+    ReloadConfig,
     /// Print a shell completion script: `sbctl completions bash >
     /// /etc/bash_completion.d/sbctl` (also zsh, fish, elvish, powershell).
     Completions {

@@ -1,8 +1,11 @@
-//! PM2's daily commands: `logs` of every app, `ls --watch`, `describe`, `shutdown`.
+//! PM2's daily commands: `logs` of every app, `ls --watch`, `describe`,
+//! `shutdown`, `scale`, `reload-config`.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
-use switchboard_bus::proto::admin::{AppDescription, InstanceStatus, LogsReply, NameArg};
+use switchboard_bus::proto::admin::{
+    AppDescription, ConfigChange, InstanceStatus, LogsReply, NameArg, ScaleArg,
+};
 use switchboard_bus::proto::{self};
 use switchboard_bus::{svc, CallOptions, Handle};
 
@@ -201,6 +204,62 @@ pub(crate) async fn shutdown(
         println!("{}", serde_json::json!({"shutdown": true}));
     } else {
         println!("main is stopping every app in reverse dependency order, then itself");
+    }
+    Ok(())
+}
+
+/// `scale APP N`.
+pub(crate) async fn scale(
+    bus: &Handle,
+    app: &str,
+    instances: u32,
+    json: bool,
+    options: CallOptions,
+) -> Result<(), Failure> {
+    let arg = ScaleArg {
+        app: app.to_owned(),
+        instances,
+    };
+    let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
+    let reply = bus.call("main", "scale", body, options).await?;
+    print_apps_or_json(&crate::body_to_json(&reply.body), json);
+    Ok(())
+}
+
+/// `reload-config`.
+pub(crate) async fn reload_config(
+    bus: &Handle,
+    json: bool,
+    options: CallOptions,
+) -> Result<(), Failure> {
+    let reply = bus
+        .call("main", "reload-config", Vec::new(), options)
+        .await?;
+    let change: ConfigChange =
+        proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&change).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    for (what, apps) in [
+        ("added", &change.added),
+        ("removed", &change.removed),
+        ("changed", &change.changed),
+        ("unchanged", &change.unchanged),
+    ] {
+        if !apps.is_empty() {
+            println!("{what:<10} {}", apps.join(", "));
+        }
+    }
+    if !change.needs_restart.is_empty() {
+        println!(
+            "{:<10} {} changed: restart main to apply",
+            "pending",
+            change.needs_restart.join(" and ")
+        );
     }
     Ok(())
 }

@@ -148,6 +148,15 @@ async fn run(args: Args) -> Result<(), Failure> {
     result
 }
 
+/// Options for an order that waits for apps to start (each up to its
+/// ready_timeout_ms): at least a minute.
+fn long(args: &Args, options: CallOptions) -> CallOptions {
+    CallOptions {
+        timeout: Some(Duration::from_millis(args.timeout_ms.max(60_000))),
+        ..options
+    }
+}
+
 async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), Failure> {
     match &args.command {
         Command::Ls { watch: true } => daily::watch(bus, args.json, options).await?,
@@ -209,6 +218,10 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
         }
         Command::Describe { app } => daily::describe(bus, app, args.json, options).await?,
         Command::Shutdown => daily::shutdown(bus, args.json, options).await?,
+        Command::Scale { app, instances } => {
+            daily::scale(bus, app, *instances, args.json, long(args, options)).await?;
+        }
+        Command::ReloadConfig => daily::reload_config(bus, args.json, long(args, options)).await?,
         Command::Info { service, instance } => {
             let options = CallOptions {
                 instance: instance.clone(),

@@ -87,6 +87,7 @@ pub async fn run(options: Options) -> i32 {
             return svc::EXIT_FAILURE;
         }
     };
+    sup.set_source(options.config.clone(), options.env.clone());
     let config = Config {
         broker: endpoint.clone(),
         instance: "main".into(),
@@ -347,6 +348,16 @@ fn service(sup: Arc<Supervisor>, shutdown: CancellationToken) -> Service {
                         .collect(),
                 ),
             )
+        })
+        .handle_with("scale", &sup, |req: Request, sup| async move {
+            let arg: switchboard_bus::proto::admin::ScaleArg = req.decode()?;
+            sup.scale(&arg.app, arg.instances).await?;
+            let statuses: Vec<InstanceStatus> =
+                sup.find(&arg.app).iter().map(|m| m.status()).collect();
+            Request::encode(&statuses)
+        })
+        .handle_with("reload-config", &sup, |_req: Request, sup| async move {
+            Request::encode(&sup.reload_config().await?)
         })
         .handle_with(
             "shutdown",

@@ -193,8 +193,20 @@ pub(super) fn check_app(spec: AppSpec, base: &Path) -> Result<App, EcosystemErro
             ))
         })?),
     };
+    let instances = instance_names(&spec);
+    Ok(App {
+        spec,
+        bin,
+        max_memory,
+        instances,
+    })
+}
+
+/// The instance names of an app: its name alone, or NAME01, NAME02… when it
+/// runs several instances or names them through `instance_var`.
+pub fn instance_names(spec: &AppSpec) -> Vec<String> {
     let numbered = spec.instances > 1 || spec.instance_var.is_some();
-    let instances = (1..=spec.instances)
+    (1..=spec.instances)
         .map(|n| {
             if numbered {
                 format!("{}{n:02}", spec.name)
@@ -202,13 +214,7 @@ pub(super) fn check_app(spec: AppSpec, base: &Path) -> Result<App, EcosystemErro
                 spec.name.clone()
             }
         })
-        .collect();
-    Ok(App {
-        spec,
-        bin,
-        max_memory,
-        instances,
-    })
+        .collect()
 }
 
 /// Resolves a `bin`: a path (relative to the ecosystem file's folder), or a bare

@@ -12,7 +12,7 @@
 
 mod load;
 
-pub use load::{load, load_with_env, parse_size, resolve_bin};
+pub use load::{instance_names, load, load_with_env, parse_size, resolve_bin};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -82,7 +82,7 @@ const MAIN_KEYS: &[&str] = &[
 const TOP_KEYS: &[&str] = &["main", "broker", "apps"];
 
 /// `[main]`: the supervisor's own settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MainConf {
     /// Folder for logs (`run_dir/logs/INSTANCE.log`), relative to the file.
     #[serde(default = "default_run_dir")]
@@ -102,7 +102,7 @@ pub struct MainConf {
 }
 
 /// `[broker]`: the broker main starts first.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct BrokerConf {
     /// Binary.
     #[serde(default = "default_broker_bin")]
@@ -120,7 +120,7 @@ pub struct BrokerConf {
 
 /// One `[[apps]]` table. Units are in the names; defaults follow PM2's where it
 /// has one.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AppSpec {
     /// App name; also its service name on the bus.
     pub name: String,
@@ -193,7 +193,7 @@ pub struct Ecosystem {
 }
 
 /// A checked app.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct App {
     /// The spec.
     pub spec: AppSpec,

@@ -24,6 +24,7 @@
 //! most).
 
 mod keeper;
+mod membership;
 mod status;
 
 use keeper::Keeper;
@@ -188,6 +189,8 @@ pub struct Supervisor {
     managed: RwLock<Vec<Arc<Managed>>>,
     /// What keepers started later need: the bus and main's shutdown token.
     keeper_ctx: Mutex<Option<(Handle, CancellationToken)>>,
+    /// The ecosystem file and profile main started from (`reload-config`).
+    source: Mutex<Option<(PathBuf, Option<String>)>>,
     /// The broker endpoint children connect to.
     pub broker: Mutex<String>,
     /// The broker answered the last check (hung detection pauses when it does not).
@@ -228,6 +231,7 @@ impl Supervisor {
             eco,
             managed: RwLock::new(managed),
             keeper_ctx: Mutex::new(None),
+            source: Mutex::new(None),
             broker: Mutex::new(broker),
             broker_ok: AtomicBool::new(true),
             broker_status: Mutex::new((!no_spawn).then(|| InstanceStatus {
