@@ -162,6 +162,8 @@ pub struct Router {
     next_token: Token,
     next_peer: PeerId,
     next_heartbeat: u64,
+    /// When `on_tick` last ran, ms since the epoch (0: never).
+    last_tick: u64,
     reported_malformed: u64,
     /// Counters since start.
     pub stats: BrokerStats,
@@ -198,6 +200,7 @@ impl Router {
             next_token: 1,
             next_peer: 1,
             next_heartbeat: 0,
+            last_tick: 0,
             reported_malformed: 0,
             stats: BrokerStats::default(),
             out: Vec::new(),

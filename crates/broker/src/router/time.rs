@@ -8,6 +8,7 @@ impl Router {
     /// Expires requests, sends heartbeats, declares silent peers dead. Call often
     /// (every few ms); heartbeat work happens once per interval.
     pub fn on_tick(&mut self, now: u64) {
+        self.forgive_own_stall(now);
         let mut swept = HashSet::new();
         while let Some(&Reverse((deadline, token))) = self.expiry.peek() {
             if deadline > now {
@@ -71,6 +72,26 @@ impl Router {
             );
             self.reported_malformed = self.stats.malformed;
         }
+    }
+
+    /// The broker itself did not run for more than a heartbeat (stopped, starved,
+    /// a paused VM): its peers' silence during that time is not theirs, so their
+    /// last sign of life moves forward by the stall. A loop that is merely busy
+    /// ticks every few ms and is not a stall; only a gap longer than a heartbeat
+    /// counts, so a dead peer is still found within the liveness window once the
+    /// broker runs.
+    fn forgive_own_stall(&mut self, now: u64) {
+        let gap = now.saturating_sub(self.last_tick);
+        if self.last_tick > 0 && gap > self.settings.heartbeat_ms {
+            for peer in self.peers.values_mut() {
+                peer.last_seen = peer.last_seen.saturating_add(gap).min(now);
+            }
+            tracing::warn!(
+                stalled_ms = gap,
+                "the broker did not run for a while; its peers' silence during it is not counted"
+            );
+        }
+        self.last_tick = now;
     }
 
     /// A connection closed (from the socket monitor).

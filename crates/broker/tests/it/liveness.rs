@@ -225,3 +225,41 @@ async fn broker_restart_needs_no_service_restart() {
         .unwrap();
     assert_eq!(&event.body[..], b"back");
 }
+
+/// A whole host paused (a VM suspended, every process starved): the broker and
+/// the service stop together and resume together. Neither may count its own
+/// stall as the other's silence: the service keeps its registration.
+#[tokio::test]
+async fn a_stall_of_broker_and_service_together_declares_nobody_dead() {
+    trace_init();
+    let broker = Child::broker("tcp://127.0.0.1:0", &["--heartbeat-ms", "200"]).unwrap();
+    let endpoint = broker.first_line.clone().unwrap();
+    let worker = spawn_echo_process(&endpoint, "echo", "sleeper", &[]).unwrap();
+    {
+        let bus = client(&endpoint, "t-before", None).await;
+        assert!(wait_ready(&bus, "sleeper", READY).await);
+        bus.close(Duration::from_millis(100)).await;
+    }
+    // Both stopped for 2 s: more than three times the liveness window (600 ms).
+    broker.signal(Sig::SIGSTOP).unwrap();
+    worker.signal(Sig::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.signal(Sig::SIGCONT).unwrap();
+    worker.signal(Sig::SIGCONT).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let bus = client(&endpoint, "t-after", None).await;
+    assert_eq!(
+        whoami(&bus, "echo", timeout(2_000)).await.unwrap(),
+        "sleeper"
+    );
+    let stats = broker_stats(&bus).await;
+    let ls = broker_ls(&bus).await;
+    let sleeper = ls.iter().find(|i| i.instance == "sleeper").unwrap();
+    assert!(
+        sleeper.age_ms >= 2_000,
+        "the registration survived the stall (age {} ms; {stats:?})",
+        sleeper.age_ms
+    );
+    assert_eq!(stats.peers_lost, 0, "nobody declared dead: {stats:?}");
+}

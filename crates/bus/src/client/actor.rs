@@ -259,6 +259,7 @@ impl Actor {
         }
 
         let mut last_recv = proto::now_ms();
+        let mut last_tick = last_recv;
         let mut heartbeat = tokio::time::interval(Duration::from_millis(self.heartbeat_ms));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(SWEEP);
@@ -301,6 +302,15 @@ impl Actor {
                 }
                 _ = heartbeat.tick() => {
                     let now = proto::now_ms();
+                    // This process itself did not run for a while (stopped,
+                    // starved, a paused VM): the broker's silence while we were
+                    // not looking is not the broker's. Count from where we left.
+                    let gap = now.saturating_sub(last_tick);
+                    if gap > self.heartbeat_ms * 2 {
+                        last_recv = last_recv.saturating_add(gap - self.heartbeat_ms).min(now);
+                        tracing::warn!(stalled_ms = gap, "this process did not run for a while; the broker's silence during it is not counted");
+                    }
+                    last_tick = now;
                     if now.saturating_sub(last_recv) > self.heartbeat_ms * u64::from(self.liveness) {
                         return End::Lost("broker silent for too long");
                     }
