@@ -7,6 +7,7 @@ mod faults;
 mod gateway;
 mod harness;
 mod membership;
+mod observe;
 mod security;
 mod services;
 mod spec_peer;

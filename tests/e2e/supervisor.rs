@@ -21,6 +21,7 @@ const FAST: &str = r#"
 [main]
 heartbeat_ms = 250
 liveness = 3
+http = "127.0.0.1:0"
 "#;
 
 pub fn app(name: &str, depends_on: &[&str], extra: &str) -> String {
@@ -92,6 +93,17 @@ impl Supervised {
             .env("SB_BROKER", &self.endpoint)
             .output()
             .unwrap()
+    }
+
+    /// main's HTTP server (`http://ADDR`), from the `dashboard` line it prints.
+    pub fn http(&self) -> String {
+        let line = self
+            .main
+            .later_lines()
+            .into_iter()
+            .find_map(|l| l.strip_prefix("dashboard ").map(str::to_owned))
+            .expect("main printed its dashboard address");
+        line.trim_end_matches('/').to_owned()
     }
 
     pub fn logs_dir(&self) -> PathBuf {

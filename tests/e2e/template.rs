@@ -52,5 +52,8 @@ async fn the_template_service_runs_under_main_and_answers() {
     assert_eq!(info.service, "greeter");
     assert_eq!(info.version, "0.1.0");
     assert_eq!(info.protocol, "1.2");
-    assert_eq!(info.ops, ["$echo", "$health", "$info", "hello"]);
+    assert_eq!(
+        info.ops,
+        ["$echo", "$health", "$info", "$metrics", "$trace", "hello"]
+    );
 }

@@ -214,14 +214,29 @@ fn answer(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if req.method() == hyper::Method::GET && path == "/health" {
-        return json(StatusCode::OK, gw.health_json());
+        // 503 while the gateway cannot serve (no bus): a load balancer's probe
+        // takes it out of rotation.
+        let status = if gw.bus.is_connected() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return json(status, gw.health_json());
+    }
+    if req.method() == hyper::Method::GET && path == "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::text(gw))));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return response;
     }
     let ws_path = path == "/ws" || path == "/uws" || path.starts_with("/uws/");
     if req.method() != hyper::Method::GET || !ws_path {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "WebSocket paths are /ws and /uws/*; health is /health",
+            "WebSocket paths are /ws and /uws/*; health is /health, metrics /metrics",
         );
     }
     let headers = req.headers();
@@ -264,7 +279,10 @@ fn answer(
     let token = match (&gw.settings.tokens, query_token(req.uri().query())) {
         (Some(rules), Some(token)) => match jwt::verify(rules, &token, proto::now_ms() / 1000) {
             Ok(verified) => Some(verified),
-            Err(reason) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &reason),
+            Err(reason) => {
+                crate::metrics::AUTH_FAILURES.increment(1);
+                return error(StatusCode::UNAUTHORIZED, "unauthorized", &reason);
+            }
         },
         _ => None,
     };

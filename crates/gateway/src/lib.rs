@@ -32,6 +32,7 @@ pub mod conn;
 pub mod http;
 pub mod hub;
 pub mod jwt;
+pub(crate) mod metrics;
 pub mod outbox;
 pub mod policy;
 pub mod wire;

@@ -132,10 +132,12 @@ impl Outbox {
                     slot.msg = item.msg;
                     inner.bytes = inner.bytes - old + size;
                     self.coalesced.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::EVENTS_COALESCED.increment(1);
                     return;
                 }
             } else {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::EVENTS_DROPPED.increment(1);
                 return;
             }
         }
@@ -158,6 +160,7 @@ impl Outbox {
         let mut inner = self.lock();
         if inner.close.is_none() {
             inner.close = Some(close_frame(code, reason));
+            crate::metrics::closed(code);
         }
         self.closing.cancel();
         drop(inner);

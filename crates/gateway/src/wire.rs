@@ -33,6 +33,8 @@ struct OkFrame<'a> {
     id: &'a serde_json::Value,
     ok: bool,
     data: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    trace: &'a str,
 }
 
 #[derive(Serialize)]
@@ -46,6 +48,8 @@ struct ErrFrame<'a> {
     id: &'a serde_json::Value,
     ok: bool,
     error: ErrBody<'a>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    trace: &'a str,
 }
 
 /// Parses a text or binary frame.
@@ -67,7 +71,26 @@ pub fn parse(msg: &Message) -> Result<ClientMsg, String> {
 
 /// A success reply.
 pub fn ok(id: &serde_json::Value, data: &serde_json::Value, binary_frame: bool) -> Message {
-    encode(&OkFrame { id, ok: true, data }, binary_frame)
+    ok_traced(id, data, "", binary_frame)
+}
+
+/// A success reply to a request that went to a service: with its trace id, for
+/// `sbctl trace` and the dashboard.
+pub fn ok_traced(
+    id: &serde_json::Value,
+    data: &serde_json::Value,
+    trace: &str,
+    binary_frame: bool,
+) -> Message {
+    encode(
+        &OkFrame {
+            id,
+            ok: true,
+            data,
+            trace,
+        },
+        binary_frame,
+    )
 }
 
 /// An error reply.
@@ -77,11 +100,23 @@ pub fn error(
     message: &str,
     binary_frame: bool,
 ) -> Message {
+    error_traced(id, code, message, "", binary_frame)
+}
+
+/// An error reply to a request that went to a service, with its trace id.
+pub fn error_traced(
+    id: &serde_json::Value,
+    code: ErrorCode,
+    message: &str,
+    trace: &str,
+    binary_frame: bool,
+) -> Message {
     encode(
         &ErrFrame {
             id,
             ok: false,
             error: ErrBody { code, message },
+            trace,
         },
         binary_frame,
     )

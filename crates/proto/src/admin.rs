@@ -298,3 +298,34 @@ mod redact_tests {
         assert_eq!(redact("URL", "mysql://root@h/db"), "mysql://root@h/db");
     }
 }
+
+/// One hop of one request, for `sbctl trace` and the dashboard: kept by every
+/// process in a bounded ring and answered by `$trace` (`{trace}` → `Vec<Span>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Span {
+    /// The request's trace id.
+    pub trace: String,
+    /// The instance that recorded it (`receive`, `broker`, `chat`, `db`…).
+    pub instance: String,
+    /// What happened: `ws chat.say`, `dispatch chat.say → chat`, `handle say`,
+    /// `call db.chat.save`, `sql INSERT messages`.
+    pub name: String,
+    /// Start, µs since the Unix epoch.
+    pub start_us: u64,
+    /// How long, µs.
+    pub duration_us: u64,
+    /// The outcome: `ok` or an error code.
+    #[serde(default)]
+    pub outcome: String,
+}
+
+/// Body of `$trace`: the spans of one trace id; with an empty `trace`, the
+/// `slowest` longest client requests this process saw (a gateway's `ws` spans).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TraceQuery {
+    /// The trace id.
+    pub trace: String,
+    /// With no trace id: how many of the slowest recent requests (at most 100).
+    #[serde(default)]
+    pub slowest: u32,
+}

@@ -114,6 +114,12 @@ pub(crate) enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// The timeline of one request: every process's spans of TRACE_ID (the
+    /// gateway puts it in each reply as `trace`), in order, with durations.
+    Trace {
+        /// The trace id.
+        trace: String,
+    },
     /// The broker's counters.
     Stats,
     /// Send one request (a test packet) and print the reply's data as JSON.

@@ -1,5 +1,5 @@
 //! PM2's daily commands: `logs` of every app, `ls --watch`, `describe`,
-//! `shutdown`, `scale`, `reload-config`.
+//! `shutdown`, `scale`, `reload-config`; and `trace`.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -259,6 +259,56 @@ pub(crate) async fn reload_config(
             "{:<10} {} changed: restart main to apply",
             "pending",
             change.needs_restart.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// `trace TRACE_ID`: asks every instance on the bus (and the broker) for its
+/// spans of the trace and prints them in order.
+pub(crate) async fn trace(
+    bus: &Handle,
+    trace: &str,
+    json: bool,
+    options: CallOptions,
+) -> Result<(), Failure> {
+    use switchboard_bus::proto::admin::TraceQuery;
+    let query = TraceQuery {
+        trace: trace.to_owned(),
+        slowest: 0,
+    };
+    let each = options.timeout.unwrap_or(Duration::from_secs(2));
+    let spans = bus.collect_spans(&query, each).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&spans).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let Some(first) = spans.first().map(|s| s.start_us) else {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "no process holds spans of trace {trace} (each keeps its last 8,192)"
+        )));
+    };
+    let end = spans
+        .iter()
+        .map(|s| s.start_us + s.duration_us)
+        .max()
+        .unwrap_or(first);
+    println!(
+        "trace {trace}: {} spans, {:.3} ms",
+        spans.len(),
+        (end - first) as f64 / 1000.0
+    );
+    for s in &spans {
+        println!(
+            "  +{:>9.3} ms {:>9.3} ms  {:<10} {:<60} {}",
+            (s.start_us - first) as f64 / 1000.0,
+            s.duration_us as f64 / 1000.0,
+            s.instance,
+            s.name,
+            s.outcome
         );
     }
     Ok(())

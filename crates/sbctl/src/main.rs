@@ -40,8 +40,32 @@ fn exit_code(code: ErrorCode) -> i32 {
 
 const EXIT_UNREACHABLE: i32 = 69;
 
+/// Exit status of a command whose reader went away (`sbctl logs | head`), as a
+/// process killed by SIGPIPE would have: 128 + 13.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe panics in `println!`.
+/// Without `unsafe` (forbidden here) the signal cannot be restored; a panic
+/// hook turns that one panic into the quiet exit a Unix tool makes.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("Broken pipe") {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    quiet_on_broken_pipe();
     let args = Args::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         svc::init_tracing();
@@ -307,6 +331,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
         }
         Command::WsSend { .. } => {}
         Command::Completions { .. } => {}
+        Command::Trace { trace } => daily::trace(bus, trace, args.json, options).await?,
         Command::Bench(b) => {
             let report = match b {
                 BenchCmd::Rr {

@@ -18,6 +18,7 @@
 //! - this file: [`Options`], [`run`], the `main` bus service.
 
 pub mod ecosystem;
+pub mod http;
 pub mod logs;
 pub mod proc;
 pub mod supervisor;
@@ -80,6 +81,11 @@ pub async fn run(options: Options) -> i32 {
         }
     };
     println!("listening {endpoint}");
+    let http_auth = eco.main.http_auth.clone();
+    let http = http::bind(&eco.main.http).await;
+    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("dashboard http://{addr}/");
+    }
     let sup = match Supervisor::new(eco, endpoint.clone(), options.no_spawn) {
         Ok(sup) => sup,
         Err(e) => {
@@ -108,7 +114,7 @@ pub async fn run(options: Options) -> i32 {
             stop_broker.clone(),
         ))
     });
-    let result = service(sup.clone(), shutdown.clone())
+    let result = service(sup.clone(), shutdown.clone(), http, http_auth)
         .run(config, shutdown)
         .await;
     stop_broker.cancel();
@@ -305,7 +311,12 @@ async fn order(sup: Arc<Supervisor>, req: Request, cmd: Cmd) -> switchboard_bus:
 }
 
 /// The `main` bus service over `sup`.
-fn service(sup: Arc<Supervisor>, shutdown: CancellationToken) -> Service {
+fn service(
+    sup: Arc<Supervisor>,
+    shutdown: CancellationToken,
+    http: Option<tokio::net::TcpListener>,
+    http_auth: Option<String>,
+) -> Service {
     let shutdown = Arc::new(shutdown);
     let s_task = sup.clone();
     Service::new("main")
@@ -415,6 +426,15 @@ fn service(sup: Arc<Supervisor>, shutdown: CancellationToken) -> Service {
         })
         .task(move |bus, shutdown| async move {
             let sup = s_task;
+            if let Some(listener) = http {
+                tokio::spawn(http::serve(
+                    listener,
+                    sup.clone(),
+                    bus.clone(),
+                    http_auth,
+                    shutdown.clone(),
+                ));
+            }
             sup.spawn_keepers(&bus, &shutdown);
             tokio::spawn({
                 let sup = sup.clone();

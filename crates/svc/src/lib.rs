@@ -3,7 +3,9 @@
 //! about a process. No bus: the broker links this, not the bus client.
 #![warn(missing_docs)]
 
+pub mod metrics;
 pub mod procinfo;
+pub mod trace;
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +17,8 @@ pub const EXIT_FAILURE: i32 = 1;
 /// Initializes tracing once: `RUST_LOG` filter (default `info`), JSON lines when
 /// `SB_LOG_FORMAT=json`, plain text otherwise, to stderr.
 pub fn init_tracing() {
+    // Metrics recorded from the first request on are counted.
+    self::metrics::install();
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;

@@ -119,6 +119,8 @@ struct Req {
     received: u64,
     deadline: u64,
     idem: bool,
+    /// Times the request for its span and the latency histogram.
+    timer: switchboard_svc::trace::Timer,
 }
 
 /// Why a peer is being removed.

@@ -82,6 +82,7 @@ impl Router {
                 received: now,
                 deadline,
                 idem: head.idem,
+                timer: switchboard_svc::trace::Timer::start(),
             },
         );
         self.expiry.push(Reverse((deadline, token)));
@@ -229,6 +230,7 @@ impl Router {
         let Some(req) = self.reqs.remove(&token) else {
             return;
         };
+        self.finished(&req, "ok");
         if let Some(peer) = self.peers.get_mut(&worker) {
             peer.inflight.remove(&token);
             peer.handled += 1;
@@ -246,11 +248,63 @@ impl Router {
         self.drain_queue(req.service);
     }
 
+    /// Counts a request that ended (`ok`: its worker replied; else the broker's
+    /// error code) and records its span: received → answered.
+    fn finished(&self, req: &Req, outcome: &'static str) {
+        let service = self.services[req.service].name.clone();
+        let seconds = req.timer.elapsed().as_secs_f64();
+        switchboard_svc::metrics::counter!("sb_broker_requests_total", "service" => service.clone(), "outcome" => outcome).increment(1);
+        switchboard_svc::metrics::histogram!("sb_broker_request_duration_seconds", "service" => service.clone()).record(seconds);
+        if let Ok(head) = proto::decode_head(&req.frame) {
+            if !head.trace.is_empty() {
+                let worker = req
+                    .worker
+                    .and_then(|w| self.peers.get(&w))
+                    .map_or("-", |p| p.instance.as_str());
+                let name = format!("dispatch {service}.{} → {worker}", head.op);
+                req.timer.finish(head.trace, "broker", name, outcome);
+            }
+        }
+    }
+
+    /// The broker's metrics: what it counts as it goes, and its state now.
+    fn metrics(&self, now: u64) -> String {
+        use switchboard_svc::metrics::{counter, gauge};
+        let held: Vec<u64> = self
+            .reqs
+            .values()
+            .filter(|r| r.worker.is_none())
+            .map(|r| now.saturating_sub(r.received))
+            .collect();
+        gauge!("sb_broker_inflight").set(self.reqs.len() as f64);
+        gauge!("sb_broker_held").set(held.len() as f64);
+        gauge!("sb_broker_held_oldest_seconds")
+            .set(held.iter().max().copied().unwrap_or(0) as f64 / 1000.0);
+        gauge!("sb_broker_peers").set(self.peers.len() as f64);
+        let s = &self.stats;
+        for (name, value) in [
+            ("sb_broker_late_replies_total", s.late_replies),
+            ("sb_broker_malformed_total", s.malformed),
+            ("sb_broker_unauthenticated_total", s.unauthenticated),
+            ("sb_broker_auth_failures_total", s.auth_failures),
+            ("sb_broker_retried_total", s.retried),
+            ("sb_broker_events_total", s.events),
+            ("sb_broker_events_dropped_total", s.events_dropped),
+            ("sb_broker_send_dropped_total", s.send_dropped),
+            ("sb_broker_peers_lost_total", s.peers_lost),
+            ("sb_broker_rogue_replies_total", s.rogue_replies),
+        ] {
+            counter!(name).absolute(value);
+        }
+        switchboard_svc::metrics::render()
+    }
+
     /// Ends a request with an error reply from the broker.
     pub(super) fn fail(&mut self, token: Token, code: ErrorCode, message: String) {
         let Some(req) = self.reqs.remove(&token) else {
             return;
         };
+        self.finished(&req, code.as_str());
         if let Some(worker) = req.worker.and_then(|w| self.peers.get_mut(&w)) {
             worker.inflight.remove(&token);
         }
@@ -295,13 +349,20 @@ impl Router {
                 }
             },
             "$echo" => Ok(head.body.to_vec()),
+            "metrics" | "$metrics" => proto::to_body(&self.metrics(now)),
+            "trace" | "$trace" => match proto::from_body::<proto::admin::TraceQuery>(head.body) {
+                Ok(q) => proto::to_body(&switchboard_svc::trace::spans_of(&q.trace)),
+                Err(e) => Err(e),
+            },
             op => {
                 let env = Envelope::error_reply(
                     head.id,
                     head.trace,
                     ErrorBody::new(
                         ErrorCode::UnknownOp,
-                        format!("$broker has no op {op:?} (stats, ls, owner, $echo)"),
+                        format!(
+                            "$broker has no op {op:?} (stats, ls, owner, metrics, trace, $echo)"
+                        ),
                     ),
                 );
                 return self.send_to_peer(caller, &env);

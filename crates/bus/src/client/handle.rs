@@ -66,6 +66,42 @@ impl Handle {
         Ok(proto::from_body(&reply.body)?)
     }
 
+    /// The spans of `query` (one trace, or the slowest recent requests) from the
+    /// broker and every instance on the bus, ordered by start. An instance that
+    /// does not answer within `each` is left out.
+    ///
+    /// # Errors
+    ///
+    /// When the broker does not answer.
+    pub async fn collect_spans(
+        &self,
+        query: &proto::admin::TraceQuery,
+        each: std::time::Duration,
+    ) -> Result<Vec<proto::admin::Span>, Error> {
+        let body = proto::to_body(query)?;
+        let options = CallOptions {
+            timeout: Some(each),
+            ..CallOptions::default()
+        };
+        let mut spans: Vec<proto::admin::Span> =
+            self.broker("trace", body.clone(), options.clone()).await?;
+        let list: Vec<proto::InstanceInfo> = self.broker("ls", Vec::new(), options.clone()).await?;
+        let asks = list.iter().filter(|i| !i.service.is_empty()).map(|i| {
+            let options = CallOptions {
+                instance: Some(i.instance.clone()),
+                ..options.clone()
+            };
+            self.call(&i.service, "$trace", body.clone(), options)
+        });
+        for reply in futures::future::join_all(asks).await.into_iter().flatten() {
+            if let Ok(more) = proto::from_body::<Vec<proto::admin::Span>>(&reply.body) {
+                spans.extend(more);
+            }
+        }
+        spans.sort_by_key(|s| (s.start_us, std::cmp::Reverse(s.duration_us)));
+        Ok(spans)
+    }
+
     /// Sends a request and waits for its reply (or the error that ends it).
     ///
     /// # Errors
@@ -91,12 +127,25 @@ impl Handle {
         env.user = options.user;
         env.session = options.session;
         env.idem = options.idem;
+        // A call that carries a trace (an onward call from a handler, or the
+        // gateway's) is a span of that trace's timeline.
+        let timed = (!options.trace.is_empty()).then(crate::svc::trace::Timer::start);
         env.trace = if options.trace.is_empty() {
             new_trace_id()
         } else {
             options.trace
         };
-        self.request(env).await
+        let Some(timer) = timed else {
+            return self.request(env).await;
+        };
+        let (trace, name) = (env.trace.clone(), format!("call {service}.{op}"));
+        let result = self.request(env).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code.as_str(),
+        };
+        timer.finish(&trace, &self.shared.instance, name, outcome);
+        result
     }
 
     /// Sends a fully built request envelope (its `id` and `from` are set here).

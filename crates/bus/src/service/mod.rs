@@ -187,7 +187,7 @@ impl Service {
     /// The encoded `$info` answer of this service as instance `instance`.
     fn info(&self, instance: &str) -> Result<Vec<u8>, crate::Error> {
         let mut ops: Vec<String> = self.handlers.keys().cloned().collect();
-        ops.extend(["$echo", "$health", "$info"].map(String::from));
+        ops.extend(serve::BUILTIN_OPS.map(String::from));
         ops.sort();
         let info = switchboard_proto::Info {
             service: self.name.clone(),

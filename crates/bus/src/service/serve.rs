@@ -31,6 +31,9 @@ pub(super) struct Ctx<'a> {
     pub(super) info: &'a [u8],
 }
 
+/// The ops every service answers without a handler.
+pub(super) const BUILTIN_OPS: [&str; 5] = ["$echo", "$health", "$info", "$metrics", "$trace"];
+
 pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) {
     let Incoming { token, env } = incoming;
     let env = *env;
@@ -55,9 +58,20 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
         trace = %trace,
         user = env.user.as_deref().unwrap_or("")
     );
+    let timer = crate::svc::trace::Timer::start();
+    let started_at = Instant::now();
     let result: Result<Reply, Error> = match op.as_str() {
         "$echo" => Ok(Reply::new(env.body.into_vec())),
         "$info" => Ok(Reply::new(info.to_vec())),
+        "$metrics" => Request::encode(&crate::svc::metrics::render()).map(Reply::new),
+        "$trace" => match proto::from_body::<proto::admin::TraceQuery>(&env.body) {
+            Ok(q) if q.trace.is_empty() => {
+                let n = q.slowest.min(100) as usize;
+                Request::encode(&crate::svc::trace::slowest("ws ", n)).map(Reply::new)
+            }
+            Ok(q) => Request::encode(&crate::svc::trace::spans_of(&q.trace)).map(Reply::new),
+            Err(e) => Err(Error::bad_request(e.to_string())),
+        },
         "$health" => {
             let status = match health {
                 Some(check) => check().await,
@@ -105,6 +119,28 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
         },
     };
     counters.handled.fetch_add(1, Ordering::Relaxed);
+    let code = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    // Label values stay bounded: an op this service does not have is "other".
+    let op_label = if handlers.contains_key(&op) || BUILTIN_OPS.contains(&op.as_str()) {
+        op.clone()
+    } else {
+        "other".to_owned()
+    };
+    let service = name.to_owned();
+    crate::svc::metrics::counter!("sb_service_requests_total", "service" => service.clone(), "op" => op_label.clone(), "code" => code).increment(1);
+    crate::svc::metrics::histogram!("sb_service_request_duration_seconds", "service" => service, "op" => op_label.clone())
+        .record(started_at.elapsed().as_secs_f64());
+    if !op.starts_with('$') {
+        timer.finish(
+            &trace,
+            handle.instance(),
+            format!("handle {name}.{op_label}"),
+            code,
+        );
+    }
     let reply = match result {
         Ok(Reply { body, grants }) => {
             let mut env = Envelope::reply_to(id, &trace, body);

@@ -117,7 +117,21 @@ pub(super) async fn group_commit(
         let deadline = batch.iter().map(|j| j.deadline).max().unwrap_or(0);
         let traces: Vec<&str> = batch.iter().map(|j| j.trace.as_str()).collect();
         tracing::debug!(rows = batch.len(), traces = ?traces, "INSERT INTO messages … RETURNING seq");
+        let timer = switchboard_bus::svc::trace::Timer::start();
         let result = retry(deadline, "chat.save", || insert_messages(&db.pool, &batch)).await;
+        // One span per message: its share of the statement is the whole of it.
+        let outcome = if result.is_ok() { "ok" } else { "unavailable" };
+        let name = format!(
+            "sql INSERT INTO messages … RETURNING seq ({} row{}, one transaction)",
+            batch.len(),
+            if batch.len() == 1 { "" } else { "s" }
+        );
+        for job in &batch {
+            timer.finish(&job.trace, "db", name.clone(), outcome);
+        }
+        switchboard_bus::svc::metrics::histogram!("sb_db_commit_duration_seconds")
+            .record(timer.elapsed().as_secs_f64());
+        switchboard_bus::svc::metrics::histogram!("sb_db_commit_rows").record(batch.len() as f64);
         match result {
             Ok(seqs) if seqs.len() == batch.len() && seqs.iter().all(|(seq, _)| *seq > 0) => {
                 for (job, saved) in batch.drain(..).zip(seqs) {

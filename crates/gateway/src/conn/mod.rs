@@ -231,6 +231,8 @@ impl Client {
                     last_seen = Instant::now();
                     match msg {
                         Message::Text(_) | Message::Binary(_) => {
+                            crate::metrics::MESSAGES_IN.increment(1);
+                            crate::metrics::BYTES_IN.increment(msg.len() as u64);
                             let binary = matches!(msg, Message::Binary(_));
                             if binary {
                                 self.out.binary.store(true, Ordering::Relaxed);
@@ -256,7 +258,9 @@ impl Client {
     }
 
     async fn on_frame(self: &Arc<Self>, msg: &Message, binary: bool) {
+        let timer = switchboard_bus::svc::trace::Timer::start();
         let reply_err = |id: &serde_json::Value, code: ErrorCode, text: &str| {
+            crate::metrics::rejected(code);
             self.out.outbox.reply(wire::error(id, code, text, binary));
         };
         let m = match wire::parse(msg) {
@@ -297,9 +301,10 @@ impl Client {
         let key = policy
             .key_field(to)
             .and_then(|field| m.data.as_ref()?.get(field)?.as_str().map(str::to_owned));
+        let trace = new_trace_id();
         let options = CallOptions {
             timeout: Some(Duration::from_millis(self.gw.settings.request_timeout_ms)),
-            trace: new_trace_id(),
+            trace: trace.clone(),
             user: Some(user),
             session: Some(self.session.clone()),
             key,
@@ -311,15 +316,33 @@ impl Client {
         let (to, id) = (to.to_owned(), m.id);
         let op = op.to_owned();
         tokio::spawn(async move {
-            let reply = match conn.gw.bus.call(&to, &op, body, options).await {
+            let result = match conn.gw.bus.call(&to, &op, body, options).await {
                 Ok(env) => match conn.apply_grants(&to, env.grants.as_ref()).await {
-                    Ok(()) => wire::ok(&id, &wire::body_to_json(&env.body), binary),
-                    Err(e) => wire::error(&id, e.code, &e.message, binary),
+                    Ok(()) => Ok(env),
+                    Err(e) => Err(e),
                 },
-                Err(e) => wire::error(&id, e.code, &e.message, binary),
+                Err(e) => Err(e),
+            };
+            let (reply, code) = match &result {
+                Ok(env) => (
+                    wire::ok_traced(&id, &wire::body_to_json(&env.body), &trace, binary),
+                    "ok",
+                ),
+                Err(e) => (
+                    wire::error_traced(&id, e.code, &e.message, &trace, binary),
+                    e.code.as_str(),
+                ),
             };
             conn.out.outbox.reply(reply);
             conn.inflight.fetch_sub(1, Ordering::Relaxed);
+            // `to` passed the policy: one of its services, a bounded label.
+            crate::metrics::request_done(&to, code, timer.elapsed());
+            timer.finish(
+                &trace,
+                conn.gw.bus.instance(),
+                format!("ws {to}.{op}"),
+                code,
+            );
         });
     }
 
@@ -360,6 +383,8 @@ where
     loop {
         match out.outbox.next().await {
             Next::Send(batch) => {
+                crate::metrics::MESSAGES_OUT.increment(batch.len() as u64);
+                crate::metrics::BYTES_OUT.increment(batch.iter().map(|m| m.len() as u64).sum());
                 for msg in batch {
                     if sink.feed(msg).await.is_err() {
                         out.outbox.close(1000, "");

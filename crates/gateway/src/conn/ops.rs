@@ -69,7 +69,10 @@ impl Client {
                         self.open_session(verified).await;
                         ok(reply)
                     }
-                    Err(reason) => err(ErrorCode::Unauthorized, &reason),
+                    Err(reason) => {
+                        crate::metrics::AUTH_FAILURES.increment(1);
+                        err(ErrorCode::Unauthorized, &reason)
+                    }
                 }
             }
             other => err(

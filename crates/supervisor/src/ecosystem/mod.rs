@@ -78,6 +78,8 @@ const MAIN_KEYS: &[&str] = &[
     "liveness",
     "log_max_bytes",
     "log_keep",
+    "http",
+    "http_auth",
 ];
 const TOP_KEYS: &[&str] = &["main", "broker", "apps"];
 
@@ -99,6 +101,13 @@ pub struct MainConf {
     /// Rotated log files kept.
     #[serde(default = "default_log_keep")]
     pub log_keep: u32,
+    /// Address of main's HTTP server: the dashboard, `/metrics` for the whole
+    /// system, `/health` and `/ready`. Loopback by default; empty: none.
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// `user:password` for HTTP basic auth on it (none by default).
+    #[serde(default)]
+    pub http_auth: Option<String>,
 }
 
 /// `[broker]`: the broker main starts first.
@@ -265,6 +274,9 @@ fn default_log_max_bytes() -> u64 {
 }
 fn default_log_keep() -> u32 {
     3
+}
+fn default_http() -> String {
+    "127.0.0.1:9100".into()
 }
 fn default_broker_bin() -> String {
     "broker".into()

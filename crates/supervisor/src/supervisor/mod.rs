@@ -294,6 +294,22 @@ impl Supervisor {
         Some(row)
     }
 
+    /// Whether the broker answered main's last check.
+    pub fn broker_answers(&self) -> bool {
+        self.broker_ok.load(Ordering::Relaxed)
+    }
+
+    /// The managed instances that are not online (or degraded) now; empty when
+    /// the system is ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.managed()
+            .iter()
+            .map(|m| m.status())
+            .filter(|s| !matches!(s.state, InstanceState::Online | InstanceState::Degraded))
+            .map(|s| format!("{} ({})", s.instance, s.state))
+            .collect()
+    }
+
     /// The log folder.
     pub fn log_dir(&self) -> &std::path::Path {
         &self.log_dir

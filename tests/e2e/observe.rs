@@ -1,0 +1,232 @@
+//! Seeing inside: main's `/metrics` (parsed by a Prometheus parser) moves by
+//! exactly the requests sent; `/health` and `/ready`; the gateway's `/health`
+//! is 503 without a broker; `sbctl trace` lists a `say` from the gateway to the
+//! SQL statement in order; the dashboard in a real headless Chromium.
+
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+use switchboard_bus::CallOptions;
+use switchboard_testkit::{bin_path, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::System;
+use crate::supervisor::{app, Supervised};
+
+/// `GET path` on `addr` (`http://HOST:PORT`): status and body.
+pub async fn get(addr: &str, path: &str) -> (u16, String) {
+    let host = addr.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text")
+}
+
+fn counter(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
+    let s = Supervised::start(&app("alpha", &[], "")).await;
+    assert!(s.all_online(1).await);
+    let http = s.http();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&http, "/ready").await.0 == 200
+        })
+        .await,
+        "ready once every instance is online"
+    );
+    assert_eq!(get(&http, "/health").await.0, 200);
+
+    let labels = [
+        ("instance", "alpha"),
+        ("service", "alpha"),
+        ("op", "echo"),
+        ("code", "ok"),
+    ];
+    let before = counter(
+        &parse(&get(&http, "/metrics").await.1),
+        "sb_service_requests_total",
+        &labels,
+    );
+    for _ in 0..7 {
+        s.bus
+            .call("alpha", "echo", b"\x80".to_vec(), CallOptions::default())
+            .await
+            .unwrap();
+    }
+    let (status, text) = get(&http, "/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = parse(&text);
+    assert_eq!(
+        counter(&scrape, "sb_service_requests_total", &labels) - before,
+        7.0
+    );
+    // The broker's and main's own are in the same scrape.
+    assert!(
+        counter(
+            &scrape,
+            "sb_broker_requests_total",
+            &[
+                ("instance", "broker"),
+                ("service", "alpha"),
+                ("outcome", "ok")
+            ]
+        ) >= 7.0
+    );
+    assert_eq!(
+        counter(
+            &scrape,
+            "sb_instance_state",
+            &[("instance", "alpha"), ("state", "online")]
+        ),
+        1.0
+    );
+    // Label values stay bounded: an op the service lacks is "other".
+    let _ = s
+        .bus
+        .call(
+            "alpha",
+            "no-such-op-1234",
+            Vec::new(),
+            CallOptions::default(),
+        )
+        .await;
+    let scrape = parse(&get(&http, "/metrics").await.1);
+    assert!(!scrape
+        .samples
+        .iter()
+        .any(|x| x.labels.get("op") == Some("no-such-op-1234")));
+    assert_eq!(
+        counter(
+            &scrape,
+            "sb_service_requests_total",
+            &[
+                ("service", "alpha"),
+                ("op", "other"),
+                ("code", "unknown_op")
+            ]
+        ),
+        1.0
+    );
+
+    // Stopping an app: not ready.
+    let out = Command::new(bin_path("sbctl"))
+        .args(["stop", "alpha"])
+        .env("SB_BROKER", &s.endpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (status, body) = get(&http, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("alpha"), "{body}");
+}
+
+#[tokio::test]
+async fn a_say_is_traced_from_the_frame_to_the_sql_statement() {
+    let system = System::start(true).await;
+    let mut ada = system.client_as("ada").await;
+    ada.ok("chat", "join", json!({"room": "traced"})).await;
+    let reply = ada
+        .request(
+            Some("chat"),
+            "say",
+            json!({"room": "traced", "text": "follow me"}),
+        )
+        .await;
+    let trace = reply["trace"]
+        .as_str()
+        .expect("every reply carries its trace id")
+        .to_owned();
+    let out = Command::new(bin_path("sbctl"))
+        .args(["--json", "trace", &trace])
+        .env("SB_BROKER", &system.broker)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let spans: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["instance"].as_str().unwrap(),
+                s["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let order = [
+        "receive ws chat.say",
+        "broker dispatch chat.say",
+        "chat handle chat.say",
+        "chat call db.chat.save",
+        "broker dispatch db.chat.save",
+        "db handle db.chat.save",
+        "db sql INSERT INTO messages",
+    ];
+    let mut at = 0;
+    for want in order {
+        let found = names[at..].iter().position(|n| n.starts_with(want));
+        assert!(found.is_some(), "{want} after {at} in {names:#?}");
+        at += found.unwrap() + 1;
+    }
+    assert!(spans.iter().all(|s| s["duration_us"].as_u64().is_some()));
+    assert!(spans.iter().all(|s| s["outcome"] == "ok"), "{spans:#?}");
+}
+
+#[tokio::test]
+async fn the_gateways_health_is_503_without_a_broker() {
+    let system = System::start(false).await;
+    let http = system.ws.replace("ws://", "http://");
+    let http = http.trim_end_matches("/ws");
+    assert_eq!(get(http, "/health").await.0, 200);
+    let (status, text) = get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(parse(&text)
+        .samples
+        .iter()
+        .any(|s| s.metric == "sb_gateway_connections"));
+    let broker = &system.procs.iter().find(|(n, _)| n == "broker").unwrap().1;
+    broker.signal(switchboard_testkit::Sig::SIGKILL).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(http, "/health").await.0 == 503
+        })
+        .await,
+        "503 once the bus is gone"
+    );
+}
