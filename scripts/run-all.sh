@@ -95,6 +95,7 @@ echo "== starting (main pid $main_pid, log $run/logs/main.log)"
 # main says `starting X`, `online X`, `failed X: why`, then `ready` or `not-ready N`.
 shown=0
 result=""
+dashboard=""
 failed=()
 for _ in $(seq 1 1200); do
     mapfile -t lines <"$out" 2>/dev/null || lines=()
@@ -103,6 +104,7 @@ for _ in $(seq 1 1200); do
         shown=$((shown + 1))
         case $line in
         "listening "*) echo "   broker  ${line#listening }" ;;
+        "dashboard "*) dashboard=${line#dashboard } ;;
         "starting "*) echo "   ${line#starting } …" ;;
         "online "*) echo "   ${line#online } online" ;;
         "failed "*)
@@ -149,6 +151,7 @@ if [ "$result" != ready ]; then
 fi
 echo "WebSocket: ws://$listen/ws   (also /uws/*; GET http://$listen/health)"
 echo "Broker:    $broker"
+[ -n "$dashboard" ] && echo "Dashboard: $dashboard   (Prometheus: ${dashboard}metrics; probes: /health, /ready)"
 echo "Try:       scripts/ws-send.sh chat join '{\"room\":\"lobby\"}' --listen-ms 3000"
 echo "Ops:       $bin/sbctl ls | reload chat | logs loc01 -f"
 echo "Ctrl-C stops everything."

@@ -52,6 +52,8 @@ if [ $# -eq 0 ]; then
 fi
 
 echo "== test"
+# The dashboard's browser test needs Debian's chromium and chromedriver.
+scripts/install-chromium.sh
 # The spec-only Python peer's environment (pyzmq, msgpack in target/py).
 SB_TEST_PYTHON=$(scripts/python-peer-env.sh)
 export SB_TEST_PYTHON

@@ -3,6 +3,7 @@
 //! and real WebSocket clients.
 
 mod daily;
+mod dashboard;
 mod faults;
 mod gateway;
 mod harness;

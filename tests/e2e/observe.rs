@@ -154,6 +154,30 @@ async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
     let (status, body) = get(&http, "/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("alpha"), "{body}");
+
+    // The broker stopped (SIGSTOP): main's /health is 503 until it answers again.
+    let broker = s
+        .ls()
+        .await
+        .iter()
+        .find(|i| i["app"] == "broker")
+        .and_then(|i| i["pid"].as_u64())
+        .unwrap() as i32;
+    let pid = nix::unistd::Pid::from_raw(broker);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let down = eventually(Duration::from_secs(10), || async {
+        get(&http, "/health").await.0 == 503
+    })
+    .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(down, "503 while the broker does not answer");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&http, "/health").await.0 == 200
+        })
+        .await,
+        "200 again once it answers"
+    );
 }
 
 #[tokio::test]

@@ -22,9 +22,13 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process's recorder (once; later calls do nothing). A process
 /// that already has another global recorder keeps it, and [`render`] is then
-/// empty.
+/// empty. `SB_METRICS=off` installs none: every metric is then a no-op (for
+/// measuring what they cost).
 pub fn install() {
     HANDLE.get_or_init(|| {
+        if std::env::var("SB_METRICS").is_ok_and(|v| v == "off") {
+            return None;
+        }
         let builder = PrometheusBuilder::new();
         let builder = match builder.set_buckets(&BUCKETS) {
             Ok(b) => b,

@@ -57,9 +57,16 @@ impl Timer {
     }
 }
 
+/// Whether spans are kept: `SB_TRACE=off` turns them off (for measuring what
+/// they cost).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("SB_TRACE").is_ok_and(|v| v == "off"))
+}
+
 /// Keeps `span` (nothing without a trace id).
 pub fn record(span: Span) {
-    if span.trace.is_empty() {
+    if span.trace.is_empty() || !enabled() {
         return;
     }
     let mut ring = SPANS.lock().unwrap_or_else(|p| p.into_inner());
