@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::time::Duration;
 use switchboard_bus::proto::ErrorCode;
-use switchboard_bus::svc::metrics::{counter, gauge, histogram, render};
+use switchboard_bus::svc::metrics::{counter, gauge, histogram, render, Cache};
 
 use crate::Gateway;
 
@@ -39,11 +39,15 @@ pub(crate) fn rejected(code: ErrorCode) {
 /// A request to `service` answered with `code` after `elapsed`, frame to reply.
 /// `service` passed the client policy, so it is one of a bounded set.
 pub(crate) fn request_done(service: &str, code: &'static str, elapsed: Duration) {
-    let service = service.to_owned();
-    counter!("sb_gateway_requests_total", "service" => service.clone(), "code" => code)
-        .increment(1);
-    histogram!("sb_gateway_request_duration_seconds", "service" => service)
-        .record(elapsed.as_secs_f64());
+    static CACHE: LazyLock<Cache<(String, &'static str)>> = LazyLock::new(Cache::default);
+    let (requests, latency) = CACHE.get((service.to_owned(), code), |(service, code)| {
+        (
+            counter!("sb_gateway_requests_total", "service" => service.clone(), "code" => *code),
+            histogram!("sb_gateway_request_duration_seconds", "service" => service.clone()),
+        )
+    });
+    requests.increment(1);
+    latency.record(elapsed.as_secs_f64());
 }
 
 /// The text for `GET /metrics`: what is counted as it happens, and the

@@ -9,9 +9,44 @@
 //! and codes, never users, rooms or trace ids).
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, OnceLock};
 
-pub use metrics::{counter, gauge, histogram};
+pub use metrics::{counter, gauge, histogram, Counter, Histogram};
+
+/// Metric handles registered once per label set. Recording through the macros
+/// builds and hashes the labels on every call (measured: 10–20% of a request's
+/// cost through the gateway); through a cached handle it is an atomic add.
+/// The key space is as bounded as the labels it stands for.
+pub struct Cache<K> {
+    map: Mutex<HashMap<K, (Counter, Histogram)>>,
+}
+
+impl<K: Hash + Eq> Default for Cache<K> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq> Cache<K> {
+    /// The handles for `key`, registered with `make` the first time.
+    pub fn get(
+        &self,
+        key: K,
+        make: impl FnOnce(&K) -> (Counter, Histogram),
+    ) -> (Counter, Histogram) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get(&key) {
+            return h.clone();
+        }
+        let h = make(&key);
+        map.insert(key, h.clone());
+        h
+    }
+}
 
 /// Latency buckets, seconds.
 const BUCKETS: [f64; 14] = [

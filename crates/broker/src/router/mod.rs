@@ -166,6 +166,8 @@ pub struct Router {
     next_heartbeat: u64,
     /// When `on_tick` last ran, ms since the epoch (0: never).
     last_tick: u64,
+    /// Request metrics by (service index, outcome).
+    metrics: switchboard_svc::metrics::Cache<(usize, &'static str)>,
     reported_malformed: u64,
     /// Counters since start.
     pub stats: BrokerStats,
@@ -203,6 +205,7 @@ impl Router {
             next_peer: 1,
             next_heartbeat: 0,
             last_tick: 0,
+            metrics: switchboard_svc::metrics::Cache::default(),
             reported_malformed: 0,
             stats: BrokerStats::default(),
             out: Vec::new(),

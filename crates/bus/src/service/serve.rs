@@ -18,6 +18,8 @@ pub(super) struct Counters {
     pub(super) inflight: AtomicU64,
     pub(super) handled: AtomicU64,
     pub(super) errors: AtomicU64,
+    /// `sb_service_requests_total` and `…_duration_seconds` by (op, code).
+    pub(super) metrics: crate::svc::metrics::Cache<(String, &'static str)>,
 }
 
 /// What one request's task needs from the service.
@@ -129,10 +131,15 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
     } else {
         "other".to_owned()
     };
-    let service = name.to_owned();
-    crate::svc::metrics::counter!("sb_service_requests_total", "service" => service.clone(), "op" => op_label.clone(), "code" => code).increment(1);
-    crate::svc::metrics::histogram!("sb_service_request_duration_seconds", "service" => service, "op" => op_label.clone())
-        .record(started_at.elapsed().as_secs_f64());
+    let (requests, latency) = counters.metrics.get((op_label.clone(), code), |(op, code)| {
+        let (service, op) = (name.to_owned(), op.clone());
+        (
+            crate::svc::metrics::counter!("sb_service_requests_total", "service" => service.clone(), "op" => op.clone(), "code" => *code),
+            crate::svc::metrics::histogram!("sb_service_request_duration_seconds", "service" => service, "op" => op),
+        )
+    });
+    requests.increment(1);
+    latency.record(started_at.elapsed().as_secs_f64());
     if !op.starts_with('$') {
         timer.finish(
             &trace,
