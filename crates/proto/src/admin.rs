@@ -329,3 +329,15 @@ pub struct TraceQuery {
     #[serde(default)]
     pub slowest: u32,
 }
+
+/// Something that happened to an instance, as main saw it (an exit, a failed
+/// start, a hung process killed): the dashboard's recent events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SupervisorEvent {
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// Which instance.
+    pub instance: String,
+    /// What happened.
+    pub what: String,
+}

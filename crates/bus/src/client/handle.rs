@@ -129,7 +129,8 @@ impl Handle {
         env.idem = options.idem;
         // A call that carries a trace (an onward call from a handler, or the
         // gateway's) is a span of that trace's timeline.
-        let timed = (!options.trace.is_empty()).then(crate::svc::trace::Timer::start);
+        let timed =
+            (!options.trace.is_empty() && !options.no_span).then(crate::svc::trace::Timer::start);
         env.trace = if options.trace.is_empty() {
             new_trace_id()
         } else {

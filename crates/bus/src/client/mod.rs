@@ -202,6 +202,9 @@ pub struct CallOptions {
     pub deadline: Option<u64>,
     /// Safe to run twice: may be retried on another instance.
     pub idem: bool,
+    /// Do not record this call as a span of its trace (the caller records the
+    /// hop itself: the gateway's `ws` span covers its bus call).
+    pub no_span: bool,
 }
 
 /// Capacity of the command channel from handles to the socket task.

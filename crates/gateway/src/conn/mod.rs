@@ -308,6 +308,8 @@ impl Client {
             user: Some(user),
             session: Some(self.session.clone()),
             key,
+            // The `ws` span below covers the call.
+            no_span: true,
             ..CallOptions::default()
         };
         self.inflight.fetch_add(1, Ordering::Relaxed);

@@ -43,6 +43,8 @@ pub(crate) struct Snapshot {
     held: f64,
     held_oldest_seconds: f64,
     broker: Option<BrokerStats>,
+    /// Recent exits, failed starts and hung kills, newest first.
+    events: Vec<switchboard_bus::proto::admin::SupervisorEvent>,
 }
 
 pub(crate) async fn snapshot(sup: &Arc<Supervisor>, bus: &Handle) -> Snapshot {
@@ -56,6 +58,7 @@ pub(crate) async fn snapshot(sup: &Arc<Supervisor>, bus: &Handle) -> Snapshot {
         at_ms: proto::now_ms(),
         instances: sup.ls(bus).await,
         broker,
+        events: sup.events(),
         ..Snapshot::default()
     };
     let Ok(scraped) = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))

@@ -112,6 +112,7 @@ impl Keeper {
                     }
                     code = p.wait() => {
                         tracing::warn!(instance = %self.m.instance, pid = p.pid, status = %code, uptime_ms = p.started.elapsed().as_millis() as u64, "process exited");
+                        self.sup.note(&self.m.instance, format!("exited ({code}) after {} s", p.started.elapsed().as_secs()));
                         self.after_exit(p.started.elapsed())
                     }
                     cmd = rx.recv() => match cmd {
@@ -135,6 +136,8 @@ impl Keeper {
             }
             Err(e) => {
                 tracing::warn!(instance = %self.m.instance, error = %e, "start failed");
+                self.sup
+                    .note(&self.m.instance, format!("did not start: {e}"));
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(e));
                 }
@@ -158,6 +161,13 @@ impl Keeper {
         }
         if self.unstable > spec.max_restarts {
             tracing::error!(instance = %self.m.instance, restarts = spec.max_restarts, "crash loop: errored after max_restarts unstable restarts");
+            self.sup.note(
+                &self.m.instance,
+                format!(
+                    "errored: crash loop ({} unstable restarts)",
+                    spec.max_restarts
+                ),
+            );
             self.m.set_state(InstanceState::Errored);
             return Phase::Idle;
         }
@@ -255,6 +265,7 @@ impl Keeper {
                     // No answer because it is gone: an exit, not a hang.
                     let code = p.exited().unwrap_or_default();
                     tracing::warn!(instance = %self.m.instance, pid = p.pid, status = %code, "process exited");
+                    self.sup.note(&self.m.instance, format!("exited ({code})"));
                     return self.after_exit(p.started.elapsed());
                 }
                 Err(e) if self.sup.broker_ok.load(Ordering::Relaxed) => {
@@ -262,6 +273,10 @@ impl Keeper {
                     tracing::debug!(instance = %self.m.instance, misses = self.misses, error = %e, "health check failed");
                     if self.misses >= self.sup.eco.main.liveness {
                         tracing::warn!(instance = %self.m.instance, pid = p.pid, state = %p.state(), misses = self.misses, "hung: no health answer while the process lives; killing it");
+                        self.sup.note(
+                            &self.m.instance,
+                            format!("hung ({} checks unanswered): killed", self.misses),
+                        );
                         self.misses = 0;
                         p.kill().await;
                         return self.after_exit(Duration::ZERO);
@@ -273,6 +288,10 @@ impl Keeper {
         if let Some(max) = self.m.app().max_memory {
             if rss > max {
                 tracing::warn!(instance = %self.m.instance, rss, max, "over max_memory_restart: replacing gracefully");
+                self.sup.note(
+                    &self.m.instance,
+                    format!("over max_memory_restart ({} MiB): replaced", rss >> 20),
+                );
                 return self.replace_or_keep(p).await;
             }
         }

@@ -45,6 +45,9 @@ use crate::ecosystem::{App, Ecosystem};
 use crate::logs::LogFile;
 use crate::proc::{self, Proc};
 
+/// Events main keeps for the dashboard.
+const EVENTS_KEPT: usize = 100;
+
 /// Longest exponential restart delay.
 const MAX_BACKOFF_MS: u64 = 15_000;
 
@@ -191,6 +194,9 @@ pub struct Supervisor {
     keeper_ctx: Mutex<Option<(Handle, CancellationToken)>>,
     /// The ecosystem file and profile main started from (`reload-config`).
     source: Mutex<Option<(PathBuf, Option<String>)>>,
+    /// What happened to the instances lately (exits, failed starts, hung kills),
+    /// newest last; at most [`EVENTS_KEPT`].
+    events: Mutex<std::collections::VecDeque<proto::admin::SupervisorEvent>>,
     /// The broker endpoint children connect to.
     pub broker: Mutex<String>,
     /// The broker answered the last check (hung detection pauses when it does not).
@@ -232,6 +238,7 @@ impl Supervisor {
             managed: RwLock::new(managed),
             keeper_ctx: Mutex::new(None),
             source: Mutex::new(None),
+            events: Mutex::new(std::collections::VecDeque::new()),
             broker: Mutex::new(broker),
             broker_ok: AtomicBool::new(true),
             broker_status: Mutex::new((!no_spawn).then(|| InstanceStatus {
@@ -292,6 +299,25 @@ impl Supervisor {
             row.rss_bytes = switchboard_bus::svc::procinfo::rss_of(row.pid);
         }
         Some(row)
+    }
+
+    /// Remembers that `what` happened to `instance` (for the dashboard).
+    pub fn note(&self, instance: &str, what: String) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() >= EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(proto::admin::SupervisorEvent {
+            at_ms: proto::now_ms(),
+            instance: instance.to_owned(),
+            what,
+        });
+    }
+
+    /// The recent events, newest first.
+    pub fn events(&self) -> Vec<proto::admin::SupervisorEvent> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.iter().rev().cloned().collect()
     }
 
     /// Whether the broker answered main's last check.
