@@ -144,6 +144,12 @@ async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
         1.0
     );
 
+    // Which instance owns a key, as the dashboard asks it.
+    let (status, body) = get(&http, "/api/owner/alpha/some-key").await;
+    assert_eq!(status, 200);
+    let owner: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(owner["instance"], "alpha", "{body}");
+
     // Stopping an app: not ready.
     let out = Command::new(bin_path("sbctl"))
         .args(["stop", "alpha"])

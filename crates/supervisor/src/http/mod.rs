@@ -12,6 +12,7 @@
 //! | `/api/events` | the same, as server-sent events, one a second |
 //! | `/api/trace/ID` | the spans of one trace, from every process, in order |
 //! | `/api/slowest` | the slowest recent client requests (the gateway's spans) |
+//! | `/api/owner/SERVICE/KEY` | which instance of a keyed service owns a key (`$broker owner`) |
 //!
 //! Optional basic auth (`http_auth = "user:password"`) covers every path but
 //! `/health` and `/ready`.
@@ -188,6 +189,16 @@ async fn answer(ctx: &Ctx, req: Request<Incoming>, shutdown: CancellationToken) 
         "/api/status" => json(StatusCode::OK, &status::snapshot(&ctx.sup, &ctx.bus).await),
         "/api/events" => events(ctx, shutdown),
         "/api/slowest" => json(StatusCode::OK, &status::slowest(&ctx.bus).await),
+        p if p.starts_with("/api/owner/") => {
+            let rest = &p["/api/owner/".len()..];
+            let Some((service, key)) = rest.split_once('/') else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "/api/owner/SERVICE/KEY"}),
+                );
+            };
+            json(StatusCode::OK, &status::owner(&ctx.bus, service, key).await)
+        }
         p if p.starts_with("/api/trace/") => {
             let id = &p["/api/trace/".len()..];
             if id.is_empty()

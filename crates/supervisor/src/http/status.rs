@@ -146,6 +146,31 @@ fn quantile(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
     None
 }
 
+/// Which instance of `service` owns `key` now (keyed routing: rendezvous
+/// hashing over the ready instances), as the broker answers it.
+pub(crate) async fn owner(bus: &Handle, service: &str, key: &str) -> serde_json::Value {
+    let query = proto::admin::OwnerQuery {
+        service: service.to_owned(),
+        key: key.to_owned(),
+    };
+    let options = CallOptions {
+        timeout: Some(Duration::from_secs(1)),
+        ..CallOptions::default()
+    };
+    let Ok(body) = proto::to_body(&query) else {
+        return serde_json::json!({"error": "bad query"});
+    };
+    match bus
+        .broker::<proto::admin::OwnerReply>("owner", body, options)
+        .await
+    {
+        Ok(reply) => {
+            serde_json::json!({"service": service, "key": key, "instance": reply.instance})
+        }
+        Err(e) => serde_json::json!({"error": e.to_string()}),
+    }
+}
+
 /// The spans of trace `id`, from every process.
 pub(crate) async fn trace(bus: &Handle, id: &str) -> Vec<Span> {
     let query = TraceQuery {
