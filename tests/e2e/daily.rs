@@ -7,14 +7,6 @@ use switchboard_testkit::bin_path;
 
 use crate::supervisor::{app, Supervised};
 
-fn sbctl(s: &Supervised, args: &[&str]) -> std::process::Output {
-    Command::new(bin_path("sbctl"))
-        .args(args)
-        .env("SB_BROKER", &s.endpoint)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn logs_describe_watch_and_shutdown() {
     let apps = format!(
@@ -26,7 +18,7 @@ async fn logs_describe_watch_and_shutdown() {
     assert!(s.all_online(3).await, "{:?}", s.ls().await);
 
     // logs with no name: every instance's lines, prefixed with its name.
-    let out = sbctl(&s, &["logs", "-n", "20"]);
+    let out = s.sbctl(&["logs", "-n", "20"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     // (The broker runs with the tests' RUST_LOG=warn: its log is empty.)
@@ -38,7 +30,7 @@ async fn logs_describe_watch_and_shutdown() {
         );
     }
     // --err keeps only warnings and errors: none here.
-    let out = sbctl(&s, &["logs", "--err"]);
+    let out = s.sbctl(&["logs", "--err"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines()
@@ -47,14 +39,14 @@ async fn logs_describe_watch_and_shutdown() {
     );
 
     // --json on logs too: one object a line.
-    let out = sbctl(&s, &["--json", "logs", "beta01", "-n", "5"]);
+    let out = s.sbctl(&["--json", "logs", "beta01", "-n", "5"]);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(!lines.is_empty() && lines.iter().all(|l| l["instance"] == "beta01"));
     // In a pipe, tables carry no colour codes.
-    let out = sbctl(&s, &["ls"]);
+    let out = s.sbctl(&["ls"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
     // Shell completions, with no broker needed.
     let out = Command::new(bin_path("sbctl"))
@@ -64,18 +56,18 @@ async fn logs_describe_watch_and_shutdown() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_sbctl()"));
 
     // describe: the configuration, secrets redacted, and the instances.
-    let out = sbctl(&s, &["--json", "describe", "alpha"]);
+    let out = s.sbctl(&["--json", "describe", "alpha"]);
     assert!(out.status.success(), "{out:?}");
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["name"], "alpha");
     assert_eq!(d["env"]["SB_API_TOKEN"], "***");
     assert_eq!(d["env"]["DATABASE_URL"], "mysql://u:***@h/db");
     assert_eq!(d["status"][0]["state"], "online");
-    let out = sbctl(&s, &["describe", "beta"]);
+    let out = s.sbctl(&["describe", "beta"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("beta01") && text.contains("beta02"), "{text}");
     assert!(!text.contains("hunter2"));
-    let out = sbctl(&s, &["describe", "nope"]);
+    let out = s.sbctl(&["describe", "nope"]);
     assert_eq!(out.status.code(), Some(10), "bad_request: {out:?}");
 
     // ls --watch in a pipe: a JSON line a second.
@@ -111,7 +103,7 @@ async fn logs_describe_watch_and_shutdown() {
         .filter(|&p| p > 0)
         .collect();
     assert!(pids.len() >= 4, "{pids:?}");
-    let out = sbctl(&s, &["shutdown"]);
+    let out = s.sbctl(&["shutdown"]);
     assert!(out.status.success(), "{out:?}");
     let status = s.main.wait_exit(Duration::from_secs(15));
     assert!(status.is_some_and(|st| st.success()), "{status:?}");

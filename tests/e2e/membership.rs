@@ -2,21 +2,12 @@
 //! against a real main with real processes.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 use switchboard_bus::svc::procinfo;
 use switchboard_bus::CallOptions;
-use switchboard_testkit::{bin_path, whoami};
+use switchboard_testkit::whoami;
 
 use crate::supervisor::{app, Supervised};
-
-fn sbctl(s: &Supervised, args: &[&str]) -> std::process::Output {
-    Command::new(bin_path("sbctl"))
-        .args(args)
-        .env("SB_BROKER", &s.endpoint)
-        .output()
-        .unwrap()
-}
 
 /// The managed instances of `app` and their pids.
 async fn instances(s: &Supervised, app: &str) -> Vec<(String, u32, String)> {
@@ -40,7 +31,7 @@ async fn scale_up_and_down() {
     assert!(s.all_online(1).await);
     let first = instances(&s, "alpha").await;
 
-    let out = sbctl(&s, &["scale", "alpha", "3"]);
+    let out = s.sbctl(&["scale", "alpha", "3"]);
     assert!(out.status.success(), "{out:?}");
     let now = instances(&s, "alpha").await;
     let names: Vec<&str> = now.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -59,7 +50,7 @@ async fn scale_up_and_down() {
     }
     assert!(seen.len() >= 2, "{seen:?}");
 
-    let out = sbctl(&s, &["scale", "alpha", "2"]);
+    let out = s.sbctl(&["scale", "alpha", "2"]);
     assert!(out.status.success(), "{out:?}");
     let after = instances(&s, "alpha").await;
     let names: Vec<&str> = after.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -68,9 +59,9 @@ async fn scale_up_and_down() {
     // Kept instances were not restarted.
     assert_eq!(after[0].1, now[0].1);
 
-    let out = sbctl(&s, &["scale", "alpha", "0"]);
+    let out = s.sbctl(&["scale", "alpha", "0"]);
     assert_eq!(out.status.code(), Some(10), "{out:?}");
-    let out = sbctl(&s, &["scale", "nope", "2"]);
+    let out = s.sbctl(&["scale", "nope", "2"]);
     assert_eq!(out.status.code(), Some(10), "{out:?}");
 }
 
@@ -95,7 +86,7 @@ async fn reload_config_adds_removes_and_reloads_changed_apps() {
         format!("{header}[[apps]]\nname = \"x\"\nbogus = 1\n"),
     )
     .unwrap();
-    let out = sbctl(&s, &["reload-config"]);
+    let out = s.sbctl(&["reload-config"]);
     assert_eq!(out.status.code(), Some(10), "{out:?}");
     assert_eq!(instances(&s, "alpha").await, alpha_before);
 
@@ -106,7 +97,7 @@ async fn reload_config_adds_removes_and_reloads_changed_apps() {
         app("gamma", &["alpha"], "")
     );
     std::fs::write(&file, new).unwrap();
-    let out = sbctl(&s, &["--json", "reload-config"]);
+    let out = s.sbctl(&["--json", "reload-config"]);
     assert!(out.status.success(), "{out:?}");
     let change: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(change["added"], serde_json::json!(["gamma"]));
@@ -123,12 +114,12 @@ async fn reload_config_adds_removes_and_reloads_changed_apps() {
     assert_eq!(alpha[0].2, "online");
     assert_ne!(alpha[0].1, alpha_before[0].1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let out = sbctl(&s, &["--json", "describe", "alpha"]);
+    let out = s.sbctl(&["--json", "describe", "alpha"]);
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["env"]["SB_FLAVOUR"], "new");
 
     // Nothing changed: nothing happens.
-    let out = sbctl(&s, &["--json", "reload-config"]);
+    let out = s.sbctl(&["--json", "reload-config"]);
     let change: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(change["unchanged"], serde_json::json!(["alpha", "gamma"]));
     assert_eq!(instances(&s, "alpha").await[0].1, alpha[0].1);

@@ -87,7 +87,7 @@ impl Supervised {
         .await
     }
 
-    fn sbctl(&self, args: &[&str]) -> std::process::Output {
+    pub fn sbctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin_path("sbctl"))
             .args(args)
             .env("SB_BROKER", &self.endpoint)
