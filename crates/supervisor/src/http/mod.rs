@@ -5,7 +5,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/` | the dashboard (one page, no CDN: everything is served from here) |
-//! | `/metrics` | Prometheus text: main's and every instance's, merged ([`metrics`]) |
+//! | `/metrics` | Prometheus text: main's and every instance's, merged (`http/metrics.rs`) |
 //! | `/health` | 200 while main runs and the broker answers; else 503 |
 //! | `/ready` | 200 once every managed instance is online (or degraded); else 503 and which are not |
 //! | `/api/status` | every instance, services' rates and latencies, the gateway, the broker |
