@@ -144,6 +144,34 @@ async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
         1.0
     );
 
+    // Event streams are capped: the 17th is refused while 16 are open.
+    let host = http.trim_start_matches("http://").to_owned();
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let mut c = tokio::net::TcpStream::connect(&host).await.unwrap();
+        c.write_all(format!("GET /api/events HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        c.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        open.push(c);
+    }
+    assert_eq!(get(&http, "/api/events").await.0, 503);
+    drop(open);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let mut c = tokio::net::TcpStream::connect(&host).await.unwrap();
+            c.write_all(format!("GET /api/events HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut first = [0u8; 12];
+            c.read_exact(&mut first).await.is_ok() && &first == b"HTTP/1.1 200"
+        })
+        .await,
+        "slots come back when the viewers go"
+    );
+
     // Which instance owns a key, as the dashboard asks it.
     let (status, body) = get(&http, "/api/owner/alpha/some-key").await;
     assert_eq!(status, 200);

@@ -14,6 +14,7 @@
 //! | `/api/slowest` | the slowest recent client requests (the gateway's spans) |
 //! | `/api/owner/SERVICE/KEY` | which instance of a keyed service owns a key (`$broker owner`) |
 //!
+//! At most [`MAX_EVENT_STREAMS`] event streams at once (503 past it).
 //! Optional basic auth (`http_auth = "user:password"`) covers every path but
 //! `/health` and `/ready`.
 
@@ -42,12 +43,18 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// Event streams open at once at most: each one asks every instance for its
+/// metrics once a second, so the cap bounds what viewers cost the system.
+pub const MAX_EVENT_STREAMS: usize = 16;
+
 /// What the server needs.
 struct Ctx {
     sup: Arc<Supervisor>,
     bus: Handle,
     /// `Basic base64(user:password)`, when auth is on.
     auth: Option<String>,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Binds `addr`; `None` (and a warning) when it cannot: the dashboard is not worth
@@ -80,7 +87,12 @@ pub async fn serve(
             base64::engine::general_purpose::STANDARD.encode(a.as_bytes())
         )
     });
-    let ctx = Arc::new(Ctx { sup, bus, auth });
+    let ctx = Arc::new(Ctx {
+        sup,
+        bus,
+        auth,
+        streams: Arc::default(),
+    });
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -219,10 +231,28 @@ async fn answer(ctx: &Ctx, req: Request<Incoming>, shutdown: CancellationToken) 
 /// `/api/events`: a status snapshot every second as server-sent events, until
 /// the client goes or main stops.
 fn events(ctx: &Ctx, shutdown: CancellationToken) -> Response<Body> {
+    use std::sync::atomic::Ordering;
+    let open = ctx.streams.fetch_add(1, Ordering::AcqRel);
+    if open >= MAX_EVENT_STREAMS {
+        ctx.streams.fetch_sub(1, Ordering::AcqRel);
+        return full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{MAX_EVENT_STREAMS} event streams are open already\n"),
+        );
+    }
+    // Gives the slot back when the stream (and so the response) is dropped.
+    struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+    let slot = Arc::new(Slot(ctx.streams.clone()));
     let (sup, bus) = (ctx.sup.clone(), ctx.bus.clone());
     let stream = futures::stream::unfold(
-        (sup, bus, shutdown, true),
-        |(sup, bus, shutdown, first)| async move {
+        (sup, bus, shutdown, true, slot),
+        |(sup, bus, shutdown, first, slot)| async move {
             if !first {
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
@@ -236,7 +266,7 @@ fn events(ctx: &Ctx, shutdown: CancellationToken) -> Response<Body> {
             );
             Some((
                 Ok::<_, Infallible>(Frame::data(Bytes::from(text))),
-                (sup, bus, shutdown, false),
+                (sup, bus, shutdown, false, slot),
             ))
         },
     );
