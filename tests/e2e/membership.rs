@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 use switchboard_bus::svc::procinfo;
 use switchboard_bus::CallOptions;
-use switchboard_testkit::whoami;
+use switchboard_testkit::{eventually, whoami};
 
 use crate::supervisor::{app, Supervised};
 
@@ -27,7 +27,11 @@ async fn instances(s: &Supervised, app: &str) -> Vec<(String, u32, String)> {
 
 #[tokio::test]
 async fn scale_up_and_down() {
-    let s = Supervised::start(&app("alpha", &[], "")).await;
+    let s = Supervised::start_with_env(
+        &app("alpha", &[], ""),
+        &[("SB_METRICS_GAUGE_IDLE_SECS", "1")],
+    )
+    .await;
     assert!(s.all_online(1).await);
     let first = instances(&s, "alpha").await;
 
@@ -50,6 +54,14 @@ async fn scale_up_and_down() {
     }
     assert!(seen.len() >= 2, "{seen:?}");
 
+    // main's /metrics shows alpha03 while it runs.
+    let http = s.http();
+    let text = crate::observe::get(&http, "/metrics").await.1;
+    assert!(
+        text.contains("sb_instance_state{app=\"alpha\",instance=\"alpha03\",state=\"online\"} 1"),
+        "{text}"
+    );
+
     let out = s.sbctl(&["scale", "alpha", "2"]);
     assert!(out.status.success(), "{out:?}");
     let after = instances(&s, "alpha").await;
@@ -58,6 +70,18 @@ async fn scale_up_and_down() {
     assert!(!procinfo::alive(now[2].1), "alpha03 stopped");
     // Kept instances were not restarted.
     assert_eq!(after[0].1, now[0].1);
+    // The retired instance leaves main's /metrics (it does not stay "online").
+    let gone = eventually(Duration::from_secs(10), || async {
+        let text = crate::observe::get(&http, "/metrics").await.1;
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sb_instance_state{"))
+            .collect();
+        states.iter().any(|l| l.contains("instance=\"alpha02\""))
+            && !states.iter().any(|l| l.contains("instance=\"alpha03\""))
+    })
+    .await;
+    assert!(gone, "alpha03's state still in /metrics");
 
     let out = s.sbctl(&["scale", "alpha", "0"]);
     assert_eq!(out.status.code(), Some(10), "{out:?}");

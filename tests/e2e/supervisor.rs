@@ -34,6 +34,12 @@ pub fn app(name: &str, depends_on: &[&str], extra: &str) -> String {
 
 impl Supervised {
     pub async fn start(apps: &str) -> Self {
+        Self::start_with_env(apps, &[]).await
+    }
+
+    /// As [`Supervised::start`], with extra environment for main (and so for
+    /// the apps it starts).
+    pub async fn start_with_env(apps: &str, env: &[(&str, &str)]) -> Self {
         switchboard_testkit::trace_init();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ecosystem.toml");
@@ -42,7 +48,7 @@ impl Supervised {
             bin_path("broker").display()
         );
         std::fs::write(&file, text).unwrap();
-        let main = Child::announcing("main", &["--config", file.to_str().unwrap()], &[]).unwrap();
+        let main = Child::announcing("main", &["--config", file.to_str().unwrap()], env).unwrap();
         let endpoint = main.first_line.clone().unwrap();
         let bus = client(&endpoint, "t-supervised", None).await;
         Self {

@@ -53,6 +53,10 @@ const BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
+/// Seconds after which a gauge that is not set again leaves the exposition
+/// (`SB_METRICS_GAUGE_IDLE_SECS`).
+pub const GAUGE_IDLE_SECS: u64 = 120;
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process's recorder (once; later calls do nothing). A process
@@ -64,7 +68,18 @@ pub fn install() {
         if std::env::var("SB_METRICS").is_ok_and(|v| v == "off") {
             return None;
         }
-        let builder = PrometheusBuilder::new();
+        // A gauge nobody sets any more (an instance scaled away, an app
+        // removed) leaves the exposition after this long, rather than showing
+        // its last value ("online") forever. Gauges that describe the present
+        // are set at every scrape. Counters and histograms stay.
+        let idle = std::env::var("SB_METRICS_GAUGE_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GAUGE_IDLE_SECS);
+        let builder = PrometheusBuilder::new().idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(std::time::Duration::from_secs(idle)),
+        );
         let builder = match builder.set_buckets(&BUCKETS) {
             Ok(b) => b,
             Err(_) => PrometheusBuilder::new(),
