@@ -172,6 +172,26 @@ async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
         "slots come back when the viewers go"
     );
 
+    // Connections are capped: with 256 held open (idle), one more is closed at
+    // once; when they go, the server answers again.
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(tokio::net::TcpStream::connect(&host).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            get(&http, "/health").await.0 == 200
+        })
+        .await,
+        "answers again once the idle connections go"
+    );
+
     // Which instance owns a key, as the dashboard asks it.
     let (status, body) = get(&http, "/api/owner/alpha/some-key").await;
     assert_eq!(status, 200);

@@ -14,7 +14,8 @@
 //! | `/api/slowest` | the slowest recent client requests (the gateway's spans) |
 //! | `/api/owner/SERVICE/KEY` | which instance of a keyed service owns a key (`$broker owner`) |
 //!
-//! At most [`MAX_EVENT_STREAMS`] event streams at once (503 past it).
+//! At most [`MAX_CONNECTIONS`] connections (one past it is closed at accept)
+//! and [`MAX_EVENT_STREAMS`] event streams (503 past it) at once.
 //! Optional basic auth (`http_auth = "user:password"`) covers every path but
 //! `/health` and `/ready`.
 
@@ -42,6 +43,9 @@ type Body = BoxBody<Bytes, Infallible>;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Connections open at once at most; one past it is closed at accept.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// Event streams open at once at most: each one asks every instance for its
 /// metrics once a second, so the cap bounds what viewers cost the system.
@@ -93,6 +97,7 @@ pub async fn serve(
         auth,
         streams: Arc::default(),
     });
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -105,6 +110,13 @@ pub async fn serve(
                 }
             },
         };
+        use std::sync::atomic::Ordering;
+        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            drop(stream);
+            continue;
+        }
+        let open = open.clone();
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -118,6 +130,7 @@ pub async fn serve(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = conn.await;
+            open.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
