@@ -13,20 +13,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::System;
 use crate::supervisor::{app, Supervised};
 
-/// `GET path` on `addr` (`http://HOST:PORT`): status and body.
+/// `GET path` on `addr` (`http://HOST:PORT`): status and body; status 0 when
+/// the connection is refused, reset or closed without an answer.
 pub async fn get(addr: &str, path: &str) -> (u16, String) {
     let host = addr.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-        .await
-        .unwrap()
-        .unwrap();
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(host).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = match tokio::time::timeout(Duration::from_secs(10), ask).await {
+        Ok(Ok(text)) => text,
+        Ok(Err(_)) => return (0, String::new()),
+        Err(_) => panic!("GET {path}: no answer within 10 s"),
+    };
     let status = text
         .split(' ')
         .nth(1)
