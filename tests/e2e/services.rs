@@ -49,6 +49,38 @@ async fn two_clients_chat_and_the_message_is_committed() {
     let history = bob.ok("chat", "history", json!({"room": "lobby"})).await;
     assert_eq!(history["messages"][0]["text"], json!(text));
     assert_eq!(history["messages"][0]["seq"], json!(seq));
+    // Catch-up: bob saw `seq`; what came after it, oldest first.
+    let mut later = Vec::new();
+    for text in ["one", "two"] {
+        let said = ada
+            .ok("chat", "say", json!({"room": "lobby", "text": text}))
+            .await;
+        later.push(said["seq"].clone());
+    }
+    let missed = bob
+        .ok("chat", "history", json!({"room": "lobby", "after": seq}))
+        .await;
+    let got: Vec<_> = missed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].clone(), m["text"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (later[0].clone(), json!("one")),
+            (later[1].clone(), json!("two"))
+        ]
+    );
+    let code = bob
+        .err(
+            Some("chat"),
+            "history",
+            json!({"room": "lobby", "after": seq, "before": seq}),
+        )
+        .await;
+    assert_eq!(code, "bad_request");
 
     // In the table, verbatim, with the author from the token.
     let mut conn = sql(&system).await;

@@ -7,7 +7,7 @@
 //! | `join` | `{room}` | `{room, members}`; the client is subscribed to `chat.room.<room>` |
 //! | `leave` | `{room}` | `{room, members}`; and unsubscribed |
 //! | `say` | `{room, text, idempotency_key?}` | `{seq}` after the db service committed it; then `{room, seq, user, text, ts}` on `chat.room.<room>`. A retry with the same key gets `{seq, duplicate: true}` and stores nothing |
-//! | `history` | `{room, limit?, before?}` | `{messages: [{seq, user, text, ts}…]}` newest first |
+//! | `history` | `{room, limit?, before?}` or `{room, after, limit?}` | `{messages: [{seq, user, text, ts}…]}` newest first; with `after`, the messages newer than that `seq`, oldest first (a client catching up after a reconnect) |
 //! | `who` | `{room}` | `{users}` |
 //! | `dm` | `{user, text}` | `{}`; `{from, text, ts}` on `user.<user>` |
 //! | `relay` | `{to, op, data}` | the other service's reply data |
@@ -127,6 +127,7 @@ struct HistoryArg {
     room: String,
     limit: Option<u32>,
     before: Option<u64>,
+    after: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -328,7 +329,13 @@ async fn history(req: Request) -> HandlerResult {
         room: arg.room,
         limit: arg.limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX),
         before: arg.before,
+        after: arg.after,
     };
+    if q.before.is_some() && q.after.is_some() {
+        return Err(Error::bad_request(
+            "history takes `before` or `after`, not both",
+        ));
+    }
     let body = proto::to_body(&q)?;
     let reply = req
         .bus

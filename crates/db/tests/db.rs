@@ -133,6 +133,7 @@ async fn history_is_paged_newest_first() {
                 room: "books".into(),
                 limit: 10,
                 before: None,
+                after: None,
             },
             soon(),
         )
@@ -147,6 +148,7 @@ async fn history_is_paged_newest_first() {
                 room: "books".into(),
                 limit: 10,
                 before: Some(page[9].seq),
+                after: None,
             },
             soon(),
         )
@@ -159,12 +161,50 @@ async fn history_is_paged_newest_first() {
                 room: "books".into(),
                 limit: 1000,
                 before: None,
+                after: None,
             },
             soon(),
         )
         .await
         .unwrap();
     assert_eq!(all.len(), 25, "limit is clamped, rooms are separate");
+    // Catch-up: what came after a seq, oldest first, paged by limit.
+    let q = |after: u64, limit: u32| api::ChatHistory {
+        room: "books".into(),
+        limit,
+        before: None,
+        after: Some(after),
+    };
+    let missed = db.chat_history(&q(seqs[19], 100), soon()).await.unwrap();
+    let texts: Vec<&str> = missed.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["m20", "m21", "m22", "m23", "m24"],
+        "oldest first, this room only"
+    );
+    let first = db.chat_history(&q(seqs[19], 2), soon()).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = db
+        .chat_history(&q(first[1].seq, 100), soon())
+        .await
+        .unwrap();
+    assert_eq!(rest[0].text, "m22", "pages continue from the last seq seen");
+    assert!(db
+        .chat_history(&q(seqs[24], 10), soon())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(db
+        .chat_history(&q(u64::MAX, 10), soon())
+        .await
+        .unwrap()
+        .is_empty());
+    let both = api::ChatHistory {
+        before: Some(seqs[24]),
+        ..q(seqs[0], 10)
+    };
+    let err = db.chat_history(&both, soon()).await.unwrap_err();
+    assert!(matches!(err, DbError::Invalid(_)), "{err:?}");
 }
 
 #[tokio::test]

@@ -63,9 +63,13 @@ pub struct ChatHistory {
     pub room: String,
     /// How many messages at most.
     pub limit: u32,
-    /// Only messages with a smaller `seq` (the next page).
+    /// Only messages with a smaller `seq` (the next page), newest first.
     #[serde(default)]
     pub before: Option<u64>,
+    /// Only messages with a larger `seq`, oldest first: what a client missed
+    /// after the last one it saw (catch-up after a reconnect). Not with `before`.
+    #[serde(default)]
+    pub after: Option<u64>,
 }
 
 /// One stored chat message.

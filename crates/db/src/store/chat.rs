@@ -66,11 +66,13 @@ impl Db {
             .map_err(|_| DbError::Unavailable("group commit stopped".into()))?
     }
 
-    /// A page of a room's messages, newest first.
+    /// A page of a room's messages: newest first, older than `before` if set;
+    /// or, with `after`, the messages newer than it, oldest first (a client
+    /// catching up on what it missed).
     ///
     /// # Errors
     ///
-    /// As [`Db::chat_save`].
+    /// `before` and `after` together: bad request. Otherwise as [`Db::chat_save`].
     pub async fn chat_history(
         &self,
         q: &api::ChatHistory,
@@ -78,15 +80,26 @@ impl Db {
     ) -> Result<Vec<api::ChatMessage>, DbError> {
         check_name("room", &q.room)?;
         let limit = q.limit.clamp(1, MAX_HISTORY);
-        let before = q.before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+        // Sequence numbers are BIGINT UNSIGNED AUTO_INCREMENT, below i64::MAX.
+        let (sql, bound) = match (q.before, q.after) {
+            (Some(_), Some(_)) => {
+                return Err(DbError::Invalid(
+                    "history takes `before` or `after`, not both".into(),
+                ))
+            }
+            (_, Some(after)) => (
+                "SELECT seq, user_id, text, ts FROM messages WHERE room = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+                after.min(i64::MAX as u64),
+            ),
+            (before, None) => (
+                "SELECT seq, user_id, text, ts FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64),
+            ),
+        };
         self.ensure_schema(deadline).await?;
         let rows: Vec<(u64, String, String, u64)> = retry(deadline, "chat.history", || async {
             let mut conn = self.pool.get_conn().await?;
-            conn.exec(
-                "SELECT seq, user_id, text, ts FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (&q.room, before, limit),
-            )
-            .await
+            conn.exec(sql, (&q.room, bound, limit)).await
         })
         .await?;
         Ok(rows
