@@ -154,6 +154,12 @@ echo "Broker:    $broker"
 [ -n "$dashboard" ] && echo "Dashboard: $dashboard   (Prometheus: ${dashboard}metrics; probes: /health, /ready)"
 echo "Try:       scripts/ws-send.sh chat join '{\"room\":\"lobby\"}' --listen-ms 3000"
 echo "Ops:       $bin/sbctl ls | reload chat | logs loc01 -f"
+if [ -n "${SB_AUTH_SECRET:-}" ]; then
+    echo "Auth:      on. A token for ada: SB_AUTH_SECRET=… $bin/sbctl token --sub ada  (then ?token=… on the URL, or the auth op)"
+else
+    echo "Auth:      off: each connection is an anonymous user. To switch it on, start with"
+    echo "           SB_AUTH_SECRET=\$(openssl rand -hex 32) scripts/run-all.sh   and mint tokens with $bin/sbctl token --sub ada"
+fi
 echo "Ctrl-C stops everything."
 while kill -0 "$main_pid" 2>/dev/null; do sleep 1; done
 echo "main exited; see $run/logs/main.log" >&2

@@ -3,7 +3,7 @@
 use futures::SinkExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-use switchboard_testkit::eventually;
+use switchboard_testkit::{bin_path, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -471,4 +471,76 @@ async fn an_oversize_routing_key_is_refused_at_once() {
         ws.ok("chat", "join", json!({"room": "ok"})).await["room"],
         "ok"
     );
+}
+
+/// `sbctl token` mints what the gateway accepts: its `sub` is the user, with the
+/// gateway's audience when it requires one; the wrong secret or audience is refused.
+#[tokio::test]
+async fn sbctl_token_is_accepted_by_the_gateway() {
+    let system = System::start_with(true, &["--token-audience", "web"]).await;
+    let mint = |args: &[&str]| {
+        let out = std::process::Command::new(bin_path("sbctl"))
+            .arg("token")
+            .args(args)
+            .env_remove("SB_AUTH_SECRET")
+            .env_remove("SB_TOKEN_AUDIENCE")
+            .env_remove("SB_TOKEN_ISSUER")
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, token, err) = mint(&[
+        "--sub",
+        "ada",
+        "--exp",
+        "10m",
+        "--aud",
+        "web",
+        "--auth-secret",
+        AUTH_SECRET,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut ada = Ws::connect(&format!("{}/ws?token={token}", system.ws))
+        .await
+        .expect("the gateway accepts the minted token");
+    let said = ada
+        .ok("chat", "say", json!({"room": "tok", "text": "hello"}))
+        .await;
+    let history = ada.ok("chat", "history", json!({"room": "tok"})).await;
+    assert_eq!(history["messages"][0]["seq"], said["seq"]);
+    assert_eq!(
+        history["messages"][0]["user"], "ada",
+        "the token's sub is the user"
+    );
+
+    // The same through the `auth` op, on a connection opened without a token.
+    let (_, bob_token, _) = mint(&["--sub", "bob", "--aud", "web", "--auth-secret", AUTH_SECRET]);
+    let mut anon = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    let auth = anon.ok_gateway("auth", json!({"token": bob_token})).await;
+    assert_eq!(auth["user"], "bob");
+
+    // Minted without the audience the gateway requires, or with another secret:
+    // refused before the upgrade.
+    for args in [
+        vec!["--sub", "eve", "--auth-secret", AUTH_SECRET],
+        vec!["--sub", "eve", "--aud", "web", "--auth-secret", "guess"],
+    ] {
+        let (code, token, err) = mint(&args);
+        assert_eq!(code, Some(0), "{err}");
+        let refused = Ws::connect(&format!("{}/ws?token={token}", system.ws)).await;
+        assert!(refused.is_err(), "{args:?} must be refused");
+    }
+
+    // No secret anywhere: a usage error that says how to set one.
+    let (code, token, err) = mint(&["--sub", "ada"]);
+    assert_eq!(code, Some(64), "{token}");
+    assert!(err.contains("SB_AUTH_SECRET"), "{err}");
+    // A sub the gateway would refuse is refused at once.
+    let (code, _, err) = mint(&["--sub", "a.b", "--auth-secret", AUTH_SECRET]);
+    assert_eq!(code, Some(64), "{err}");
 }

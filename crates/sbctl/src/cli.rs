@@ -120,6 +120,30 @@ pub(crate) enum Command {
         /// The trace id.
         trace: String,
     },
+    /// Mint a client token (HS256 JWT) with the gateway's secret and print it.
+    /// The secret, audience and issuer come from the flags, else from the
+    /// environment the gateway reads (SB_AUTH_SECRET, SB_TOKEN_AUDIENCE,
+    /// SB_TOKEN_ISSUER), else from the `receive` app in the ecosystem file.
+    Token {
+        /// The user: the token's `sub` (1-128 of A-Z a-z 0-9 _ - @ : + = |).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime (`30m`, `1h`, `7d`; at most 366 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        exp: std::time::Duration,
+        /// Audience (`aud`), when the gateway requires one.
+        #[arg(long, env = "SB_TOKEN_AUDIENCE")]
+        aud: Option<String>,
+        /// Issuer (`iss`), when the gateway requires one.
+        #[arg(long, env = "SB_TOKEN_ISSUER")]
+        iss: Option<String>,
+        /// The gateway's client-token secret.
+        #[arg(long, env = "SB_AUTH_SECRET", hide_env_values = true)]
+        auth_secret: Option<String>,
+        /// The ecosystem file to read the gateway's settings from.
+        #[arg(long, default_value = "ecosystem.toml")]
+        ecosystem: std::path::PathBuf,
+    },
     /// The broker's counters.
     Stats,
     /// Send one request (a test packet) and print the reply's data as JSON.

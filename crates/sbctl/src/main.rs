@@ -8,6 +8,7 @@ mod bench;
 mod cli;
 mod daily;
 mod print;
+mod token;
 mod ws;
 
 use anyhow::Context;
@@ -118,6 +119,31 @@ async fn run(args: Args) -> Result<(), Failure> {
     if let Command::Completions { shell } = args.command {
         let mut command = <Args as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "sbctl", &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Command::Token {
+        sub,
+        exp,
+        aud,
+        iss,
+        auth_secret,
+        ecosystem,
+    } = &args.command
+    {
+        let minted = token::mint(&token::Request {
+            sub,
+            exp: *exp,
+            aud: aud.as_deref(),
+            iss: iss.as_deref(),
+            secret: auth_secret.as_deref(),
+            ecosystem,
+        })
+        .map_err(Failure::Usage)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&minted).unwrap_or_default());
+        } else {
+            println!("{}", minted.token);
+        }
         return Ok(());
     }
     if let Command::WsSend {
@@ -329,7 +355,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 }
             }
         }
-        Command::WsSend { .. } => {}
+        Command::WsSend { .. } | Command::Token { .. } => {}
         Command::Completions { .. } => {}
         Command::Trace { trace } => daily::trace(bus, trace, args.json, options).await?,
         Command::Bench(b) => {

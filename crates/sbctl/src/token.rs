@@ -1,0 +1,215 @@
+//! `sbctl token`: mints a client token (HS256 JWT) with the gateway's secret.
+//!
+//! The secret comes from `--auth-secret` / `SB_AUTH_SECRET` (the variable the
+//! gateway reads), else from the ecosystem file: the `receive` app's
+//! `env.SB_AUTH_SECRET` or its `--auth-secret` argument. The same goes for the
+//! audience and issuer the gateway requires (`--token-audience`,
+//! `--token-issuer`), so a minted token passes the gateway's checks as
+//! configured.
+
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+use switchboard_bus::proto;
+
+/// What `sbctl token` was asked for.
+pub(crate) struct Request<'a> {
+    pub(crate) sub: &'a str,
+    pub(crate) exp: Duration,
+    pub(crate) aud: Option<&'a str>,
+    pub(crate) iss: Option<&'a str>,
+    pub(crate) secret: Option<&'a str>,
+    pub(crate) ecosystem: &'a Path,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+}
+
+/// A minted token and when it ends (seconds since the epoch).
+#[derive(Serialize)]
+pub(crate) struct Minted {
+    pub(crate) token: String,
+    pub(crate) sub: String,
+    pub(crate) exp: u64,
+}
+
+/// The gateway's token settings found in an ecosystem file.
+#[derive(Default, Debug, PartialEq)]
+struct FromEcosystem {
+    secret: Option<String>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+/// Longest lifetime `--exp` accepts: a year. A token is a bearer credential;
+/// one that never ends cannot be taken back short of changing the secret.
+const MAX_EXP: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Mints the token.
+///
+/// # Errors
+///
+/// A `sub` the gateway would refuse, a lifetime of zero or over a year, no
+/// secret anywhere, or an ecosystem file that does not parse.
+pub(crate) fn mint(req: &Request<'_>) -> anyhow::Result<Minted> {
+    proto::validate_user(req.sub).map_err(|e| anyhow::anyhow!("--sub: {e}"))?;
+    if req.exp.is_zero() || req.exp > MAX_EXP {
+        bail!("--exp must be more than 0 and at most 366 days");
+    }
+    let eco = if req.secret.is_some() && req.aud.is_some() && req.iss.is_some() {
+        FromEcosystem::default()
+    } else {
+        from_ecosystem(req.ecosystem)?
+    };
+    let Some(secret) = req.secret.map(str::to_owned).or(eco.secret) else {
+        bail!(
+            "the gateway has no client-token secret: set SB_AUTH_SECRET (or pass \
+             --auth-secret) to the value the gateway runs with; to switch auth on, start \
+             the system with it: SB_AUTH_SECRET=$(openssl rand -hex 32) scripts/run-all.sh"
+        );
+    };
+    let iat = proto::now_ms() / 1000;
+    let exp = iat + req.exp.as_secs().max(1);
+    let claims = Claims {
+        sub: req.sub,
+        iat,
+        exp,
+        aud: req.aud.or(eco.audience.as_deref()),
+        iss: req.iss.or(eco.issuer.as_deref()),
+    };
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .context("signing the token")?;
+    Ok(Minted {
+        token,
+        sub: req.sub.to_owned(),
+        exp,
+    })
+}
+
+/// The `receive` app's token settings in the ecosystem file at `path`; nothing
+/// when the file does not exist.
+fn from_ecosystem(path: &Path) -> anyhow::Result<FromEcosystem> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FromEcosystem::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let apps = doc.get("apps").and_then(toml::Value::as_array);
+    let Some(gateway) = apps.into_iter().flatten().find(|app| {
+        app.get("bin").and_then(toml::Value::as_str) == Some("receive")
+            || app.get("name").and_then(toml::Value::as_str) == Some("receive")
+    }) else {
+        return Ok(FromEcosystem::default());
+    };
+    let env = |key: &str| {
+        gateway
+            .get("env")
+            .and_then(|env| env.get(key))
+            .and_then(toml::Value::as_str)
+            .map(str::to_owned)
+    };
+    let args: Vec<&str> = gateway
+        .get("args")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(toml::Value::as_str)
+        .collect();
+    let arg = |flag: &str| {
+        let eq = format!("{flag}=");
+        args.iter().enumerate().find_map(|(i, a)| {
+            if *a == flag {
+                args.get(i + 1).map(|v| (*v).to_owned())
+            } else {
+                a.strip_prefix(&eq).map(str::to_owned)
+            }
+        })
+    };
+    Ok(FromEcosystem {
+        secret: arg("--auth-secret").or_else(|| env("SB_AUTH_SECRET")),
+        audience: arg("--token-audience").or_else(|| env("SB_TOKEN_AUDIENCE")),
+        issuer: arg("--token-issuer").or_else(|| env("SB_TOKEN_ISSUER")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_the_gateways_entry() {
+        let dir = std::env::temp_dir().join(format!("sbctl-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("eco.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[apps]]
+name = "chat"
+bin = "chat"
+env = { SB_AUTH_SECRET = "not-this" }
+
+[[apps]]
+name = "edge"
+bin = "receive"
+args = ["--listen", "0.0.0.0:3000", "--token-audience=web", "--auth-secret", "s3"]
+env = { SB_TOKEN_ISSUER = "me" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            from_ecosystem(&path).unwrap(),
+            FromEcosystem {
+                secret: Some("s3".into()),
+                audience: Some("web".into()),
+                issuer: Some("me".into()),
+            }
+        );
+        assert_eq!(
+            from_ecosystem(&dir.join("missing.toml")).unwrap(),
+            FromEcosystem::default()
+        );
+        std::fs::write(&path, "[[apps]\n").unwrap();
+        assert!(from_ecosystem(&path).is_err(), "a broken file is an error");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn refuses_what_the_gateway_would() {
+        let req = |sub, exp| Request {
+            sub,
+            exp,
+            aud: None,
+            iss: None,
+            secret: Some("k"),
+            ecosystem: Path::new("/nonexistent"),
+        };
+        let hour = Duration::from_secs(3600);
+        assert!(mint(&req("ada", hour)).is_ok());
+        for sub in ["a.b", "*", "", "a b"] {
+            assert!(mint(&req(sub, hour)).is_err(), "{sub:?}");
+        }
+        assert!(mint(&req("ada", Duration::ZERO)).is_err());
+        assert!(mint(&req("ada", MAX_EXP * 2)).is_err());
+        let mut no_secret = req("ada", hour);
+        no_secret.secret = None;
+        let err = mint(&no_secret).err().unwrap().to_string();
+        assert!(err.contains("SB_AUTH_SECRET"), "{err}");
+    }
+}
