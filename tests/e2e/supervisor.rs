@@ -467,3 +467,25 @@ async fn no_spawn_only_monitors_what_is_on_the_bus() {
         .await
         .is_ok());
 }
+
+/// An app whose name is not the service it registers as (two gateways
+/// `edge_a` and `edge_b` both run `receive`): main health-checks the service it
+/// registered as. It used to ask the app's name, get `unknown_service` and kill
+/// a healthy process as hung every second.
+#[tokio::test]
+async fn an_app_named_apart_from_its_service_is_not_killed_as_hung() {
+    let apps = format!(
+        "[[apps]]\nname = \"edge_x\"\nbin = \"{}\"\nargs = [\"--service\", \"shared_svc\"]\n",
+        bin_path("echo").display()
+    );
+    let s = Supervised::start(&apps).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+    // Twelve heartbeats: three missed checks in a row would have killed it.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let row = s.instance("edge_x").await;
+    assert_eq!(row["restarts"], 0, "{row}");
+    assert_eq!(row["state"], "online", "{row}");
+    assert_eq!(row["service"], "shared_svc", "{row}");
+    let reply = s.sbctl(&["send", "shared_svc", "echo", r#"{"x":1}"#]);
+    assert!(reply.status.success(), "{reply:?}");
+}

@@ -107,10 +107,14 @@ impl std::fmt::Display for InstanceState {
 /// What `ls` shows of one instance.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct InstanceStatus {
-    /// App (service) name.
+    /// App name (from ecosystem.toml).
     pub app: String,
     /// Instance name.
     pub instance: String,
+    /// The service it registered as on the bus, once ready; empty when it is
+    /// the app's name (an app `edge_a` running `receive` registers as `receive`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
     /// Its state.
     pub state: InstanceState,
     /// What its last `$health` said when not `ok` (`db_down`); empty otherwise.

@@ -25,6 +25,9 @@ pub struct Proc {
     pub started: Instant,
     /// Wall-clock start, ms since the epoch.
     pub started_ms: u64,
+    /// The service it registered as (learned when it became ready): main's
+    /// `$health` goes there, not to the app's name.
+    pub service: Option<String>,
     cpu: Option<(f64, Instant)>,
 }
 
@@ -79,6 +82,7 @@ pub fn spawn_reporting(
         pid,
         started: Instant::now(),
         started_ms: switchboard_bus::proto::now_ms(),
+        service: None,
         cpu: None,
     };
     Ok((proc, out))
@@ -204,6 +208,7 @@ impl Proc {
             pid,
             started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             started_ms,
+            service: None,
             cpu: None,
         }
     }

@@ -62,7 +62,12 @@ pub(crate) async fn scrape(sup: &Arc<Supervisor>, bus: &Handle) -> String {
                 instance: Some(i.instance.clone()),
                 ..options.clone()
             };
-            let (app, instance) = (i.app.clone(), i.instance.clone());
+            let service = if i.service.is_empty() {
+                &i.app
+            } else {
+                &i.service
+            };
+            let (app, instance) = (service.clone(), i.instance.clone());
             async move {
                 let reply = bus.call(&app, "$metrics", Vec::new(), options).await.ok()?;
                 let text: String = proto::from_body(&reply.body).ok()?;

@@ -226,6 +226,15 @@ impl Keeper {
             s.cpu_percent = (cpu * 10.0).round() / 10.0;
         });
         if self.spec().wait_ready {
+            if p.service.is_none() {
+                // Adopted from a previous main: ask the broker what it registered as.
+                if let Some(list) = broker_ls(&self.bus).await {
+                    p.service = list
+                        .iter()
+                        .find(|i| i.instance == self.m.instance && i.pid == p.pid)
+                        .map(|i| i.service.clone());
+                }
+            }
             let every = self.sup.eco.main.heartbeat_ms;
             let options = CallOptions {
                 instance: Some(self.m.instance.clone()),
@@ -234,7 +243,12 @@ impl Keeper {
             };
             match self
                 .bus
-                .call(&self.spec().name, "$health", Vec::new(), options)
+                .call(
+                    p.service.as_deref().unwrap_or(&self.spec().name),
+                    "$health",
+                    Vec::new(),
+                    options,
+                )
                 .await
             {
                 Ok(reply) => {
@@ -405,10 +419,19 @@ impl Keeper {
                 return Err(format!("exited before it was ready: {status}"));
             }
             if let Some(list) = broker_ls(&self.bus).await {
-                if list
+                if let Some(info) = list
                     .iter()
-                    .any(|i| i.instance == self.m.instance && i.pid == p.pid && i.state == "ready")
+                    .find(|i| i.instance == self.m.instance && i.pid == p.pid && i.state == "ready")
                 {
+                    let service = info.service.clone();
+                    self.m.set(|s| {
+                        s.service = if service == spec.name {
+                            String::new()
+                        } else {
+                            service.clone()
+                        };
+                    });
+                    p.service = Some(service);
                     return Ok(());
                 }
             }
