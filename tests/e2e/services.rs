@@ -309,6 +309,43 @@ async fn positions_across_two_zones_on_two_loc_instances() {
         .await,
         "bad_request"
     );
+
+    // A display name rides along (a label: `user` still comes from the token).
+    bob.ok(
+        "loc",
+        "move",
+        json!({"zone": za, "x": 5.0, "y": 5.0, "name": "Bob 🚲", "user": "eve"}),
+    )
+    .await;
+    let named = loop {
+        let e = bob.event(&format!("loc.{za}")).await.expect("move event");
+        if e["x"] == 5.0 {
+            break e;
+        }
+    };
+    assert_eq!(
+        (named["user"].as_str(), named["name"].as_str()),
+        (Some("bob"), Some("Bob 🚲"))
+    );
+    let zone_a = ann.ok("loc", "zone", json!({"zone": za})).await;
+    let listed = zone_a["users"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|u| u["user"] == "bob" && u["name"] == "Bob 🚲"),
+        "{zone_a}"
+    );
+    for bad in [json!(""), json!("x".repeat(33)), json!("bell\u{7}")] {
+        assert_eq!(
+            ann.err(
+                Some("loc"),
+                "move",
+                json!({"zone": za, "x": 0, "y": 0, "name": bad})
+            )
+            .await,
+            "bad_request"
+        );
+    }
 }
 
 #[tokio::test]

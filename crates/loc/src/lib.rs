@@ -5,9 +5,9 @@
 //!
 //! | op | data | reply |
 //! |---|---|---|
-//! | `move` | `{zone, x, y}` | `{}`; `{zone, user, x, y, ts}` on `loc.<zone>` |
+//! | `move` | `{zone, x, y, name?}` | `{}`; `{zone, user, name?, x, y, ts}` on `loc.<zone>` (`name`: a display label, 1–32 characters) |
 //! | `nearby` | `{zone, x, y, radius}` | `{users: [{user, x, y, dist}…]}` nearest first (100 at most) |
-//! | `zone` | `{zone}` | `{users: [{user, x, y, ts}…]}` |
+//! | `zone` | `{zone}` | `{users: [{user, name?, x, y, ts}…]}` |
 //! | `leave` | `{zone}` | `{}`; `{zone, user, left: true}` on `loc.<zone>` |
 //!
 //! A zone exists from its first use, like a chat room, under the same name rules
@@ -77,6 +77,9 @@ struct MoveArg {
     zone: String,
     x: f64,
     y: f64,
+    /// A display name for the map (a label; `user` is who moved).
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +94,8 @@ struct NearbyArg {
 struct Moved<'a> {
     zone: &'a str,
     user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
     x: f64,
     y: f64,
     ts: u64,
@@ -119,6 +124,8 @@ struct NearbyReply {
 #[derive(Serialize)]
 struct ZoneUser {
     user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     x: f64,
     y: f64,
     ts: u64,
@@ -164,6 +171,7 @@ pub fn service(settings: Settings) -> Service {
                         .iter()
                         .map(|(u, p)| ZoneUser {
                             user: u.clone(),
+                            name: p.name.clone(),
                             x: p.x,
                             y: p.y,
                             ts: p.ts,
@@ -244,6 +252,9 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
     let arg: MoveArg = req.decode()?;
     loc.check_zone(&arg.zone)?;
     loc.check_point(arg.x, arg.y)?;
+    if let Some(name) = &arg.name {
+        Loc::check_name(name)?;
+    }
     loc.touch(&arg.zone)?;
     let user = req.require_user()?.to_owned();
     loc.ensure_loaded(&arg.zone, &req).await;
@@ -262,6 +273,7 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
                     y: arg.y,
                     ts,
                     session: req.session().unwrap_or_default().to_owned(),
+                    name: arg.name.clone(),
                 },
             );
         let key = (arg.zone.clone(), user.clone());
@@ -280,6 +292,7 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
     let event = Moved {
         zone: &arg.zone,
         user: &user,
+        name: arg.name.as_deref(),
         x: arg.x,
         y: arg.y,
         ts,

@@ -10,12 +10,18 @@ use switchboard_bus::{CallOptions, Error, Handle, Request};
 
 use crate::Settings;
 
+/// Longest display name a `move` may carry, characters.
+pub(crate) const MAX_NAME: usize = 32;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Pos {
     pub(crate) x: f64,
     pub(crate) y: f64,
     pub(crate) ts: u64,
     pub(crate) session: String,
+    /// A display name the client gave (not stored: a zone reloaded from
+    /// MariaDB has none until its users move again).
+    pub(crate) name: Option<String>,
 }
 
 #[derive(Default)]
@@ -104,6 +110,18 @@ impl Loc {
         evict_idle(&mut self.lock(), now, self.settings.zone_idle_ms)
     }
 
+    /// A display name: 1 to [`MAX_NAME`] characters, no control characters.
+    /// It is a label only: `user` (from the token) is who moved.
+    pub(crate) fn check_name(name: &str) -> Result<(), Error> {
+        let chars = name.chars().count();
+        if chars == 0 || chars > MAX_NAME || name.chars().any(char::is_control) {
+            return Err(Error::bad_request(format!(
+                "name must be 1 to {MAX_NAME} characters, none of them control characters"
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_point(&self, x: f64, y: f64) -> Result<(), Error> {
         let max = self.settings.max_coord;
         if !x.is_finite() || !y.is_finite() {
@@ -159,6 +177,7 @@ impl Loc {
                 y: p.y,
                 ts: p.ts,
                 session: String::new(),
+                name: None,
             });
         }
         z.loaded = true;
