@@ -14,7 +14,7 @@ use switchboard_testkit::eventually;
 use crate::observe::get;
 use crate::supervisor::{app, Supervised};
 
-fn found(bin: &str) -> Option<PathBuf> {
+pub(crate) fn found(bin: &str) -> Option<PathBuf> {
     ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
         .iter()
         .map(|d| Path::new(d).join(bin))
@@ -22,7 +22,7 @@ fn found(bin: &str) -> Option<PathBuf> {
 }
 
 /// chromedriver on a free port; killed when dropped.
-struct Driver(std::process::Child, String);
+pub(crate) struct Driver(std::process::Child, pub(crate) String);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -31,7 +31,7 @@ impl Drop for Driver {
     }
 }
 
-async fn driver(bin: &Path) -> Driver {
+pub(crate) async fn driver(bin: &Path) -> Driver {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

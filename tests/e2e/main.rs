@@ -2,8 +2,10 @@
 //! processes on ports picked by the OS, a real MariaDB with a database per test,
 //! and real WebSocket clients.
 
+mod client_js;
 mod daily;
 mod dashboard;
+mod demo;
 mod faults;
 mod gateway;
 mod harness;
@@ -15,4 +17,5 @@ mod spec_peer;
 mod start;
 mod supervisor;
 mod template;
+mod tls;
 mod zones;

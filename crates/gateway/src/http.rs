@@ -130,8 +130,9 @@ struct Pending {
     token: Option<jwt::Verified>,
 }
 
-/// Runs the HTTP handshake under the handshake deadline. `None`: the connection
-/// was answered (health, an error) or timed out, and is done.
+/// Runs the TLS handshake (when the gateway has a certificate), then the HTTP
+/// one, both under one deadline. `None`: the connection was answered (health,
+/// a page, an error), failed or timed out, and is done.
 pub async fn handshake(
     gw: &Arc<Gateway>,
     stream: TcpStream,
@@ -139,6 +140,33 @@ pub async fn handshake(
 ) -> Option<Upgrade> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(gw.settings.handshake_timeout_ms);
+    let Some(tls) = &gw.settings.tls else {
+        return http_handshake(gw, stream, admission, deadline).await;
+    };
+    match tokio::time::timeout_at(deadline, tls.0.accept(stream)).await {
+        Ok(Ok(stream)) => http_handshake(gw, stream, admission, deadline).await,
+        Ok(Err(e)) => {
+            // A plain-HTTP request to a TLS port, an unknown CA, a scanner.
+            crate::metrics::TLS_FAILURES.increment(1);
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            gw.stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+async fn http_handshake<S>(
+    gw: &Arc<Gateway>,
+    stream: S,
+    admission: &mut Admission,
+    deadline: tokio::time::Instant,
+) -> Option<Upgrade>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let slot: Arc<Mutex<Option<Pending>>> = Arc::new(Mutex::new(None));
     let service = {
         let gw = gw.clone();
@@ -231,12 +259,17 @@ fn answer(
         );
         return response;
     }
+    if req.method() == hyper::Method::GET && gw.settings.demo {
+        if let Some(response) = crate::static_files::get(gw, path) {
+            return response;
+        }
+    }
     let ws_path = path == "/ws" || path == "/uws" || path.starts_with("/uws/");
     if req.method() != hyper::Method::GET || !ws_path {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "WebSocket paths are /ws and /uws/*; health is /health, metrics /metrics",
+            "WebSocket paths are /ws and /uws/*; health is /health, metrics /metrics, the demo app /",
         );
     }
     let headers = req.headers();

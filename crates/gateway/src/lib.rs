@@ -35,6 +35,8 @@ pub mod jwt;
 pub(crate) mod metrics;
 pub mod outbox;
 pub mod policy;
+pub mod static_files;
+pub mod tls;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,6 +88,10 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Client tokens; `None` runs open (anonymous users).
     pub tokens: Option<jwt::TokenRules>,
+    /// TLS on the port (`wss://`, `https://`); `None`: plain TCP.
+    pub tls: Option<tls::Tls>,
+    /// Serve the demo app and `clients/js` at `/` (`--demo false` turns it off).
+    pub demo: bool,
     /// Browser origins allowed to connect (the `Origin` header); empty allows any.
     /// A request without `Origin` (not a browser) is always allowed.
     pub allowed_origins: Vec<String>,
@@ -119,6 +125,8 @@ impl Default for Settings {
             max_inflight_per_conn: 64,
             request_timeout_ms: 5_000,
             tokens: None,
+            tls: None,
+            demo: true,
             allowed_origins: Vec::new(),
             policy: policy::Policy::default(),
             shutdown_grace_ms: 10_000,

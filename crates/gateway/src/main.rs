@@ -5,6 +5,7 @@ use switchboard_bus::svc::{self, BusArgs};
 use switchboard_bus::Service;
 use switchboard_gateway::jwt::TokenRules;
 use switchboard_gateway::policy::Policy;
+use switchboard_gateway::tls::Tls;
 use switchboard_gateway::{Gateway, Settings};
 
 /// The Switchboard WebSocket gateway.
@@ -13,7 +14,7 @@ use switchboard_gateway::{Gateway, Settings};
 struct Args {
     #[command(flatten)]
     bus: BusArgs,
-    /// Address to listen on; port 0 picks one. Prints `listening ws://ADDR` on stdout.
+    /// Address to listen on; port 0 picks one. Prints `listening ws://ADDR` (`wss://` with TLS) on stdout.
     #[arg(long, env = "SB_LISTEN", default_value = "127.0.0.1:3000")]
     listen: String,
     /// HS256 secret for client tokens; without it the gateway runs open.
@@ -34,6 +35,16 @@ struct Args {
     /// Browser origins allowed (comma-separated, e.g. https://app.example); empty: any.
     #[arg(long, env = "SB_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// TLS certificate chain (PEM, leaf first): the port then serves `wss://`
+    /// and `https://` only. Needs --tls-key.
+    #[arg(long, env = "SB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "SB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve the demo app (and clients/js) at `/`: `--demo false` turns it off.
+    #[arg(long, env = "SB_DEMO", default_value_t = true, action = clap::ArgAction::Set)]
+    demo: bool,
     /// Client policy file (TOML); the built-in one is crates/gateway/client-policy.toml.
     #[arg(long, env = "SB_POLICY")]
     policy: Option<String>,
@@ -117,7 +128,17 @@ fn main() {
         rules.max_lifetime_s = args.token_max_lifetime_s;
         rules
     });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key).unwrap_or_else(|e| {
+            eprintln!("receive: {e:#}");
+            std::process::exit(svc::EXIT_USAGE);
+        })),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let settings = Settings {
+        tls,
+        demo: args.demo,
         max_frame_bytes: args.max_frame_bytes,
         idle_timeout_ms: args.idle_timeout_ms,
         ping_interval_ms: args.ping_interval_ms,
@@ -170,7 +191,7 @@ fn main() {
             }
         };
         match listener.local_addr() {
-            Ok(addr) => println!("listening ws://{addr}"),
+            Ok(addr) => println!("listening {scheme}://{addr}"),
             Err(e) => tracing::warn!(error = %e, "no local address"),
         }
         let config = args.bus.config("receive");

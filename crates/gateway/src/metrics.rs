@@ -25,6 +25,7 @@ handle!(BYTES_OUT, "sb_gateway_bytes_total", "direction" => "out");
 handle!(EVENTS_COALESCED, "sb_gateway_events_coalesced_total");
 handle!(EVENTS_DROPPED, "sb_gateway_events_dropped_total");
 handle!(AUTH_FAILURES, "sb_gateway_auth_failures_total");
+handle!(TLS_FAILURES, "sb_gateway_tls_failures_total");
 
 /// A connection closed with `code` (WebSocket close codes: a bounded set).
 pub(crate) fn closed(code: u16) {

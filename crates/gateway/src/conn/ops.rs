@@ -1,4 +1,4 @@
-//! The gateway's own ops, for a frame without `to`: `ping`, `subscribe` and
+//! The gateway's own ops, for a frame without `to`: `ping`, `whoami`, `subscribe` and
 //! `unsubscribe` (within the policy), and `auth` (a token, or a fresher one).
 
 use std::sync::atomic::Ordering;
@@ -25,6 +25,19 @@ impl Client {
         };
         match op {
             "ping" => ok(serde_json::json!({})),
+            // Who this connection is: the user stamped on its requests (none
+            // yet when a token is still awaited), its session, and when its
+            // token ends. A client learns its anonymous id from it.
+            "whoami" => {
+                let expires_ms = self.expires_ms.load(Ordering::Relaxed);
+                let user = self.user();
+                let authenticated = user.is_some();
+                let mut me = serde_json::json!({ "user": user, "session": self.session });
+                if authenticated && expires_ms > 0 {
+                    me["expires"] = (expires_ms / 1000).into();
+                }
+                ok(me)
+            }
             "subscribe" | "unsubscribe" => {
                 let Some(topic) = field("topic") else {
                     return err(ErrorCode::BadRequest, "missing topic");
@@ -77,7 +90,7 @@ impl Client {
             }
             other => err(
                 ErrorCode::UnknownOp,
-                &format!("the gateway has no op {other:?} (ping, subscribe, unsubscribe, auth); name a service in \"to\""),
+                &format!("the gateway has no op {other:?} (ping, whoami, subscribe, unsubscribe, auth); name a service in \"to\""),
             ),
         }
     }

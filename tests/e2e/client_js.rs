@@ -1,0 +1,110 @@
+//! `clients/js` against the real system: its Node test suite
+//! (`clients/js/test/*.test.js`, Node's built-in runner) runs against a broker,
+//! db on MariaDB, chat, loc and two gateways under main; the suite stops and
+//! starts gateway A with `sbctl` to test reconnects. Skipped, saying so, where
+//! Node is not installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use switchboard_testkit::{bin_path, TestDatabase};
+
+use crate::supervisor::Supervised;
+
+/// Gateway B's client-token secret.
+pub const DEMO_SECRET: &str = "js-client-secret";
+
+/// A whole system under main for browser-side tests: db, chat, one loc, and
+/// two gateways — `edge_a` open (anonymous users), `edge_b` with auth and no
+/// token leeway — on ports of their own.
+pub struct DemoSystem {
+    pub s: Supervised,
+    pub a: String,
+    pub b: String,
+    _db: TestDatabase,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl DemoSystem {
+    pub async fn start() -> Self {
+        let db = TestDatabase::new();
+        let (pa, pb) = (free_port(), free_port());
+        let apps = format!(
+            "[[apps]]\nname = \"db\"\nbin = \"{db_bin}\"\nenv = {{ DATABASE_URL = \"{url}\" }}\n\n\
+             [[apps]]\nname = \"chat\"\nbin = \"{chat}\"\ndepends_on = [\"db\"]\n\n\
+             [[apps]]\nname = \"loc\"\nbin = \"{loc}\"\ndepends_on = [\"db\"]\nargs = [\"--save-interval-ms\", \"100\"]\n\n\
+             [[apps]]\nname = \"edge_a\"\nbin = \"{receive}\"\ndepends_on = [\"chat\", \"loc\"]\n\
+             args = [\"--listen\", \"127.0.0.1:{pa}\", \"--goaway-ms\", \"100\"]\n\n\
+             [[apps]]\nname = \"edge_b\"\nbin = \"{receive}\"\ndepends_on = [\"chat\", \"loc\"]\n\
+             args = [\"--listen\", \"127.0.0.1:{pb}\", \"--auth-secret\", \"{DEMO_SECRET}\", \"--token-leeway-s\", \"0\"]\n",
+            db_bin = bin_path("db").display(),
+            url = db.url,
+            chat = bin_path("chat").display(),
+            loc = bin_path("loc").display(),
+            receive = bin_path("receive").display(),
+        );
+        let s = Supervised::start(&apps).await;
+        assert!(s.all_online(5).await, "{:?}", s.ls().await);
+        Self {
+            s,
+            a: format!("127.0.0.1:{pa}"),
+            b: format!("127.0.0.1:{pb}"),
+            _db: db,
+        }
+    }
+}
+
+/// Node, if installed.
+pub fn node() -> Option<PathBuf> {
+    let out = Command::new("node").arg("--version").output().ok()?;
+    out.status.success().then(|| PathBuf::from("node"))
+}
+
+#[tokio::test]
+async fn the_js_client_suite_passes_against_the_real_gateway() {
+    let Some(node) = node() else {
+        eprintln!("skipped: node is not installed (Node 20+ runs clients/js/test)");
+        return;
+    };
+    let system = DemoSystem::start().await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js");
+    let out = Command::new(node)
+        .current_dir(&dir)
+        .args([
+            "--experimental-websocket",
+            "--no-warnings",
+            "--test",
+            "--test-reporter=spec",
+            "test/msgpack.test.js",
+            "test/client.test.js",
+        ])
+        .env("SB_WS_A", format!("ws://{}/ws", system.a))
+        .env("SB_WS_B", format!("ws://{}/ws", system.b))
+        .env("SB_GW_A", "edge_a")
+        .env("SB_GW_B", "edge_b")
+        .env("SB_SBCTL", bin_path("sbctl"))
+        .env("SB_BROKER", &system.s.endpoint)
+        .env("SB_AUTH_SECRET", DEMO_SECRET)
+        .env_remove("SB_TOKEN_AUDIENCE")
+        .env_remove("SB_TOKEN_ISSUER")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        eprintln!("--- main\n{}", system.s.main.later_lines().join("\n"));
+        for app in ["edge_a", "edge_b"] {
+            let log = std::fs::read_to_string(system.s.logs_dir().join(format!("{app}.log")));
+            eprintln!("--- {app}.log\n{}", log.unwrap_or_default());
+        }
+    }
+    assert!(out.status.success(), "the Node suite failed (above)");
+    assert!(report.contains("ℹ pass 10"), "every test ran");
+    assert!(report.contains("ℹ skipped 0"), "none skipped");
+}
