@@ -149,6 +149,7 @@ if [ "$result" != ready ]; then
     for f in "${failed[@]}"; do echo "   $f"; done
     echo
 fi
+echo "Open:      http://$listen/   the demo app: a chat room and a live map (clients/js)"
 echo "WebSocket: ws://$listen/ws   (also /uws/*; GET http://$listen/health)"
 echo "Broker:    $broker"
 [ -n "$dashboard" ] && echo "Dashboard: $dashboard   (Prometheus: ${dashboard}metrics; probes: /health, /ready)"

@@ -52,8 +52,14 @@ if [ $# -eq 0 ]; then
 fi
 
 echo "== test"
-# The dashboard's browser test needs Debian's chromium and chromedriver.
+# The dashboard's and the demo's browser tests need Debian's chromium and chromedriver.
 scripts/install-chromium.sh
+# clients/js's suite runs on Node 20+ (tests/e2e/client_js.rs starts it).
+if node_version=$(node --version 2>/dev/null); then
+    echo "node $node_version: clients/js tests run"
+else
+    echo "node not found: the clients/js tests (tests/e2e/client_js.rs) are skipped; install Node 20+ to run them"
+fi
 # The spec-only Python peer's environment (pyzmq, msgpack in target/py).
 SB_TEST_PYTHON=$(scripts/python-peer-env.sh)
 export SB_TEST_PYTHON
