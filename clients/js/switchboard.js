@@ -46,6 +46,9 @@ const DEFAULTS = {
   refreshBefore: 60,
 };
 
+// Live events a room holds while it catches up, at most.
+const MAX_BUFFERED = 10000;
+
 // Close codes after which reconnecting at once is right: the gateway is
 // going away (reload, shutdown) and its successor is, or soon will be, up.
 const GOING_AWAY = 1001;
@@ -336,7 +339,13 @@ export class Client {
       this.expires = me.expires ?? null;
       this._scheduleRefresh();
       await Promise.all([...this._subs.keys()].map((topic) =>
-        this._request({ op: 'subscribe', topic }, { priority: true })));
+        this._request({ op: 'subscribe', topic }, { priority: true }).catch((e) => {
+          // Refused now (the policy changed, say): drop it and say so, rather
+          // than reconnect for ever. Anything else: retry the connection.
+          if (e.code !== 'forbidden' && e.code !== 'bad_request') throw e;
+          this._subs.delete(topic);
+          this._emit('error', e);
+        })));
     } catch (e) {
       this._emit('error', e);
       if (this._ws) this._ws.close(4100, 'could not restore the session');
@@ -516,8 +525,14 @@ export class Room {
 
   event(message) {
     if (this._left || !message || typeof message.seq !== 'number') return;
-    if (this._catchingUp) this._buffer.push(message);
-    else this._deliver(message, {});
+    if (!this._catchingUp) return this._deliver(message, {});
+    if (this._buffer.length >= MAX_BUFFERED) {
+      // A catch-up slower than the room: keep the newest, say what went.
+      const dropped = this._buffer.shift();
+      this.client._emit('gap', { room: this.room, from: dropped.seq, to: dropped.seq });
+    }
+    this._buffer.push(message);
+    return undefined;
   }
 
   _deliver(message, info) {
