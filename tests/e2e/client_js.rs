@@ -64,7 +64,13 @@ impl DemoSystem {
 pub fn node() -> Option<PathBuf> {
     let out = Command::new("node").arg("--version").output().ok()?;
     let version = String::from_utf8_lossy(&out.stdout);
-    let major: u32 = version.trim().trim_start_matches('v').split('.').next()?.parse().ok()?;
+    let major: u32 = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()?;
     (out.status.success() && major >= 20).then(|| PathBuf::from("node"))
 }
 
