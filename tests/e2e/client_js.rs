@@ -74,6 +74,48 @@ pub fn node() -> Option<PathBuf> {
     (out.status.success() && major >= 20).then(|| PathBuf::from("node"))
 }
 
+/// `clients/js` packs as an npm package holding the module, its types and the
+/// codec (offline: `npm pack --dry-run`).
+#[test]
+fn the_js_client_packs_for_npm() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js");
+    let Ok(out) = Command::new("npm")
+        .current_dir(&dir)
+        .args(["pack", "--dry-run", "--json", "--offline"])
+        .output()
+    else {
+        eprintln!("skipped: npm is not installed");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<&str> = packed[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    for want in [
+        "switchboard.js",
+        "switchboard.d.ts",
+        "msgpack.js",
+        "msgpack.d.ts",
+        "package.json",
+        "README.md",
+    ] {
+        assert!(files.contains(&want), "{want} in {files:?}");
+    }
+    assert!(
+        !files.iter().any(|f| f.starts_with("test/")),
+        "tests stay out: {files:?}"
+    );
+    assert_eq!(packed[0]["name"], "@switchboard/client");
+}
+
 #[tokio::test]
 async fn the_js_client_suite_passes_against_the_real_gateway() {
     let Some(node) = node() else {
@@ -113,6 +155,6 @@ async fn the_js_client_suite_passes_against_the_real_gateway() {
         }
     }
     assert!(out.status.success(), "the Node suite failed (above)");
-    assert!(report.contains("ℹ pass 10"), "every test ran");
+    assert!(report.contains("ℹ pass 11"), "every test ran");
     assert!(report.contains("ℹ skipped 0"), "none skipped");
 }

@@ -73,6 +73,30 @@ test('MessagePack mode: binary frames both ways, events too', { skip, timeout: 6
   c.close();
 });
 
+test('unsubscribe stops the events; one handler of two keeps the subscription', { skip, timeout: 60_000 }, async () => {
+  const c = connect(env.SB_WS_A);
+  const mover = connect(env.SB_WS_A);
+  const zone = `us${Date.now() % 100000}`;
+  const first = [];
+  const second = [];
+  const one = (e) => first.push(e);
+  await c.subscribe(`loc.${zone}`, one);
+  await c.subscribe(`loc.${zone}`, (e) => second.push(e));
+  await mover.request('loc', 'move', { zone, x: 1, y: 1 });
+  await until('both handlers', () => first.length === 1 && second.length === 1);
+  await c.unsubscribe(`loc.${zone}`, one);
+  await mover.request('loc', 'move', { zone, x: 2, y: 2 });
+  await until('the remaining handler', () => second.length === 2);
+  assert.equal(first.length, 1, 'the removed handler gets nothing more');
+  await c.unsubscribe(`loc.${zone}`);
+  await mover.request('loc', 'move', { zone, x: 3, y: 3 });
+  await c.request(null, 'ping'); // the gateway has sent whatever it was going to
+  await sleep(200);
+  assert.equal(second.length, 2, 'unsubscribed: no more events');
+  c.close();
+  mover.close();
+});
+
 test('a say on gateway B reaches a room member on gateway A; events from the join grant', { skip, timeout: 60_000 }, async () => {
   const a = connect(env.SB_WS_A);
   const b = connect(env.SB_WS_B, { getToken: () => mint('bea') });
