@@ -9,6 +9,7 @@ mod demo;
 mod faults;
 mod gateway;
 mod harness;
+mod hosts;
 mod membership;
 mod observe;
 mod security;

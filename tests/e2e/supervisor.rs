@@ -59,6 +59,26 @@ impl Supervised {
         }
     }
 
+    /// A supervisor running `text`, a whole ecosystem file as given (its own
+    /// `[main]` and `[broker]`).
+    pub async fn start_file(text: &str) -> Self {
+        switchboard_testkit::trace_init();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ecosystem.toml");
+        std::fs::write(&file, text).unwrap();
+        let main = Child::announcing("main", &["--config", file.to_str().unwrap()], &[]).unwrap();
+        let endpoint = main.first_line.clone().unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bus = client(&endpoint, &format!("t-file-{n}"), None).await;
+        Self {
+            main,
+            endpoint,
+            bus,
+            dir,
+        }
+    }
+
     pub async fn ls(&self) -> Vec<Value> {
         match self
             .bus

@@ -111,6 +111,10 @@ pub struct InstanceStatus {
     pub app: String,
     /// Instance name.
     pub instance: String,
+    /// The host whose main runs it, in a system of several hosts (`[main]
+    /// host`); empty on one host.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
     /// The service it registered as on the bus, once ready; empty when it is
     /// the app's name (an app `edge_a` running `receive` registers as `receive`).
     #[serde(default, skip_serializing_if = "String::is_empty")]

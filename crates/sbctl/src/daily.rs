@@ -9,6 +9,7 @@ use switchboard_bus::proto::admin::{
 use switchboard_bus::proto::{self};
 use switchboard_bus::{svc, CallOptions, Handle};
 
+use crate::hosts::{to, Mains};
 use crate::print::print_apps_or_json;
 use crate::Failure;
 
@@ -17,6 +18,7 @@ const POLL: Duration = Duration::from_millis(300);
 
 async fn logs_of(
     bus: &Handle,
+    main: &str,
     name: &str,
     lines: Option<usize>,
     offset: Option<u64>,
@@ -28,8 +30,44 @@ async fn logs_of(
         offset,
     };
     let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
-    let reply = bus.call("main", "logs", body, options.clone()).await?;
+    let reply = bus.call("main", "logs", body, to(main, options)).await?;
     proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))
+}
+
+/// Which main holds each log `logs` prints: (main, instance). With no name,
+/// every managed instance on every host (and the broker); with a name on one
+/// host, that name as main knows it; on several, the instance of that name or
+/// every instance of the app of that name, wherever they run.
+fn log_targets(mains: &Mains, name: Option<&str>) -> Result<Vec<(String, String)>, Failure> {
+    let rows = mains.rows();
+    let mut out = Vec::new();
+    for (main, list) in rows {
+        for row in list {
+            let Ok(status) = serde_json::from_value::<InstanceStatus>(row.clone()) else {
+                continue;
+            };
+            let wanted = match name {
+                None => status.managed,
+                // Each main's own instances only: another host's show there
+                // as `managed: false`.
+                Some(n) => {
+                    status.managed
+                        && (status.instance == n
+                            || (status.app == n && status.instance != "broker"))
+                }
+            };
+            if wanted {
+                out.push((main.clone(), status.instance));
+            }
+        }
+    }
+    match name {
+        Some(n) if rows.len() == 1 => Ok(vec![(rows[0].0.clone(), n.to_owned())]),
+        Some(n) if out.is_empty() => Err(Failure::Reply(switchboard_bus::Error::bad_request(
+            format!("no app or instance {n:?} on any host"),
+        ))),
+        _ => Ok(out),
+    }
 }
 
 /// How `logs` prints.
@@ -74,24 +112,14 @@ pub(crate) async fn logs(
     follow: bool,
     options: CallOptions,
 ) -> Result<(), Failure> {
-    let names: Vec<String> = match name {
-        Some(name) => vec![name.to_owned()],
-        None => {
-            let reply = bus.call("main", "ls", Vec::new(), options.clone()).await?;
-            let list: Vec<InstanceStatus> =
-                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
-            // The broker's row is named `broker`; main's `logs` knows it.
-            list.into_iter()
-                .filter(|i| i.managed)
-                .map(|i| i.instance)
-                .collect()
-        }
-    };
-    let prefixed = name.is_none();
-    let width = names.iter().map(String::len).max().unwrap_or(0);
-    let mut offsets = Vec::with_capacity(names.len());
-    for n in &names {
-        let reply = logs_of(bus, n, Some(lines), None, &options).await?;
+    let mains = Mains::load(bus, &options).await?;
+    // The broker's row is named `broker`; main's `logs` knows it.
+    let targets = log_targets(&mains, name)?;
+    let prefixed = name.is_none() || targets.len() > 1;
+    let width = targets.iter().map(|(_, n)| n.len()).max().unwrap_or(0);
+    let mut offsets = Vec::with_capacity(targets.len());
+    for (main, n) in &targets {
+        let reply = logs_of(bus, main, n, Some(lines), None, &options).await?;
         print_lines(&reply.text, n, prefixed, width, view);
         offsets.push(reply.offset);
     }
@@ -104,8 +132,8 @@ pub(crate) async fn logs(
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(POLL) => {}
         }
-        for (n, offset) in names.iter().zip(offsets.iter_mut()) {
-            let reply = logs_of(bus, n, None, Some(*offset), &options).await?;
+        for ((main, n), offset) in targets.iter().zip(offsets.iter_mut()) {
+            let reply = logs_of(bus, main, n, None, Some(*offset), &options).await?;
             print_lines(&reply.text, n, prefixed, width, view);
             *offset = reply.offset;
         }
@@ -118,8 +146,7 @@ pub(crate) async fn watch(bus: &Handle, json: bool, options: CallOptions) -> Res
     let terminal = std::io::stdout().is_terminal() && !json;
     let shutdown = svc::shutdown_on_signal();
     loop {
-        let reply = bus.call("main", "ls", Vec::new(), options.clone()).await?;
-        let list: serde_json::Value = proto::from_body(&reply.body).unwrap_or_default();
+        let list = Mains::load(bus, &options).await?.all_rows();
         if terminal {
             // Clear the screen and go home, then the table.
             print!("\x1b[2J\x1b[H");
@@ -148,7 +175,11 @@ pub(crate) async fn describe(
         ..NameArg::default()
     };
     let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
-    let reply = bus.call("main", "describe", body, options).await?;
+    let mains = Mains::load(bus, &options).await?;
+    let owner = mains.owners_or_err(app)?.remove(0);
+    let reply = bus
+        .call("main", "describe", body, to(&owner, &options))
+        .await?;
     let d: AppDescription = proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
@@ -199,7 +230,11 @@ pub(crate) async fn shutdown(
     json: bool,
     options: CallOptions,
 ) -> Result<(), Failure> {
-    bus.call("main", "shutdown", Vec::new(), options).await?;
+    // The whole system: every host's main.
+    Mains::load(bus, &options)
+        .await?
+        .call_all(bus, "shutdown", Vec::new(), &options)
+        .await?;
     if json {
         println!("{}", serde_json::json!({"shutdown": true}));
     } else {
@@ -221,8 +256,14 @@ pub(crate) async fn scale(
         instances,
     };
     let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
-    let reply = bus.call("main", "scale", body, options).await?;
-    print_apps_or_json(&crate::body_to_json(&reply.body), json);
+    // An app on several hosts: N on each.
+    let mains = Mains::load(bus, &options).await?;
+    let reply = mains.call_owners(bus, app, "scale", body, &options).await?;
+    if mains.names().count() == 1 {
+        print_apps_or_json(&crate::body_to_json(&reply.body), json);
+    } else {
+        print_apps_or_json(&Mains::load(bus, &options).await?.all_rows(), json);
+    }
     Ok(())
 }
 
@@ -232,8 +273,10 @@ pub(crate) async fn reload_config(
     json: bool,
     options: CallOptions,
 ) -> Result<(), Failure> {
-    let reply = bus
-        .call("main", "reload-config", Vec::new(), options)
+    // Each host's main re-reads its own file (the last host's change is shown).
+    let reply = Mains::load(bus, &options)
+        .await?
+        .call_all(bus, "reload-config", Vec::new(), &options)
         .await?;
     let change: ConfigChange =
         proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;

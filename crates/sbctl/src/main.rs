@@ -7,6 +7,7 @@
 mod bench;
 mod cli;
 mod daily;
+mod hosts;
 mod print;
 mod token;
 mod ws;
@@ -211,10 +212,10 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
     match &args.command {
         Command::Ls { watch: true } => daily::watch(bus, args.json, options).await?,
         Command::Ls { watch: false } => {
-            let from_main = bus.call("main", "ls", Vec::new(), options.clone()).await;
+            let from_main = hosts::Mains::load(bus, &options).await;
             match from_main {
-                Ok(reply) => {
-                    print_apps_or_json(&body_to_json(&reply.body), args.json);
+                Ok(mains) => {
+                    print_apps_or_json(&mains.all_rows(), args.json);
                 }
                 Err(e) if matches!(e.code, ErrorCode::UnknownService | ErrorCode::Unavailable) => {
                     let list: Vec<InstanceInfo> = bus.broker("ls", Vec::new(), options).await?;
@@ -251,8 +252,15 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 timeout: Some(Duration::from_millis(args.timeout_ms.max(60_000))),
                 ..options
             };
-            let reply = bus.call("main", op, body, options).await?;
-            print_apps_or_json(&body_to_json(&reply.body), args.json);
+            let mains = hosts::Mains::load(bus, &options).await?;
+            let reply = mains.call_owners(bus, name, op, body, &options).await?;
+            if mains.names().count() == 1 {
+                print_apps_or_json(&body_to_json(&reply.body), args.json);
+            } else {
+                // Every host's table after the order.
+                let after = hosts::Mains::load(bus, &options).await?;
+                print_apps_or_json(&after.all_rows(), args.json);
+            }
         }
         Command::Logs {
             name,

@@ -112,13 +112,19 @@ pub(crate) fn ls_from_status_file(args: &Args, unreachable: &str) -> Option<Resu
 }
 
 pub(crate) fn print_apps(list: &[serde_json::Value]) {
-    let mut t = table(
-        &[
-            "APP", "INSTANCE", "STATE", "PID", "UPTIME", "↺", "MEMORY", "CPU", "INFLIGHT",
-            "HANDLED",
-        ],
-        &[3, 4, 5, 6, 7, 8, 9],
-    );
+    // A HOST column when the rows come from mains on several hosts.
+    let hosts = list
+        .iter()
+        .any(|a| a["host"].as_str().is_some_and(|h| !h.is_empty()));
+    let mut headers = vec![
+        "APP", "INSTANCE", "STATE", "PID", "UPTIME", "↺", "MEMORY", "CPU", "INFLIGHT", "HANDLED",
+    ];
+    let mut right = vec![3, 4, 5, 6, 7, 8, 9];
+    if hosts {
+        headers.insert(0, "HOST");
+        right.iter_mut().for_each(|i| *i += 1);
+    }
+    let mut t = table(&headers, &right);
     for a in list {
         let num = |k: &str| a[k].as_u64().unwrap_or(0);
         let raw = a["state"].as_str().unwrap_or("?");
@@ -128,7 +134,11 @@ pub(crate) fn print_apps(list: &[serde_json::Value]) {
         };
         let running = num("pid") > 0;
         let dash = || "-".to_owned();
-        t.add_row(vec![
+        let mut row = Vec::with_capacity(headers.len());
+        if hosts {
+            row.push(Cell::new(a["host"].as_str().unwrap_or("")));
+        }
+        row.extend([
             Cell::new(a["app"].as_str().unwrap_or("?")),
             Cell::new(a["instance"].as_str().unwrap_or("?")),
             state_cell(raw, state),
@@ -148,6 +158,7 @@ pub(crate) fn print_apps(list: &[serde_json::Value]) {
             Cell::new(num("inflight")),
             Cell::new(num("handled")),
         ]);
+        t.add_row(row);
     }
     println!("{t}");
 }

@@ -60,13 +60,17 @@ pub async fn run(options: Options) -> i32 {
     };
     let shutdown = svc::shutdown_on_signal();
     let previous = supervisor::read_status_file(&eco.base.join(&eco.main.run_dir));
-    let adopted = if options.no_spawn {
+    // Another host's main runs the broker: connect to it, start none.
+    let external = eco.broker.connect.clone();
+    let adopted = if options.no_spawn || external.is_some() {
         None
     } else {
         adoptable_broker(&eco, previous.as_ref()).await
     };
     let broker_restarts = adopted.as_ref().map_or(0, |(_, _, restarts)| *restarts);
-    let (endpoint, broker) = if options.no_spawn {
+    let (endpoint, broker) = if let Some(endpoint) = external {
+        (endpoint, None)
+    } else if options.no_spawn {
         (options.broker.clone(), None)
     } else if let Some((endpoint, proc, _)) = adopted {
         tracing::info!(%endpoint, pid = proc.pid, "adopted the running broker");
@@ -86,7 +90,12 @@ pub async fn run(options: Options) -> i32 {
     if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
         println!("dashboard http://{addr}/");
     }
-    let sup = match Supervisor::new(eco, endpoint.clone(), options.no_spawn) {
+    let instance = match &eco.main.host {
+        Some(host) => format!("main.{host}"),
+        None => "main".to_owned(),
+    };
+    let manages_broker = broker.is_some() || (!options.no_spawn && eco.broker.connect.is_none());
+    let sup = match Supervisor::new(eco, endpoint.clone(), options.no_spawn, manages_broker) {
         Ok(sup) => sup,
         Err(e) => {
             eprintln!("main: {e:#}");
@@ -96,7 +105,7 @@ pub async fn run(options: Options) -> i32 {
     sup.set_source(options.config.clone(), options.env.clone());
     let config = Config {
         broker: endpoint.clone(),
-        instance: "main".into(),
+        instance,
         secret: options.secret,
         successor: false,
         ..Config::default()

@@ -57,6 +57,12 @@ pub fn load_with_env(
     check_keys("(top level)", root_map, TOP_KEYS, false)?;
     let main_conf: MainConf = section(root_map, "main", MAIN_KEYS)?;
     let broker: BrokerConf = section(root_map, "broker", BROKER_KEYS)?;
+    if let Some(host) = &main_conf.host {
+        check_host(host).map_err(|message| EcosystemError::Invalid {
+            app: "[main]".into(),
+            message,
+        })?;
+    }
     let apps_raw = match root_map.remove("apps") {
         Some(Value::Array(apps)) => apps,
         None => Vec::new(),
@@ -88,7 +94,7 @@ pub fn load_with_env(
             app: name.clone(),
             message: e.to_string(),
         })?;
-        apps.push(check_app(spec, &base)?);
+        apps.push(check_app(spec, &base, main_conf.host.as_deref())?);
     }
     let apps = order(apps)?;
     Ok(Ecosystem {
@@ -164,7 +170,11 @@ pub(super) fn apply_profile(map: &mut Map<String, Value>, profile: Option<&str>)
     }
 }
 
-pub(super) fn check_app(spec: AppSpec, base: &Path) -> Result<App, EcosystemError> {
+pub(super) fn check_app(
+    spec: AppSpec,
+    base: &Path,
+    host: Option<&str>,
+) -> Result<App, EcosystemError> {
     let invalid = |message: String| EcosystemError::Invalid {
         app: spec.name.clone(),
         message,
@@ -193,7 +203,7 @@ pub(super) fn check_app(spec: AppSpec, base: &Path) -> Result<App, EcosystemErro
             ))
         })?),
     };
-    let instances = instance_names(&spec);
+    let instances = instance_names(&spec, host);
     Ok(App {
         spec,
         bin,
@@ -203,18 +213,42 @@ pub(super) fn check_app(spec: AppSpec, base: &Path) -> Result<App, EcosystemErro
 }
 
 /// The instance names of an app: its name alone, or NAME01, NAME02… when it
-/// runs several instances or names them through `instance_var`.
-pub fn instance_names(spec: &AppSpec) -> Vec<String> {
+/// runs several instances or names them through `instance_var`; with a `host`
+/// (a system of several hosts), each ends in `.HOST`.
+pub fn instance_names(spec: &AppSpec, host: Option<&str>) -> Vec<String> {
     let numbered = spec.instances > 1 || spec.instance_var.is_some();
     (1..=spec.instances)
         .map(|n| {
-            if numbered {
+            let name = if numbered {
                 format!("{}{n:02}", spec.name)
             } else {
                 spec.name.clone()
+            };
+            match host {
+                Some(host) => format!("{name}.{host}"),
+                None => name,
             }
         })
         .collect()
+}
+
+/// Longest `[main] host`: `INSTANCE.HOST` must stay a bus name (64 bytes).
+pub const MAX_HOST: usize = 24;
+
+/// A `[main] host`: a bus name without `.` (it is the suffix after one), at
+/// most [`MAX_HOST`] bytes.
+pub fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty()
+        || host.len() > MAX_HOST
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "[main] host {host:?}: 1 to {MAX_HOST} of A-Z a-z 0-9 _ -"
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves a `bin`: a path (relative to the ecosystem file's folder), or a bare

@@ -71,7 +71,7 @@ const APP_KEYS: &[&str] = &[
     "watch",
     "ignore_watch",
 ];
-const BROKER_KEYS: &[&str] = &["bin", "bind", "args", "env"];
+const BROKER_KEYS: &[&str] = &["bin", "bind", "args", "env", "connect"];
 const MAIN_KEYS: &[&str] = &[
     "run_dir",
     "heartbeat_ms",
@@ -80,6 +80,7 @@ const MAIN_KEYS: &[&str] = &[
     "log_keep",
     "http",
     "http_auth",
+    "host",
 ];
 const TOP_KEYS: &[&str] = &["main", "broker", "apps"];
 
@@ -108,6 +109,12 @@ pub struct MainConf {
     /// `user:password` for HTTP basic auth on it (none by default).
     #[serde(default)]
     pub http_auth: Option<String>,
+    /// This machine's name when the system spans several hosts, each with its
+    /// own main: main registers as `main.HOST` and names each instance
+    /// `INSTANCE.HOST`, so that two hosts' `chat` never collide on the bus.
+    /// Unset: one host; `main` and instances as named.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// `[broker]`: the broker main starts first.
@@ -125,6 +132,11 @@ pub struct BrokerConf {
     /// Extra environment.
     #[serde(default, deserialize_with = "string_map")]
     pub env: BTreeMap<String, String>,
+    /// The broker runs elsewhere (started by another host's main): connect to
+    /// this endpoint instead of starting one. `bin`, `bind`, `args` and `env`
+    /// are then unused.
+    #[serde(default)]
+    pub connect: Option<String>,
 }
 
 /// One `[[apps]]` table. Units are in the names; defaults follow PM2's where it

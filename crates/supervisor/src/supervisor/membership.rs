@@ -38,7 +38,7 @@ impl Supervisor {
             return Err(Error::bad_request(format!("no app {name:?}")));
         };
         app.spec.instances = instances;
-        app.instances = instance_names(&app.spec);
+        app.instances = instance_names(&app.spec, self.eco.main.host.as_deref());
         self.apply_app(app, false).await.map_err(not_started)
     }
 

@@ -105,6 +105,7 @@ impl Managed {
             status: Mutex::new(InstanceStatus {
                 app: app.spec.name.clone(),
                 instance: instance.to_owned(),
+                host: main.host.clone().unwrap_or_default(),
                 state: InstanceState::Stopped,
                 managed: true,
                 ..InstanceStatus::default()
@@ -217,7 +218,12 @@ impl Supervisor {
     /// # Errors
     ///
     /// When a log file cannot be created.
-    pub fn new(eco: Ecosystem, broker: String, no_spawn: bool) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        eco: Ecosystem,
+        broker: String,
+        no_spawn: bool,
+        manages_broker: bool,
+    ) -> anyhow::Result<Arc<Self>> {
         let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
         // A previous main's record (after a crash): its instances still running.
         let previous = read_status_file(&eco.base.join(&eco.main.run_dir));
@@ -235,6 +241,7 @@ impl Supervisor {
                 }
             }
         }
+        let host = eco.main.host.clone().unwrap_or_default();
         Ok(Arc::new(Self {
             apps: RwLock::new(eco.apps.clone()),
             eco,
@@ -244,9 +251,10 @@ impl Supervisor {
             events: Mutex::new(std::collections::VecDeque::new()),
             broker: Mutex::new(broker),
             broker_ok: AtomicBool::new(true),
-            broker_status: Mutex::new((!no_spawn).then(|| InstanceStatus {
+            broker_status: Mutex::new(manages_broker.then(|| InstanceStatus {
                 app: "broker".into(),
                 instance: "broker".into(),
+                host: host.clone(),
                 state: InstanceState::Starting,
                 managed: true,
                 ..InstanceStatus::default()
