@@ -11,6 +11,7 @@ mod gateway;
 mod harness;
 mod hosts;
 mod membership;
+mod netns;
 mod observe;
 mod security;
 mod services;

@@ -9,6 +9,7 @@
 //! - [`trace_init`]: test logging, shown when `TEST_LOG` is set.
 
 mod database;
+pub mod netns;
 mod peer;
 mod relay;
 
@@ -140,7 +141,17 @@ pub struct Child {
 impl Child {
     /// Spawns binary `name` with `args` and extra environment.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin_path(name));
+        Self::spawn_command(Command::new(bin_path(name)), name, args, env)
+    }
+
+    /// Spawns `cmd` (a program and its first arguments, `ip netns exec NS BIN`
+    /// say) with `args` and extra environment, as [`Child::spawn`] does.
+    pub fn spawn_command(
+        mut cmd: Command,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         if std::env::var_os("TEST_LOG").is_none() {
             cmd.stderr(Stdio::null());
@@ -168,7 +179,11 @@ impl Child {
     /// Spawns binary `name` and waits (10 s at most) for its first stdout line,
     /// `listening ADDRESS`; the address is in `first_line`.
     pub fn announcing(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut child = Self::spawn(name, args, env)?;
+        Self::announce(Self::spawn(name, args, env)?, name)
+    }
+
+    /// Waits (10 s at most) for `child`'s `listening ADDRESS` line.
+    pub fn announce(mut child: Self, name: &str) -> anyhow::Result<Self> {
         let stdout = child.inner.stdout.take().context("stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         let later = child.later.clone();

@@ -21,8 +21,18 @@ impl TcpRelay {
     ///
     /// When no port can be bound.
     pub fn start(target: &str) -> Self {
+        Self::start_on("127.0.0.1:0", target)
+    }
+
+    /// As [`TcpRelay::start`], listening on `listen` (an address other
+    /// network namespaces reach, say).
+    ///
+    /// # Panics
+    ///
+    /// When `listen` cannot be bound.
+    pub fn start_on(listen: &str, target: &str) -> Self {
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let listener = std::net::TcpListener::bind(listen).expect("bind relay");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr").to_string();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
