@@ -126,20 +126,7 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<(RouterSocket, String)>
 /// Whether an endpoint is reachable from this host only: `ipc://`, or TCP on a
 /// loopback address.
 pub fn is_local(endpoint: &str) -> bool {
-    if endpoint.starts_with("ipc://") {
-        return true;
-    }
-    let Some(rest) = endpoint.strip_prefix("tcp://") else {
-        return false;
-    };
-    let host = match rest.rsplit_once(':') {
-        Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
-        None => rest,
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    switchboard_proto::is_local_endpoint(endpoint)
 }
 
 /// Runs the broker on a bound socket until `shutdown` is cancelled. Must run on a

@@ -147,6 +147,26 @@ pub fn validate_user(user: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// Whether a bus endpoint is reachable from this host only: `ipc://`, or TCP
+/// on a loopback address. Anything else crosses a network, where the bus
+/// secret is required on every hop.
+pub fn is_local_endpoint(endpoint: &str) -> bool {
+    if endpoint.starts_with("ipc://") {
+        return true;
+    }
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return false;
+    };
+    let host = match rest.rsplit_once(':') {
+        Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => rest,
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Checks a service, instance or op name: 1 to [`MAX_NAME_LEN`] bytes of ASCII
 /// letters, digits and `_ - . $`.
 ///

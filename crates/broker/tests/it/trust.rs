@@ -184,3 +184,34 @@ fn a_public_bind_without_a_secret_is_refused_unless_insecure() {
     let insecure = Child::broker("tcp://0.0.0.0:0", &["--insecure"]).unwrap();
     assert!(insecure.first_line.is_some());
 }
+
+/// The other side of the same rule: a peer refuses to join a bus on another
+/// host without the secret (every hop authenticated), unless told it is
+/// insecure; on this host it needs none.
+#[tokio::test]
+async fn a_peer_refuses_a_remote_broker_without_a_secret() {
+    let remote = |secret: Option<&str>, insecure: bool| {
+        switchboard_bus::connect(switchboard_bus::Config {
+            broker: "tcp://192.0.2.10:5555".into(),
+            secret: secret.map(str::to_owned),
+            insecure,
+            ..switchboard_bus::Config::default()
+        })
+        .map(|_| ())
+    };
+    let err = remote(None, false).unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest);
+    assert!(err.message.contains("SB_SECRET"), "{err:?}");
+    assert!(remote(Some(""), false).is_err(), "an empty secret is none");
+    assert!(remote(Some("s3cret"), false).is_ok());
+    assert!(remote(None, true).is_ok());
+    // A real service binary says so and exits 64.
+    let mut echo = Child::spawn(
+        "echo",
+        &["--broker", "tcp://192.0.2.10:5555"],
+        &[("SB_SECRET", ""), ("SB_INSECURE", "0")],
+    )
+    .unwrap();
+    let status = echo.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(64));
+}

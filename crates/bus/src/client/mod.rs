@@ -69,6 +69,10 @@ pub struct Config {
     /// `Some(true)` always a thread of its own; `Some(false)` always the caller's
     /// runtime.
     pub io_thread: Option<bool>,
+    /// Connect to a broker on another host without a secret. Off by default
+    /// (from `SB_INSECURE=1`): a bus that crosses a network is authenticated
+    /// on every hop, and [`connect`] refuses otherwise.
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             default_timeout_ms: 5_000,
             successor: std::env::var("SB_SUCCESSOR").is_ok_and(|v| v == "1"),
             io_thread: None,
+            insecure: std::env::var("SB_INSECURE").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -223,6 +228,13 @@ const DEADLINE_GRACE_MS: u64 = 250;
 ///
 /// When the configuration is invalid or the thread cannot be started.
 pub fn connect(config: Config) -> Result<Connection, Error> {
+    let has_secret = config.secret.as_ref().is_some_and(|s| !s.is_empty());
+    if !has_secret && !config.insecure && !proto::is_local_endpoint(&config.broker) {
+        return Err(Error::bad_request(format!(
+            "refusing to join the bus at {} without a secret: it is not on this host, so              every hop must be authenticated (set SB_SECRET to the broker's, or SB_INSECURE=1)",
+            config.broker
+        )));
+    }
     proto::validate_name(&config.instance)
         .map_err(|e| Error::bad_request(format!("instance name: {e}")))?;
     if !config.service.is_empty() {
