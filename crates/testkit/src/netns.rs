@@ -191,8 +191,5 @@ pub fn unavailable() -> Option<String> {
     if !Path::new("/proc/self/ns/net").exists() {
         return Some("no network namespaces here".into());
     }
-    match Lab::new(1) {
-        Ok(_) => None,
-        Err(e) => Some(e),
-    }
+    Lab::new(1).err()
 }
