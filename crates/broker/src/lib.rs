@@ -24,6 +24,7 @@
 //! a caller never has more than `max_inflight_per_client` replies owed. Events to a
 //! slow subscriber are what gets dropped (`events_dropped`).
 
+pub mod ha;
 pub mod router;
 
 use bytes::Bytes;
@@ -69,6 +70,8 @@ pub struct Settings {
     pub max_deadline_ms: u64,
     /// Allow binding a non-loopback address without a secret.
     pub insecure: bool,
+    /// One of a broker pair (failover), or a single broker (`None`).
+    pub ha: Option<ha::HaSettings>,
 }
 
 impl Default for Settings {
@@ -88,6 +91,7 @@ impl Default for Settings {
             max_subs_per_peer: 100_000,
             max_deadline_ms: 5 * 60 * 1000,
             insecure: false,
+            ha: None,
         }
     }
 }
@@ -139,7 +143,37 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> BrokerStats {
     let mut monitor = socket.monitor();
+    let ha = settings.ha.clone();
+    let secret = settings.secret.clone().filter(|s| !s.is_empty());
+    let heartbeat = Duration::from_millis(settings.heartbeat_ms);
     let mut router = Router::new(settings);
+    // The pair's state channel: a UDP socket, our state to the partner every
+    // heartbeat, theirs in (see `ha`).
+    let pair = match &ha {
+        Some(h) => match tokio::net::UdpSocket::bind(h.bind).await {
+            Ok(udp) => {
+                router.ha = Some(ha::Pair::new(
+                    h.role,
+                    heartbeat.as_millis() as u64,
+                    switchboard_proto::now_ms(),
+                ));
+                router.stats.ha = router
+                    .ha
+                    .as_ref()
+                    .map(ha::Pair::describe)
+                    .unwrap_or_default();
+                tracing::info!(role = ?h.role, bind = %h.bind, peer = %h.peer, "one of a broker pair");
+                Some((udp, h.peer))
+            }
+            Err(e) => {
+                tracing::error!(bind = %h.bind, error = %e, "cannot bind the broker pair's state socket");
+                return router.stats.clone();
+            }
+        },
+        None => None,
+    };
+    let mut state_tick = tokio::time::interval(heartbeat);
+    let mut datagram = [0u8; 128];
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     router.on_tick(switchboard_proto::now_ms());
@@ -147,6 +181,21 @@ pub async fn run(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            got = async { pair.as_ref().expect("guarded").0.recv_from(&mut datagram).await }, if pair.is_some() => {
+                if let Ok((n, _)) = got {
+                    let now = switchboard_proto::now_ms();
+                    match ha::decode(&datagram[..n], now, secret.as_deref()) {
+                        Some(state) => router.on_partner(state, now),
+                        None => router.stats.unauthenticated += 1,
+                    }
+                }
+            }
+            _ = state_tick.tick(), if pair.is_some() => {
+                if let (Some((udp, peer)), Some(p)) = (&pair, &router.ha) {
+                    let msg = ha::encode(p.state, switchboard_proto::now_ms(), secret.as_deref());
+                    let _ = udp.try_send_to(&msg, *peer);
+                }
+            }
             event = monitor.next() => {
                 if let Some(SocketEvent::Disconnected(peer)) = event {
                     router.on_disconnect(&Bytes::from(peer), switchboard_proto::now_ms());

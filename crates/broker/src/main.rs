@@ -40,6 +40,17 @@ struct Args {
     /// reaches the port can then join the bus).
     #[arg(long, env = "SB_INSECURE")]
     insecure: bool,
+    /// One of a broker pair (failover): `primary` or `backup`. Needs
+    /// --ha-bind and --ha-peer; every peer is then given both brokers'
+    /// endpoints (SB_BROKER=tcp://a:5555,tcp://b:5555).
+    #[arg(long, env = "SB_HA_ROLE", value_parser = ["primary", "backup"], requires_all = ["ha_bind", "ha_peer"])]
+    ha_role: Option<String>,
+    /// UDP address this broker hears its partner's state on (HOST:PORT).
+    #[arg(long, env = "SB_HA_BIND", requires = "ha_role")]
+    ha_bind: Option<std::net::SocketAddr>,
+    /// The partner broker's UDP state address (HOST:PORT).
+    #[arg(long, env = "SB_HA_PEER", requires = "ha_role")]
+    ha_peer: Option<std::net::SocketAddr>,
 }
 
 fn main() {
@@ -56,8 +67,28 @@ fn main() {
         max_subs_per_peer: args.max_subs_per_peer,
         max_deadline_ms: args.max_deadline_ms,
         insecure: args.insecure,
+        ha: match (args.ha_role.as_deref(), args.ha_bind, args.ha_peer) {
+            (Some(role), Some(bind), Some(peer)) => Some(switchboard_broker::ha::HaSettings {
+                role: if role == "primary" {
+                    switchboard_broker::ha::Role::Primary
+                } else {
+                    switchboard_broker::ha::Role::Backup
+                },
+                bind,
+                peer,
+            }),
+            _ => None,
+        },
         ..Settings::default()
     };
+    if settings.ha.is_some()
+        && settings.secret.as_deref().is_none_or(str::is_empty)
+        && !settings.insecure
+        && !switchboard_broker::is_local(&settings.bind)
+    {
+        eprintln!("broker: a broker pair across hosts needs --secret (its state messages are signed with it)");
+        std::process::exit(svc::EXIT_USAGE);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

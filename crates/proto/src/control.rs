@@ -123,6 +123,10 @@ pub struct InstanceInfo {
 /// Reply body of `$broker` `stats`: the broker's counters since start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct BrokerStats {
+    /// In a broker pair: this broker's role and state (`primary active`,
+    /// `backup passive`…); empty for a single broker.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ha: String,
     /// Frames that were not a valid message (bad frame count, undecodable envelope,
     /// wrong version, invalid field): counted, logged once, dropped.
     pub malformed: u64,

@@ -173,6 +173,12 @@ pub struct Router {
     pub stats: BrokerStats,
     /// Messages to send, drained by the socket task after every step.
     pub out: Vec<Outgoing>,
+    /// The broker pair's state machine, when this broker is one of a pair.
+    pub ha: Option<crate::ha::Pair>,
+}
+
+fn ha_describe(ha: Option<&crate::ha::Pair>) -> String {
+    ha.map(crate::ha::Pair::describe).unwrap_or_default()
 }
 
 // === impl Router ===
@@ -209,6 +215,7 @@ impl Router {
             reported_malformed: 0,
             stats: BrokerStats::default(),
             out: Vec::new(),
+            ha: None,
             settings,
         };
         for name in router.settings.services.clone() {
@@ -230,6 +237,26 @@ impl Router {
         });
         self.service_idx.insert(name.to_owned(), idx);
         idx
+    }
+
+    /// The partner broker said it is `state`. When this broker yields (both
+    /// were active; this is the backup), every peer is dropped: they find the
+    /// other broker, which is active.
+    pub fn on_partner(&mut self, state: crate::ha::State, now: u64) {
+        let Some(ha) = self.ha.as_mut() else {
+            return;
+        };
+        if ha.on_peer(state, now) == crate::ha::Change::Yield {
+            let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+            tracing::warn!(
+                peers = peers.len(),
+                "broker pair: yielding; dropping every peer"
+            );
+            for pid in peers {
+                self.peer_lost(pid, Loss::Silent, now);
+            }
+        }
+        self.stats.ha = ha_describe(self.ha.as_ref());
     }
 
     /// Handles one inbound message (identity first).

@@ -18,6 +18,20 @@ impl Router {
         if !names_ok {
             return self.malformed(&identity, "hello with an invalid service or instance name");
         }
+        if let Some(ha) = self.ha.as_mut() {
+            let taken = ha.on_client(now);
+            self.stats.ha = ha_describe(self.ha.as_ref());
+            if !taken {
+                // Passive (or still waiting to hear the partner): the peer
+                // tries the other broker of the pair.
+                let mut env = Envelope::new(Kind::Hello);
+                env.error = Some(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    "passive broker: the other broker of the pair is active",
+                ));
+                return self.send_env(&identity, &env, false);
+            }
+        }
         if let Some(secret) = self.secret.clone() {
             match &hello.proof {
                 None => return self.challenge(identity, now),

@@ -4,6 +4,7 @@
 mod handover;
 mod hostile;
 mod liveness;
+mod pair;
 mod pubsub;
 mod routing;
 mod trust;

@@ -43,6 +43,8 @@ pub(super) struct Actor {
     draining: Option<oneshot::Sender<()>>,
     heartbeat_ms: u64,
     liveness: u32,
+    /// The endpoint of the broker this session is with (one of a pair).
+    connected_to: String,
 }
 
 /// The local subscriptions: each has an id and a queue; several may share a
@@ -131,15 +133,23 @@ impl Actor {
             draining: None,
             heartbeat_ms: 0,
             liveness: 0,
+            connected_to: String::new(),
         }
     }
 
     pub(super) async fn run(mut self) {
         let mut backoff_ms = 50;
+        // A broker pair: both endpoints, the primary first. A failed attempt
+        // (refused, silent, or a passive broker's no) moves to the next one at
+        // once; a whole round of failures backs off.
+        let endpoints = endpoints(&self.config.broker);
+        let mut at = 0;
         loop {
             // One connect attempt, serving commands (requests wait in `pending`)
             // while it runs.
-            let attempt = connect_once(self.config.clone());
+            let mut config = self.config.clone();
+            config.broker.clone_from(&endpoints[at]);
+            let attempt = connect_once(config);
             tokio::pin!(attempt);
             let mut sweep = tokio::time::interval(SWEEP);
             let connected = loop {
@@ -155,12 +165,18 @@ impl Actor {
             };
             self.expire(proto::now_ms());
             let Some((mut socket, welcome)) = connected else {
-                if let End::Closed = self.wait_while_disconnected(backoff_ms).await {
+                at = (at + 1) % endpoints.len();
+                let round_done = at == 0;
+                let wait = if round_done { backoff_ms } else { 10 };
+                if let End::Closed = self.wait_while_disconnected(wait).await {
                     return;
                 }
-                backoff_ms = (backoff_ms * 2).min(1_000);
+                if round_done {
+                    backoff_ms = (backoff_ms * 2).min(1_000);
+                }
                 continue;
             };
+            self.connected_to.clone_from(&endpoints[at]);
             backoff_ms = 50;
             self.heartbeat_ms = u64::from(welcome.heartbeat_ms).max(10);
             self.liveness = welcome.liveness.max(1);
@@ -181,7 +197,10 @@ impl Actor {
                     return;
                 }
                 End::Lost(why) => {
-                    tracing::warn!(reason = why, "broker connection lost; reconnecting");
+                    tracing::warn!(reason = why, broker = %endpoints[at], "broker connection lost; reconnecting");
+                    // With a pair, the other broker first: this one is gone
+                    // (or, if it is still active, the other says no at once).
+                    at = (at + 1) % endpoints.len();
                 }
             }
         }
@@ -234,7 +253,7 @@ impl Actor {
             .stats
             .registrations
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(broker = %self.config.broker, instance = %self.config.instance, "registered with the broker");
+        tracing::info!(broker = %self.connected_to, instance = %self.config.instance, "registered with the broker");
         // Restore state: subscriptions, readiness, then requests that waited.
         for pattern in self.subs.patterns() {
             let _ = try_send(
@@ -491,5 +510,20 @@ impl Actor {
         for p in self.pending.values_mut() {
             p.sent = false;
         }
+    }
+}
+
+/// The endpoints in a `broker` setting: one, or a pair separated by a comma.
+pub(super) fn endpoints(broker: &str) -> Vec<String> {
+    let list: Vec<String> = broker
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        vec![broker.to_owned()]
+    } else {
+        list
     }
 }

@@ -229,7 +229,10 @@ const DEADLINE_GRACE_MS: u64 = 250;
 /// When the configuration is invalid or the thread cannot be started.
 pub fn connect(config: Config) -> Result<Connection, Error> {
     let has_secret = config.secret.as_ref().is_some_and(|s| !s.is_empty());
-    if !has_secret && !config.insecure && !proto::is_local_endpoint(&config.broker) {
+    let remote = actor::endpoints(&config.broker)
+        .iter()
+        .any(|e| !proto::is_local_endpoint(e));
+    if !has_secret && !config.insecure && remote {
         return Err(Error::bad_request(format!(
             "refusing to join the bus at {} without a secret: it is not on this host, so              every hop must be authenticated (set SB_SECRET to the broker's, or SB_INSECURE=1)",
             config.broker
