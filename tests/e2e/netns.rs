@@ -264,3 +264,168 @@ async fn three_hosts_one_system_across_real_links() {
     );
     drop(relay);
 }
+
+/// A broker pair on two hosts, the services on a third. The primary's host is
+/// killed (every process in it, `kill -9`) while a client says things through
+/// the gateway: the backup takes over, every request gets an answer (none
+/// waits for its deadline), and every acknowledged `say` is in MariaDB.
+#[tokio::test]
+async fn the_primary_brokers_host_dies_under_load_and_nothing_acknowledged_is_lost() {
+    let lab = match Lab::new(3) {
+        Ok(lab) => lab,
+        Err(why) => {
+            eprintln!("skipped: network namespaces cannot be made here ({why}); they need root");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (&lab.hosts[0].ip, &lab.hosts[1].ip, &lab.hosts[2].ip);
+    let tdb = TestDatabase::new();
+    let relay = TcpRelay::start_on(&format!("{}:0", lab.bridge_ip), "127.0.0.1:3306");
+    let (scheme_user, rest) = tdb.url.split_once('@').unwrap();
+    let db_url = format!(
+        "{scheme_user}@{}/{}?prefer_socket=false",
+        relay.addr,
+        rest.split_once('/').unwrap().1
+    );
+    let (ea, eb) = (format!("tcp://{a}:5555"), format!("tcp://{b}:5555"));
+    let pair = format!("{ea},{eb}");
+    let main_conf = "heartbeat_ms = 250\nliveness = 4\nhttp = \"\"\n";
+    let broker_of = |role: &str, me: &str, other: &str| {
+        format!(
+            "[broker]\nbin = \"{}\"\nbind = \"tcp://{me}:5555\"\nargs = [\"--ha-role\", \"{role}\", \"--ha-bind\", \"{me}:5600\", \"--ha-peer\", \"{other}:5600\"]\npair = [\"{ea}\", \"{eb}\"]\n",
+            bin_path("broker").display()
+        )
+    };
+    let _main_a = main_on(
+        &lab,
+        0,
+        dir.path(),
+        &format!(
+            "[main]\nhost = \"a\"\nrun_dir = \"run-a\"\n{main_conf}\n{}\n{}",
+            broker_of("primary", a, b),
+            app("svc", "echo", &["--service", "svc"], "")
+        ),
+    );
+    let _main_b = main_on(
+        &lab,
+        1,
+        dir.path(),
+        &format!(
+            "[main]\nhost = \"b\"\nrun_dir = \"run-b\"\n{main_conf}\n{}\n{}",
+            broker_of("backup", b, a),
+            app("svc", "echo", &["--service", "svc"], "")
+        ),
+    );
+    let _main_c = main_on(
+        &lab,
+        2,
+        dir.path(),
+        &format!(
+            "[main]\nhost = \"c\"\nrun_dir = \"run-c\"\n{main_conf}\n[broker]\nconnect = \"{pair}\"\n\n{}{}{}",
+            app("db", "db", &[], &format!("env = {{ DATABASE_URL = \"{db_url}\" }}")),
+            app("chat", "chat", &[], "depends_on = [\"db\"]"),
+            app("receive", "receive", &["--listen", &format!("{c}:3000")], "depends_on = [\"chat\"]"),
+        ),
+    );
+    let all = ["svc.a", "svc.b", "db.c", "chat.c", "receive.c"];
+    let online = eventually(Duration::from_secs(30), || async {
+        let rows = ls(&pair);
+        all.iter().all(|i| {
+            rows.iter()
+                .any(|r| r["instance"] == *i && r["state"] == "online")
+        })
+    })
+    .await;
+    assert!(online, "{:?}", ls(&pair));
+    let settled = eventually(Duration::from_secs(5), || async {
+        String::from_utf8_lossy(&sbctl(&pair, &["ls"]).stdout)
+            .contains("broker pair: primary active, partner passive")
+    })
+    .await;
+    assert!(
+        settled,
+        "{}",
+        String::from_utf8_lossy(&sbctl(&pair, &["ls"]).stdout)
+    );
+
+    // A client says one thing at a time through the gateway on host c, each
+    // with its own idempotency key, retrying a failed one with the same key.
+    let mut talker = ws(&format!("ws://{c}:3000/ws")).await;
+    let mut acked: Vec<u64> = Vec::new();
+    let mut codes: Vec<String> = Vec::new();
+    let mut unanswered = 0;
+    let mut killed_at: Option<Instant> = None;
+    let mut recovered: Option<Duration> = None;
+    let mut id = 0u64;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(12) && acked.len() < 100_000 {
+        if killed_at.is_none() && started.elapsed() > Duration::from_secs(2) {
+            lab.kill_host(0);
+            killed_at = Some(Instant::now());
+        }
+        n += 1;
+        let key = format!("k{n}");
+        loop {
+            id += 1;
+            let say = json!({"id": id, "to": "chat", "op": "say", "data": {"room": "pair", "text": format!("m{n}"), "idempotency_key": key}});
+            talker
+                .send(Message::Text(say.to_string().into()))
+                .await
+                .unwrap();
+            match next_json(&mut talker, |v| v["id"] == id).await {
+                None => {
+                    unanswered += 1;
+                    break;
+                }
+                Some(reply) if reply["ok"] == true => {
+                    acked.push(reply["data"]["seq"].as_u64().unwrap());
+                    if let (Some(at), None) = (killed_at, recovered) {
+                        recovered = Some(at.elapsed());
+                    }
+                    break;
+                }
+                Some(reply) => {
+                    codes.push(reply["error"]["code"].as_str().unwrap_or("?").to_owned());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    let recovered = recovered.expect("serving again after the primary's host died");
+    let bus = client(&pair, "t-pair-netns", Some(SECRET)).await;
+    let stats: proto::BrokerStats = bus
+        .broker("stats", Vec::new(), CallOptions::default())
+        .await
+        .unwrap();
+    assert!(stats.ha.starts_with("backup active"), "{}", stats.ha);
+    // Every acknowledged say is in MariaDB, once.
+    let mut conn = mysql_async::Conn::from_url(tdb.url.as_str()).await.unwrap();
+    use mysql_async::prelude::Queryable;
+    let stored: Vec<u64> = conn
+        .query("SELECT seq FROM messages WHERE room = 'pair' ORDER BY seq")
+        .await
+        .unwrap();
+    let lost: Vec<&u64> = acked.iter().filter(|s| !stored.contains(s)).collect();
+    eprintln!(
+        "netns pair: primary's host killed; serving again after {} ms; {} says acknowledged, {} lost, {} unanswered; errors on the way: {:?}",
+        recovered.as_millis(),
+        acked.len(),
+        lost.len(),
+        unanswered,
+        codes
+    );
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    assert_eq!(unanswered, 0, "every request was answered");
+    assert!(
+        recovered < Duration::from_secs(3),
+        "failover took {recovered:?}"
+    );
+    assert!(
+        codes.iter().all(|c| c == "unavailable"),
+        "answered at once, never left to a deadline: {codes:?}"
+    );
+    assert_eq!(stored.len(), acked.len(), "each say stored once");
+    drop(relay);
+}

@@ -216,6 +216,18 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
             match from_main {
                 Ok(mains) => {
                     print_apps_or_json(&mains.all_rows(), args.json);
+                    // With a broker pair: which one is active (the one that
+                    // answers is; it knows what its partner last said).
+                    if !args.json {
+                        if let Ok(stats) = bus
+                            .broker::<BrokerStats>("stats", Vec::new(), options)
+                            .await
+                        {
+                            if !stats.ha.is_empty() {
+                                println!("broker pair: {}", stats.ha);
+                            }
+                        }
+                    }
                 }
                 Err(e) if matches!(e.code, ErrorCode::UnknownService | ErrorCode::Unavailable) => {
                     let list: Vec<InstanceInfo> = bus.broker("ls", Vec::new(), options).await?;

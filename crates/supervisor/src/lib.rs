@@ -84,6 +84,13 @@ pub async fn run(options: Options) -> i32 {
             }
         }
     };
+    // What main and its apps connect to: the pair's endpoints when there is a
+    // pair, else the one broker.
+    let bus_endpoint = if eco.broker.pair.is_empty() {
+        endpoint.clone()
+    } else {
+        eco.broker.pair.join(",")
+    };
     println!("listening {endpoint}");
     let http_auth = eco.main.http_auth.clone();
     let http = http::bind(&eco.main.http).await;
@@ -95,7 +102,7 @@ pub async fn run(options: Options) -> i32 {
         None => "main".to_owned(),
     };
     let manages_broker = broker.is_some() || (!options.no_spawn && eco.broker.connect.is_none());
-    let sup = match Supervisor::new(eco, endpoint.clone(), options.no_spawn, manages_broker) {
+    let sup = match Supervisor::new(eco, bus_endpoint.clone(), options.no_spawn, manages_broker) {
         Ok(sup) => sup,
         Err(e) => {
             eprintln!("main: {e:#}");
@@ -104,7 +111,7 @@ pub async fn run(options: Options) -> i32 {
     };
     sup.set_source(options.config.clone(), options.env.clone());
     let config = Config {
-        broker: endpoint.clone(),
+        broker: bus_endpoint,
         instance,
         secret: options.secret,
         successor: false,
@@ -158,7 +165,14 @@ async fn adoptable_broker(
     if !proc::alive(row.pid) || !runs_broker {
         return None;
     }
-    let addr = file.broker_endpoint.strip_prefix("tcp://")?;
+    // In a pair, the status file holds both endpoints; this host's broker is
+    // the one `bind` names (a pair's addresses are fixed, never port 0).
+    let local = if eco.broker.pair.is_empty() {
+        file.broker_endpoint.clone()
+    } else {
+        eco.broker.bind.clone()
+    };
+    let addr = local.strip_prefix("tcp://")?;
     let answers = tokio::time::timeout(
         Duration::from_millis(500),
         tokio::net::TcpStream::connect(addr),
@@ -167,7 +181,7 @@ async fn adoptable_broker(
     .is_ok_and(|c| c.is_ok());
     answers.then(|| {
         (
-            file.broker_endpoint.clone(),
+            local.clone(),
             proc::Proc::adopt(row.pid, row.started_at_ms),
             row.restarts,
         )

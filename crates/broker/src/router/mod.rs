@@ -175,6 +175,19 @@ pub struct Router {
     pub out: Vec<Outgoing>,
     /// The broker pair's state machine, when this broker is one of a pair.
     pub ha: Option<crate::ha::Pair>,
+    /// When this broker of a pair last became active: for a while after, the
+    /// peers of the whole system are still arriving, so a request for a
+    /// service not seen yet is held (to its deadline) instead of refused.
+    active_since: Option<u64>,
+}
+
+impl Router {
+    /// Whether peers may still be arriving after this broker of a pair became
+    /// active (two liveness windows).
+    fn regathering(&self, now: u64) -> bool {
+        let window = 2 * self.settings.heartbeat_ms * u64::from(self.settings.liveness);
+        self.active_since.is_some_and(|t| now < t + window)
+    }
 }
 
 fn ha_describe(ha: Option<&crate::ha::Pair>) -> String {
@@ -216,6 +229,7 @@ impl Router {
             stats: BrokerStats::default(),
             out: Vec::new(),
             ha: None,
+            active_since: None,
             settings,
         };
         for name in router.settings.services.clone() {
@@ -246,7 +260,12 @@ impl Router {
         let Some(ha) = self.ha.as_mut() else {
             return;
         };
-        if ha.on_peer(state, now) == crate::ha::Change::Yield {
+        let was_active = ha.state == crate::ha::State::Active;
+        let change = ha.on_peer(state, now);
+        if !was_active && ha.state == crate::ha::State::Active {
+            self.active_since = Some(now);
+        }
+        if change == crate::ha::Change::Yield {
             let peers: Vec<PeerId> = self.peers.keys().copied().collect();
             tracing::warn!(
                 peers = peers.len(),

@@ -19,7 +19,11 @@ impl Router {
             return self.malformed(&identity, "hello with an invalid service or instance name");
         }
         if let Some(ha) = self.ha.as_mut() {
+            let was_active = ha.state == crate::ha::State::Active;
             let taken = ha.on_client(now);
+            if taken && !was_active {
+                self.active_since = Some(now);
+            }
             self.stats.ha = ha_describe(self.ha.as_ref());
             if !taken {
                 // Passive (or still waiting to hear the partner): the peer

@@ -27,12 +27,20 @@ impl Router {
                 "invalid service or op name".into(),
             );
         }
-        let Some(&svc) = self.service_idx.get(head.to) else {
-            return fail_now(
-                self,
-                ErrorCode::UnknownService,
-                format!("{}: no such service", head.to),
-            );
+        let svc = match self.service_idx.get(head.to) {
+            Some(&svc) => svc,
+            // Just took over as the active broker of a pair: the service's
+            // instances are on their way here; hold it.
+            None if self.regathering(now) && self.services.len() < self.settings.max_services => {
+                self.service(head.to)
+            }
+            None => {
+                return fail_now(
+                    self,
+                    ErrorCode::UnknownService,
+                    format!("{}: no such service", head.to),
+                )
+            }
         };
         let Some(peer) = self.peers.get_mut(&caller) else {
             return;

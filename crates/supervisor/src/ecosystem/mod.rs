@@ -71,7 +71,7 @@ const APP_KEYS: &[&str] = &[
     "watch",
     "ignore_watch",
 ];
-const BROKER_KEYS: &[&str] = &["bin", "bind", "args", "env", "connect"];
+const BROKER_KEYS: &[&str] = &["bin", "bind", "args", "env", "connect", "pair"];
 const MAIN_KEYS: &[&str] = &[
     "run_dir",
     "heartbeat_ms",
@@ -137,6 +137,12 @@ pub struct BrokerConf {
     /// are then unused.
     #[serde(default)]
     pub connect: Option<String>,
+    /// A broker pair: both brokers' endpoints, the primary first. main and
+    /// every app it starts are given the list (`SB_BROKER=A,B`) and fail over
+    /// between them; the broker main starts here (with `--ha-role` and the rest
+    /// in `args`) is one of the two.
+    #[serde(default)]
+    pub pair: Vec<String>,
 }
 
 /// One `[[apps]]` table. Units are in the names; defaults follow PM2's where it
