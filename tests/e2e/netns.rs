@@ -23,17 +23,27 @@ fn app(name: &str, bin: &str, args: &[&str], extra: &str) -> String {
     )
 }
 
-/// main on host `h` with `text` as its ecosystem file.
+/// main on host `h` with `text` as its ecosystem file (in a folder of its
+/// own: its run folder is beside it).
 fn main_on(lab: &Lab, h: usize, dir: &std::path::Path, text: &str) -> Child {
-    let file = dir.join(format!("ecosystem-{h}.toml"));
+    main_with_env(lab, h, dir, text, &[])
+}
+
+fn main_with_env(
+    lab: &Lab,
+    h: usize,
+    dir: &std::path::Path,
+    text: &str,
+    env: &[(&str, &str)],
+) -> Child {
+    let folder = dir.join(format!("host{h}"));
+    std::fs::create_dir_all(&folder).unwrap();
+    let file = folder.join("ecosystem.toml");
     std::fs::write(&file, text).unwrap();
-    lab.announcing(
-        h,
-        "main",
-        &["--config", file.to_str().unwrap()],
-        &[("SB_SECRET", SECRET)],
-    )
-    .unwrap()
+    let mut env = env.to_vec();
+    env.push(("SB_SECRET", SECRET));
+    lab.announcing(h, "main", &["--config", file.to_str().unwrap()], &env)
+        .unwrap()
 }
 
 fn sbctl(endpoint: &str, args: &[&str]) -> std::process::Output {
@@ -290,45 +300,28 @@ async fn the_primary_brokers_host_dies_under_load_and_nothing_acknowledged_is_lo
     );
     let (ea, eb) = (format!("tcp://{a}:5555"), format!("tcp://{b}:5555"));
     let pair = format!("{ea},{eb}");
-    let main_conf = "heartbeat_ms = 250\nliveness = 4\nhttp = \"\"\n";
-    let broker_of = |role: &str, me: &str, other: &str| {
-        format!(
-            "[broker]\nbin = \"{}\"\nbind = \"tcp://{me}:5555\"\nargs = [\"--ha-role\", \"{role}\", \"--ha-bind\", \"{me}:5600\", \"--ha-peer\", \"{other}:5600\"]\npair = [\"{ea}\", \"{eb}\"]\n",
-            bin_path("broker").display()
+    // The README's multi-host recipe, as it is in deploy/multi-host/, with
+    // this lab's addresses for 10.0.0.1-3.
+    let recipe = |host: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../deploy/multi-host/host-{host}.toml")),
         )
+        .unwrap()
+        .replace("10.0.0.1", a)
+        .replace("10.0.0.2", b)
+        .replace("10.0.0.3", c)
     };
-    let _main_a = main_on(
-        &lab,
-        0,
-        dir.path(),
-        &format!(
-            "[main]\nhost = \"a\"\nrun_dir = \"run-a\"\n{main_conf}\n{}\n{}",
-            broker_of("primary", a, b),
-            app("svc", "echo", &["--service", "svc"], "")
-        ),
-    );
-    let _main_b = main_on(
-        &lab,
-        1,
-        dir.path(),
-        &format!(
-            "[main]\nhost = \"b\"\nrun_dir = \"run-b\"\n{main_conf}\n{}\n{}",
-            broker_of("backup", b, a),
-            app("svc", "echo", &["--service", "svc"], "")
-        ),
-    );
-    let _main_c = main_on(
+    let _main_a = main_on(&lab, 0, dir.path(), &recipe("a"));
+    let _main_b = main_on(&lab, 1, dir.path(), &recipe("b"));
+    let _main_c = main_with_env(
         &lab,
         2,
         dir.path(),
-        &format!(
-            "[main]\nhost = \"c\"\nrun_dir = \"run-c\"\n{main_conf}\n[broker]\nconnect = \"{pair}\"\n\n{}{}{}",
-            app("db", "db", &[], &format!("env = {{ DATABASE_URL = \"{db_url}\" }}")),
-            app("chat", "chat", &[], "depends_on = [\"db\"]"),
-            app("receive", "receive", &["--listen", &format!("{c}:3000")], "depends_on = [\"chat\"]"),
-        ),
+        &recipe("c"),
+        &[("DATABASE_URL", &db_url)],
     );
-    let all = ["svc.a", "svc.b", "db.c", "chat.c", "receive.c"];
+    let all = ["loc01.a", "loc01.b", "db.c", "chat.c", "receive.c"];
     let online = eventually(Duration::from_secs(30), || async {
         let rows = ls(&pair);
         all.iter().all(|i| {

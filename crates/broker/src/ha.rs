@@ -222,8 +222,9 @@ pub struct HaSettings {
     pub role: Role,
     /// The UDP address it listens on for its partner's state.
     pub bind: SocketAddr,
-    /// The partner's UDP address.
-    pub peer: SocketAddr,
+    /// The partner's UDP address, `HOST:PORT` (a name is looked up again
+    /// until it resolves: in Kubernetes the partner's Service, say).
+    pub peer: String,
 }
 
 #[cfg(test)]

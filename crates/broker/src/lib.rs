@@ -163,7 +163,7 @@ pub async fn run(
                     .map(ha::Pair::describe)
                     .unwrap_or_default();
                 tracing::info!(role = ?h.role, bind = %h.bind, peer = %h.peer, "one of a broker pair");
-                Some((udp, h.peer))
+                Some((udp, h.peer.clone()))
             }
             Err(e) => {
                 tracing::error!(bind = %h.bind, error = %e, "cannot bind the broker pair's state socket");
@@ -173,6 +173,7 @@ pub async fn run(
         None => None,
     };
     let mut state_tick = tokio::time::interval(heartbeat);
+    let mut peer_addr: Option<std::net::SocketAddr> = None;
     let mut datagram = [0u8; 128];
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,8 +193,15 @@ pub async fn run(
             }
             _ = state_tick.tick(), if pair.is_some() => {
                 if let (Some((udp, peer)), Some(p)) = (&pair, &router.ha) {
-                    let msg = ha::encode(p.state, switchboard_proto::now_ms(), secret.as_deref());
-                    let _ = udp.try_send_to(&msg, *peer);
+                    if peer_addr.is_none() {
+                        // Bounded: one lookup a heartbeat until it resolves.
+                        let lookup = tokio::time::timeout(heartbeat, tokio::net::lookup_host(peer.as_str())).await;
+                        peer_addr = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next());
+                    }
+                    if let Some(addr) = peer_addr {
+                        let msg = ha::encode(p.state, switchboard_proto::now_ms(), secret.as_deref());
+                        let _ = udp.try_send_to(&msg, addr);
+                    }
                 }
             }
             event = monitor.next() => {

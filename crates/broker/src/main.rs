@@ -48,9 +48,9 @@ struct Args {
     /// UDP address this broker hears its partner's state on (HOST:PORT).
     #[arg(long, env = "SB_HA_BIND", requires = "ha_role")]
     ha_bind: Option<std::net::SocketAddr>,
-    /// The partner broker's UDP state address (HOST:PORT).
+    /// The partner broker's UDP state address (HOST:PORT; a name is resolved).
     #[arg(long, env = "SB_HA_PEER", requires = "ha_role")]
-    ha_peer: Option<std::net::SocketAddr>,
+    ha_peer: Option<String>,
 }
 
 fn main() {
