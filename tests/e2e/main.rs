@@ -6,6 +6,7 @@ mod client_js;
 mod daily;
 mod dashboard;
 mod demo;
+mod deploy;
 mod faults;
 mod gateway;
 mod harness;
