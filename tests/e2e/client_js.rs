@@ -23,13 +23,7 @@ pub struct DemoSystem {
     _db: TestDatabase,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use switchboard_testkit::free_port;
 
 impl DemoSystem {
     pub async fn start() -> Self {

@@ -54,6 +54,33 @@ pub(crate) async fn driver(bin: &Path) -> Driver {
     Driver(child, url)
 }
 
+/// A headless Chromium session through chromedriver at `driver`, with a
+/// profile folder of its own and a window of `size` (`W,H`).
+pub(crate) async fn session(
+    driver: &str,
+    chromium: &Path,
+    profile: &Path,
+    size: &str,
+) -> fantoccini::Client {
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": chromium.display().to_string(),
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", format!("--window-size={size}"),
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }
+    });
+    let caps = caps.as_object().unwrap().clone().into_iter().collect();
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("a WebDriver session")
+}
+
 /// The text of every row of the instances table.
 async fn rows(c: &fantoccini::Client) -> Vec<String> {
     let mut out = Vec::new();
@@ -90,24 +117,7 @@ async fn the_dashboard_shows_every_instance_live_in_a_browser() {
     let http = s.http();
     let driver = driver(&chromedriver).await;
     let profile = tempfile::tempdir().unwrap();
-    let caps = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": chromium.display().to_string(),
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
-                format!("--user-data-dir={}", profile.path().display()),
-            ]
-        }
-    });
-    let caps = caps.as_object().unwrap().clone().into_iter().collect();
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let client = ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&driver.1)
-        .await
-        .expect("a WebDriver session");
+    let client = session(&driver.1, &chromium, profile.path(), "1400,1000").await;
     client.goto(&format!("{http}/")).await.unwrap();
 
     // Every instance is listed, with the broker.

@@ -4,7 +4,7 @@
 //! messages it missed, once each, in order. Screenshots: target/demo-ada.png,
 //! target/demo-bob.png. Skipped, saying so, without chromium and chromedriver.
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -14,23 +14,7 @@ use crate::client_js::{DemoSystem, DEMO_SECRET};
 use crate::dashboard::{driver, found};
 
 async fn session(driver: &str, chromium: &Path, profile: &Path) -> Client {
-    let caps = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": chromium.display().to_string(),
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1280,860",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }
-    });
-    let caps = caps.as_object().unwrap().clone().into_iter().collect();
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(driver)
-        .await
-        .expect("a WebDriver session")
+    crate::dashboard::session(driver, chromium, profile, "1280,860").await
 }
 
 /// Runs `script` in the page and returns its value.

@@ -88,24 +88,50 @@ async fn next_json(
     None
 }
 
-#[tokio::test]
-async fn three_hosts_one_system_across_real_links() {
+/// Three hosts and a database of this test's own that they reach over their
+/// veths (MariaDB listens on this machine's loopback: through a relay on the
+/// bridge). `None`, having said why, where namespaces cannot be made.
+struct Hosts {
+    lab: Lab,
+    tdb: TestDatabase,
+    relay: TcpRelay,
+    db_url: String,
+}
+
+fn hosts() -> Option<Hosts> {
     let lab = match Lab::new(3) {
         Ok(lab) => lab,
         Err(why) => {
             eprintln!("skipped: network namespaces cannot be made here ({why}); they need root");
-            return;
+            return None;
         }
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (&lab.hosts[0].ip, &lab.hosts[1].ip);
-    // MariaDB listens on this machine's loopback: the db host reaches it over
-    // its veth, through a relay on the bridge.
     let tdb = TestDatabase::new();
     let relay = TcpRelay::start_on(&format!("{}:0", lab.bridge_ip), "127.0.0.1:3306");
     let (scheme_user, rest) = tdb.url.split_once('@').unwrap();
     let db_name = rest.split_once('/').unwrap().1;
     let db_url = format!("{scheme_user}@{}/{db_name}?prefer_socket=false", relay.addr);
+    Some(Hosts {
+        lab,
+        tdb,
+        relay,
+        db_url,
+    })
+}
+
+#[tokio::test]
+async fn three_hosts_one_system_across_real_links() {
+    let Some(Hosts {
+        lab,
+        tdb: _tdb,
+        relay,
+        db_url,
+    }) = hosts()
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (&lab.hosts[0].ip, &lab.hosts[1].ip);
 
     let main_conf = "heartbeat_ms = 250\nliveness = 4\nhttp = \"\"\n";
     let endpoint = format!("tcp://{a}:5555");
@@ -281,23 +307,17 @@ async fn three_hosts_one_system_across_real_links() {
 /// waits for its deadline), and every acknowledged `say` is in MariaDB.
 #[tokio::test]
 async fn the_primary_brokers_host_dies_under_load_and_nothing_acknowledged_is_lost() {
-    let lab = match Lab::new(3) {
-        Ok(lab) => lab,
-        Err(why) => {
-            eprintln!("skipped: network namespaces cannot be made here ({why}); they need root");
-            return;
-        }
+    let Some(Hosts {
+        lab,
+        tdb,
+        relay,
+        db_url,
+    }) = hosts()
+    else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) = (&lab.hosts[0].ip, &lab.hosts[1].ip, &lab.hosts[2].ip);
-    let tdb = TestDatabase::new();
-    let relay = TcpRelay::start_on(&format!("{}:0", lab.bridge_ip), "127.0.0.1:3306");
-    let (scheme_user, rest) = tdb.url.split_once('@').unwrap();
-    let db_url = format!(
-        "{scheme_user}@{}/{}?prefer_socket=false",
-        relay.addr,
-        rest.split_once('/').unwrap().1
-    );
     let (ea, eb) = (format!("tcp://{a}:5555"), format!("tcp://{b}:5555"));
     let pair = format!("{ea},{eb}");
     // The README's multi-host recipe, as it is in deploy/multi-host/, with

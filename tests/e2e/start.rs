@@ -25,13 +25,7 @@ fn gateway_app(port: u16, extra: &str) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use switchboard_testkit::free_port;
 
 #[tokio::test]
 async fn a_port_held_by_another_program_is_an_error_naming_port_and_holder() {

@@ -129,6 +129,16 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// A TCP port free on the loopback now (for a process that must be told a
+/// fixed port, a gateway under main say; it may be taken by the time it is
+/// used, which the tests accept).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A real child process of one of our binaries, killed on drop.
 pub struct Child {
     inner: std::process::Child,

@@ -67,12 +67,7 @@ fn udp_port() -> String {
 }
 
 fn tcp_endpoint() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("tcp://127.0.0.1:{port}")
+    format!("tcp://127.0.0.1:{}", switchboard_testkit::free_port())
 }
 
 fn broker(role: &str, bind: &str, ha_bind: &str, ha_peer: &str) -> Child {
@@ -144,10 +139,9 @@ async fn pair() -> PairUnderTest {
     }
 }
 
-#[tokio::test]
-async fn the_backup_takes_over_when_the_primary_dies_and_the_primary_comes_back_passive() {
-    let mut p = pair().await;
-    let _svc = Child::spawn(
+/// An echo service `svc` (instance `instance`) on the pair, and a client.
+async fn serve(p: &PairUnderTest, instance: &str, client_name: &str) -> (Child, Handle) {
+    let svc = Child::spawn(
         "echo",
         &[
             "--broker",
@@ -155,13 +149,20 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_primary_comes_back_
             "--service",
             "svc",
             "--instance",
-            "svc1",
+            instance,
         ],
         &[("SB_SECRET", "pair")],
     )
     .unwrap();
-    let bus = client(&p.endpoints, "t-pair", Some("pair")).await;
-    assert!(wait_ready(&bus, "svc1", READY).await);
+    let bus = client(&p.endpoints, client_name, Some("pair")).await;
+    assert!(wait_ready(&bus, instance, READY).await);
+    (svc, bus)
+}
+
+#[tokio::test]
+async fn the_backup_takes_over_when_the_primary_dies_and_the_primary_comes_back_passive() {
+    let mut p = pair().await;
+    let (_svc, bus) = serve(&p, "svc1", "t-pair").await;
     assert_eq!(ha_of(&bus).await, "primary active, partner passive");
     let mut events = bus.subscribe("pair.>").await.unwrap();
 
@@ -291,21 +292,7 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_primary_comes_back_
 #[tokio::test]
 async fn a_cut_between_the_brokers_alone_leaves_one_active() {
     let p = pair().await;
-    let _svc = Child::spawn(
-        "echo",
-        &[
-            "--broker",
-            &p.endpoints,
-            "--service",
-            "svc",
-            "--instance",
-            "svc2",
-        ],
-        &[("SB_SECRET", "pair")],
-    )
-    .unwrap();
-    let bus = client(&p.endpoints, "t-pair-cut", Some("pair")).await;
-    assert!(wait_ready(&bus, "svc2", READY).await);
+    let (_svc, bus) = serve(&p, "svc2", "t-pair-cut").await;
     let backup_active_before = p.to_primary.active_seen.load(Ordering::SeqCst);
     // Cut both directions for ten of the partner's expiry windows.
     p.to_backup.cut.store(true, Ordering::SeqCst);
