@@ -55,6 +55,18 @@ fn sbctl(endpoint: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Whether every instance in `all` is online, as `sbctl ls` sees it, within 30 s.
+async fn all_online(endpoint: &str, all: &[&str]) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        let rows = ls(endpoint);
+        all.iter().all(|i| {
+            rows.iter()
+                .any(|r| r["instance"] == *i && r["state"] == "online")
+        })
+    })
+    .await
+}
+
 fn ls(endpoint: &str) -> Vec<Value> {
     serde_json::from_slice::<Value>(&sbctl(endpoint, &["--json", "ls"]).stdout)
         .ok()
@@ -177,14 +189,7 @@ async fn three_hosts_one_system_across_real_links() {
         "svc.b",
         "svc.c",
     ];
-    let online = eventually(Duration::from_secs(30), || async {
-        let rows = ls(&endpoint);
-        all.iter().all(|i| {
-            rows.iter()
-                .any(|r| r["instance"] == *i && r["state"] == "online")
-        })
-    })
-    .await;
+    let online = all_online(&endpoint, &all).await;
     assert!(
         online,
         "{:?}\nmain a: {:?}",
@@ -342,14 +347,7 @@ async fn the_primary_brokers_host_dies_under_load_and_nothing_acknowledged_is_lo
         &[("DATABASE_URL", &db_url)],
     );
     let all = ["loc01.a", "loc01.b", "db.c", "chat.c", "receive.c"];
-    let online = eventually(Duration::from_secs(30), || async {
-        let rows = ls(&pair);
-        all.iter().all(|i| {
-            rows.iter()
-                .any(|r| r["instance"] == *i && r["state"] == "online")
-        })
-    })
-    .await;
+    let online = all_online(&pair, &all).await;
     assert!(online, "{:?}", ls(&pair));
     let settled = eventually(Duration::from_secs(5), || async {
         String::from_utf8_lossy(&sbctl(&pair, &["ls"]).stdout)
@@ -435,9 +433,16 @@ async fn the_primary_brokers_host_dies_under_load_and_nothing_acknowledged_is_lo
         recovered < Duration::from_secs(3),
         "failover took {recovered:?}"
     );
+    // What was in flight when the broker died is answered at once
+    // (`unavailable`, or `worker_lost` for a request a dying connection took
+    // with it); never left to its deadline.
     assert!(
-        codes.iter().all(|c| c == "unavailable"),
+        !codes.iter().any(|c| c == "timeout"),
         "answered at once, never left to a deadline: {codes:?}"
+    );
+    assert!(
+        codes.len() <= 3,
+        "only what was in flight at the kill failed: {codes:?}"
     );
     assert_eq!(stored.len(), acked.len(), "each say stored once");
     drop(relay);
