@@ -98,6 +98,8 @@ impl Default for Settings {
 
 /// How often the socket task ticks the router (deadline expiry resolution).
 const TICK: Duration = Duration::from_millis(5);
+/// Pair state datagrams read per turn of the loop at most.
+const HA_BATCH: usize = 8;
 
 /// How many already-arrived messages the socket task takes in one go before it
 /// flushes sends and checks the clock.
@@ -182,15 +184,6 @@ pub async fn run(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            got = async { pair.as_ref().expect("guarded").0.recv_from(&mut datagram).await }, if pair.is_some() => {
-                if let Ok((n, _)) = got {
-                    let now = switchboard_proto::now_ms();
-                    match ha::decode(&datagram[..n], now, secret.as_deref()) {
-                        Some(state) => router.on_partner(state, now),
-                        None => router.stats.unauthenticated += 1,
-                    }
-                }
-            }
             _ = state_tick.tick(), if pair.is_some() => {
                 if let (Some((udp, peer)), Some(p)) = (&pair, &router.ha) {
                     if peer_addr.is_none() {
@@ -223,6 +216,22 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => router.on_tick(switchboard_proto::now_ms()),
+        }
+        if let Some((udp, _)) = &pair {
+            // The partner's state: a few datagrams a turn (the loop turns at
+            // least every tick), read without waiting and never ahead of the
+            // bus, so a flood on the pair's port cannot hold up routing; the
+            // kernel drops what does not fit its buffer.
+            for _ in 0..HA_BATCH {
+                let Ok((n, _)) = udp.try_recv_from(&mut datagram) else {
+                    break;
+                };
+                let now = switchboard_proto::now_ms();
+                match ha::decode(&datagram[..n], now, secret.as_deref()) {
+                    Some(state) => router.on_partner(state, now),
+                    None => router.stats.unauthenticated += 1,
+                }
+            }
         }
         flush(&mut socket, &mut router);
         // The zeromq crate's reads are not under tokio's cooperative budget, so

@@ -323,3 +323,45 @@ async fn a_cut_between_the_brokers_alone_leaves_one_active() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(ha_of(&bus).await, "primary active, partner passive");
 }
+
+/// Anyone who reaches the pair's UDP port can send it anything: a flood of
+/// junk and of state messages signed with the wrong secret is counted and
+/// dropped, the primary stays active, and requests keep being served.
+#[tokio::test]
+async fn junk_on_the_pair_port_changes_nothing() {
+    let p = pair().await;
+    let (_svc, bus) = serve(&p, "svc3", "t-pair-junk").await;
+    let target = p.primary_bind.1.clone();
+    let flood = tokio::spawn(async move {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let forged = ha::encode(State::Passive, proto::now_ms(), Some("guess"));
+        for i in 0..50_000u32 {
+            let junk: &[u8] = if i % 2 == 0 {
+                &forged
+            } else {
+                b"SBHA\x03garbage"
+            };
+            let _ = socket.send_to(junk, &target).await;
+        }
+    });
+    let started = Instant::now();
+    let mut served = 0;
+    while !flood.is_finished() || served < 50 {
+        bus.call("svc", "echo", b"\x80".to_vec(), CallOptions::default())
+            .await
+            .expect("served during the flood");
+        served += 1;
+    }
+    flood.await.unwrap();
+    let stats: proto::BrokerStats = bus
+        .broker("stats", Vec::new(), CallOptions::default())
+        .await
+        .unwrap();
+    assert!(stats.unauthenticated > 0, "junk counted: {stats:?}");
+    assert_eq!(stats.ha, "primary active, partner passive");
+    eprintln!(
+        "pair junk: {served} requests served during the flood ({} ms), {} datagrams refused",
+        started.elapsed().as_millis(),
+        stats.unauthenticated
+    );
+}
