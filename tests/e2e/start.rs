@@ -72,3 +72,42 @@ async fn instances_of_the_gateway_share_its_port() {
     assert!(lines.iter().any(|l| l == "online receive02"), "{lines:?}");
     assert_eq!(procinfo::tcp_listeners(port).pids.len(), 2);
 }
+
+/// Under a low file limit the gateway raises its soft limit to the hard one and
+/// takes its connection cap from it (`max_connections` in /health); an explicit
+/// cap over what fits is cut, one under it kept. Run through `prlimit`.
+#[tokio::test]
+async fn the_connection_cap_follows_the_file_limit() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let cap = |extra: &'static [&'static str]| async move {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.args(["--nofile=300:400", "--"])
+            .arg(bin_path("receive"));
+        let mut args = vec!["--listen", "127.0.0.1:0", "--broker", "tcp://127.0.0.1:1"];
+        args.extend_from_slice(extra);
+        let child = switchboard_testkit::Child::announce(
+            switchboard_testkit::Child::spawn_command(cmd, "receive", &args, &[]).unwrap(),
+            "receive",
+        )
+        .unwrap();
+        let addr = child
+            .first_line
+            .clone()
+            .unwrap()
+            .replace("ws://", "http://");
+        let (_, body) = crate::observe::get(&addr, "/health").await;
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        health["max_connections"].as_u64()
+    };
+    // 400 files (the hard limit, raised to) less 64 + 400/16.
+    assert_eq!(cap(&[]).await, Some(311));
+    assert_eq!(cap(&["--max-connections", "100000"]).await, Some(311));
+    assert_eq!(cap(&["--max-connections", "50"]).await, Some(50));
+}

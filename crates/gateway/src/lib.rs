@@ -192,6 +192,7 @@ impl Gateway {
             "bus": if self.bus.is_connected() { "connected" } else { "disconnected" },
             "instance": self.bus.instance(),
             "connections": self.stats.open.load(Ordering::Relaxed),
+            "max_connections": self.settings.max_connections,
             "tcp": self.stats.tcp.load(Ordering::Relaxed),
             "refused": self.stats.refused.load(Ordering::Relaxed),
             "handshake_timeouts": self.stats.handshake_timeouts.load(Ordering::Relaxed),

@@ -75,9 +75,10 @@ struct Args {
     /// Request burst per connection.
     #[arg(long, env = "SB_RATE_BURST", default_value_t = D.rate_burst)]
     rate_burst: u32,
-    /// TCP connections at most, counted from accept.
-    #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = D.max_connections)]
-    max_connections: usize,
+    /// TCP connections at most, counted from accept. Default: what the file
+    /// limit allows (raised to the hard limit at start), less a reserve.
+    #[arg(long, env = "SB_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Connections in the HTTP handshake at once.
     #[arg(long, env = "SB_MAX_HANDSHAKES", default_value_t = D.max_handshakes)]
     max_handshakes: usize,
@@ -148,7 +149,7 @@ fn main() {
         send_buffer_hard_bytes: args.send_buffer_hard_bytes,
         rate_per_sec: args.rate_per_sec,
         rate_burst: args.rate_burst,
-        max_connections: args.max_connections,
+        max_connections: connection_cap(args.max_connections),
         max_handshakes: args.max_handshakes,
         max_handshakes_per_ip: args.max_handshakes_per_ip,
         handshake_timeout_ms: args.handshake_timeout_ms,
@@ -267,4 +268,34 @@ fn foreign_holder(port: u16) -> Option<String> {
         }
     }
     (found.sockets > found.pids.len()).then(|| "a process this user cannot see".to_owned())
+}
+
+/// Connections at most: at start the soft file limit is raised to the hard one,
+/// and the cap is what it leaves after a reserve for everything else the
+/// process opens (the bus, logs, handshakes in flight): 64 + 1/16 of it. An
+/// explicit `--max-connections` over that is cut to it (the process would
+/// otherwise fail at accept instead of answering 503).
+fn connection_cap(asked: Option<usize>) -> usize {
+    let files = usize::try_from(svc::raise_file_limit()).unwrap_or(usize::MAX);
+    let fits = files.saturating_sub(64 + files / 16).max(1);
+    match asked {
+        Some(asked) if asked > fits => {
+            tracing::warn!(
+                asked,
+                fits,
+                files,
+                "--max-connections is more than the file limit allows; cut"
+            );
+            fits
+        }
+        Some(asked) => asked,
+        None => {
+            tracing::info!(
+                files,
+                max_connections = fits,
+                "connections at most, from the file limit"
+            );
+            fits
+        }
+    }
 }

@@ -72,3 +72,18 @@ async fn wait_for_signal() {
 }
 
 pub use procinfo::rss_bytes;
+
+/// Raises this process's soft limit on open files to its hard limit (a
+/// gateway holds one file per connection) and returns the soft limit now in
+/// force (the old one when raising was refused). Through `nix`, as `unsafe` is
+/// forbidden here.
+pub fn raise_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}

@@ -25,6 +25,10 @@ use switchboard_bus::proto::{self, Health};
 use switchboard_bus::{CallOptions, Config, Handle};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Handshakes the idle bench has in flight at once: the gateway's default
+/// `--max-handshakes-per-ip`.
+const HANDSHAKES_AT_ONCE: usize = 32;
+
 /// A finished run.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -391,10 +395,13 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
     let opened = Instant::now();
     let mut conns = Vec::with_capacity(a.connections);
     let failed = Arc::new(AtomicBool::new(false));
-    // Open in parallel batches of 256 so that 50,000 do not take minutes.
+    // Open in parallel batches so that 50,000 do not take minutes, but no more
+    // at once than the gateway lets one address have in the handshake (its
+    // --max-handshakes-per-ip, 32 by default): the bench holds connections
+    // under the gateway's defaults, as a real crowd of clients would arrive.
     let mut i = 0;
     while i < a.connections {
-        let batch = (a.connections - i).min(256);
+        let batch = (a.connections - i).min(HANDSHAKES_AT_ONCE);
         let mut pending = Vec::new();
         for _ in 0..batch {
             let url = url.clone();
@@ -411,7 +418,7 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
         i += batch;
         if failed.load(Ordering::Relaxed) {
             anyhow::bail!(
-                "could not open connection {} of {} (file limit? `ulimit -n`)",
+                "could not open connection {} of {} (the gateway's --max-connections, or this shell's file limit: `ulimit -n`)",
                 conns.len() + 1,
                 a.connections
             );
