@@ -80,7 +80,14 @@ async fn patterns_match_whole_tokens() {
 #[tokio::test]
 async fn events_to_a_subscriber_that_stopped_reading_are_dropped_and_counted() {
     trace_init();
-    let broker = TestBroker::start();
+    // A long liveness window: this test is about a slow subscriber, and with
+    // the whole suite running on two cores the test process itself can be
+    // starved for seconds; nobody here should be declared dead for that (a
+    // publisher re-registering mid-flood loses events this test counts).
+    let broker = TestBroker::with(switchboard_broker::Settings {
+        liveness: 10,
+        ..switchboard_broker::Settings::default()
+    });
     let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
     let bus = client(&broker.endpoint, "t-client", None).await;
     assert!(wait_ready(&bus, "echo-1", READY).await);
