@@ -129,14 +129,8 @@ impl Mains {
         body: Vec<u8>,
         options: &CallOptions,
     ) -> Result<Envelope, Error> {
-        let mut last = None;
-        for main in self.owners_or_err(name)? {
-            last = Some(
-                bus.call("main", op, body.clone(), to(&main, options))
-                    .await?,
-            );
-        }
-        last.ok_or_else(|| Error::bad_request(format!("no app or instance {name:?}")))
+        let owners = self.owners_or_err(name)?;
+        call_each(bus, owners.iter().map(String::as_str), op, body, options).await
     }
 
     /// Sends `op` to every main in turn; the last reply.
@@ -147,13 +141,24 @@ impl Mains {
         body: Vec<u8>,
         options: &CallOptions,
     ) -> Result<Envelope, Error> {
-        let mut last = None;
-        for main in self.names() {
-            last = Some(
-                bus.call("main", op, body.clone(), to(main, options))
-                    .await?,
-            );
-        }
-        last.ok_or_else(|| Error::new(ErrorCode::UnknownService, "main: no supervisor"))
+        call_each(bus, self.names(), op, body, options).await
     }
+}
+
+/// `op` to each of `mains` in turn, stopping at the first error; the last reply.
+async fn call_each<'a>(
+    bus: &Handle,
+    mains: impl Iterator<Item = &'a str>,
+    op: &str,
+    body: Vec<u8>,
+    options: &CallOptions,
+) -> Result<Envelope, Error> {
+    let mut last = None;
+    for main in mains {
+        last = Some(
+            bus.call("main", op, body.clone(), to(main, options))
+                .await?,
+        );
+    }
+    last.ok_or_else(|| Error::new(ErrorCode::UnknownService, "main: no supervisor"))
 }
