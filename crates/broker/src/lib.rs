@@ -175,7 +175,34 @@ pub async fn run(
         None => None,
     };
     let mut state_tick = tokio::time::interval(heartbeat);
-    let mut peer_addr: Option<std::net::SocketAddr> = None;
+    // The partner's address, looked up off the loop (a name that does not
+    // resolve yet, a Service not created yet, must never hold up routing):
+    // every heartbeat until it resolves, then every 30 s in case it moves.
+    let (addr_tx, peer_addr) = tokio::sync::watch::channel(None::<std::net::SocketAddr>);
+    if let Some((_, peer)) = &pair {
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            loop {
+                match tokio::net::lookup_host(peer.as_str()).await {
+                    Ok(mut found) => {
+                        if let Some(addr) = found.next() {
+                            addr_tx.send_replace(Some(addr));
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "partner not resolved yet"),
+                }
+                let wait = if addr_tx.borrow().is_some() {
+                    Duration::from_secs(30)
+                } else {
+                    heartbeat
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = addr_tx.closed() => return,
+                }
+            }
+        });
+    }
     let mut datagram = [0u8; 128];
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,13 +212,9 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             _ = state_tick.tick(), if pair.is_some() => {
-                if let (Some((udp, peer)), Some(p)) = (&pair, &router.ha) {
-                    if peer_addr.is_none() {
-                        // Bounded: one lookup a heartbeat until it resolves.
-                        let lookup = tokio::time::timeout(heartbeat, tokio::net::lookup_host(peer.as_str())).await;
-                        peer_addr = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next());
-                    }
-                    if let Some(addr) = peer_addr {
+                if let (Some((udp, _)), Some(p)) = (&pair, &router.ha) {
+                    let addr = *peer_addr.borrow();
+                    if let Some(addr) = addr {
                         let msg = ha::encode(p.state, switchboard_proto::now_ms(), secret.as_deref());
                         let _ = udp.try_send_to(&msg, addr);
                     }

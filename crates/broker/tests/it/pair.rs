@@ -365,3 +365,39 @@ async fn junk_on_the_pair_port_changes_nothing() {
         stats.unauthenticated
     );
 }
+
+/// A primary whose partner's name does not resolve (its Service not created
+/// yet, say) is alone: once its wait is over, the first peer makes it active,
+/// and the lookups, made off the broker's loop, never hold up routing.
+#[tokio::test]
+async fn a_primary_alone_with_an_unresolvable_partner_serves() {
+    let bind = tcp_endpoint();
+    let primary = broker(
+        "primary",
+        &bind,
+        &udp_port(),
+        "no-such-partner.invalid:5600",
+    );
+    let endpoint = primary.first_line.clone().unwrap();
+    let _svc = Child::spawn(
+        "echo",
+        &[
+            "--broker",
+            &endpoint,
+            "--service",
+            "svc",
+            "--instance",
+            "alone",
+        ],
+        &[("SB_SECRET", "pair")],
+    )
+    .unwrap();
+    let bus = client(&endpoint, "t-alone", Some("pair")).await;
+    assert!(wait_ready(&bus, "alone", READY).await);
+    for _ in 0..20 {
+        bus.call("svc", "echo", b"\x80".to_vec(), CallOptions::default())
+            .await
+            .expect("served");
+    }
+    assert_eq!(ha_of(&bus).await, "primary active, partner not heard");
+}
