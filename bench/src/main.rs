@@ -7,7 +7,11 @@
 //! ```
 //!
 //! Subcommands `responder` and `nats-rr` are the NATS side's two processes (a
-//! responder, and a requester that reports like `sbctl bench rr --json`).
+//! responder, and a requester that reports like `sbctl bench rr --json`);
+//! `fanout` and `nats-fanout` do the same for one publisher to 10,000
+//! subscribers (see `fanout.rs`).
+
+mod fanout;
 
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
@@ -46,6 +50,43 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000)]
         warmup_ms: u64,
     },
+    /// NATS fan-out: `subscribers` connections each subscribed to `subject`, one
+    /// publisher at `rate` events/s; reports like `sbctl bench fanout --json`.
+    NatsFanout {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value = "bench.fanout")]
+        subject: String,
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 30)]
+        rate: u32,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+    },
+    /// Fan-out side by side: Switchboard (broker + receive, `sbctl bench fanout`)
+    /// and NATS, interleaved, for each rate.
+    Fanout {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Events per second, one comparison each.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![10u32, 30, 60])]
+        rates: Vec<u32>,
+        #[arg(long, default_value = "../target/BENCHMARKS-fanout.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "../target/release")]
+        bin: PathBuf,
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+    },
     /// The whole comparison.
     Run {
         #[arg(long, default_value_t = 3)]
@@ -72,6 +113,16 @@ fn main() -> anyhow::Result<()> {
             let report = tokio::runtime::Runtime::new()?.block_on(nats_rr(url, subject, size, window, duration_ms, warmup_ms))?;
             println!("{report}");
             Ok(())
+        }
+        Cmd::NatsFanout { url, subject, subscribers, rate, size, duration_ms, warmup_ms } => {
+            raise_file_limit();
+            let report = tokio::runtime::Runtime::new()?.block_on(fanout::nats(url, subject, subscribers, rate, size, duration_ms, warmup_ms))?;
+            println!("{report}");
+            Ok(())
+        }
+        Cmd::Fanout { rounds, duration_ms, subscribers, rates, out, bin, nats } => {
+            raise_file_limit();
+            fanout::compare(rounds, duration_ms, subscribers, &rates, &out, &bin, &nats)
         }
         Cmd::Run { rounds, duration_ms, out, bin, nats, note } => run(rounds, duration_ms, &out, &bin, &nats, &note),
     }
@@ -133,7 +184,20 @@ async fn nats_rr(url: String, subject: String, size: usize, window: usize, durat
     }))
 }
 
-struct Procs(Vec<Child>);
+/// Raises the soft open-file limit to the hard one (10,000 subscribers need
+/// 10,000 sockets in this process and in sbctl).
+fn raise_file_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+pub(crate) struct Procs(pub(crate) Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -144,11 +208,11 @@ impl Drop for Procs {
     }
 }
 
-fn spawn_quiet(cmd: &mut Command) -> anyhow::Result<Child> {
+pub(crate) fn spawn_quiet(cmd: &mut Command) -> anyhow::Result<Child> {
     Ok(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).env("RUST_LOG", "warn").spawn()?)
 }
 
-fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
+pub(crate) fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
     let out = cmd.stderr(Stdio::inherit()).output()?;
     anyhow::ensure!(out.status.success(), "{:?} failed", cmd);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -156,7 +220,7 @@ fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         0.0
@@ -206,7 +270,7 @@ fn run(rounds: usize, duration_ms: u64, out: &PathBuf, bin: &std::path::Path, na
     Ok(())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))

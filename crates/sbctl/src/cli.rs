@@ -297,6 +297,34 @@ pub(crate) enum BenchCmd {
         #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// One publisher, one topic, N WebSocket subscribers: deliveries per second
+    /// and delivery latency (`bench/`'s `compare fanout` runs NATS beside it).
+    Fanout {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Topic (the policy must let clients subscribe to it).
+        #[arg(long, default_value = "chat.room.fanout")]
+        topic: String,
+        /// Subscribers (each a WebSocket connection).
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Events published per second (open loop).
+        #[arg(long, default_value_t = 30)]
+        rate: u32,
+        /// Padding bytes in each event.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Measured time, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Warm-up, ms.
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Hold N idle WebSocket connections; report the gateway's memory per connection.
     Idle {
         /// Gateway URL.
@@ -308,6 +336,10 @@ pub(crate) enum BenchCmd {
         /// How long to hold them, ms.
         #[arg(long, default_value_t = 2_000)]
         hold_ms: u64,
+        /// Source addresses to spread them over (127.0.0.1, .2, …): one address
+        /// opens at most ~28,000 connections to one port.
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
         /// Client token.
         #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
         token: Option<String>,

@@ -449,16 +449,41 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                     })
                     .await
                 }
+                BenchCmd::Fanout {
+                    url,
+                    topic,
+                    subscribers,
+                    rate,
+                    size,
+                    duration_ms,
+                    warmup_ms,
+                    token,
+                } => {
+                    bench::fanout(bench::FanoutArgs {
+                        url: url.clone(),
+                        topic: topic.clone(),
+                        subscribers: *subscribers,
+                        rate: *rate,
+                        size: *size,
+                        duration_ms: *duration_ms,
+                        warmup_ms: *warmup_ms,
+                        token: token.clone(),
+                        bus: bus.clone(),
+                    })
+                    .await
+                }
                 BenchCmd::Idle {
                     url,
                     connections,
                     hold_ms,
+                    sources,
                     token,
                 } => {
                     bench::idle(bench::IdleArgs {
                         url: url.clone(),
                         connections: *connections,
                         hold_ms: *hold_ms,
+                        sources: *sources,
                         token: token.clone(),
                         bus: bus.clone(),
                     })

@@ -5,6 +5,8 @@
 //!   keeping W requests in flight to a service and op.
 //! - `idle`: N idle WebSocket connections held open; all must answer a ping at the
 //!   end; reports the gateway's memory per connection.
+//! - `fanout` (its own module): one publisher, one topic, N WebSocket
+//!   subscribers; deliveries per second and delivery latency.
 //! - `slowloris` (its own module): a real client's pings and the gateway's CPU while
 //!   an attacker holds sockets in the HTTP handshake.
 //!
@@ -12,8 +14,10 @@
 //! not come back within its deadline counts as an error. Latency is measured per
 //! request from send to reply.
 
+mod fanout;
 mod slowloris;
 
+pub use fanout::{fanout, FanoutArgs};
 pub use slowloris::{slowloris, SlowlorisArgs};
 
 use futures::{SinkExt, StreamExt};
@@ -277,12 +281,11 @@ pub async fn ws(a: WsArgs) -> anyhow::Result<Report> {
     for _ in 0..a.connections.max(1) {
         let (ws, _) = tokio_tungstenite::connect_async(&url).await?;
         let (clock, window) = (clock.clone(), a.window.max(1));
-        let frame_for = {
-            let (service, op, data) = (a.service.clone(), a.op.clone(), a.data.clone());
-            move |id: u64| {
-                serde_json::json!({"id": id, "to": service, "op": op, "data": data}).to_string()
-            }
-        };
+        // The frame without its id, written once: the load generator's own cost
+        // per request is kept small, so that it measures the gateway.
+        let rest = serde_json::json!({"to": a.service, "op": a.op, "data": a.data}).to_string();
+        let rest = rest[1..].to_owned();
+        let frame_for = move |id: u64| format!("{{\"id\":{id},{rest}");
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let mut sent_at: std::collections::HashMap<u64, Instant> =
@@ -318,13 +321,16 @@ pub async fn ws(a: WsArgs) -> anyhow::Result<Report> {
                         break;
                     }
                 };
-                let v: serde_json::Value = serde_json::from_str(msg.as_str()).unwrap_or_default();
-                let Some(id) = v["id"].as_u64() else { continue };
+                // Only `id` and `ok` are read; the rest is skipped unparsed.
+                let Ok(reply) = serde_json::from_str::<ReplyHead>(msg.as_str()) else {
+                    continue;
+                };
+                let Some(id) = reply.id else { continue };
                 let Some(t0) = sent_at.remove(&id) else {
                     continue;
                 };
                 if clock.measuring(t0) {
-                    if v["ok"] == serde_json::json!(true) {
+                    if reply.ok == Some(true) {
                         lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                     } else {
                         errors += 1;
@@ -352,6 +358,36 @@ pub async fn ws(a: WsArgs) -> anyhow::Result<Report> {
     ))
 }
 
+/// A WebSocket client connection to `url` (`ws://IP:PORT/…`) from `source`.
+async fn connect_from(
+    url: &str,
+    source: std::net::Ipv4Addr,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let host = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| anyhow::anyhow!("idle takes a ws://IP:PORT/… URL, not {url}"))?;
+    let addr: std::net::SocketAddr = host
+        .parse()
+        .map_err(|_| anyhow::anyhow!("idle takes an IP address and port, not {host}"))?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let stream = socket.connect(addr).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
+    Ok(ws)
+}
+
+/// What the ws bench reads of a reply.
+#[derive(serde::Deserialize)]
+struct ReplyHead {
+    id: Option<u64>,
+    ok: Option<bool>,
+}
+
 fn with_token(url: &str, token: Option<&str>) -> String {
     match token {
         Some(t) => format!(
@@ -370,6 +406,9 @@ pub struct IdleArgs {
     pub connections: usize,
     /// How long to hold them.
     pub hold_ms: u64,
+    /// Source addresses (127.0.0.1, .2, …) to spread them over: one address
+    /// reaches one port with at most ~28,000 connections (the ephemeral ports).
+    pub sources: usize,
     /// Client token.
     pub token: Option<String>,
     /// The bus, to read the gateway's memory (`receive` `$health`).
@@ -403,15 +442,16 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
     while i < a.connections {
         let batch = (a.connections - i).min(HANDSHAKES_AT_ONCE);
         let mut pending = Vec::new();
-        for _ in 0..batch {
+        for k in 0..batch {
             let url = url.clone();
-            pending.push(tokio::spawn(async move {
-                tokio_tungstenite::connect_async(&url).await
-            }));
+            let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + ((i + k) % a.sources.max(1)) as u8);
+            pending.push(tokio::spawn(
+                async move { connect_from(&url, source).await },
+            ));
         }
         for p in pending {
             match p.await {
-                Ok(Ok((ws, _))) => conns.push(ws),
+                Ok(Ok(ws)) => conns.push(ws),
                 _ => failed.store(true, Ordering::Relaxed),
             }
         }
@@ -452,7 +492,7 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
     let per_conn = during.saturating_sub(before) as f64 / n.max(1) as f64;
     let mut report = Report::new(
         "idle",
-        serde_json::json!({"connections": a.connections, "hold_ms": a.hold_ms}),
+        serde_json::json!({"connections": a.connections, "hold_ms": a.hold_ms, "sources": a.sources}),
         lat,
         errors,
         a.hold_ms as f64 / 1000.0,
