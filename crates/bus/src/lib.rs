@@ -16,7 +16,8 @@ pub mod service;
 pub mod svc;
 
 pub use client::{
-    connect, new_trace_id, CallOptions, Config, Connection, Handle, Incoming, Subscription,
+    connect, new_trace_id, CallOptions, Config, Connection, Handle, Incoming, SharedSubscription,
+    Subscription,
 };
 pub use error::Error;
 pub use service::{HandlerResult, Reply, Request, Service};

@@ -1,11 +1,14 @@
 //! Topic subscriptions shared by all the clients of this gateway: one bus
 //! subscription per topic (or pattern), fanned out to every client on it.
+//! Exact topics (most: each client's `user.<id>`) all feed one channel read by
+//! one task; each wildcard pattern has a task of its own.
 
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use switchboard_bus::{Error, Handle, Subscription};
+use switchboard_bus::proto::{topic, Envelope};
+use switchboard_bus::{Error, Handle, SharedSubscription, Subscription};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::outbox::Outbox;
@@ -20,31 +23,67 @@ pub struct ConnOut {
     pub binary: AtomicBool,
 }
 
+/// Where a topic's events come from.
+enum Feed {
+    /// A wildcard pattern: its own bus subscription and forwarding task (an
+    /// event's topic does not say which pattern it matched).
+    Pattern(tokio::task::AbortHandle),
+    /// An exact topic (a client's `user.<id>`, a room): a bus subscription into
+    /// the hub's one shared channel, forwarded by the one task that reads it
+    /// and looks the topic up. No task and no channel per topic: a gateway
+    /// holds one such topic per client.
+    Exact {
+        /// Held for its drop, which unsubscribes.
+        _subscription: SharedSubscription,
+    },
+}
+
 struct Entry {
     conns: HashMap<u64, Arc<ConnOut>>,
-    task: tokio::task::AbortHandle,
+    /// The field whose value coalesces this topic's events (positions).
+    coalesce: Option<Box<str>>,
+    // Dropping the entry ends the feed (aborts or unsubscribes).
+    feed: Feed,
 }
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Feed::Pattern(task) = &self.feed {
+            task.abort();
+        }
+    }
+}
+
+/// Events queued for the exact-topic forwarder, all topics together.
+const SHARED_CAPACITY: usize = 8_192;
 
 /// See the module docs.
 pub struct Hub {
     bus: Handle,
     policy: Policy,
     topics: Mutex<HashMap<String, Entry>>,
-}
-
-#[derive(Serialize)]
-struct EventFrame<'a> {
-    topic: &'a str,
-    data: &'a serde_json::Value,
+    /// The channel every exact-topic subscription feeds.
+    exact_tx: mpsc::Sender<Box<Envelope>>,
+    /// Its receiver, until the forwarder starts (at the first subscription,
+    /// inside the runtime).
+    exact_rx: Mutex<Option<mpsc::Receiver<Box<Envelope>>>>,
+    /// Held from "no entry for this topic" to its entry's insertion, so that
+    /// two clients never subscribe the same topic on the bus twice (with the
+    /// shared channel, both feeds would deliver each event).
+    subscribing: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
     /// A hub over the gateway's bus handle; `policy` says which events coalesce.
     pub fn new(bus: Handle, policy: Policy) -> Arc<Self> {
+        let (exact_tx, exact_rx) = mpsc::channel(SHARED_CAPACITY);
         Arc::new(Self {
             bus,
             policy,
             topics: Mutex::new(HashMap::new()),
+            exact_tx,
+            exact_rx: Mutex::new(Some(exact_rx)),
+            subscribing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -67,27 +106,41 @@ impl Hub {
             entry.conns.insert(id, conn);
             return Ok(());
         }
-        let sub = self.bus.subscribe(topic).await?;
-        let mut topics = self.lock();
-        if let Some(entry) = topics.get_mut(topic) {
-            // Another client subscribed meanwhile; ours is dropped (unsubscribing
-            // only locally: the bus keeps the pattern while one subscription has it).
+        let _one_at_a_time = self.subscribing.lock().await;
+        if let Some(entry) = self.lock().get_mut(topic) {
             entry.conns.insert(id, conn);
             return Ok(());
         }
-        let coalesce = self.policy.coalesce_field(topic).map(str::to_owned);
-        let task = tokio::spawn(forward(
-            Arc::downgrade(self),
-            topic.to_owned(),
-            sub,
-            coalesce,
-        ))
-        .abort_handle();
+        let feed = if topic::is_wildcard(topic) {
+            let sub = self.bus.subscribe(topic).await?;
+            Feed::Pattern(
+                tokio::spawn(forward_pattern(Arc::downgrade(self), topic.to_owned(), sub))
+                    .abort_handle(),
+            )
+        } else {
+            let rx = self
+                .exact_rx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(rx) = rx {
+                tokio::spawn(forward_exact(Arc::downgrade(self), rx));
+            }
+            Feed::Exact {
+                _subscription: self
+                    .bus
+                    .subscribe_into(topic, self.exact_tx.clone())
+                    .await?,
+            }
+        };
+        let mut topics = self.lock();
+        let coalesce = self.policy.coalesce_field(topic).map(Box::from);
         topics.insert(
             topic.to_owned(),
             Entry {
                 conns: HashMap::from([(id, conn)]),
-                task,
+                coalesce,
+                feed,
             },
         );
         Ok(())
@@ -99,7 +152,6 @@ impl Hub {
         if let Some(entry) = topics.get_mut(topic) {
             entry.conns.remove(&id);
             if entry.conns.is_empty() {
-                entry.task.abort();
                 topics.remove(topic);
             }
         }
@@ -111,40 +163,68 @@ impl Hub {
     }
 }
 
-async fn forward(
-    hub: Weak<Hub>,
-    topic: String,
-    mut sub: Subscription,
-    coalesce_field: Option<String>,
-) {
+/// Forwards one wildcard pattern's events.
+async fn forward_pattern(hub: Weak<Hub>, pattern: String, mut sub: Subscription) {
     while let Some(event) = sub.next().await {
         let Some(hub) = hub.upgrade() else {
             break;
         };
-        let conns: Vec<Arc<ConnOut>> = match hub.lock().get(&topic) {
-            Some(entry) => entry.conns.values().cloned().collect(),
-            None => break,
+        let Some((conns, coalesce)) = hub.listeners(&pattern) else {
+            break;
         };
-        let data = wire::body_to_json(&event.body);
-        // Events of a service with a `coalesce` field (positions) are replaced
-        // per topic and entity when a client falls behind.
-        let coalesce = coalesce_field.as_deref().and_then(|field| {
-            let entity = data.get(field)?.as_str()?;
-            Some(format!("{}/{entity}", event.to))
-        });
-        let frame = EventFrame {
-            topic: &event.to,
-            data: &data,
+        deliver(&event, conns, coalesce.as_deref());
+    }
+}
+
+/// Forwards the events of every exact topic, each to that topic's clients.
+async fn forward_exact(hub: Weak<Hub>, mut rx: mpsc::Receiver<Box<Envelope>>) {
+    while let Some(event) = rx.recv().await {
+        let Some(hub) = hub.upgrade() else {
+            break;
         };
-        let mut text: Option<Message> = None;
-        let mut binary: Option<Message> = None;
-        for conn in conns {
-            let msg = if conn.binary.load(Ordering::Relaxed) {
-                binary.get_or_insert_with(|| wire::binary(&frame)).clone()
-            } else {
-                text.get_or_insert_with(|| wire::text(&frame)).clone()
-            };
-            conn.outbox.event(msg, coalesce.clone());
+        // A topic left since the event was queued: nobody to tell.
+        if let Some((conns, coalesce)) = hub.listeners(&event.to) {
+            deliver(&event, conns, coalesce.as_deref());
         }
+    }
+}
+
+/// A topic's clients (a snapshot) and its coalescing field.
+type Listeners = (Vec<Arc<ConnOut>>, Option<Box<str>>);
+
+impl Hub {
+    /// The clients on `topic` (a topic or pattern as subscribed) and its
+    /// coalescing field, or `None` when nobody is on it.
+    fn listeners(&self, topic: &str) -> Option<Listeners> {
+        let topics = self.lock();
+        let entry = topics.get(topic)?;
+        Some((
+            entry.conns.values().cloned().collect(),
+            entry.coalesce.clone(),
+        ))
+    }
+}
+
+/// Queues one event for each client, encoded once per format.
+fn deliver(event: &Envelope, conns: Vec<Arc<ConnOut>>, coalesce_field: Option<&str>) {
+    // Events of a service with a `coalesce` field (positions) are replaced per
+    // topic and entity when a client falls behind.
+    let coalesce = coalesce_field.and_then(|field| {
+        let data = wire::body_to_json(&event.body);
+        let entity = data.get(field)?.as_str()?;
+        Some(format!("{}/{entity}", event.to))
+    });
+    let mut text: Option<Message> = None;
+    let mut binary: Option<Message> = None;
+    for conn in conns {
+        let msg = if conn.binary.load(Ordering::Relaxed) {
+            binary
+                .get_or_insert_with(|| wire::event(&event.to, &event.body, true))
+                .clone()
+        } else {
+            text.get_or_insert_with(|| wire::event(&event.to, &event.body, false))
+                .clone()
+        };
+        conn.outbox.event(msg, coalesce.clone());
     }
 }

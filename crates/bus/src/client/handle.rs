@@ -222,6 +222,36 @@ impl Handle {
         })
     }
 
+    /// Subscribes to a pattern, its events going to `tx`, a channel shared with
+    /// other subscriptions: one consumer for many topics (the gateway's
+    /// per-client topics), no channel and no task per subscription. Events that
+    /// find `tx` full are dropped and counted as for [`Handle::subscribe`].
+    /// Dropping the returned [`SharedSubscription`] unsubscribes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::subscribe`].
+    pub async fn subscribe_into(
+        &self,
+        pattern: &str,
+        tx: mpsc::Sender<Box<Envelope>>,
+    ) -> Result<SharedSubscription, Error> {
+        topic::validate(pattern, true).map_err(|e| Error::bad_request(e.to_string()))?;
+        let sub = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Cmd::Subscribe {
+                sub,
+                pattern: pattern.to_owned(),
+                tx,
+            })
+            .await
+            .map_err(|_| closed())?;
+        Ok(SharedSubscription {
+            sub,
+            tx: self.tx.clone(),
+        })
+    }
+
     /// Sends the reply to an [`Incoming`] request.
     ///
     /// # Errors

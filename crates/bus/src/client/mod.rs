@@ -187,6 +187,20 @@ impl Drop for Subscription {
     }
 }
 
+/// A subscription made with [`Handle::subscribe_into`]: its events go to the
+/// channel given then; dropping this unsubscribes.
+#[derive(Debug)]
+pub struct SharedSubscription {
+    sub: u64,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl Drop for SharedSubscription {
+    fn drop(&mut self) {
+        let _ = self.tx.try_send(Cmd::Unsubscribe { sub: self.sub });
+    }
+}
+
 /// Options of one request beyond service, op and body.
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
