@@ -10,7 +10,6 @@ mod ops;
 mod session;
 
 use futures::{SinkExt, StreamExt};
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +39,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_AWAY: u16 = 1001;
 
 /// Initial read buffer of a connection (grown for larger frames).
-pub const READ_BUFFER: usize = 1024;
+pub const READ_BUFFER: usize = 512;
+/// Bytes of queued frames gathered into one write to the socket.
+pub const WRITE_BATCH: usize = 16 * 1024;
 
 /// Serves one TCP connection to its end.
 pub async fn handle(
@@ -51,7 +52,10 @@ pub async fn handle(
     shutdown: CancellationToken,
 ) {
     let peer = stream.peer_addr().ok();
-    let Some(upgrade) = crate::http::handshake(&gw, stream, &mut admission).await else {
+    // The handshake (hyper's connection, TLS) and the other one-off steps are
+    // boxed: a future's size is that of its largest state, and the connection's
+    // task would otherwise keep the room for them for as long as it lives.
+    let Some(upgrade) = Box::pin(crate::http::handshake(&gw, stream, &mut admission)).await else {
         return;
     };
     gw.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -73,12 +77,12 @@ pub async fn handle(
         session,
         user: Mutex::new(None),
         expires_ms: AtomicU64::new(0),
-        topics: Mutex::new(Some(HashSet::new())),
+        topics: Mutex::new(Some(Vec::new())),
         inflight: AtomicUsize::new(0),
     };
     let conn = Arc::new(conn);
     match (&gw.settings.tokens, upgrade.token) {
-        (Some(_), Some(token)) => conn.open_session(token).await,
+        (Some(_), Some(token)) => Box::pin(conn.open_session(token)).await,
         (Some(_), None) => {
             // Must authenticate with the `auth` op before the auth timeout.
             let limit = proto::now_ms() + gw.settings.auth_timeout_ms;
@@ -86,15 +90,14 @@ pub async fn handle(
         }
         (None, _) => {
             let user = format!("anon-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-            conn.open_session(jwt::Verified { user, expires_s: 0 })
-                .await;
+            Box::pin(conn.open_session(jwt::Verified { user, expires_s: 0 })).await;
         }
     }
     tracing::debug!(?peer, session = %conn.session, "client connected");
     let (sink, stream) = upgrade.ws.split();
     let writer = tokio::spawn(write_loop(sink, conn.out.clone()));
     let why = conn.clone().read_loop(stream, &shutdown).await;
-    conn.finish(why, writer).await;
+    Box::pin(conn.finish(why, writer)).await;
     gw.stats.open.fetch_sub(1, Ordering::Relaxed);
     drop(admission);
 }
@@ -117,7 +120,9 @@ struct Client {
     expires_ms: AtomicU64,
     /// The connection's topics; `None` once it is closing, so that a reply that
     /// arrives late cannot subscribe a connection that is gone.
-    topics: Mutex<Option<HashSet<String>>>,
+    /// A list, not a set: at most `max_subscriptions` (64), and every idle
+    /// connection holds one.
+    topics: Mutex<Option<Vec<String>>>,
     inflight: AtomicUsize,
 }
 
@@ -164,21 +169,21 @@ impl Client {
             refused: 0,
         };
         let idle = Duration::from_millis(settings.idle_timeout_ms);
-        let mut ping =
-            tokio::time::interval(Duration::from_millis(settings.ping_interval_ms.max(10)));
-        ping.tick().await;
+        let ping_every = Duration::from_millis(settings.ping_interval_ms.max(10));
+        let mut next_ping = tokio::time::Instant::now() + ping_every;
         let mut last_seen = Instant::now();
-        // The token's end (or the auth deadline): one timer, reset only when the
-        // end moves (a re-authentication).
+        // One timer for three things: the next ping; the token's end (or the
+        // auth deadline), which moves only on a re-authentication; and on
+        // shutdown the end of the go-away window (the client is told to go away
+        // first and served a little longer, so that what it sent before the
+        // notice is answered). One timer, not three: every idle connection
+        // holds it.
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut ends_at = 0;
-        let expiry = tokio::time::sleep(far);
-        tokio::pin!(expiry);
-        // On shutdown the client is told to go away first and served for a short
-        // window, so that what it sent before it saw the notice is answered.
-        let goaway = tokio::time::sleep(far);
-        tokio::pin!(goaway);
-        let mut going = false;
+        let mut expires_at = tokio::time::Instant::now() + far;
+        let mut goaway_at: Option<tokio::time::Instant> = None;
+        let timer = tokio::time::sleep(far);
+        tokio::pin!(timer);
         loop {
             let end = self.expires_ms.load(Ordering::Relaxed);
             if end != ends_at {
@@ -187,19 +192,35 @@ impl Client {
                     0 => far,
                     end => Duration::from_millis(end.saturating_sub(proto::now_ms())),
                 };
-                expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                expires_at = tokio::time::Instant::now() + left;
+            }
+            let next = goaway_at
+                .map_or(expires_at, |g| g.min(expires_at))
+                .min(next_ping);
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
             }
             tokio::select! {
-                () = shutdown.cancelled(), if !going => {
-                    going = true;
+                () = shutdown.cancelled(), if goaway_at.is_none() => {
                     let binary = self.out.binary.load(Ordering::Relaxed);
                     self.out.outbox.reply(wire::goaway("server shutting down: reconnect", binary));
                     let window = Duration::from_millis(settings.goaway_ms);
-                    goaway.as_mut().reset(tokio::time::Instant::now() + window);
+                    goaway_at = Some(tokio::time::Instant::now() + window);
                 }
-                () = &mut goaway, if going => return Why::Shutdown,
-                () = self.out.outbox.closing.cancelled() => return Why::Closing,
-                () = &mut expiry => {
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if goaway_at.is_some_and(|g| g <= now) {
+                        return Why::Shutdown;
+                    }
+                    if next_ping <= now && expires_at > now {
+                        next_ping = now + ping_every;
+                        if last_seen.elapsed() >= idle {
+                            self.out.outbox.close(CLOSE_IDLE, "idle timeout: no frame or pong");
+                            return Why::Closing;
+                        }
+                        self.out.outbox.reply(Message::Ping(bytes::Bytes::from_static(b"sb")));
+                        continue;
+                    }
                     if self.user().is_some() {
                         self.out.outbox.close(CLOSE_EXPIRED, "token expired");
                     } else {
@@ -207,13 +228,7 @@ impl Client {
                     }
                     return Why::Closing;
                 }
-                _ = ping.tick() => {
-                    if last_seen.elapsed() >= idle {
-                        self.out.outbox.close(CLOSE_IDLE, "idle timeout: no frame or pong");
-                        return Why::Closing;
-                    }
-                    self.out.outbox.reply(Message::Ping(bytes::Bytes::from_static(b"sb")));
-                }
+                () = self.out.outbox.closing.cancelled() => return Why::Closing,
                 frame = stream.next() => {
                     let msg = match frame {
                         None => return Why::ClientGone,
@@ -259,19 +274,21 @@ impl Client {
 
     async fn on_frame(self: &Arc<Self>, msg: &Message, binary: bool) {
         let timer = switchboard_bus::svc::trace::Timer::start();
-        let reply_err = |id: &serde_json::Value, code: ErrorCode, text: &str| {
+        let reply_err = |id: &wire::Raw, code: ErrorCode, text: &str| {
             crate::metrics::rejected(code);
             self.out.outbox.reply(wire::error(id, code, text, binary));
         };
         let m = match wire::parse(msg) {
             Ok(m) => m,
-            Err(e) => return reply_err(&serde_json::Value::Null, ErrorCode::BadRequest, &e),
+            Err(e) => return reply_err(&wire::Raw::default(), ErrorCode::BadRequest, &e),
         };
         let Some(op) = m.op.as_deref() else {
             return reply_err(&m.id, ErrorCode::BadRequest, "missing op");
         };
         let Some(to) = m.to.as_deref() else {
-            return self.gateway_op(&m, op, binary).await;
+            // Boxed, the frame moved in: rare, and its subscribe path would make
+            // every reader's future (kept for the connection's life) large.
+            return Box::pin(self.gateway_op(m, binary)).await;
         };
         let Some(user) = self.user() else {
             return reply_err(
@@ -294,13 +311,13 @@ impl Client {
             );
             return reply_err(&m.id, ErrorCode::Overloaded, &text);
         }
-        let body = match wire::json_to_body(m.data.as_ref()) {
+        let body = match wire::data_to_body(m.data.as_ref()) {
             Ok(body) => body,
             Err(e) => return reply_err(&m.id, ErrorCode::BadRequest, &e),
         };
         let key = policy
             .key_field(to)
-            .and_then(|field| m.data.as_ref()?.get(field)?.as_str().map(str::to_owned));
+            .and_then(|field| m.data.as_ref()?.str_field(field));
         let trace = new_trace_id();
         let options = CallOptions {
             timeout: Some(Duration::from_millis(self.gw.settings.request_timeout_ms)),
@@ -319,17 +336,15 @@ impl Client {
         let op = op.to_owned();
         tokio::spawn(async move {
             let result = match conn.gw.bus.call(&to, &op, body, options).await {
-                Ok(env) => match conn.apply_grants(&to, env.grants.as_ref()).await {
-                    Ok(()) => Ok(env),
-                    Err(e) => Err(e),
-                },
+                Ok(env) if env.grants.is_none() => Ok(env),
+                // Boxed: rare, and it would make every request's task larger.
+                Ok(env) => Box::pin(conn.apply_grants(&to, env.grants.as_ref()))
+                    .await
+                    .map(|()| env),
                 Err(e) => Err(e),
             };
             let (reply, code) = match &result {
-                Ok(env) => (
-                    wire::ok_traced(&id, &wire::body_to_json(&env.body), &trace, binary),
-                    "ok",
-                ),
+                Ok(env) => (wire::ok_body(&id, &env.body, &trace, binary), "ok"),
                 Err(e) => (
                     wire::error_traced(&id, e.code, &e.message, &trace, binary),
                     e.code.as_str(),

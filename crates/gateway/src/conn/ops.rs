@@ -9,7 +9,8 @@ use super::Client;
 use crate::{jwt, wire};
 
 impl Client {
-    pub(super) async fn gateway_op(self: &Arc<Self>, m: &wire::ClientMsg, op: &str, binary: bool) {
+    pub(super) async fn gateway_op(self: &Arc<Self>, m: wire::ClientMsg, binary: bool) {
+        let op = m.op.as_deref().unwrap_or_default();
         let ok = |data: serde_json::Value| self.out.outbox.reply(wire::ok(&m.id, &data, binary));
         let err = |code: ErrorCode, text: &str| {
             self.out
@@ -21,7 +22,7 @@ impl Client {
                 .clone()
                 .filter(|_| name == "topic")
                 .or_else(|| m.token.clone().filter(|_| name == "token"))
-                .or_else(|| m.data.as_ref()?.get(name)?.as_str().map(str::to_owned))
+                .or_else(|| m.data.as_ref()?.str_field(name))
         };
         match op {
             "ping" => ok(serde_json::json!({})),

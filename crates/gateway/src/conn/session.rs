@@ -2,7 +2,6 @@
 //! `session.open`/`session.close` events), its topics within the cap, and the
 //! goodbye that closes the connection with the right code.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +42,7 @@ impl Client {
         }
     }
 
-    pub(super) fn topics(&self) -> std::sync::MutexGuard<'_, Option<HashSet<String>>> {
+    pub(super) fn topics(&self) -> std::sync::MutexGuard<'_, Option<Vec<String>>> {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -60,7 +59,7 @@ impl Client {
                     "connection closing",
                 ));
             };
-            if topics.contains(topic) {
+            if topics.iter().any(|t| t == topic) {
                 return Ok(());
             }
             let cap = self.gw.settings.max_subscriptions;
@@ -78,7 +77,9 @@ impl Client {
         let mut topics = self.topics();
         match topics.as_mut() {
             Some(topics) => {
-                topics.insert(topic.to_owned());
+                if !topics.iter().any(|t| t == topic) {
+                    topics.push(topic.to_owned());
+                }
             }
             // Closed while the bus subscribed: undo at once.
             None => self.gw.hub.unsubscribe(topic, self.id),
@@ -88,7 +89,8 @@ impl Client {
 
     pub(super) fn unsubscribe(&self, topic: &str) {
         if let Some(topics) = self.topics().as_mut() {
-            if topics.remove(topic) {
+            if let Some(at) = topics.iter().position(|t| t == topic) {
+                topics.swap_remove(at);
                 self.gw.hub.unsubscribe(topic, self.id);
             }
         }
