@@ -32,24 +32,23 @@ enum Feed {
     /// the hub's one shared channel, forwarded by the one task that reads it
     /// and looks the topic up. No task and no channel per topic: a gateway
     /// holds one such topic per client.
-    Exact {
-        /// Held for its drop, which unsubscribes.
-        _subscription: SharedSubscription,
-    },
+    Exact(SharedSubscription),
 }
 
 struct Entry {
     conns: HashMap<u64, Arc<ConnOut>>,
     /// The field whose value coalesces this topic's events (positions).
     coalesce: Option<Box<str>>,
-    // Dropping the entry ends the feed (aborts or unsubscribes).
     feed: Feed,
 }
 
-impl Drop for Entry {
-    fn drop(&mut self) {
-        if let Feed::Pattern(task) = &self.feed {
-            task.abort();
+impl Feed {
+    /// Ends the feed: the pattern's task stops, or the exact topic is
+    /// unsubscribed ahead of any later subscription to it.
+    async fn close(self) {
+        match self {
+            Self::Pattern(task) => task.abort(),
+            Self::Exact(sub) => sub.close().await,
         }
     }
 }
@@ -67,9 +66,9 @@ pub struct Hub {
     /// Its receiver, until the forwarder starts (at the first subscription,
     /// inside the runtime).
     exact_rx: Mutex<Option<mpsc::Receiver<Box<Envelope>>>>,
-    /// Held from "no entry for this topic" to its entry's insertion, so that
-    /// two clients never subscribe the same topic on the bus twice (with the
-    /// shared channel, both feeds would deliver each event).
+    /// Held from "no entry for this topic" to its entry's insertion, and from
+    /// an entry's removal to its feed's end: the bus never holds one exact
+    /// topic twice (with the shared channel, both would deliver each event).
     subscribing: tokio::sync::Mutex<()>,
 }
 
@@ -126,12 +125,11 @@ impl Hub {
             if let Some(rx) = rx {
                 tokio::spawn(forward_exact(Arc::downgrade(self), rx));
             }
-            Feed::Exact {
-                _subscription: self
-                    .bus
+            Feed::Exact(
+                self.bus
                     .subscribe_into(topic, self.exact_tx.clone())
                     .await?,
-            }
+            )
         };
         let mut topics = self.lock();
         let coalesce = self.policy.coalesce_field(topic).map(Box::from);
@@ -147,13 +145,30 @@ impl Hub {
     }
 
     /// Removes connection `id` from `topic`; the last one out unsubscribes.
-    pub fn unsubscribe(&self, topic: &str, id: u64) {
-        let mut topics = self.lock();
-        if let Some(entry) = topics.get_mut(topic) {
-            entry.conns.remove(&id);
-            if entry.conns.is_empty() {
-                topics.remove(topic);
+    pub async fn unsubscribe(&self, topic: &str, id: u64) {
+        if let Some(entry) = self.lock().get_mut(topic) {
+            if entry.conns.len() > 1 {
+                entry.conns.remove(&id);
+                return;
             }
+        }
+        let _one_at_a_time = self.subscribing.lock().await;
+        let gone = {
+            let mut topics = self.lock();
+            match topics.get_mut(topic) {
+                Some(entry) => {
+                    entry.conns.remove(&id);
+                    if entry.conns.is_empty() {
+                        topics.remove(topic)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if let Some(entry) = gone {
+            entry.feed.close().await;
         }
     }
 

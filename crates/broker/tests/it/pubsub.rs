@@ -127,3 +127,42 @@ async fn events_to_a_subscriber_that_stopped_reading_are_dropped_and_counted() {
         "echo-1"
     );
 }
+
+/// Dropping many subscriptions at once, more than the client's command queue
+/// holds (a gateway whose clients all leave together), loses no unsubscribe:
+/// with a shared channel a lost one would deliver that topic's events to whoever
+/// subscribes it next, twice. The drops run without yielding, so the socket
+/// task cannot drain the queue meanwhile (this runtime has one thread).
+#[tokio::test]
+async fn no_unsubscribe_is_lost_when_many_subscriptions_end_at_once() {
+    trace_init();
+    let broker = TestBroker::start();
+    let bus = client(&broker.endpoint, "t-many", None).await;
+    let publisher = client(&broker.endpoint, "t-many-pub", None).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16_384);
+    let n = 6_000;
+    let mut subs = Vec::with_capacity(n);
+    for i in 0..n {
+        subs.push(
+            bus.subscribe_into(&format!("many.t{i}"), tx.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    drop(subs);
+    sync_with_broker(&bus).await;
+    sync_with_broker(&publisher).await;
+    for i in 0..n {
+        publisher
+            .publish(&format!("many.t{i}"), Vec::new())
+            .await
+            .unwrap();
+    }
+    sync_with_broker(&publisher).await;
+    sync_with_broker(&bus).await;
+    let mut delivered = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        delivered += 1;
+    }
+    assert_eq!(delivered, 0, "events for topics unsubscribed from");
+}

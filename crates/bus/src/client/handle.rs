@@ -226,7 +226,9 @@ impl Handle {
     /// other subscriptions: one consumer for many topics (the gateway's
     /// per-client topics), no channel and no task per subscription. Events that
     /// find `tx` full are dropped and counted as for [`Handle::subscribe`].
-    /// Dropping the returned [`SharedSubscription`] unsubscribes.
+    /// [`SharedSubscription::close`] unsubscribes. The events do not say which
+    /// subscription they came through: a consumer that may subscribe a topic
+    /// again must close the old subscription first.
     ///
     /// # Errors
     ///
@@ -249,6 +251,7 @@ impl Handle {
         Ok(SharedSubscription {
             sub,
             tx: self.tx.clone(),
+            closed: false,
         })
     }
 

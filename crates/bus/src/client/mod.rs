@@ -183,21 +183,51 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.tx.try_send(Cmd::Unsubscribe { sub: self.sub });
+        unsubscribe_on_drop(&self.tx, self.sub);
+    }
+}
+
+/// Tells the socket task a subscription ended, from a `Drop`: at once when the
+/// command queue has room, else from a task (an unsubscribe lost to a full
+/// queue would leave the broker delivering to nobody, or, for a shared
+/// channel, to whoever subscribes the topic next: twice).
+fn unsubscribe_on_drop(tx: &mpsc::Sender<Cmd>, sub: u64) {
+    if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(Cmd::Unsubscribe { sub }) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let tx = tx.clone();
+            rt.spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
     }
 }
 
 /// A subscription made with [`Handle::subscribe_into`]: its events go to the
-/// channel given then; dropping this unsubscribes.
+/// channel given then. [`SharedSubscription::close`] unsubscribes in order
+/// with the commands sent after it; dropping it unsubscribes too, but a
+/// subscription made meanwhile may be told to the broker first.
 #[derive(Debug)]
 pub struct SharedSubscription {
     sub: u64,
     tx: mpsc::Sender<Cmd>,
+    closed: bool,
+}
+
+impl SharedSubscription {
+    /// Unsubscribes: once this returns, the socket task has the unsubscribe
+    /// ahead of anything sent after it (a new subscription to the same topic
+    /// never overlaps this one).
+    pub async fn close(mut self) {
+        self.closed = true;
+        let _ = self.tx.send(Cmd::Unsubscribe { sub: self.sub }).await;
+    }
 }
 
 impl Drop for SharedSubscription {
     fn drop(&mut self) {
-        let _ = self.tx.try_send(Cmd::Unsubscribe { sub: self.sub });
+        if !self.closed {
+            unsubscribe_on_drop(&self.tx, self.sub);
+        }
     }
 }
 

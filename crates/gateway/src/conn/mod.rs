@@ -387,7 +387,7 @@ impl Client {
             self.subscribe(topic).await?;
         }
         for topic in &grants.unsubscribe {
-            self.unsubscribe(topic);
+            self.unsubscribe(topic).await;
         }
         Ok(())
     }

@@ -50,7 +50,7 @@ impl Client {
                     return err(ErrorCode::Unauthorized, "authenticate first");
                 }
                 if op == "unsubscribe" {
-                    self.unsubscribe(&topic);
+                    self.unsubscribe(&topic).await;
                     return ok(serde_json::json!({}));
                 }
                 let user = self.user().unwrap_or_default();

@@ -74,25 +74,29 @@ impl Client {
             .hub
             .subscribe(topic, self.id, self.out.clone())
             .await?;
-        let mut topics = self.topics();
-        match topics.as_mut() {
+        let closed = match self.topics().as_mut() {
             Some(topics) => {
                 if !topics.iter().any(|t| t == topic) {
                     topics.push(topic.to_owned());
                 }
+                false
             }
+            None => true,
+        };
+        if closed {
             // Closed while the bus subscribed: undo at once.
-            None => self.gw.hub.unsubscribe(topic, self.id),
+            self.gw.hub.unsubscribe(topic, self.id).await;
         }
         Ok(())
     }
 
-    pub(super) fn unsubscribe(&self, topic: &str) {
-        if let Some(topics) = self.topics().as_mut() {
-            if let Some(at) = topics.iter().position(|t| t == topic) {
-                topics.swap_remove(at);
-                self.gw.hub.unsubscribe(topic, self.id);
-            }
+    pub(super) async fn unsubscribe(&self, topic: &str) {
+        let held = self.topics().as_mut().is_some_and(|topics| {
+            let at = topics.iter().position(|t| t == topic);
+            at.map(|at| topics.swap_remove(at)).is_some()
+        });
+        if held {
+            self.gw.hub.unsubscribe(topic, self.id).await;
         }
     }
 
@@ -127,7 +131,7 @@ impl Client {
         }
         let topics = self.topics().take().unwrap_or_default();
         for topic in topics {
-            self.gw.hub.unsubscribe(&topic, self.id);
+            self.gw.hub.unsubscribe(&topic, self.id).await;
         }
         if let Some(user) = self.user() {
             self.publish_session(api::SESSION_CLOSE, &user).await;
