@@ -9,15 +9,6 @@ pub mod trace;
 
 use tokio_util::sync::CancellationToken;
 
-// Every binary's allocator. glibc's malloc was the largest item in the profile
-// of every process on the request path (malloc, free, consolidation: 15-25% of
-// the gateway, the broker and chat under `sbctl bench ws`; BENCHMARKS.md, issue
-// 15); mimalloc's thread-local free lists take most of that away. A library
-// user who wants their own allocator turns the `mimalloc` feature off.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for bad configuration or usage (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 /// Exit code for a runtime failure.
