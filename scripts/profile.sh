@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-ws}
 bin=${2:-target/release}
 sbctl=target/release/sbctl
-out=target
+out=target/profile${TAG:+-$TAG}; mkdir -p "$out"
 secs=${SECONDS_RECORDED:-5}
 ep=tcp://127.0.0.1:5720
 pids=()
@@ -48,20 +48,20 @@ else
     sleep 1
     load=("$sbctl" --broker $ep bench rr --window 256 --duration-ms $((secs * 1000 + 2000)))
 fi
-"${load[@]}" >"$out/profile-$mode-load.txt" 2>&1 &
+"${load[@]}" >"$out/$mode-load.txt" 2>&1 &
 load_pid=$!
 sleep 1.5
 recs=()
 for name in "${!pid_of[@]}"; do
-    perf record -F 999 -g --call-graph dwarf,8192 -o "$out/profile-$mode-$name.data" \
+    perf record -F 999 -g --call-graph dwarf,8192 -o "$out/$mode-$name.data" \
         -p "${pid_of[$name]}" -- sleep "$secs" >/dev/null 2>&1 &
     recs+=($!)
 done
 wait "${recs[@]}" || true
 wait "$load_pid" || true
-cat "$out/profile-$mode-load.txt"
+cat "$out/$mode-load.txt"
 for name in "${!pid_of[@]}"; do
-    f=$out/profile-$mode-$name
+    f=$out/$mode-$name
     {
         samples=$(perf report -i "$f.data" --stdio 2>/dev/null | grep -m1 '^# Samples' || true)
         echo "# $name under $mode ($bin), $secs s at 999 Hz ($samples: 1K a second is one core); self time, top symbols"

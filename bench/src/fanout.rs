@@ -146,12 +146,12 @@ pub async fn nats(
     let delivered = lat.len() as u64;
     let seconds = duration_ms as f64 / 1000.0;
     Ok(json!({
-        "bench": "nats-fanout", "requests": delivered, "errors": expected.saturating_sub(delivered) + publish_errors,
+        "bench": "nats-fanout", "requests": delivered, "errors": expected.abs_diff(delivered) + publish_errors,
         "rps": delivered as f64 / seconds,
         "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "max_us": lat.last().copied().unwrap_or(0),
         "extra": {
             "published": published, "expected_deliveries": expected, "delivered": delivered,
-            "lost": expected.saturating_sub(delivered), "publish_errors": publish_errors,
+            "lost": expected.saturating_sub(delivered), "extra": delivered.saturating_sub(expected), "publish_errors": publish_errors,
             "deliveries_per_second": (delivered as f64 / seconds).round(), "open_seconds": (open_s * 100.0).round() / 100.0,
         },
     }))
@@ -226,7 +226,7 @@ pub fn compare(
         };
         let lost = |runs: &[Value]| {
             runs.iter()
-                .map(|r| r["extra"]["lost"].as_u64().unwrap_or(0))
+                .map(|r| r["extra"]["lost"].as_u64().unwrap_or(0) + r["extra"]["extra"].as_u64().unwrap_or(0))
                 .sum::<u64>()
         };
         rows.push(json!({
@@ -242,7 +242,7 @@ pub fn compare(
         "Machine: {}. One run of `compare fanout --rounds {rounds} --duration-ms {duration_ms} --subscribers {subscribers}`: one publisher, one topic, {subscribers} subscriber connections (WebSocket to `receive` for Switchboard, the publisher on the bus; NATS core for NATS); for each rate, {rounds} rounds, Switchboard then NATS; medians.\n\n",
         machine()
     ));
-    s.push_str("| events/s | offered deliveries/s | Switchboard deliveries/s | NATS deliveries/s | ratio | Switchboard p50 / p99 ms | NATS p50 / p99 ms | lost (SB / NATS, all rounds) |\n|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| events/s | offered deliveries/s | Switchboard deliveries/s | NATS deliveries/s | ratio | Switchboard p50 / p99 ms | NATS p50 / p99 ms | lost or extra (SB / NATS, all rounds) |\n|---|---|---|---|---|---|---|---|\n");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         s.push_str(&format!(

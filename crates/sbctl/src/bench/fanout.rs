@@ -165,12 +165,15 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<Report> {
             "duration_ms": a.duration_ms,
         }),
         lat,
-        expected.saturating_sub(delivered) + publish_errors,
+        // Missing and extra deliveries are both errors (an extra is an event a
+        // subscriber got twice).
+        expected.abs_diff(delivered) + publish_errors,
         seconds,
     );
     report.extra = serde_json::json!({
         "published": published, "expected_deliveries": expected, "delivered": delivered,
-        "lost": expected.saturating_sub(delivered), "publish_errors": publish_errors,
+        "lost": expected.saturating_sub(delivered), "extra": delivered.saturating_sub(expected),
+        "publish_errors": publish_errors,
         "deliveries_per_second": (delivered as f64 / seconds).round(),
         "open_seconds": (open_s * 100.0).round() / 100.0,
     });
