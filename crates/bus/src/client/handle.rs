@@ -204,8 +204,19 @@ impl Handle {
     ///
     /// `bad_request` for an invalid pattern; `unavailable` when closed.
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
-        topic::validate(pattern, true).map_err(|e| Error::bad_request(e.to_string()))?;
         let (tx, rx) = mpsc::channel(SUB_CAPACITY);
+        let sub = self.register(pattern, tx).await?;
+        Ok(Subscription {
+            rx,
+            sub,
+            tx: self.tx.clone(),
+        })
+    }
+
+    /// Tells the socket task of a subscription to `pattern` delivering into
+    /// `tx`; returns its id.
+    async fn register(&self, pattern: &str, tx: mpsc::Sender<Box<Envelope>>) -> Result<u64, Error> {
+        topic::validate(pattern, true).map_err(|e| Error::bad_request(e.to_string()))?;
         let sub = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Cmd::Subscribe {
@@ -215,11 +226,7 @@ impl Handle {
             })
             .await
             .map_err(|_| closed())?;
-        Ok(Subscription {
-            rx,
-            sub,
-            tx: self.tx.clone(),
-        })
+        Ok(sub)
     }
 
     /// Subscribes to a pattern, its events going to `tx`, a channel shared with
@@ -238,16 +245,7 @@ impl Handle {
         pattern: &str,
         tx: mpsc::Sender<Box<Envelope>>,
     ) -> Result<SharedSubscription, Error> {
-        topic::validate(pattern, true).map_err(|e| Error::bad_request(e.to_string()))?;
-        let sub = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
-        self.tx
-            .send(Cmd::Subscribe {
-                sub,
-                pattern: pattern.to_owned(),
-                tx,
-            })
-            .await
-            .map_err(|_| closed())?;
+        let sub = self.register(pattern, tx).await?;
         Ok(SharedSubscription {
             sub,
             tx: self.tx.clone(),
