@@ -224,8 +224,9 @@ pub(crate) enum BenchCmd {
         /// Stalled sockets held open.
         #[arg(long, default_value_t = 3_000)]
         sockets: usize,
-        /// Source addresses (127.0.0.2 …) to spread them over.
-        #[arg(long, default_value_t = 1)]
+        /// Source addresses (127.0.0.2 …) to spread them over, 1 to 254.
+        #[arg(long, default_value_t = 1,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=254))]
         sources: usize,
         /// Pings measured before the attack (one every 10 ms).
         #[arg(long, default_value_t = 300)]
@@ -336,12 +337,32 @@ pub(crate) enum BenchCmd {
         /// How long to hold them, ms.
         #[arg(long, default_value_t = 2_000)]
         hold_ms: u64,
-        /// Source addresses to spread them over (127.0.0.1, .2, …): one address
-        /// opens at most ~28,000 connections to one port.
-        #[arg(long, default_value_t = 1)]
+        /// Source addresses to spread them over (127.0.0.1, .2, …), 1 to 255:
+        /// one address opens at most ~28,000 connections to one port.
+        #[arg(long, default_value_t = 1,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=255))]
         sources: usize,
         /// Client token.
         #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    /// Source addresses are 127.0.0.N: a count past the last one is refused
+    /// before any address is computed (it would overflow the last octet).
+    #[test]
+    fn source_counts_stay_within_one_octet() {
+        let parse = |args: &[&str]| Args::try_parse_from(args).is_ok();
+        // idle: 127.0.0.1 ..= 127.0.0.255; slowloris: 127.0.0.2 ..= 127.0.0.255.
+        assert!(parse(&["sbctl", "bench", "idle", "--sources", "255"]));
+        assert!(!parse(&["sbctl", "bench", "idle", "--sources", "256"]));
+        assert!(!parse(&["sbctl", "bench", "idle", "--sources", "0"]));
+        assert!(parse(&["sbctl", "bench", "slowloris", "--sources", "254"]));
+        assert!(!parse(&["sbctl", "bench", "slowloris", "--sources", "255"]));
+    }
 }
