@@ -38,7 +38,7 @@ pub(crate) fn rejected(code: ErrorCode) {
 }
 
 /// A request to `service` answered with `code` after `elapsed`, frame to reply.
-/// `service` passed the client policy, so it is one of a bounded set.
+/// `service` is a name the policy gives (`Policy::metric_label`), a bounded set.
 pub(crate) fn request_done(service: &str, code: &'static str, elapsed: Duration) {
     static CACHE: LazyLock<Cache<(String, &'static str)>> = LazyLock::new(Cache::default);
     let (requests, latency) = CACHE.get((service.to_owned(), code), |(service, code)| {

@@ -136,6 +136,17 @@ impl Policy {
         Ok(())
     }
 
+    /// The name to record `service` under in metrics: its own name when the
+    /// policy names it, else `"other"`. A label value never comes from a client:
+    /// under a `"*"` fallback, every made-up name would be a new series.
+    pub fn metric_label<'a>(&self, service: &'a str) -> &'a str {
+        if service != ANY_SERVICE && self.services.contains_key(service) {
+            service
+        } else {
+            "other"
+        }
+    }
+
     /// The routing-key field of `service`, if it has one.
     pub fn key_field(&self, service: &str) -> Option<&str> {
         self.service(service)?.key.as_deref()
@@ -219,6 +230,9 @@ mod tests {
         for internal in ["db", "main", "receive", "$broker"] {
             assert!(p.check_call(internal, "x").is_err(), "{internal}");
         }
+        assert_eq!(p.metric_label("chat"), "chat");
+        assert_eq!(p.metric_label("made-up-name"), "other");
+        assert_eq!(p.metric_label("*"), "other");
         assert_eq!(p.key_field("loc"), Some("zone"));
         assert_eq!(p.key_field("chat"), Some("room"));
         assert_eq!(p.key_field("other"), None);

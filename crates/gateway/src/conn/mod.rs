@@ -352,8 +352,9 @@ impl Client {
             };
             conn.out.outbox.reply(reply);
             conn.inflight.fetch_sub(1, Ordering::Relaxed);
-            // `to` passed the policy: one of its services, a bounded label.
-            crate::metrics::request_done(&to, code, timer.elapsed());
+            // Labelled by the policy's names only (made-up names are "other").
+            let label = conn.gw.settings.policy.metric_label(&to);
+            crate::metrics::request_done(label, code, timer.elapsed());
             timer.finish(
                 &trace,
                 conn.gw.bus.instance(),
