@@ -8,10 +8,14 @@
 //!   `$echo` and `$health`; drain on shutdown.
 //! - [`svc`]: tracing, the SIGTERM/SIGINT token, exit codes, RSS.
 //! - [`error`]: [`Error`], a contract error code plus a message.
+//! - [`policy`]: the client policy (what WebSocket clients may call, subscribe
+//!   to and be granted), shared by the gateway and by any service that calls on
+//!   a client's behalf (chat `relay`).
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod error;
+pub mod policy;
 pub mod service;
 pub mod svc;
 

@@ -34,10 +34,12 @@ pub mod hub;
 pub mod jwt;
 pub(crate) mod metrics;
 pub mod outbox;
-pub mod policy;
 pub mod static_files;
 pub mod tls;
 pub mod wire;
+
+/// The client policy lives in the bus crate: chat's `relay` applies it too.
+pub use switchboard_bus::policy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -45,7 +45,7 @@ struct Args {
     /// Serve the demo app (and clients/js) at `/`: `--demo false` turns it off.
     #[arg(long, env = "SB_DEMO", default_value_t = true, action = clap::ArgAction::Set)]
     demo: bool,
-    /// Client policy file (TOML); the built-in one is crates/gateway/client-policy.toml.
+    /// Client policy file (TOML); the built-in one is crates/bus/client-policy.toml.
     #[arg(long, env = "SB_POLICY")]
     policy: Option<String>,
     /// Largest client frame, bytes.

@@ -1,6 +1,7 @@
 //! The client policy: what WebSocket clients may call, subscribe to and be granted,
 //! per service. Configuration, not code: the default is `client-policy.toml` in this
-//! crate (compiled in), and `receive --policy FILE` replaces it.
+//! crate (compiled in), and `--policy FILE` replaces it (the gateway, and chat for
+//! `relay`: give both the same file).
 //!
 //! Two rules hold whatever the file says: a client never reaches `user.…` or
 //! `session.…` topics other than its own `user.<id>`, and never a pattern that
@@ -8,7 +9,7 @@
 
 use serde::Deserialize;
 use std::collections::HashMap;
-use switchboard_bus::proto::{self, topic};
+use switchboard_proto::{self as proto, topic};
 
 /// The built-in policy file.
 pub const DEFAULT_POLICY: &str = include_str!("../client-policy.toml");
