@@ -71,3 +71,106 @@ async fn made_up_service_names_never_become_metric_labels() {
         after.len()
     );
 }
+
+/// chat `relay` calls another service on a client's behalf. It denied only `db`
+/// and `main` and never looked at the op: through it a client read the
+/// gateway's `$metrics` and `$health`, chat's `$info`, loc's `$health`. It now
+/// applies the gateway's client policy: what a client may not call, it may not
+/// relay.
+#[tokio::test]
+async fn relay_opens_nothing_the_policy_keeps_closed() {
+    let system = System::start(false).await;
+    let mut eve = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    for (to, op) in [
+        ("receive", "$metrics"),
+        ("receive", "$health"),
+        ("receive", "$trace"),
+        ("chat", "$info"),
+        ("chat", "$trace"),
+        ("loc", "$health"),
+        ("loc", "$metrics"),
+        ("db", "chat.history"),
+        ("main", "ls"),
+        ("$broker", "ls"),
+    ] {
+        let reply = eve
+            .request(
+                Some("chat"),
+                "relay",
+                json!({"to": to, "op": op, "data": {}}),
+            )
+            .await;
+        assert_eq!(
+            reply["error"]["code"], "forbidden",
+            "relay to {to}.{op}: {reply}"
+        );
+    }
+    // What the policy opens still goes through.
+    let data = eve
+        .ok(
+            "chat",
+            "relay",
+            json!({"to": "loc", "op": "$echo", "data": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(data, json!({"x": 1}));
+}
+
+/// An operator closes a service in the policy file (`open = false`): before,
+/// a client still reached it through `relay`.
+#[tokio::test]
+async fn relay_respects_a_service_the_operator_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let text = format!(
+        "{}\n[services.billing]\nopen = false\n",
+        switchboard_gateway::policy::DEFAULT_POLICY
+    );
+    std::fs::write(&policy, text).unwrap();
+    let policy = policy.to_str().unwrap();
+    let system = System::start_args(false, &["--policy", policy], &["--policy", policy], &[]).await;
+    let _billing = switchboard_testkit::spawn_echo(&system.broker, "billing", "billing", None);
+    assert!(
+        switchboard_testkit::wait_ready(&system.bus, "billing", Duration::from_secs(10)).await,
+        "billing ready"
+    );
+    let mut eve = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    assert_eq!(
+        eve.err(Some("billing"), "$echo", json!({})).await,
+        "forbidden"
+    );
+    let reply = eve
+        .request(
+            Some("chat"),
+            "relay",
+            json!({"to": "billing", "op": "$echo", "data": {"refund": 100}}),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+}
+
+/// A relayed `loc.move` skipped keyed routing and landed on whichever loc
+/// instance was least busy, not the zone's owner: the zone's readers never saw
+/// the position. It now carries the routing key the policy names.
+#[tokio::test]
+async fn a_relayed_move_reaches_the_instance_that_owns_the_zone() {
+    let system = System::start(false).await;
+    let mut ada = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    let me = ada.ok_gateway("whoami", json!({})).await["user"].clone();
+    // Eight zones: with two instances, a move that ignores ownership lands on
+    // the wrong one for some of them (all eight right by chance: 1 in 256).
+    for i in 0..8 {
+        let zone = format!("relayed-{i}");
+        ada.ok(
+            "chat",
+            "relay",
+            json!({"to": "loc", "op": "move", "data": {"zone": zone, "x": 1.0, "y": 2.0}}),
+        )
+        .await;
+        let users = ada.ok("loc", "zone", json!({"zone": zone})).await["users"].clone();
+        let found = users
+            .as_array()
+            .is_some_and(|u| u.iter().any(|x| x == &me || x["user"] == me));
+        assert!(found, "zone {zone}: {users}");
+    }
+}

@@ -42,6 +42,16 @@ impl System {
     /// As [`System::start`], with extra arguments for the gateway and for both
     /// loc instances.
     pub async fn start_full(auth: bool, gateway_args: &[&str], loc_args: &[&str]) -> Self {
+        Self::start_args(auth, gateway_args, &[], loc_args).await
+    }
+
+    /// As [`System::start_full`], with extra arguments for chat too.
+    pub async fn start_args(
+        auth: bool,
+        gateway_args: &[&str],
+        chat_args: &[&str],
+        loc_args: &[&str],
+    ) -> Self {
         switchboard_testkit::trace_init();
         let db = TestDatabase::new();
         let broker = Child::broker("tcp://127.0.0.1:0", &["--services", "db,chat,loc"]).unwrap();
@@ -54,7 +64,12 @@ impl System {
         ));
         procs.push((
             "chat".into(),
-            Child::spawn("chat", &["--broker", &endpoint], &[]).unwrap(),
+            Child::spawn(
+                "chat",
+                &[&["--broker", &endpoint][..], chat_args].concat(),
+                &[],
+            )
+            .unwrap(),
         ));
         for loc in ["loc01", "loc02"] {
             let mut args = vec![

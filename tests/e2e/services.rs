@@ -166,11 +166,13 @@ async fn relay_reaches_another_service_and_comes_back() {
         )
         .await;
     assert_eq!(back, json!({"ping": [1, 2, 3]}));
-    let health = ada
-        .ok("chat", "relay", json!({"to": "loc", "op": "$health"}))
-        .await;
-    assert_eq!(health["service"], "loc");
-    // The relay keeps internal services closed, as the gateway does.
+    // The relay applies the client policy, as the gateway does: `$health` and
+    // internal services stay closed.
+    assert_eq!(
+        ada.err(Some("chat"), "relay", json!({"to": "loc", "op": "$health"}))
+            .await,
+        "forbidden"
+    );
     assert_eq!(
         ada.err(
             Some("chat"),

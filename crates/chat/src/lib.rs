@@ -12,6 +12,12 @@
 //! | `dm` | `{user, text}` | `{}`; `{from, text, ts}` on `user.<user>` |
 //! | `relay` | `{to, op, data}` | the other service's reply data |
 //!
+//! `relay` calls another service on the caller's behalf, so it applies the same
+//! client policy as the gateway ([`switchboard_bus::policy`], `--policy`: give chat
+//! the gateway's file): what a client may not call directly it may not call
+//! through chat either, and the call carries the target's routing key (a relayed
+//! `loc.move` reaches the instance that owns its zone).
+//!
 //! Presence is kept per client session (a user with two connections stays in a
 //! room until both leave or close) and cleaned up on the gateway's
 //! `session.close` events. The gateway routes chat requests by `room` (keyed
@@ -20,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use switchboard_bus::policy::Policy;
 use switchboard_bus::proto::{self, api};
 use switchboard_bus::{Error, HandlerResult, Reply, Request, Service};
 
@@ -29,9 +36,6 @@ pub use api::{HISTORY_DEFAULT, HISTORY_MAX, MAX_TEXT_CHARS};
 /// Prefix of the idempotency keys chat makes for saves without a client key;
 /// client keys are ASCII letters, digits, `_` and `-`, so they never start with it.
 pub const OWN_KEY_PREFIX: &str = "~";
-/// Services `relay` will not forward to: internal ones (the db service would
-/// take a forged author; the supervisor takes orders).
-pub const RELAY_DENY: [&str; 2] = ["db", "main"];
 
 /// Who is in which room: room → user → that user's sessions in the room.
 #[derive(Default)]
@@ -208,7 +212,13 @@ fn session_of(req: &Request) -> String {
 
 /// The chat service, ready to `run`.
 pub fn service() -> Service {
+    service_with(Policy::default())
+}
+
+/// The chat service, its `relay` held to `policy` (the gateway's client policy).
+pub fn service_with(policy: Policy) -> Service {
     let rooms = Arc::new(Rooms::default());
+    let policy = Arc::new(policy);
     Service::new("chat")
         .version(env!("CARGO_PKG_VERSION"))
         .handle_with("join", &rooms, |req: Request, rooms| async move {
@@ -242,7 +252,7 @@ pub fn service() -> Service {
             })
         })
         .handle("dm", dm)
-        .handle("relay", relay)
+        .handle_with("relay", &policy, relay)
         .on_event_with(api::SESSION_CLOSE, &rooms, |event, _bus, rooms| async move {
             match proto::from_body::<api::Session>(&event.body) {
                 Ok(s) => rooms.close_session(&s.user, &s.session),
@@ -361,25 +371,29 @@ async fn dm(req: Request) -> HandlerResult {
     Request::encode(&Empty {})
 }
 
-async fn relay(req: Request) -> HandlerResult {
+async fn relay(req: Request, policy: Arc<Policy>) -> HandlerResult {
     let arg: RelayArg = req.decode()?;
     proto::validate_name(&arg.to).map_err(|e| Error::bad_request(format!("to: {e}")))?;
     proto::validate_name(&arg.op).map_err(|e| Error::bad_request(format!("op: {e}")))?;
     if arg.to == "chat" && arg.op == "relay" {
         return Err(Error::bad_request("relay to chat relay would loop"));
     }
-    // Relay must not open what the gateway keeps closed to clients.
-    if arg.to.starts_with('$') || RELAY_DENY.contains(&arg.to.as_str()) {
-        return Err(Error::new(
-            proto::ErrorCode::Forbidden,
-            format!("{} is not open to relay", arg.to),
-        ));
-    }
+    // Relay opens nothing the gateway keeps closed to clients: the same
+    // policy, the same answer (`forbidden`), whoever asks.
+    policy
+        .check_call(&arg.to, &arg.op)
+        .map_err(|why| Error::new(proto::ErrorCode::Forbidden, format!("relay: {why}")))?;
+    // And the same routing: the key the gateway would have taken from the data.
+    let key = policy
+        .key_field(&arg.to)
+        .and_then(|field| arg.data.as_ref()?.get(field)?.as_str().map(str::to_owned));
     let body = match &arg.data {
         Some(data) => proto::to_body(data)?,
         None => proto::to_body(&Empty {})?,
     };
-    let reply = req.bus.call(&arg.to, &arg.op, body, req.onward()).await?;
+    let mut options = req.onward();
+    options.key = key;
+    let reply = req.bus.call(&arg.to, &arg.op, body, options).await?;
     Ok(reply.body.into_vec())
 }
 
