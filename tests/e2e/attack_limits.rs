@@ -2,10 +2,13 @@
 //! its behalf, subscriptions and requests in flight. Each is written as the
 //! attack, against the real processes.
 
+use futures::SinkExt;
 use serde_json::{json, Value};
+use std::net::Ipv4Addr;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{System, Ws};
+use crate::harness::{Args, System, Ws};
 use crate::observe::get;
 
 /// The gateway's `http://127.0.0.1:PORT`.
@@ -128,7 +131,12 @@ async fn relay_respects_a_service_the_operator_closed() {
     );
     std::fs::write(&policy, text).unwrap();
     let policy = policy.to_str().unwrap();
-    let system = System::start_args(false, &["--policy", policy], &["--policy", policy], &[]).await;
+    let args = Args {
+        gateway: &["--policy", policy],
+        chat: &["--policy", policy],
+        ..Args::default()
+    };
+    let system = System::start_args(false, &args).await;
     let _billing = switchboard_testkit::spawn_echo(&system.broker, "billing", "billing", None);
     assert!(
         switchboard_testkit::wait_ready(&system.bus, "billing", Duration::from_secs(10)).await,
@@ -173,4 +181,197 @@ async fn a_relayed_move_reaches_the_instance_that_owns_the_zone() {
             .is_some_and(|u| u.iter().any(|x| x == &me || x["user"] == me));
         assert!(found, "zone {zone}: {users}");
     }
+}
+
+/// What a hoard of topics got: subscriptions answered `ok`, and the codes of
+/// those refused (`closed`: the gateway closed the connection instead, with
+/// 1013, as it does when a client's own `user.<id>` cannot be subscribed).
+struct Hoard {
+    conns: Vec<Ws>,
+    ok: usize,
+    refused: Vec<String>,
+}
+
+/// `count` anonymous connections from `source`, each subscribing to as many
+/// made-up rooms as its own cap lets it (63 beside its `user.<id>`).
+async fn hoard_topics(system: &System, source: Ipv4Addr, count: usize) -> Hoard {
+    let url = format!("{}/ws", system.ws);
+    let mut hoard = Hoard {
+        conns: Vec::new(),
+        ok: 0,
+        refused: Vec::new(),
+    };
+    for c in 0..count {
+        let mut ws = Ws::connect_from(&url, source).await;
+        let mut sent = 0;
+        for i in 0..63 {
+            let topic = format!("chat.room.hoard-{source}-{c}-{i}");
+            let frame = json!({"id": format!("h{i}"), "op": "subscribe", "topic": topic});
+            if ws
+                .stream
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        let mut answered = 0;
+        while answered < sent {
+            match ws.next_frame(Duration::from_secs(5)).await {
+                Some(frame) if frame.get("id").is_some() => {
+                    answered += 1;
+                    if frame["ok"] == json!(true) {
+                        hoard.ok += 1;
+                    } else {
+                        let code = frame["error"]["code"].as_str().unwrap_or_default();
+                        hoard.refused.push(code.to_owned());
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    hoard.refused.push("closed".into());
+                    break;
+                }
+            }
+        }
+        hoard.conns.push(ws);
+    }
+    hoard
+}
+
+/// Whether `listener` (already joined to `room`) hears a `say` from `speaker`.
+async fn hears(listener: &mut Ws, speaker: &mut Ws, room: &str) -> bool {
+    speaker
+        .ok(
+            "chat",
+            "say",
+            json!({"room": room, "text": "can you hear me"}),
+        )
+        .await;
+    listener.event(&format!("chat.room.{room}")).await.is_some()
+}
+
+/// The broker caps the subscriptions of one peer (a gateway is one peer for
+/// all its clients) and used to drop the rest without a word, while the
+/// gateway answered `ok`: idle connections hoarding topics cut every new client
+/// off its rooms and direct messages, silently. Now the broker answers a
+/// refused subscription, and the gateway passes it on: no `ok` is a lie.
+#[tokio::test]
+async fn a_subscription_the_broker_refuses_is_never_answered_ok() {
+    let args = Args {
+        broker: &["--max-subs-per-peer", "300"],
+        ..Args::default()
+    };
+    let system = System::start_args(false, &args).await;
+    // Six connections ask for 6 × 64 = 384 topics: past the broker's 300.
+    let hoard = hoard_topics(&system, Ipv4Addr::new(127, 0, 0, 1), 6).await;
+    assert!(
+        hoard.ok < 300
+            && hoard
+                .refused
+                .iter()
+                .all(|c| c == "overloaded" || c == "closed"),
+        "past the broker's cap, subscriptions are refused out loud: {} ok, {:?}",
+        hoard.ok,
+        hoard.refused
+    );
+    // A newcomer is refused out loud too: closed with 1013 at once (its own
+    // `user.<id>` cannot be held), or its join refused. Never an `ok` for a
+    // room it will not hear.
+    let url = format!("{}/ws", system.ws);
+    let mut ada = Ws::connect_from(&url, Ipv4Addr::new(127, 0, 0, 2)).await;
+    let join = json!({"id": "j", "to": "chat", "op": "join", "data": {"room": "lobby"}});
+    let _ = ada
+        .stream
+        .send(Message::Text(join.to_string().into()))
+        .await;
+    if let Some(joined) = ada.next_frame(Duration::from_secs(5)).await {
+        assert_eq!(joined["error"]["code"], "overloaded", "{joined}");
+    }
+}
+
+/// The same hoard against the gateway's own caps: one address may bring in
+/// only its share of the gateway's topics, so clients from elsewhere still
+/// join their rooms and hear them.
+#[tokio::test]
+async fn one_address_cannot_spend_every_clients_topics() {
+    let args = Args {
+        broker: &["--max-subs-per-peer", "400"],
+        gateway: &["--max-topics", "380", "--max-topics-per-ip", "150"],
+        ..Args::default()
+    };
+    let system = System::start_args(false, &args).await;
+    let hoard = hoard_topics(&system, Ipv4Addr::new(127, 0, 0, 1), 6).await;
+    assert!(
+        hoard.ok <= 150 && !hoard.refused.is_empty(),
+        "{} ok, refused {:?}",
+        hoard.ok,
+        hoard.refused
+    );
+    assert_eq!(hoard.conns.len(), 6);
+    let url = format!("{}/ws", system.ws);
+    let mut ada = Ws::connect_from(&url, Ipv4Addr::new(127, 0, 0, 2)).await;
+    let mut bob = Ws::connect_from(&url, Ipv4Addr::new(127, 0, 0, 3)).await;
+    ada.ok("chat", "join", json!({"room": "lobby"})).await;
+    assert!(
+        hears(&mut ada, &mut bob, "lobby").await,
+        "ada hears the room"
+    );
+    // bob's direct messages reach him (his `user.<id>` was subscribed).
+    let bob_id = bob.ok_gateway("whoami", json!({})).await["user"].clone();
+    ada.ok("chat", "dm", json!({"user": bob_id, "text": "hi"}))
+        .await;
+    assert!(bob
+        .event(&format!("user.{}", bob_id.as_str().unwrap()))
+        .await
+        .is_some());
+}
+
+/// All clients of a gateway share one budget of requests in flight at the
+/// broker. While loc is down its requests are held, and one user's flood of
+/// them used to spend that budget: everyone's `history` failed `overloaded`.
+/// Now a user (and an address) gets a share of it.
+#[tokio::test]
+async fn one_users_flood_of_held_requests_leaves_others_served() {
+    let args = Args {
+        broker: &["--max-inflight-per-client", "300"],
+        gateway: &["--max-inflight-per-user", "100"],
+        ..Args::default()
+    };
+    let mut system = System::start_args(true, &args).await;
+    for loc in ["loc01", "loc02"] {
+        system
+            .proc(loc)
+            .signal(switchboard_testkit::Sig::SIGKILL)
+            .unwrap();
+    }
+    assert!(
+        switchboard_testkit::eventually(Duration::from_secs(15), || async {
+            !switchboard_testkit::broker_ls(&system.bus)
+                .await
+                .iter()
+                .any(|i| i.service == "loc")
+        })
+        .await,
+        "loc is gone from the broker"
+    );
+    // eve: six connections, 60 moves each, held until loc comes back.
+    let mut eves = Vec::new();
+    for _ in 0..6 {
+        let mut eve = system.client_as("eve").await;
+        for i in 0..60 {
+            let frame = json!({"id": format!("m{i}"), "to": "loc", "op": "move", "data": {"zone": "z", "x": 1.0, "y": 1.0}});
+            eve.send_text(&frame.to_string()).await;
+        }
+        // Answered after the frames before it were read and sent on.
+        eve.ok_gateway("ping", json!({})).await;
+        eves.push(eve);
+    }
+    let mut bob = system.client_as("bob").await;
+    let history = bob
+        .request(Some("chat"), "history", json!({"room": "lobby"}))
+        .await;
+    assert_eq!(history["ok"], json!(true), "bob is served: {history}");
 }

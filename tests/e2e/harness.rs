@@ -13,6 +13,15 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// The client-token secret the systems under test use.
 pub const AUTH_SECRET: &str = "e2e-client-secret";
 
+/// Extra command-line arguments for the processes of a [`System`].
+#[derive(Default)]
+pub struct Args<'a> {
+    pub broker: &'a [&'a str],
+    pub gateway: &'a [&'a str],
+    pub chat: &'a [&'a str],
+    pub loc: &'a [&'a str],
+}
+
 /// A running system. Dropping it kills every process.
 pub struct System {
     /// `ws://127.0.0.1:PORT`.
@@ -42,19 +51,24 @@ impl System {
     /// As [`System::start`], with extra arguments for the gateway and for both
     /// loc instances.
     pub async fn start_full(auth: bool, gateway_args: &[&str], loc_args: &[&str]) -> Self {
-        Self::start_args(auth, gateway_args, &[], loc_args).await
+        Self::start_args(
+            auth,
+            &Args {
+                gateway: gateway_args,
+                loc: loc_args,
+                ..Args::default()
+            },
+        )
+        .await
     }
 
-    /// As [`System::start_full`], with extra arguments for chat too.
-    pub async fn start_args(
-        auth: bool,
-        gateway_args: &[&str],
-        chat_args: &[&str],
-        loc_args: &[&str],
-    ) -> Self {
+    /// As [`System::start`], with extra arguments for any process.
+    pub async fn start_args(auth: bool, extra: &Args<'_>) -> Self {
+        let (gateway_args, chat_args, loc_args) = (extra.gateway, extra.chat, extra.loc);
         switchboard_testkit::trace_init();
         let db = TestDatabase::new();
-        let broker = Child::broker("tcp://127.0.0.1:0", &["--services", "db,chat,loc"]).unwrap();
+        let broker_args = [&["--services", "db,chat,loc"][..], extra.broker].concat();
+        let broker = Child::broker("tcp://127.0.0.1:0", &broker_args).unwrap();
         let endpoint = broker.first_line.clone().unwrap();
         let mut procs = vec![("broker".to_owned(), broker)];
         let env_db = [("DATABASE_URL", db.url.as_str())];
@@ -153,12 +167,34 @@ pub struct Ws {
 impl Ws {
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Self {
+        Ok(Self::from_stream(stream))
+    }
+
+    /// Connects from the local address `source` (one of 127.0.0.0/8: a test's
+    /// stand-in for another host).
+    pub async fn connect_from(url: &str, source: std::net::Ipv4Addr) -> Self {
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+        Self::from_stream(stream)
+    }
+
+    fn from_stream(stream: Stream) -> Self {
+        Self {
             stream,
             next_id: 1,
             events: VecDeque::new(),
             replies: VecDeque::new(),
-        })
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {

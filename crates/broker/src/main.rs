@@ -33,6 +33,10 @@ struct Args {
     /// Subscriptions one peer may hold.
     #[arg(long, env = "SB_MAX_SUBS_PER_PEER", default_value_t = Settings::default().max_subs_per_peer)]
     max_subs_per_peer: usize,
+    /// Requests in flight from one peer at most (a gateway is one peer for all
+    /// its clients).
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_CLIENT", default_value_t = Settings::default().max_inflight_per_client)]
+    max_inflight_per_client: u32,
     /// Furthest a request's deadline may be ahead, ms.
     #[arg(long, env = "SB_MAX_DEADLINE_MS", default_value_t = Settings::default().max_deadline_ms)]
     max_deadline_ms: u64,
@@ -65,6 +69,7 @@ fn main() {
         services: args.services,
         max_services: args.max_services,
         max_subs_per_peer: args.max_subs_per_peer,
+        max_inflight_per_client: args.max_inflight_per_client,
         max_deadline_ms: args.max_deadline_ms,
         insecure: args.insecure,
         ha: match (args.ha_role.as_deref(), args.ha_bind, args.ha_peer) {

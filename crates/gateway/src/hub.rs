@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::outbox::Outbox;
 use crate::policy::Policy;
+use crate::shares::{Member, Share, Shares};
 use crate::wire;
 
 /// A connection as the hub sees it: where its events go, and in which format.
@@ -37,6 +38,9 @@ enum Feed {
 
 struct Entry {
     conns: HashMap<u64, Arc<ConnOut>>,
+    /// The address whose client subscribed first: the topic counts against
+    /// its share until it goes.
+    charged: Member,
     /// The field whose value coalesces this topic's events (positions).
     coalesce: Option<Box<str>>,
     feed: Feed,
@@ -56,10 +60,21 @@ impl Feed {
 /// Events queued for the exact-topic forwarder, all topics together.
 const SHARED_CAPACITY: usize = 8_192;
 
+/// How many topics the hub holds on the bus, in all and per address.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Distinct topics in all.
+    pub max_topics: usize,
+    /// Topics brought in by the clients of one address.
+    pub max_topics_per_ip: usize,
+}
+
 /// See the module docs.
 pub struct Hub {
     bus: Handle,
     policy: Policy,
+    limits: Limits,
+    addresses: Arc<Shares>,
     topics: Mutex<HashMap<String, Entry>>,
     /// The channel every exact-topic subscription feeds.
     exact_tx: mpsc::Sender<Box<Envelope>>,
@@ -74,11 +89,13 @@ pub struct Hub {
 
 impl Hub {
     /// A hub over the gateway's bus handle; `policy` says which events coalesce.
-    pub fn new(bus: Handle, policy: Policy) -> Arc<Self> {
+    pub fn new(bus: Handle, policy: Policy, limits: Limits, addresses: Arc<Shares>) -> Arc<Self> {
         let (exact_tx, exact_rx) = mpsc::channel(SHARED_CAPACITY);
         Arc::new(Self {
             bus,
             policy,
+            limits,
+            addresses,
             topics: Mutex::new(HashMap::new()),
             exact_tx,
             exact_rx: Mutex::new(Some(exact_rx)),
@@ -90,16 +107,19 @@ impl Hub {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds connection `id` to `topic`, subscribing on the bus if it is the first.
+    /// Adds connection `id` (of address `from`) to `topic`, subscribing on the
+    /// bus if it is the first.
     ///
     /// # Errors
     ///
-    /// The bus refused the subscription.
+    /// `overloaded` when a new topic would pass the hub's limits, in all or for
+    /// `from`; the bus's refusal (the broker's per-peer cap).
     pub async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
         id: u64,
         conn: Arc<ConnOut>,
+        from: &Member,
     ) -> Result<(), Error> {
         if let Some(entry) = self.lock().get_mut(topic) {
             entry.conns.insert(id, conn);
@@ -110,7 +130,48 @@ impl Hub {
             entry.conns.insert(id, conn);
             return Ok(());
         }
-        let feed = if topic::is_wildcard(topic) {
+        // A new topic: within the hub's budget, and within its address's share
+        // of it (one address must not spend what every client needs).
+        let held = self.lock().len();
+        if held >= self.limits.max_topics {
+            return Err(Error::new(
+                switchboard_bus::proto::ErrorCode::Overloaded,
+                format!("the gateway holds {held} topics, its limit: try again later"),
+            ));
+        }
+        if !Share::take(&from.share.topics, self.limits.max_topics_per_ip) {
+            return Err(Error::new(
+                switchboard_bus::proto::ErrorCode::Overloaded,
+                format!(
+                    "clients of this address brought in {} topics, the limit per address",
+                    self.limits.max_topics_per_ip
+                ),
+            ));
+        }
+        match self.feed(topic).await {
+            Ok(feed) => {
+                let coalesce = self.policy.coalesce_field(topic).map(Box::from);
+                self.lock().insert(
+                    topic.to_owned(),
+                    Entry {
+                        conns: HashMap::from([(id, conn)]),
+                        charged: from.clone(),
+                        coalesce,
+                        feed,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.addresses.topic_gone(from);
+                Err(e)
+            }
+        }
+    }
+
+    /// A new bus subscription for `topic`.
+    async fn feed(self: &Arc<Self>, topic: &str) -> Result<Feed, Error> {
+        Ok(if topic::is_wildcard(topic) {
             let sub = self.bus.subscribe(topic).await?;
             Feed::Pattern(
                 tokio::spawn(forward_pattern(Arc::downgrade(self), topic.to_owned(), sub))
@@ -130,18 +191,7 @@ impl Hub {
                     .subscribe_into(topic, self.exact_tx.clone())
                     .await?,
             )
-        };
-        let mut topics = self.lock();
-        let coalesce = self.policy.coalesce_field(topic).map(Box::from);
-        topics.insert(
-            topic.to_owned(),
-            Entry {
-                conns: HashMap::from([(id, conn)]),
-                coalesce,
-                feed,
-            },
-        );
-        Ok(())
+        })
     }
 
     /// Removes connection `id` from `topic`; the last one out unsubscribes.
@@ -169,6 +219,7 @@ impl Hub {
         };
         if let Some(entry) = gone {
             entry.feed.close().await;
+            self.addresses.topic_gone(&entry.charged);
         }
     }
 

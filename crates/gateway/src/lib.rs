@@ -7,6 +7,7 @@
 //! - [`conn`]: one client connection: HTTP head, auth, reader, writer, requests.
 //! - [`outbox`]: a connection's bounded send buffer and its slow-client policy.
 //! - [`hub`]: topic subscriptions shared by all clients.
+//! - [`shares`]: what one user or one address holds across its connections.
 //! - [`wire`]: the client protocol's frames (JSON text, MessagePack binary).
 //! - [`jwt`]: HS256 token verification.
 //!
@@ -18,6 +19,7 @@
 //! | 1001 | the gateway is shutting down: sent `goaway_ms` after a `{"goaway"}` notice, once in-flight replies were sent |
 //! | 1008 | flooding: the client kept sending past its rate limit |
 //! | 1009 | a frame over `max_frame_bytes` |
+//! | 1013 | try again later: the user already has `max_connections_per_user` connections, or its own `user.<id>` topic could not be subscribed (the gateway's topic budget is spent) |
 //! | 4000 | idle: no frame (or pong) for `idle_timeout_ms` |
 //! | 4001 | slow client: its send buffer reached `send_buffer_hard` messages or `send_buffer_hard_bytes` |
 //! | 4002 | the client's token expired (and no newer one was presented with `auth`) |
@@ -34,6 +36,7 @@ pub mod hub;
 pub mod jwt;
 pub(crate) mod metrics;
 pub mod outbox;
+pub mod shares;
 pub mod static_files;
 pub mod tls;
 pub mod wire;
@@ -86,6 +89,23 @@ pub struct Settings {
     pub max_subscriptions: usize,
     /// Requests in flight per connection; more get `overloaded`.
     pub max_inflight_per_conn: usize,
+    /// Requests in flight per user, all its connections together; more get
+    /// `overloaded`.
+    pub max_inflight_per_user: usize,
+    /// Requests in flight per address (IPv4, or IPv6 /64); more get `overloaded`.
+    /// Every client of the gateway shares one budget at the broker
+    /// (`max_inflight_per_client`, 10,000): keep this well under it.
+    pub max_inflight_per_ip: usize,
+    /// Connections one user may hold at once; more are closed with 1013.
+    pub max_connections_per_user: usize,
+    /// Distinct topics the gateway holds on the bus for all its clients; a
+    /// subscription (or grant) that would add one more gets `overloaded`. The
+    /// broker holds at most `max_subs_per_peer` (100,000) for the gateway: keep
+    /// this under it, and raise both together.
+    pub max_topics: usize,
+    /// Of those, topics that clients of one address brought in (subscribed
+    /// first) and that are still held.
+    pub max_topics_per_ip: usize,
     /// Deadline of each request.
     pub request_timeout_ms: u64,
     /// Client tokens; `None` runs open (anonymous users).
@@ -125,6 +145,11 @@ impl Default for Settings {
             auth_timeout_ms: 10_000,
             max_subscriptions: 64,
             max_inflight_per_conn: 64,
+            max_inflight_per_user: 256,
+            max_inflight_per_ip: 2_048,
+            max_connections_per_user: 32,
+            max_topics: 90_000,
+            max_topics_per_ip: 20_000,
             request_timeout_ms: 5_000,
             tokens: None,
             tls: None,
@@ -167,6 +192,10 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     /// Counters.
     pub stats: Stats,
+    /// Per user: connections and requests in flight.
+    pub users: shares::Shares,
+    /// Per address: requests in flight and topics brought in.
+    pub addresses: Arc<shares::Shares>,
     /// Connections in the handshake, in all and per IP (see [`http::Admission`]).
     pub(crate) handshaking: std::sync::Mutex<http::Handshaking>,
     next_conn: AtomicU64,
@@ -176,8 +205,20 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway over `bus`.
     pub fn new(settings: Settings, bus: Handle) -> Arc<Self> {
+        let addresses = Arc::new(shares::Shares::default());
+        let limits = hub::Limits {
+            max_topics: settings.max_topics,
+            max_topics_per_ip: settings.max_topics_per_ip,
+        };
         Arc::new(Self {
-            hub: hub::Hub::new(bus.clone(), settings.policy.clone()),
+            hub: hub::Hub::new(
+                bus.clone(),
+                settings.policy.clone(),
+                limits,
+                addresses.clone(),
+            ),
+            users: shares::Shares::default(),
+            addresses,
             settings,
             bus,
             stats: Stats::default(),

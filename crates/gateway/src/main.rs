@@ -97,6 +97,23 @@ struct Args {
     /// Requests in flight per connection.
     #[arg(long, env = "SB_MAX_INFLIGHT_PER_CONN", default_value_t = D.max_inflight_per_conn)]
     max_inflight_per_conn: usize,
+    /// Requests in flight per user, all its connections together.
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_USER", default_value_t = D.max_inflight_per_user)]
+    max_inflight_per_user: usize,
+    /// Requests in flight per address (IPv4, IPv6 /64), under the broker's
+    /// budget for the whole gateway (10,000).
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_IP", default_value_t = D.max_inflight_per_ip)]
+    max_inflight_per_ip: usize,
+    /// Connections per user at once (more are closed with 1013).
+    #[arg(long, env = "SB_MAX_CONNECTIONS_PER_USER", default_value_t = D.max_connections_per_user)]
+    max_connections_per_user: usize,
+    /// Distinct topics the gateway holds on the bus (keep under the broker's
+    /// --max-subs-per-peer, 100,000).
+    #[arg(long, env = "SB_MAX_TOPICS", default_value_t = D.max_topics)]
+    max_topics: usize,
+    /// Topics the clients of one address may bring in.
+    #[arg(long, env = "SB_MAX_TOPICS_PER_IP", default_value_t = D.max_topics_per_ip)]
+    max_topics_per_ip: usize,
     /// Request deadline, ms.
     #[arg(long, env = "SB_REQUEST_TIMEOUT_MS", default_value_t = D.request_timeout_ms)]
     request_timeout_ms: u64,
@@ -156,6 +173,11 @@ fn main() {
         auth_timeout_ms: args.auth_timeout_ms,
         max_subscriptions: args.max_subscriptions,
         max_inflight_per_conn: args.max_inflight_per_conn,
+        max_inflight_per_user: args.max_inflight_per_user,
+        max_inflight_per_ip: args.max_inflight_per_ip,
+        max_connections_per_user: args.max_connections_per_user,
+        max_topics: args.max_topics,
+        max_topics_per_ip: args.max_topics_per_ip,
         request_timeout_ms: args.request_timeout_ms,
         tokens,
         allowed_origins: args.allowed_origins.clone(),

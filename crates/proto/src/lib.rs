@@ -43,8 +43,8 @@ use std::time::Duration;
 /// Protocol version carried in every envelope's `v`: the high byte is the major
 /// version (a peer rejects another major), the low byte the minor version (a newer
 /// minor only adds optional fields, which older peers skip). 1.1 added `session`;
-/// 1.2 added `grants`.
-pub const PROTOCOL_VERSION: u16 = 0x0102;
+/// 1.2 added `grants`; 1.3 answers a `subscribe` that carries an `id`.
+pub const PROTOCOL_VERSION: u16 = 0x0103;
 
 /// The broker's endpoint when none is configured (loopback: without a secret the
 /// broker binds nothing else).

@@ -352,7 +352,7 @@ impl Router {
                 }
             },
             (Kind::Bye, None) => self.peer_lost(pid, Loss::Bye, now),
-            (Kind::Subscribe, None) => self.subscribe(pid, head.to, &identity),
+            (Kind::Subscribe, None) => self.subscribe(pid, head.to, head.id, &identity),
             (Kind::Unsubscribe, None) => self.unsubscribe(pid, head.to),
             (Kind::Event, None) => self.publish(head.to, payload.clone(), &identity),
             (Kind::Hello, None) => {}

@@ -5,25 +5,63 @@ use super::*;
 impl Router {
     // --- pub/sub ---
 
-    pub(super) fn subscribe(&mut self, pid: PeerId, pattern: &str, identity: &Bytes) {
+    /// Takes a subscription to `pattern`. A `subscribe` with an `id` is answered
+    /// (a `subscribe` with that id: taken, or an error); one past the per-peer
+    /// cap is answered in any case, `overloaded`, so that no peer believes it
+    /// holds a subscription that delivers nothing.
+    pub(super) fn subscribe(&mut self, pid: PeerId, pattern: &str, id: u64, identity: &Bytes) {
         if topic::validate(pattern, true).is_err() {
+            self.answer_subscribe(
+                pid,
+                pattern,
+                id,
+                Some(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "invalid subscription pattern",
+                )),
+            );
             return self.malformed(identity, "invalid subscription pattern");
         }
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
         if peer.subs.contains(pattern) {
-            return;
+            return self.answer_subscribe(pid, pattern, id, None);
         }
         if peer.subs.len() >= self.settings.max_subs_per_peer {
             self.stats.subs_refused += 1;
+            let cap = self.settings.max_subs_per_peer;
             if self.stats.subs_refused == 1 {
-                tracing::warn!(instance = %peer.instance, cap = self.settings.max_subs_per_peer, "subscription past the per-peer cap refused (further ones are counted)");
+                tracing::warn!(instance = %peer.instance, cap, "subscription past the per-peer cap refused (answered overloaded; further ones are counted)");
             }
-            return;
+            let why =
+                format!("this peer already holds {cap} subscriptions (the broker's per-peer cap)");
+            return self.answer_subscribe(
+                pid,
+                pattern,
+                id,
+                Some(ErrorBody::new(ErrorCode::Overloaded, why)),
+            );
         }
         peer.subs.insert(pattern.to_owned());
         self.subs.insert(pattern, pid);
+        self.answer_subscribe(pid, pattern, id, None);
+    }
+
+    /// The answer to a `subscribe`: sent when the peer asked (an id) or when
+    /// the subscription was refused.
+    fn answer_subscribe(&mut self, pid: PeerId, pattern: &str, id: u64, error: Option<ErrorBody>) {
+        if id == 0 && error.is_none() {
+            return;
+        }
+        let mut env = Envelope::new(Kind::Subscribe);
+        env.id = id;
+        env.to = pattern.to_owned();
+        if error.is_none() {
+            env.op = "ack".into();
+        }
+        env.error = error;
+        self.send_to_peer(pid, &env);
     }
 
     pub(super) fn unsubscribe(&mut self, pid: PeerId, pattern: &str) {

@@ -166,3 +166,32 @@ async fn no_unsubscribe_is_lost_when_many_subscriptions_end_at_once() {
     }
     assert_eq!(delivered, 0, "events for topics unsubscribed from");
 }
+
+/// A subscription the broker refuses (past its per-peer cap) is an error for
+/// the caller, not a subscription that silently delivers nothing; the
+/// subscriptions it holds keep working.
+#[tokio::test]
+async fn a_refused_subscription_is_an_error_for_its_caller() {
+    trace_init();
+    let broker = TestBroker::with(switchboard_broker::Settings {
+        max_subs_per_peer: 2,
+        ..switchboard_broker::Settings::default()
+    });
+    let bus = client(&broker.endpoint, "t-sub", None).await;
+    let publisher = client(&broker.endpoint, "t-pub", None).await;
+    let mut a = bus.subscribe("a.>").await.unwrap();
+    let _b = bus.subscribe("b.>").await.unwrap();
+    let refused = bus.subscribe("c.>").await.err().expect("past the cap");
+    assert_eq!(refused.code, switchboard_bus::proto::ErrorCode::Overloaded);
+    // A second subscription to a held pattern needs no room of its own.
+    let mut a2 = bus.subscribe("a.>").await.unwrap();
+    publisher.publish("a.x", b"1".to_vec()).await.unwrap();
+    assert_eq!(next_topic(&mut a).await.as_deref(), Some("a.x"));
+    assert_eq!(next_topic(&mut a2).await.as_deref(), Some("a.x"));
+    assert_eq!(
+        bus.stats()
+            .subs_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

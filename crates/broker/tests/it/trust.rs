@@ -95,10 +95,69 @@ async fn subscriptions_past_the_per_peer_cap_are_refused_and_counted() {
         "9,900 refused: {:?}",
         broker_stats(&bus).await
     );
-    // The ones within the cap work: an event on t.5.x reaches the peer.
+    // The ones within the cap work: an event on t.5.x reaches the peer, after
+    // an answer for each refused one (`overloaded`, naming its pattern).
     bus.publish("t.5.x", b"hi".to_vec()).await.unwrap();
-    let frames = peer.recv(Duration::from_secs(5)).await.expect("event");
-    assert_eq!(&proto::decode(&frames[0]).unwrap().body[..], b"hi");
+    let mut refusals = 0;
+    loop {
+        let frames = peer.recv(Duration::from_secs(5)).await.expect("a frame");
+        let env = proto::decode(&frames[0]).unwrap();
+        if env.kind == proto::Kind::Subscribe {
+            let error = env
+                .error
+                .expect("only refusals are answered (no id was sent)");
+            assert_eq!(error.code, proto::ErrorCode::Overloaded);
+            assert!(env.to.starts_with("t."), "{}", env.to);
+            refusals += 1;
+            continue;
+        }
+        assert_eq!(&env.body[..], b"hi");
+        break;
+    }
+    assert_eq!(refusals, 9_900);
+}
+
+#[tokio::test]
+async fn a_subscription_with_an_id_is_answered() {
+    trace_init();
+    let broker = TestBroker::with(Settings {
+        max_subs_per_peer: 1,
+        ..Settings::default()
+    });
+    let mut peer = RawPeer::connect(&broker.endpoint, None).await.unwrap();
+    peer.register("", "subscriber", None).await.unwrap();
+    for (id, pattern) in [(7, "a.>"), (8, "a.>"), (9, "b.>"), (10, "a..b")] {
+        let mut env = proto::Envelope::new(proto::Kind::Subscribe);
+        env.to = pattern.into();
+        env.id = id;
+        peer.send_env(&env).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let frames = peer.recv(Duration::from_secs(5)).await.expect("an answer");
+        let env = proto::decode(&frames[0]).unwrap();
+        assert_eq!(env.kind, proto::Kind::Subscribe);
+        answers.push((env.id, env.to, env.op, env.error.map(|e| e.code)));
+    }
+    assert_eq!(
+        answers,
+        vec![
+            (7, "a.>".into(), "ack".into(), None),
+            (8, "a.>".into(), "ack".into(), None),
+            (
+                9,
+                "b.>".into(),
+                String::new(),
+                Some(proto::ErrorCode::Overloaded)
+            ),
+            (
+                10,
+                "a..b".into(),
+                String::new(),
+                Some(proto::ErrorCode::BadRequest)
+            ),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -39,6 +39,10 @@ pub(super) struct Actor {
     shared: Arc<Shared>,
     pending: HashMap<u64, Pending>,
     subs: Subs,
+    /// Subscriptions waiting for the broker's answer, by pattern: the first
+    /// one's id went out with the `subscribe`; later ones on the same pattern
+    /// wait for the same answer.
+    sub_acks: HashMap<String, Vec<(u64, SubAck)>>,
     ready: bool,
     draining: Option<oneshot::Sender<()>>,
     heartbeat_ms: u64,
@@ -129,6 +133,7 @@ impl Actor {
             shared,
             pending: HashMap::new(),
             subs: Subs::default(),
+            sub_acks: HashMap::new(),
             ready: false,
             draining: None,
             heartbeat_ms: 0,
@@ -183,6 +188,7 @@ impl Actor {
             let end = self.session(&mut socket).await;
             self.shared.connected.store(false, Ordering::Release);
             self.fail_unsent_safe();
+            self.settle_sub_acks();
             // A drain waiting for its ack is complete: without a connection
             // nothing can be routed to us.
             if let Some(done) = self.draining.take() {
@@ -230,8 +236,15 @@ impl Actor {
             Cmd::Request { id, pending } => {
                 self.pending.insert(id, pending);
             }
-            Cmd::Subscribe { sub, pattern, tx } => {
+            Cmd::Subscribe {
+                sub,
+                pattern,
+                tx,
+                ack,
+            } => {
+                // Sent (and answered) when the connection comes back.
                 self.subs.add(sub, pattern, tx);
+                let _ = ack.send(Ok(()));
             }
             Cmd::Unsubscribe { sub } => {
                 self.subs.remove(sub);
@@ -360,12 +373,28 @@ impl Actor {
             Cmd::Send(msg) => {
                 let _ = try_send(socket, msg);
             }
-            Cmd::Subscribe { sub, pattern, tx } => {
-                if self.subs.add(sub, pattern.clone(), tx) {
-                    let _ = try_send(
-                        socket,
-                        ZmqMessage::from(encode_topic(Kind::Subscribe, &pattern)),
-                    );
+            Cmd::Subscribe {
+                sub,
+                pattern,
+                tx,
+                ack,
+            } => {
+                if let Some(waiting) = self.sub_acks.get_mut(&pattern) {
+                    self.subs.add(sub, pattern, tx);
+                    waiting.push((sub, ack));
+                } else if self.subs.add(sub, pattern.clone(), tx) {
+                    let frame = encode_topic_id(Kind::Subscribe, &pattern, sub);
+                    if try_send(socket, ZmqMessage::from(frame)) {
+                        self.sub_acks.insert(pattern, vec![(sub, ack)]);
+                    } else {
+                        self.subs.remove(sub);
+                        let _ = ack.send(Err(Error::new(
+                            ErrorCode::Overloaded,
+                            "bus send queue full",
+                        )));
+                    }
+                } else {
+                    let _ = ack.send(Ok(()));
                 }
             }
             Cmd::Unsubscribe { sub } => {
@@ -427,6 +456,7 @@ impl Actor {
                         .fetch_add(dropped, Ordering::Relaxed);
                 }
             }
+            (Kind::Subscribe, None) => self.on_subscribe_answer(env),
             (Kind::Drain, None) if env.op == "ack" => {
                 if let Some(done) = self.draining.take() {
                     let _ = done.send(());
@@ -463,6 +493,45 @@ impl Actor {
                 let mut msg = ZmqMessage::from(frame);
                 msg.push_front(token);
                 let _ = try_send(socket, msg);
+            }
+        }
+    }
+
+    /// The broker's answer to a `subscribe`: taken, or refused. A refused
+    /// pattern's subscriptions end here and their callers get the error; a
+    /// refusal nobody waits for (a pattern restored after a reconnect) is
+    /// logged and counted: its events will not come.
+    fn on_subscribe_answer(&mut self, env: Envelope) {
+        let waiting = self.sub_acks.remove(&env.to).unwrap_or_default();
+        match env.error {
+            None => {
+                for (_, ack) in waiting {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Some(error) => {
+                self.shared
+                    .stats
+                    .subs_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                if waiting.is_empty() {
+                    tracing::error!(pattern = %env.to, error = %error.message, "the broker refused a subscription: its events will not arrive");
+                }
+                for (sub, ack) in waiting {
+                    self.subs.remove(sub);
+                    let _ = ack.send(Err(error.clone().into()));
+                }
+            }
+        }
+    }
+
+    /// After a connection loss: subscriptions waiting for an answer are held
+    /// as far as this side knows; they are sent again with the others when the
+    /// connection comes back.
+    pub(super) fn settle_sub_acks(&mut self) {
+        for (_, waiting) in self.sub_acks.drain() {
+            for (_, ack) in waiting {
+                let _ = ack.send(Ok(()));
             }
         }
     }

@@ -215,18 +215,33 @@ impl Handle {
 
     /// Tells the socket task of a subscription to `pattern` delivering into
     /// `tx`; returns its id.
+    /// Waits for the broker's answer: a subscription it refuses (past its
+    /// per-peer cap) is an error here, never a subscription that silently
+    /// delivers nothing. A broker that does not answer subscriptions (older than
+    /// protocol 1.2) is taken at its word after the default timeout.
     async fn register(&self, pattern: &str, tx: mpsc::Sender<Box<Envelope>>) -> Result<u64, Error> {
         topic::validate(pattern, true).map_err(|e| Error::bad_request(e.to_string()))?;
         let sub = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (ack, answer) = oneshot::channel();
         self.tx
             .send(Cmd::Subscribe {
                 sub,
                 pattern: pattern.to_owned(),
                 tx,
+                ack,
             })
             .await
             .map_err(|_| closed())?;
-        Ok(sub)
+        let wait = Duration::from_millis(self.shared.default_timeout_ms);
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(Ok(()))) => Ok(sub),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => {
+                tracing::debug!(pattern, "no answer to a subscription; taken as held");
+                Ok(sub)
+            }
+        }
     }
 
     /// Subscribes to a pattern, its events going to `tx`, a channel shared with

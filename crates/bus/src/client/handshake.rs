@@ -106,7 +106,13 @@ pub(super) fn encode_simple(kind: Kind) -> Bytes {
 }
 
 pub(super) fn encode_topic(kind: Kind, pattern: &str) -> Bytes {
+    encode_topic_id(kind, pattern, 0)
+}
+
+/// As [`encode_topic`], with an id: a `subscribe` with one is answered.
+pub(super) fn encode_topic_id(kind: Kind, pattern: &str, id: u64) -> Bytes {
     let mut env = Envelope::new(kind);
     env.to = pattern.to_owned();
+    env.id = id;
     Bytes::from(proto::encode(&env).unwrap_or_default())
 }

@@ -119,7 +119,13 @@ pub struct ClientStats {
     pub registrations: AtomicU64,
     /// Events dropped because a local subscriber was not keeping up.
     pub events_dropped: AtomicU64,
+    /// Subscriptions the broker refused (past its per-peer cap).
+    pub subs_refused: AtomicU64,
 }
+
+/// Where the answer to a subscription goes: `Ok` once the broker holds its
+/// pattern, or the broker's refusal (`overloaded` past its per-peer cap).
+pub(super) type SubAck = oneshot::Sender<Result<(), Error>>;
 
 struct Shared {
     instance: String,
@@ -145,6 +151,8 @@ enum Cmd {
         sub: u64,
         pattern: String,
         tx: mpsc::Sender<Box<Envelope>>,
+        /// Answered once the broker has taken (or refused) the pattern.
+        ack: SubAck,
     },
     Unsubscribe {
         sub: u64,

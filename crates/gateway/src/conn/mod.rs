@@ -11,7 +11,7 @@ mod session;
 
 use futures::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use switchboard_bus::proto::{self, api, ErrorCode, Grants};
 use switchboard_bus::{new_trace_id, CallOptions};
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::http::Admission;
 use crate::hub::ConnOut;
 use crate::outbox::{Limits, Next, Outbox};
+use crate::shares::{address_key, Member, Share};
 use crate::{jwt, wire, Gateway};
 
 /// Close code: idle (no pong).
@@ -37,6 +38,8 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: shutting down.
 pub const CLOSE_AWAY: u16 = 1001;
+/// Close code: try again later (a cap of the user's, or of the gateway's).
+pub const CLOSE_TRY_LATER: u16 = 1013;
 
 /// Initial read buffer of a connection (grown for larger frames).
 pub const READ_BUFFER: usize = 512;
@@ -60,6 +63,10 @@ pub async fn handle(
     };
     gw.stats.accepted.fetch_add(1, Ordering::Relaxed);
     gw.stats.open.fetch_add(1, Ordering::Relaxed);
+    let address_key = peer.map_or_else(|| "unknown".to_owned(), |p| address_key(p.ip()));
+    let Some(address) = gw.addresses.join(&address_key, usize::MAX) else {
+        unreachable!("no connection cap per address here")
+    };
     let session = api::session_id(gw.bus.instance(), id);
     let s = &gw.settings;
     let conn = Client {
@@ -79,10 +86,16 @@ pub async fn handle(
         expires_ms: AtomicU64::new(0),
         topics: Mutex::new(Some(Vec::new())),
         inflight: AtomicUsize::new(0),
+        address,
+        user_share: OnceLock::new(),
     };
     let conn = Arc::new(conn);
     match (&gw.settings.tokens, upgrade.token) {
-        (Some(_), Some(token)) => Box::pin(conn.open_session(token)).await,
+        (Some(_), Some(token)) => {
+            if let Err(why) = Box::pin(conn.open_session(token)).await {
+                conn.out.outbox.close(CLOSE_TRY_LATER, &why);
+            }
+        }
         (Some(_), None) => {
             // Must authenticate with the `auth` op before the auth timeout.
             let limit = proto::now_ms() + gw.settings.auth_timeout_ms;
@@ -90,14 +103,21 @@ pub async fn handle(
         }
         (None, _) => {
             let user = format!("anon-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-            Box::pin(conn.open_session(jwt::Verified { user, expires_s: 0 })).await;
+            let anonymous = jwt::Verified { user, expires_s: 0 };
+            if let Err(why) = Box::pin(conn.open_session(anonymous)).await {
+                conn.out.outbox.close(CLOSE_TRY_LATER, &why);
+            }
         }
     }
     tracing::debug!(?peer, session = %conn.session, "client connected");
     let (sink, stream) = upgrade.ws.split();
     let writer = tokio::spawn(write_loop(sink, conn.out.clone()));
     let why = conn.clone().read_loop(stream, &shutdown).await;
-    Box::pin(conn.finish(why, writer)).await;
+    Box::pin(conn.clone().finish(why, writer)).await;
+    gw.addresses.leave(&conn.address);
+    if let Some(user) = conn.user_share.get() {
+        gw.users.leave(user);
+    }
     gw.stats.open.fetch_sub(1, Ordering::Relaxed);
     drop(admission);
 }
@@ -124,6 +144,10 @@ struct Client {
     /// connection holds one.
     topics: Mutex<Option<Vec<String>>>,
     inflight: AtomicUsize,
+    /// The share of the connection's address (IPv4, IPv6 /64).
+    address: Member,
+    /// The share of its user, once it has one.
+    user_share: OnceLock<Member>,
 }
 
 /// Token bucket for the per-connection request rate.
@@ -311,9 +335,17 @@ impl Client {
             );
             return reply_err(&m.id, ErrorCode::Overloaded, &text);
         }
+        // Every client shares the gateway's one budget at the broker: a user,
+        // and an address, get a share of it each.
+        if let Err(text) = self.take_shares() {
+            return reply_err(&m.id, ErrorCode::Overloaded, &text);
+        }
         let body = match wire::data_to_body(m.data.as_ref()) {
             Ok(body) => body,
-            Err(e) => return reply_err(&m.id, ErrorCode::BadRequest, &e),
+            Err(e) => {
+                self.give_shares();
+                return reply_err(&m.id, ErrorCode::BadRequest, &e);
+            }
         };
         let key = policy
             .key_field(to)
@@ -352,6 +384,7 @@ impl Client {
             };
             conn.out.outbox.reply(reply);
             conn.inflight.fetch_sub(1, Ordering::Relaxed);
+            conn.give_shares();
             // Labelled by the policy's names only (made-up names are "other").
             let label = conn.gw.settings.policy.metric_label(&to);
             crate::metrics::request_done(label, code, timer.elapsed());
@@ -362,6 +395,36 @@ impl Client {
                 code,
             );
         });
+    }
+
+    /// Counts a request in flight against the user's and the address's shares.
+    fn take_shares(&self) -> Result<(), String> {
+        let s = &self.gw.settings;
+        let user = self.user_share.get();
+        if let Some(user) = user {
+            if !Share::take(&user.share.inflight, s.max_inflight_per_user) {
+                let cap = s.max_inflight_per_user;
+                return Err(format!("more than {cap} requests in flight for this user"));
+            }
+        }
+        if !Share::take(&self.address.share.inflight, s.max_inflight_per_ip) {
+            if let Some(user) = user {
+                Share::give(&user.share.inflight);
+            }
+            let cap = s.max_inflight_per_ip;
+            return Err(format!(
+                "more than {cap} requests in flight from this address"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A request counted by [`Client::take_shares`] ended.
+    fn give_shares(&self) {
+        if let Some(user) = self.user_share.get() {
+            Share::give(&user.share.inflight);
+        }
+        Share::give(&self.address.share.inflight);
     }
 
     /// Applies the typed grants of `service`'s reply, each only inside what the

@@ -80,8 +80,10 @@ impl Client {
                             return ok(serde_json::json!({ "user": current, "expires": verified.expires_s }));
                         }
                         let reply = serde_json::json!({ "user": verified.user, "expires": verified.expires_s });
-                        self.open_session(verified).await;
-                        ok(reply)
+                        match self.open_session(verified).await {
+                            Ok(()) => ok(reply),
+                            Err(why) => err(ErrorCode::Overloaded, &why),
+                        }
                     }
                     Err(reason) => {
                         crate::metrics::AUTH_FAILURES.increment(1);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_bus::proto::{self, api, ErrorCode};
 
-use super::{Client, Why, CLOSE_AWAY};
+use super::{Client, Why, CLOSE_AWAY, CLOSE_TRY_LATER};
 use crate::jwt;
 
 impl Client {
@@ -17,16 +17,38 @@ impl Client {
 
     /// Sets the user and tells the services the session opened; subscribes the
     /// client to its direct-message topic.
-    pub(super) async fn open_session(self: &Arc<Self>, token: jwt::Verified) {
+    ///
+    /// # Errors
+    ///
+    /// Why the connection cannot go on (a short text, for a close frame): the
+    /// user holds `max_connections_per_user` already (nothing is set), or its
+    /// `user.<id>` could not be subscribed (its messages would never arrive).
+    pub(super) async fn open_session(self: &Arc<Self>, token: jwt::Verified) -> Result<(), String> {
         let user = token.user;
+        let cap = self.gw.settings.max_connections_per_user;
+        let Some(share) = self.gw.users.join(&user, cap) else {
+            return Err(format!("this user already has {cap} connections"));
+        };
+        if let Err(share) = self.user_share.set(share) {
+            // Set before: the same user again (a fresher token); one share.
+            self.gw.users.leave(&share);
+        }
         self.expires_ms
             .store(token.expires_s.saturating_mul(1000), Ordering::Relaxed);
         *self.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(user.clone());
         self.publish_session(api::SESSION_OPEN, &user).await;
         let topic = format!("user.{user}");
         if proto::topic::validate(&topic, false).is_ok() {
-            self.subscribe(&topic).await.ok();
+            if let Err(e) = self.subscribe(&topic).await {
+                tracing::warn!(session = %self.session, error = %e, "the user's own topic was refused; closing");
+                self.out.outbox.close(
+                    CLOSE_TRY_LATER,
+                    "no room for this connection's topics: try again later",
+                );
+                return Err(e.message);
+            }
         }
+        Ok(())
     }
 
     pub(super) async fn publish_session(&self, topic: &str, user: &str) {
@@ -72,7 +94,7 @@ impl Client {
         }
         self.gw
             .hub
-            .subscribe(topic, self.id, self.out.clone())
+            .subscribe(topic, self.id, self.out.clone(), &self.address)
             .await?;
         let closed = match self.topics().as_mut() {
             Some(topics) => {
