@@ -68,7 +68,9 @@ pub struct Settings {
     pub max_subs_per_peer: usize,
     /// Furthest a request's deadline may be ahead, ms; a later one is cut to it.
     pub max_deadline_ms: u64,
-    /// Allow binding a non-loopback address without a secret.
+    /// Run without a secret (loopback and `ipc://` only): every local user
+    /// can then join the bus as any service. Off by default: without a secret
+    /// and without this, [`bind`] refuses.
     pub insecure: bool,
     /// One of a broker pair (failover), or a single broker (`None`).
     pub ha: Option<ha::HaSettings>,
@@ -112,10 +114,17 @@ const RECV_BATCH: usize = 256;
 /// When the endpoint cannot be bound.
 pub async fn bind(settings: &Settings) -> anyhow::Result<(RouterSocket, String)> {
     let has_secret = settings.secret.as_ref().is_some_and(|s| !s.is_empty());
-    if !has_secret && !settings.insecure && !is_local(&settings.bind) {
+    if !has_secret && !settings.insecure {
+        anyhow::bail!(
+            "refusing to run without a bus secret: any local user could join the bus as any \
+             service (set --secret / SB_SECRET; main makes one in its run folder), or pass \
+             --insecure for a loopback-only bus without one"
+        );
+    }
+    if !has_secret && !is_local(&settings.bind) {
         anyhow::bail!(
             "refusing to bind {} without a secret: any host that reaches it could join the bus \
-             (set --secret / SB_SECRET, bind 127.0.0.1, or pass --insecure)",
+             (--insecure is for loopback and ipc:// only; set --secret / SB_SECRET)",
             settings.bind
         );
     }

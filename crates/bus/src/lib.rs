@@ -6,12 +6,14 @@
 //!   heartbeats and authentication over one DEALER socket on its own thread.
 //! - [`service`]: [`Service`]: a name, handlers for its ops, `run()`; built-in
 //!   `$echo` and `$health`; drain on shutdown.
+//! - [`secret_file`]: the bus secret main makes on its first run (`RUN_DIR/bus.secret`).
 //! - [`svc`]: tracing, the SIGTERM/SIGINT token, exit codes, RSS.
 //! - [`error`]: [`Error`], a contract error code plus a message.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod error;
+pub mod secret_file;
 pub mod service;
 pub mod svc;
 

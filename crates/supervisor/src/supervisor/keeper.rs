@@ -358,6 +358,9 @@ impl Keeper {
             .clone();
         env.push(("SB_BROKER".into(), broker));
         env.push(("SB_INSTANCE".into(), self.m.instance.clone()));
+        if let Some(secret) = &self.sup.secret {
+            env.push(("SB_SECRET".into(), secret.clone()));
+        }
         if let Some(var) = &spec.instance_var {
             env.push((var.clone(), self.m.instance.clone()));
         }

@@ -1,0 +1,260 @@
+//! Attacks on the bus's trust: a local user joining the bus of a default
+//! system, a fake broker, the broker pair's state datagrams, and one app
+//! reading another's secrets from its environment.
+
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+use switchboard_bus::proto::{self, Envelope, Kind};
+use switchboard_testkit::RawPeer;
+use switchboard_testkit::{bin_path, Child};
+use tokio::sync::mpsc;
+use zeromq::{Socket, SocketRecv, SocketSend};
+
+use crate::harness::Ws;
+
+/// One echo app named `name`, started by main.
+fn echo_app(name: &str, extra: &str) -> String {
+    format!(
+        "[[apps]]\nname = \"{name}\"\nbin = \"{}\"\nargs = [\"--service\", \"{name}\"]\nrestart_delay_ms = 50\n{extra}\n",
+        bin_path("echo").display()
+    )
+}
+
+/// main on `apps` with its defaults (no SB_SECRET, no --insecure: what
+/// `scripts/run-all.sh` and the default ecosystem do), in a fresh folder.
+fn default_main(apps: &str, env: &[(&str, &str)]) -> (Child, String, tempfile::TempDir) {
+    switchboard_testkit::trace_init();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ecosystem.toml");
+    let text = format!(
+        "[main]\nheartbeat_ms = 250\nhttp = \"\"\n\n[broker]\nbin = \"{}\"\nbind = \"tcp://127.0.0.1:0\"\n\n{apps}",
+        bin_path("broker").display()
+    );
+    std::fs::write(&file, text).unwrap();
+    // SB_INSECURE=0 says "the default" to the testkit (which otherwise runs
+    // main insecure for tests that do not care) and to main alike.
+    let mut env = env.to_vec();
+    env.push(("SB_INSECURE", "0"));
+    let main = Child::announcing("main", &["--config", file.to_str().unwrap()], &env).unwrap();
+    let endpoint = main.first_line.clone().unwrap();
+    (main, endpoint, dir)
+}
+
+fn sbctl(run_dir: &std::path::Path, endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin_path("sbctl"))
+        .args(["--broker", endpoint, "--run-dir"])
+        .arg(run_dir)
+        .args(["--timeout-ms", "15000"])
+        .args(args)
+        .env_remove("SB_SECRET")
+        .output()
+        .unwrap()
+}
+
+/// Issue 21, item 4: with no SB_SECRET, any local user owned the bus. Now the
+/// first run makes a secret (run/bus.secret, 0600) that the broker and every
+/// app get; a peer without it cannot register as `db`, nor as a pure client
+/// that would run `main stop`; `sbctl` finds the secret in the run folder, so
+/// the daily commands work as before.
+#[tokio::test]
+async fn a_local_user_cannot_join_a_default_bus_as_db_or_stop_main() {
+    let (_main, endpoint, dir) = default_main(&echo_app("chat", ""), &[]);
+    // The attack first: register as the database, then as a client of main.
+    for (service, instance) in [("db", "db"), ("", "evil-sbctl")] {
+        let mut evil = RawPeer::connect(&endpoint, None).await.unwrap();
+        let answer = evil.register(service, instance, None).await;
+        assert!(
+            answer.is_err(),
+            "a peer without the secret registered as {instance:?}: {answer:?}"
+        );
+        // Nor does anything it sends get through: `main stop chat`.
+        let mut stop = Envelope::request(
+            "main",
+            "stop",
+            proto::to_body(&json!({"name": "chat"})).unwrap(),
+            proto::now_ms() + 2_000,
+        );
+        stop.from = instance.into();
+        evil.send_env(&stop).await.unwrap();
+        while let Some(frames) = evil.recv(Duration::from_millis(300)).await {
+            let env = proto::decode(frames.last().unwrap()).unwrap();
+            assert!(
+                env.kind != Kind::Reply || env.error.is_some(),
+                "an unregistered peer got a reply: {env:?}"
+            );
+        }
+    }
+    // The secret main made, only its owner can read.
+    let run = dir.path().join("run");
+    let file = run.join("bus.secret");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "bus.secret mode {mode:o}");
+    let secret = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(secret.trim().len(), 64, "32 random bytes, hex");
+    // The daily commands, as documented, find it: the app answers, and `ls`
+    // shows it (still running: the attacker's `stop` never reached main).
+    let out = sbctl(&run, &endpoint, &["send", "chat", "$echo", r#"{"x":1}"#]);
+    assert!(out.status.success(), "sbctl send: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"x\""));
+    let out = sbctl(&run, &endpoint, &["ls"]);
+    assert!(out.status.success(), "sbctl ls: {out:?}");
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.contains("chat") && l.contains("online")),
+        "{ls}"
+    );
+}
+
+/// The broker binary alone: without a secret it does not start unless told
+/// `--insecure`, and `--insecure` is for loopback only.
+#[test]
+fn the_broker_refuses_to_run_without_a_secret_unless_insecure_on_loopback() {
+    let mut open = Child::spawn(
+        "broker",
+        &["--bind", "tcp://127.0.0.1:0"],
+        &[("SB_INSECURE", "0")],
+    )
+    .unwrap();
+    let status = open.wait_exit(Duration::from_secs(10)).expect("it exits");
+    assert_eq!(status.code(), Some(64), "no secret, no --insecure");
+    let mut public =
+        Child::spawn("broker", &["--bind", "tcp://0.0.0.0:0", "--insecure"], &[]).unwrap();
+    let status = public.wait_exit(Duration::from_secs(10)).expect("it exits");
+    assert_eq!(status.code(), Some(64), "--insecure on a public address");
+    let local = Child::broker("tcp://127.0.0.1:0", &["--insecure"]).unwrap();
+    assert!(local.first_line.is_some(), "--insecure on loopback runs");
+}
+
+/// How a fake broker answers a hello.
+#[derive(Clone, Copy, Debug)]
+enum Fake {
+    /// Accepts at once: never challenges, never proves.
+    Accepts,
+    /// Challenges (a nonce) but gives no proof of its own, then accepts.
+    ChallengesWithoutProof,
+    /// Challenges with a proof made with another secret.
+    ProvesWrongSecret,
+}
+
+/// A ROUTER on a free port that plays broker as `mode` says, and reports
+/// every envelope it receives (kind, op).
+async fn fake_broker(mode: Fake) -> (String, mpsc::UnboundedReceiver<(Kind, String)>) {
+    let mut socket = zeromq::RouterSocket::new();
+    let endpoint = socket.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(msg) = socket.recv().await {
+            let frames = msg.into_vec();
+            let (Some(identity), Some(last)) = (frames.first().cloned(), frames.last()) else {
+                continue;
+            };
+            let Ok(env) = proto::decode(last) else {
+                continue;
+            };
+            let _ = tx.send((env.kind, env.op.clone()));
+            let answer = match env.kind {
+                Kind::Heartbeat => Envelope::new(Kind::Heartbeat),
+                Kind::Hello => {
+                    let hello: proto::Hello = proto::from_body(&env.body).unwrap();
+                    let nonce = [7u8; proto::auth::NONCE_LEN];
+                    let mut welcome = proto::Welcome {
+                        accepted: true,
+                        heartbeat_ms: 1000,
+                        liveness: 3,
+                        max_message: 1 << 20,
+                        ..Default::default()
+                    };
+                    if hello.proof.is_none() {
+                        match mode {
+                            Fake::Accepts => {}
+                            Fake::ChallengesWithoutProof => {
+                                welcome.accepted = false;
+                                welcome.nonce = Some(proto::ByteBuf::from(nonce.to_vec()));
+                            }
+                            Fake::ProvesWrongSecret => {
+                                welcome.accepted = false;
+                                welcome.nonce = Some(proto::ByteBuf::from(nonce.to_vec()));
+                                let challenge = hello.challenge.clone().unwrap_or_default();
+                                welcome.proof = Some(proto::ByteBuf::from(
+                                    proto::auth::broker_proof(
+                                        b"not the secret",
+                                        &challenge,
+                                        &nonce,
+                                        &hello.service,
+                                        &hello.instance,
+                                    )
+                                    .to_vec(),
+                                ));
+                            }
+                        }
+                    }
+                    let mut answer = Envelope::new(Kind::Hello);
+                    answer.body = proto::ByteBuf::from(proto::to_body(&welcome).unwrap());
+                    answer
+                }
+                _ => continue,
+            };
+            let out = vec![identity, proto::encode(&answer).unwrap().into()];
+            if socket
+                .send(zeromq::ZmqMessage::try_from(out).unwrap())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (endpoint, rx)
+}
+
+/// Issue 21, item 5: a gateway with SB_SECRET connected to a fake ROUTER that
+/// never challenged it, and sent it a user's `say`. Now a peer with a secret
+/// challenges the broker and registers only with one that proves the secret:
+/// each kind of fake (accepts at once, challenges without a proof, proves
+/// another secret) sees hellos and nothing else.
+#[tokio::test]
+async fn a_fake_broker_that_cannot_prove_the_secret_gets_no_say_from_the_gateway() {
+    switchboard_testkit::trace_init();
+    for mode in [
+        Fake::Accepts,
+        Fake::ChallengesWithoutProof,
+        Fake::ProvesWrongSecret,
+    ] {
+        let (endpoint, mut seen) = fake_broker(mode).await;
+        let receive = Child::announcing(
+            "receive",
+            &["--listen", "127.0.0.1:0", "--broker", &endpoint],
+            &[("SB_SECRET", "the real secret")],
+        )
+        .unwrap();
+        // The gateway has said hello to the fake (and been answered).
+        let first = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("the gateway says hello to the fake")
+            .unwrap();
+        assert_eq!(first.0, Kind::Hello, "{mode:?}");
+        let url = format!("{}/ws", receive.first_line.clone().unwrap());
+        let mut ws = Ws::connect(&url).await.unwrap();
+        ws.send_text(
+            r#"{"id":1,"to":"chat","op":"say","data":{"room":"lobby","text":"secret plans"}}"#,
+        )
+        .await;
+        // The client gets an answer (an error: no broker) within its
+        // deadline; whatever it is, the fake must have had no request.
+        let reply = ws.next_frame(Duration::from_secs(15)).await;
+        let mut kinds = Vec::new();
+        while let Ok((kind, op)) = seen.try_recv() {
+            kinds.push((kind, op));
+        }
+        assert!(
+            kinds.iter().all(|(k, _)| *k == Kind::Hello),
+            "{mode:?}: the fake broker got {kinds:?} (client saw {reply:?})"
+        );
+        if let Some(reply) = reply {
+            assert_eq!(reply["ok"], json!(false), "{mode:?}: {reply}");
+        }
+    }
+}
