@@ -258,3 +258,183 @@ async fn a_fake_broker_that_cannot_prove_the_secret_gets_no_say_from_the_gateway
         }
     }
 }
+
+// === the broker pair's state datagrams ===
+
+const PAIR_SECRET: &str = "pair-secret";
+const PAIR_HB_MS: &str = "200";
+
+fn udp_addr() -> String {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+fn pair_broker(role: &str, bind: &str, ha_bind: &str, ha_peer: &str) -> Child {
+    Child::broker(
+        bind,
+        &[
+            "--secret",
+            PAIR_SECRET,
+            "--heartbeat-ms",
+            PAIR_HB_MS,
+            "--ha-role",
+            role,
+            "--ha-bind",
+            ha_bind,
+            "--ha-peer",
+            ha_peer,
+        ],
+    )
+    .unwrap()
+}
+
+async fn pair_ha(bus: &switchboard_bus::Handle) -> String {
+    bus.broker::<proto::BrokerStats>("stats", Vec::new(), Default::default())
+        .await
+        .map(|s| s.ha)
+        .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// A primary and a backup on real UDP, settled (primary active, backup
+/// passive), then the primary killed; the attacker takes the dead primary's
+/// UDP address, so what it sends comes from the address the backup expects
+/// its partner at. Returns (backup, endpoints "EA,EB", the attacker's socket,
+/// the backup's UDP address).
+async fn pair_with_a_dead_primary() -> (Child, String, tokio::net::UdpSocket, String) {
+    switchboard_testkit::trace_init();
+    let (pa, pb) = (udp_addr(), udp_addr());
+    let ea = format!("tcp://127.0.0.1:{}", switchboard_testkit::free_port());
+    let eb = format!("tcp://127.0.0.1:{}", switchboard_testkit::free_port());
+    let primary = pair_broker("primary", &ea, &pa, &pb);
+    let backup = pair_broker("backup", &eb, &pb, &pa);
+    let watcher = switchboard_testkit::client(&ea, "t-pair-watch", Some(PAIR_SECRET)).await;
+    let settled = switchboard_testkit::eventually(Duration::from_secs(10), || async {
+        pair_ha(&watcher).await == "primary active, partner passive"
+    })
+    .await;
+    assert!(settled, "the pair settles: {}", pair_ha(&watcher).await);
+    watcher.close(Duration::from_millis(200)).await;
+    drop(primary);
+    let attacker = tokio::net::UdpSocket::bind(&pa).await.unwrap();
+    (backup, format!("{ea},{eb}"), attacker, pb)
+}
+
+/// Issue 21, item 6: the backup fed its own `passive` datagrams (reflected
+/// from the dead primary's address) never took over. Now a datagram with the
+/// backup's own role is refused: a service arriving with both endpoints makes
+/// the backup active and is served.
+#[tokio::test]
+async fn a_backup_fed_its_own_passive_datagrams_still_takes_over_from_a_dead_primary() {
+    let (backup, endpoints, attacker, pb) = pair_with_a_dead_primary().await;
+    // Reflect every datagram the backup sends back to it, from the primary's
+    // address; count them.
+    let reflected = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = reflected.clone();
+    let reflector = tokio::spawn(async move {
+        let mut buf = [0u8; 256];
+        while let Ok((n, _)) = attacker.recv_from(&mut buf).await {
+            let _ = attacker.send_to(&buf[..n], &pb).await;
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // The reflection runs before any peer arrives.
+    assert!(
+        switchboard_testkit::eventually(Duration::from_secs(10), || async {
+            reflected.load(std::sync::atomic::Ordering::SeqCst) >= 5
+        })
+        .await,
+        "the backup's datagrams reach the attacker"
+    );
+    let _svc = Child::spawn(
+        "echo",
+        &[
+            "--broker",
+            &endpoints,
+            "--service",
+            "svc",
+            "--instance",
+            "svc-pair",
+        ],
+        &[("SB_SECRET", PAIR_SECRET)],
+    )
+    .unwrap();
+    let bus = switchboard_testkit::client(&endpoints, "t-pair-reflect", Some(PAIR_SECRET)).await;
+    assert!(
+        switchboard_testkit::wait_ready(&bus, "svc-pair", Duration::from_secs(15)).await,
+        "the backup took over: {}",
+        pair_ha(&bus).await
+    );
+    let ha = pair_ha(&bus).await;
+    assert!(ha.starts_with("backup active"), "{ha}");
+    let stats: proto::BrokerStats = bus
+        .broker("stats", Vec::new(), Default::default())
+        .await
+        .unwrap();
+    assert!(stats.unauthenticated > 0, "reflections counted: {stats:?}");
+    reflector.abort();
+    drop(backup);
+}
+
+/// Issue 21, item 6: one reflected `active` made an active backup yield and
+/// drop every peer. Now it is refused and counted; the backup stays active and
+/// its peers are served.
+#[tokio::test]
+async fn one_reflected_active_does_not_make_an_active_backup_drop_its_peers() {
+    let (_backup, endpoints, attacker, pb) = pair_with_a_dead_primary().await;
+    let _svc = Child::spawn(
+        "echo",
+        &[
+            "--broker",
+            &endpoints,
+            "--service",
+            "svc",
+            "--instance",
+            "svc-active",
+        ],
+        &[("SB_SECRET", PAIR_SECRET)],
+    )
+    .unwrap();
+    let bus = switchboard_testkit::client(&endpoints, "t-pair-active", Some(PAIR_SECRET)).await;
+    assert!(switchboard_testkit::wait_ready(&bus, "svc-active", Duration::from_secs(15)).await);
+    assert!(pair_ha(&bus).await.starts_with("backup active"));
+    // The backup's own `active`, as it sent it to the (dead) primary's
+    // address: one fresh datagram reflected back once.
+    let mut buf = [0u8; 256];
+    let mut last = None;
+    while last.is_none() || !pair_ha(&bus).await.starts_with("backup active") {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), attacker.recv_from(&mut buf))
+            .await
+            .expect("the active backup keeps sending its state")
+            .unwrap();
+        last = Some(buf[..n].to_vec());
+    }
+    let before: proto::BrokerStats = bus
+        .broker("stats", Vec::new(), Default::default())
+        .await
+        .unwrap();
+    attacker.send_to(&last.unwrap(), &pb).await.unwrap();
+    // The broker has read it once it counts it as refused.
+    let refused = switchboard_testkit::eventually(Duration::from_secs(5), || async {
+        bus.broker::<proto::BrokerStats>("stats", Vec::new(), Default::default())
+            .await
+            .is_ok_and(|s| s.unauthenticated > before.unauthenticated)
+    })
+    .await;
+    let after: proto::BrokerStats = bus
+        .broker("stats", Vec::new(), Default::default())
+        .await
+        .unwrap();
+    assert!(
+        refused,
+        "the reflected datagram is refused and counted: {after:?}"
+    );
+    assert!(after.ha.starts_with("backup active"), "{}", after.ha);
+    assert_eq!(after.peers_lost, before.peers_lost, "no peer dropped");
+    let reply = bus
+        .call("svc", "$echo", b"\x80".to_vec(), Default::default())
+        .await;
+    assert!(reply.is_ok(), "still served: {reply:?}");
+}

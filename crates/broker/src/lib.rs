@@ -213,6 +213,7 @@ pub async fn run(
         });
     }
     let mut datagram = [0u8; 128];
+    let mut ha_wrong_source_logged = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     router.on_tick(switchboard_proto::now_ms());
@@ -221,11 +222,11 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             _ = state_tick.tick(), if pair.is_some() => {
-                if let (Some((udp, _)), Some(p)) = (&pair, &router.ha) {
+                if let (Some((udp, _)), Some(p)) = (&pair, router.ha.as_mut()) {
                     let addr = *peer_addr.borrow();
                     if let Some(addr) = addr {
-                        let msg = ha::encode(p.state, switchboard_proto::now_ms(), secret.as_deref());
-                        let _ = udp.try_send_to(&msg, addr);
+                        let d = p.next_datagram(switchboard_proto::now_ms());
+                        let _ = udp.try_send_to(&ha::encode(&d, secret.as_deref()), addr);
                     }
                 }
             }
@@ -254,13 +255,31 @@ pub async fn run(
             // least every tick), read without waiting and never ahead of the
             // bus, so a flood on the pair's port cannot hold up routing; the
             // kernel drops what does not fit its buffer.
+            //
+            // A datagram counts only from the partner's address (as resolved
+            // from --ha-peer), proven with the secret, carrying the partner's
+            // role (not ours: a reflection) and a counter above the last one
+            // taken (not a replay); anything else is refused and counted.
             for _ in 0..HA_BATCH {
-                let Ok((n, _)) = udp.try_recv_from(&mut datagram) else {
+                let Ok((n, from)) = udp.try_recv_from(&mut datagram) else {
                     break;
                 };
                 let now = switchboard_proto::now_ms();
-                match ha::decode(&datagram[..n], now, secret.as_deref()) {
-                    Some(state) => router.on_partner(state, now),
+                let partner = *peer_addr.borrow();
+                // An IPv6 socket sees an IPv4 partner as ::ffff:a.b.c.d.
+                let canonical = |a: std::net::SocketAddr| (a.ip().to_canonical(), a.port());
+                let taken = if partner.map(canonical) != Some(canonical(from)) {
+                    if !ha_wrong_source_logged {
+                        ha_wrong_source_logged = true;
+                        tracing::warn!(%from, partner = ?partner, "broker pair: a state datagram not from the partner's address refused (further ones are counted in `unauthenticated`)");
+                    }
+                    None
+                } else {
+                    ha::decode(&datagram[..n], now, secret.as_deref())
+                        .filter(|d| router.ha.as_mut().is_some_and(|p| p.accept(d)))
+                };
+                match taken {
+                    Some(d) => router.on_partner(d.state, now),
                     None => router.stats.unauthenticated += 1,
                 }
             }
