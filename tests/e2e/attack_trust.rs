@@ -438,3 +438,89 @@ async fn one_reflected_active_does_not_make_an_active_backup_drop_its_peers() {
         .await;
     assert!(reply.is_ok(), "still served: {reply:?}");
 }
+
+// === each app's environment ===
+
+/// Variables of a live process, from /proc/PID/environ.
+fn environ(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Issue 21, low: every app inherited main's DATABASE_URL and token secret.
+/// Now an app is given its own `env`, what its `pass_env` names, the SB_
+/// variables main sets and a safe base: nothing else of main's environment.
+#[tokio::test]
+async fn an_app_holds_no_secret_of_mains_environment_unless_configured() {
+    let apps = format!(
+        "{}{}",
+        echo_app("plain", ""),
+        echo_app(
+            "dbish",
+            "pass_env = [\"DATABASE_URL\"]\nenv = { OWN = \"mine\" }"
+        )
+    );
+    let (_main, endpoint, dir) = default_main(
+        &apps,
+        &[
+            ("DATABASE_URL", "mysql://root:hunter2@127.0.0.1/secret"),
+            ("SB_AUTH_SECRET", "client-token-secret"),
+            ("AWS_SECRET_ACCESS_KEY", "cloud-key"),
+        ],
+    );
+    let run = dir.path().join("run");
+    // Both are up once each answers (requests are held until it is ready).
+    for app in ["plain", "dbish"] {
+        let out = sbctl(&run, &endpoint, &["send", app, "$echo", "{}"]);
+        assert!(out.status.success(), "{app}: {out:?}");
+    }
+    let out = sbctl(&run, &endpoint, &["--json", "ls"]);
+    assert!(out.status.success(), "sbctl ls: {out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid_of = |instance: &str| {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["instance"] == instance)
+            .and_then(|r| r["pid"].as_u64())
+            .unwrap_or_else(|| panic!("{instance} in {rows}")) as u32
+    };
+    let plain = environ(pid_of("plain"));
+    for leaked in [
+        "DATABASE_URL",
+        "SB_AUTH_SECRET",
+        "AWS_SECRET_ACCESS_KEY",
+        "OWN",
+    ] {
+        assert!(
+            !plain.contains_key(leaked),
+            "plain holds {leaked}: {plain:?}"
+        );
+    }
+    for given in [
+        "SB_BROKER",
+        "SB_INSTANCE",
+        "SB_SECRET",
+        "SB_SUCCESSOR",
+        "PATH",
+    ] {
+        assert!(plain.contains_key(given), "plain lacks {given}: {plain:?}");
+    }
+    let dbish = environ(pid_of("dbish"));
+    assert_eq!(
+        dbish.get("DATABASE_URL").map(String::as_str),
+        Some("mysql://root:hunter2@127.0.0.1/secret"),
+        "pass_env passes it"
+    );
+    assert_eq!(dbish.get("OWN").map(String::as_str), Some("mine"));
+    for leaked in ["SB_AUTH_SECRET", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(!dbish.contains_key(leaked), "dbish holds {leaked}");
+    }
+}

@@ -304,12 +304,8 @@ async fn start_broker(
         services.join(","),
     ];
     args.extend(eco.broker.args.iter().cloned());
-    let mut env: Vec<(String, String)> = eco
-        .broker
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut env = proc::base_env(&[]);
+    env.extend(eco.broker.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     // The secret goes in the environment, never in args (`ps` shows args).
     match secret {
         Some(secret) => env.push(("SB_SECRET".into(), secret.into())),
