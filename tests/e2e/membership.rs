@@ -27,11 +27,10 @@ async fn instances(s: &Supervised, app: &str) -> Vec<(String, u32, String)> {
 
 #[tokio::test]
 async fn scale_up_and_down() {
-    let s = Supervised::start(&app(
-        "alpha",
-        &[],
-        "env = { SB_METRICS_GAUGE_IDLE_SECS = \"1\" }",
-    ))
+    let s = Supervised::start_with_env(
+        &app("alpha", &[], ""),
+        &[("SB_METRICS_GAUGE_IDLE_SECS", "1")],
+    )
     .await;
     assert!(s.all_online(1).await);
     let first = instances(&s, "alpha").await;

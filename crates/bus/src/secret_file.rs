@@ -5,11 +5,12 @@
 //! only its owner can read (mode 0600, created exclusively so two mains racing
 //! agree on one secret); main gives it to the broker and every app it starts,
 //! and `sbctl` reads it from the same run folder. A file that other users can
-//! read or write is refused rather than used: it would not be a secret.
+//! read or write, or that another user owns, is refused rather than used: it
+//! would not be a secret (or would be one its owner knows).
 
 use rand::RngCore;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The file's name in the run folder.
@@ -32,7 +33,23 @@ pub fn read(run_dir: &Path) -> io::Result<Option<String>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     };
-    let mode = file.metadata()?.permissions().mode();
+    // The opened file's own metadata (fstat), so a symlink swapped in is
+    // judged by what it points to.
+    let meta = file.metadata()?;
+    let mode = meta.permissions().mode();
+    // Our user owns /proc/self; a file another user made (in a run folder
+    // others can write to) would hold a secret they know.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if me.is_some_and(|me| me != meta.uid()) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to another user (uid {}): not our secret; delete it to have a new one made",
+                path.display(),
+                meta.uid()
+            ),
+        ));
+    }
     if mode & 0o077 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -110,6 +127,16 @@ mod tests {
         std::fs::set_permissions(path(dir.path()), std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(read(dir.path()).is_err());
         assert!(load_or_create(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_symlink_is_never_followed_when_making_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, path(dir.path())).unwrap();
+        // Dangling: reading finds nothing, making one refuses to write through it.
+        assert!(load_or_create(dir.path()).is_err());
+        assert!(!target.exists());
     }
 
     #[test]
