@@ -16,7 +16,8 @@
 #   DATABASE_URL   MariaDB to use; if it does not work, scripts/ensure-mariadb.sh
 #                  finds or makes one (see there) and the db app uses that
 #   SB_PROFILE     profile for main --env (e.g. production)
-#   SB_SECRET      shared bus secret (default: none; the broker binds loopback)
+#   SB_SECRET      shared bus secret (default: run/bus.secret, made on the first
+#                  run, mode 600; sbctl finds it there)
 #   SB_AUTH_SECRET HS256 secret for client tokens (default: none, anonymous users)
 # Logs: run/logs/INSTANCE.log (and run/logs/main.log).
 set -euo pipefail

@@ -354,7 +354,7 @@ async fn a_restarted_main_adopts_its_running_apps() {
 async fn a_broken_log_pipe_is_not_fatal() {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(bin_path("broker"))
-        .args(["--bind", "tcp://127.0.0.1:0"])
+        .args(["--bind", "tcp://127.0.0.1:0", "--insecure"])
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

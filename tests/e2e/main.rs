@@ -3,6 +3,7 @@
 //! and real WebSocket clients.
 
 mod attack_limits;
+mod attack_trust;
 mod client_js;
 mod daily;
 mod dashboard;

@@ -47,7 +47,13 @@ def main():
     poller.register(sock, zmq.POLLIN)
 
     hello = {"service": service, "instance": instance, "pid": os.getpid(), "credit": 8}
+    # With a secret, challenge the broker: only one that proves the secret too
+    # gets this peer registered (docs/protocol.md, "Registering").
+    challenge = os.urandom(32) if secret else None
+    if challenge is not None:
+        hello["challenge"] = challenge
     sock.send(envelope("hello", **{"from": instance}, body=pack(hello)))
+    broker_proven = False
     welcome = None
     deadline = time.time() + 10
     while welcome is None:
@@ -60,8 +66,18 @@ def main():
             sys.exit("refused: %r" % env["error"])
         answer = unpack(env["body"])
         if answer.get("accepted"):
+            if challenge is not None and not broker_proven:
+                sys.exit("the broker accepted without proving the secret: not our broker")
             welcome = answer
         elif answer.get("nonce") is not None:
+            if challenge is not None:
+                names = service.encode() + b"\0" + instance.encode()
+                expected = hmac.new(
+                    secret, b"sb-broker-v1" + challenge + answer["nonce"] + names, hashlib.sha256
+                ).digest()
+                if not hmac.compare_digest(expected, answer.get("proof") or b""):
+                    sys.exit("the broker did not prove the secret: not our broker")
+                broker_proven = True
             msg = b"sb-hello-v1" + answer["nonce"] + service.encode() + b"\0" + instance.encode()
             hello["proof"] = hmac.new(secret, msg, hashlib.sha256).digest()
             sock.send(envelope("hello", **{"from": instance}, body=pack(hello)))

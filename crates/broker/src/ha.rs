@@ -90,6 +90,11 @@ pub struct Pair {
     /// When the partner counts as gone if not heard again.
     peer_expiry: u64,
     heartbeat_ms: u64,
+    /// The partner's last counter taken: a datagram must carry a larger one.
+    peer_seq: Option<u64>,
+    /// Our next counter. It starts from the clock (µs-scale) so a restarted
+    /// broker's counters stay above those of its previous run.
+    next_seq: u64,
 }
 
 impl Pair {
@@ -106,7 +111,31 @@ impl Pair {
             // may take peers.
             peer_expiry: now + 2 * heartbeat_ms,
             heartbeat_ms,
+            peer_seq: None,
+            next_seq: now.saturating_mul(1_000),
         }
+    }
+
+    /// Our next state message.
+    pub fn next_datagram(&mut self, now: u64) -> Datagram {
+        self.next_seq += 1;
+        Datagram {
+            role: self.role,
+            state: self.state,
+            seq: self.next_seq,
+            at: now,
+        }
+    }
+
+    /// Whether a proven datagram is the partner's and new: its role is the
+    /// partner's (our own, reflected back, is not) and its counter is larger
+    /// than any taken before (a replay's is not). Takes its counter if so.
+    pub fn accept(&mut self, d: &Datagram) -> bool {
+        if d.role != self.role.partner() || self.peer_seq.is_some_and(|last| d.seq <= last) {
+            return false;
+        }
+        self.peer_seq = Some(d.seq);
+        true
     }
 
     /// The partner said it is `peer`.
@@ -171,48 +200,104 @@ impl Pair {
     }
 }
 
-const MAGIC: &[u8; 4] = b"SBHA";
-const DATAGRAM: usize = 4 + 1 + 8 + 32;
+const MAGIC: &[u8; 4] = b"SBH2";
+const HEADER: usize = 4 + 1 + 1 + 8 + 8;
+const DATAGRAM: usize = HEADER + 32;
 /// A state message older (or newer) than this is refused: no replays.
 const MAX_SKEW_MS: u64 = 10_000;
 
-/// One state message: `SBHA`, the state, the time, and (with a secret) the
-/// HMAC of both under the bus secret.
-pub fn encode(state: State, now: u64, secret: Option<&str>) -> Vec<u8> {
+impl Role {
+    fn byte(self) -> u8 {
+        match self {
+            Role::Primary => 1,
+            Role::Backup => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Role::Primary),
+            2 => Some(Role::Backup),
+            _ => None,
+        }
+    }
+
+    /// The other broker's role.
+    pub fn partner(self) -> Self {
+        match self {
+            Role::Primary => Role::Backup,
+            Role::Backup => Role::Primary,
+        }
+    }
+}
+
+/// One state message as sent: who sent it (its role), its state, its counter
+/// (strictly increasing per sender) and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    /// The sender's role.
+    pub role: Role,
+    /// The sender's state.
+    pub state: State,
+    /// The sender's counter: each datagram's is larger than the last.
+    pub seq: u64,
+    /// The sender's clock, ms.
+    pub at: u64,
+}
+
+/// One state message: `SBH2`, the sender's role and state, its counter and its
+/// time, and (with a secret) the HMAC of all of them under the bus secret. The
+/// role stops a datagram reflected back to its sender (its own role) from
+/// passing as the partner's; the counter stops a replay.
+pub fn encode(d: &Datagram, secret: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(DATAGRAM);
     out.extend_from_slice(MAGIC);
-    out.push(state.byte());
-    out.extend_from_slice(&now.to_be_bytes());
-    let proof = secret.map_or([0; 32], |s| {
-        auth::proof(s.as_bytes(), &now.to_be_bytes(), "$ha", state.as_str())
-    });
+    out.push(d.role.byte());
+    out.push(d.state.byte());
+    out.extend_from_slice(&d.seq.to_be_bytes());
+    out.extend_from_slice(&d.at.to_be_bytes());
+    let proof = secret.map_or([0; 32], |s| mac(s, &out));
     out.extend_from_slice(&proof);
     out
 }
 
-/// The partner's state from a datagram, if it is one, recent, and (with a
-/// secret) proven.
-pub fn decode(buf: &[u8], now: u64, secret: Option<&str>) -> Option<State> {
+fn mac(secret: &str, header: &[u8]) -> [u8; 32] {
+    // The hello proof's construction with names no peer can register ("$"
+    // names are the broker's), so a datagram's MAC is never a valid hello
+    // proof nor the other way round.
+    auth::proof(secret.as_bytes(), header, "$ha", "state-v2")
+}
+
+/// A datagram, if it is one, recent, and (with a secret) proven. Who sent it
+/// and whether its counter is new is [`Pair::accept`]'s to check.
+pub fn decode(buf: &[u8], now: u64, secret: Option<&str>) -> Option<Datagram> {
     if buf.len() != DATAGRAM || &buf[..4] != MAGIC {
         return None;
     }
-    let state = State::from_byte(buf[4])?;
-    let at = u64::from_be_bytes(buf[5..13].try_into().ok()?);
+    let role = Role::from_byte(buf[4])?;
+    let state = State::from_byte(buf[5])?;
+    let seq = u64::from_be_bytes(buf[6..14].try_into().ok()?);
+    let at = u64::from_be_bytes(buf[14..22].try_into().ok()?);
     if at.abs_diff(now) > MAX_SKEW_MS {
         return None;
     }
     if let Some(s) = secret {
         if !auth::verify(
             s.as_bytes(),
-            &at.to_be_bytes(),
+            &buf[..HEADER],
             "$ha",
-            state.as_str(),
-            &buf[13..],
+            "state-v2",
+            &buf[HEADER..],
         ) {
             return None;
         }
     }
-    Some(state)
+    Some(Datagram {
+        role,
+        state,
+        seq,
+        at,
+    })
 }
 
 /// The pair's settings.
@@ -286,17 +371,45 @@ mod tests {
 
     #[test]
     fn datagrams_are_checked() {
-        let d = encode(State::Active, 5_000, Some("k"));
-        assert_eq!(decode(&d, 5_100, Some("k")), Some(State::Active));
-        assert_eq!(decode(&d, 5_100, Some("other")), None, "wrong secret");
-        assert_eq!(decode(&d, 50_000, Some("k")), None, "replayed late");
-        let mut forged = d.clone();
-        forged[4] = State::Passive.byte();
-        assert_eq!(decode(&forged, 5_100, Some("k")), None);
-        assert_eq!(decode(&d[..10], 5_100, Some("k")), None);
-        assert_eq!(
-            decode(&encode(State::Backup, 1, None), 2, None),
-            Some(State::Backup)
-        );
+        let mut p = Pair::new(Role::Primary, HB, 5_000);
+        let d = p.next_datagram(5_000);
+        let buf = encode(&d, Some("k"));
+        assert_eq!(decode(&buf, 5_100, Some("k")), Some(d));
+        assert_eq!(decode(&buf, 5_100, Some("other")), None, "wrong secret");
+        assert_eq!(decode(&buf, 50_000, Some("k")), None, "replayed late");
+        for (at, byte) in [(4, Role::Backup.byte()), (5, State::Passive.byte())] {
+            let mut forged = buf.clone();
+            forged[at] = byte;
+            assert_eq!(decode(&forged, 5_100, Some("k")), None, "field {at} forged");
+        }
+        let mut forged = buf.clone();
+        forged[13] ^= 1;
+        assert_eq!(decode(&forged, 5_100, Some("k")), None, "counter forged");
+        assert_eq!(decode(&buf[..10], 5_100, Some("k")), None);
+        let open = Datagram {
+            role: Role::Backup,
+            state: State::Backup,
+            seq: 1,
+            at: 1,
+        };
+        assert_eq!(decode(&encode(&open, None), 2, None), Some(open));
+    }
+
+    #[test]
+    fn a_reflected_or_replayed_datagram_is_not_accepted() {
+        let mut b = Pair::new(Role::Backup, HB, 1_000);
+        let mut p = Pair::new(Role::Primary, HB, 1_000);
+        let own = b.next_datagram(1_000);
+        assert!(!b.accept(&own), "our own datagram, reflected");
+        let first = p.next_datagram(1_000);
+        let second = p.next_datagram(1_100);
+        assert!(second.seq > first.seq);
+        assert!(b.accept(&first));
+        assert!(!b.accept(&first), "replayed");
+        assert!(b.accept(&second));
+        assert!(!b.accept(&first), "an older one, replayed");
+        // A restarted partner counts on from its clock, above its last run.
+        let restarted = Pair::new(Role::Primary, HB, 2_000).next_datagram(2_000);
+        assert!(b.accept(&restarted));
     }
 }

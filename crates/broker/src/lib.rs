@@ -68,7 +68,9 @@ pub struct Settings {
     pub max_subs_per_peer: usize,
     /// Furthest a request's deadline may be ahead, ms; a later one is cut to it.
     pub max_deadline_ms: u64,
-    /// Allow binding a non-loopback address without a secret.
+    /// Run without a secret (loopback and `ipc://` only): every local user
+    /// can then join the bus as any service. Off by default: without a secret
+    /// and without this, [`bind`] refuses.
     pub insecure: bool,
     /// One of a broker pair (failover), or a single broker (`None`).
     pub ha: Option<ha::HaSettings>,
@@ -112,10 +114,17 @@ const RECV_BATCH: usize = 256;
 /// When the endpoint cannot be bound.
 pub async fn bind(settings: &Settings) -> anyhow::Result<(RouterSocket, String)> {
     let has_secret = settings.secret.as_ref().is_some_and(|s| !s.is_empty());
-    if !has_secret && !settings.insecure && !is_local(&settings.bind) {
+    if !has_secret && !settings.insecure {
+        anyhow::bail!(
+            "refusing to run without a bus secret: any local user could join the bus as any \
+             service (set --secret / SB_SECRET; main makes one in its run folder), or pass \
+             --insecure for a loopback-only bus without one"
+        );
+    }
+    if !has_secret && !is_local(&settings.bind) {
         anyhow::bail!(
             "refusing to bind {} without a secret: any host that reaches it could join the bus \
-             (set --secret / SB_SECRET, bind 127.0.0.1, or pass --insecure)",
+             (--insecure is for loopback and ipc:// only; set --secret / SB_SECRET)",
             settings.bind
         );
     }
@@ -204,6 +213,7 @@ pub async fn run(
         });
     }
     let mut datagram = [0u8; 128];
+    let mut ha_wrong_source_logged = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     router.on_tick(switchboard_proto::now_ms());
@@ -212,11 +222,11 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             _ = state_tick.tick(), if pair.is_some() => {
-                if let (Some((udp, _)), Some(p)) = (&pair, &router.ha) {
+                if let (Some((udp, _)), Some(p)) = (&pair, router.ha.as_mut()) {
                     let addr = *peer_addr.borrow();
                     if let Some(addr) = addr {
-                        let msg = ha::encode(p.state, switchboard_proto::now_ms(), secret.as_deref());
-                        let _ = udp.try_send_to(&msg, addr);
+                        let d = p.next_datagram(switchboard_proto::now_ms());
+                        let _ = udp.try_send_to(&ha::encode(&d, secret.as_deref()), addr);
                     }
                 }
             }
@@ -245,13 +255,31 @@ pub async fn run(
             // least every tick), read without waiting and never ahead of the
             // bus, so a flood on the pair's port cannot hold up routing; the
             // kernel drops what does not fit its buffer.
+            //
+            // A datagram counts only from the partner's address (as resolved
+            // from --ha-peer), proven with the secret, carrying the partner's
+            // role (not ours: a reflection) and a counter above the last one
+            // taken (not a replay); anything else is refused and counted.
             for _ in 0..HA_BATCH {
-                let Ok((n, _)) = udp.try_recv_from(&mut datagram) else {
+                let Ok((n, from)) = udp.try_recv_from(&mut datagram) else {
                     break;
                 };
                 let now = switchboard_proto::now_ms();
-                match ha::decode(&datagram[..n], now, secret.as_deref()) {
-                    Some(state) => router.on_partner(state, now),
+                let partner = *peer_addr.borrow();
+                // An IPv6 socket sees an IPv4 partner as ::ffff:a.b.c.d.
+                let canonical = |a: std::net::SocketAddr| (a.ip().to_canonical(), a.port());
+                let taken = if partner.map(canonical) != Some(canonical(from)) {
+                    if !ha_wrong_source_logged {
+                        ha_wrong_source_logged = true;
+                        tracing::warn!(%from, partner = ?partner, "broker pair: a state datagram not from the partner's address refused (further ones are counted in `unauthenticated`)");
+                    }
+                    None
+                } else {
+                    ha::decode(&datagram[..n], now, secret.as_deref())
+                        .filter(|d| router.ha.as_mut().is_some_and(|p| p.accept(d)))
+                };
+                match taken {
+                    Some(d) => router.on_partner(d.state, now),
                     None => router.stats.unauthenticated += 1,
                 }
             }

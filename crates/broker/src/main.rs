@@ -40,9 +40,10 @@ struct Args {
     /// Furthest a request's deadline may be ahead, ms.
     #[arg(long, env = "SB_MAX_DEADLINE_MS", default_value_t = Settings::default().max_deadline_ms)]
     max_deadline_ms: u64,
-    /// Allow binding a non-loopback address without --secret (every host that
-    /// reaches the port can then join the bus).
-    #[arg(long, env = "SB_INSECURE")]
+    /// Run without --secret: every local user can then join the bus as any
+    /// service. Loopback and ipc:// only; without a secret and without this
+    /// flag the broker refuses to start.
+    #[arg(long, env = "SB_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     insecure: bool,
     /// One of a broker pair (failover): `primary` or `backup`. Needs
     /// --ha-bind and --ha-peer; every peer is then given both brokers'
@@ -114,8 +115,8 @@ fn main() {
         };
         println!("listening {endpoint}");
         tracing::info!(%endpoint, auth = settings.secret.is_some(), "broker listening");
-        if settings.secret.is_none() && !switchboard_broker::is_local(&settings.bind) {
-            tracing::warn!(%endpoint, "--insecure: the bus is open to every host that reaches this port");
+        if settings.secret.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!(%endpoint, "--insecure: every local user can join the bus as any service");
         }
         let stats = switchboard_broker::run(settings, socket, svc::shutdown_on_signal()).await;
         tracing::info!(?stats, "broker stopped");

@@ -6,6 +6,7 @@
 //!   heartbeats and authentication over one DEALER socket on its own thread.
 //! - [`service`]: [`Service`]: a name, handlers for its ops, `run()`; built-in
 //!   `$echo` and `$health`; drain on shutdown.
+//! - [`secret_file`]: the bus secret main makes on its first run (`RUN_DIR/bus.secret`).
 //! - [`svc`]: tracing, the SIGTERM/SIGINT token, exit codes, RSS.
 //! - [`error`]: [`Error`], a contract error code plus a message.
 //! - [`policy`]: the client policy (what WebSocket clients may call, subscribe
@@ -16,6 +17,7 @@
 pub mod client;
 pub mod error;
 pub mod policy;
+pub mod secret_file;
 pub mod service;
 pub mod svc;
 

@@ -233,6 +233,9 @@ env = {{ RUST_LOG = "warn" }}
     pub async fn sbctl(&self, args: &[&str]) -> anyhow::Result<()> {
         let out = tokio::process::Command::new(self.bin.join("sbctl"))
             .args(["--broker", &self.broker, "--timeout-ms", "60000"])
+            // The bus secret main made for this run is in its run folder.
+            .arg("--run-dir")
+            .arg(self.dir.path().join("run"))
             .args(args)
             .output()
             .await?;

@@ -28,6 +28,11 @@ pub struct Hello {
     /// requests finish. Added in protocol 1.1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub successor: bool,
+    /// A fresh random nonce ([`crate::auth::NONCE_LEN`] bytes) the broker must
+    /// answer with [`Welcome::proof`]: sent by a peer that has a secret, so it
+    /// never registers with a broker that does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<ByteBuf>,
 }
 
 /// Body of the broker's answer to `hello`.
@@ -48,6 +53,10 @@ pub struct Welcome {
     /// The broker's per-message size cap, bytes.
     #[serde(default)]
     pub max_message: u32,
+    /// With [`Welcome::nonce`], when the hello carried a `challenge`: the
+    /// broker's [`crate::auth::broker_proof`] that it knows the secret too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<ByteBuf>,
 }
 
 /// Reply body of the built-in `$health` op every service answers.

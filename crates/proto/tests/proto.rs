@@ -425,7 +425,27 @@ proptest! {
 }
 
 mod auth {
-    use switchboard_proto::auth::{proof, verify};
+    use switchboard_proto::auth::{broker_proof, proof, verify, verify_broker};
+
+    #[test]
+    fn the_broker_proof_binds_the_challenge_and_is_not_a_peer_proof() {
+        let c = [1u8; 32];
+        let n = [2u8; 32];
+        let p = broker_proof(b"secret", &c, &n, "chat", "chat-1");
+        assert!(verify_broker(b"secret", &c, &n, "chat", "chat-1", &p));
+        assert!(!verify_broker(b"other", &c, &n, "chat", "chat-1", &p));
+        assert!(!verify_broker(
+            b"secret", &[3u8; 32], &n, "chat", "chat-1", &p
+        ));
+        assert!(!verify_broker(
+            b"secret", &c, &[3u8; 32], "chat", "chat-1", &p
+        ));
+        assert!(!verify_broker(b"secret", &c, &n, "chat", "chat-2", &p));
+        // Neither side's proof passes as the other's.
+        let peer = proof(b"secret", &n, "chat", "chat-1");
+        assert!(!verify_broker(b"secret", &c, &n, "chat", "chat-1", &peer));
+        assert!(!verify(b"secret", &n, "chat", "chat-1", &p));
+    }
 
     #[test]
     fn proof_binds_secret_nonce_and_names() {

@@ -18,7 +18,8 @@ pub(crate) struct Args {
         default_value = switchboard_bus::proto::DEFAULT_BROKER
     )]
     pub(crate) broker: String,
-    /// Shared bus secret.
+    /// Shared bus secret; without it, RUN_DIR/bus.secret (the one main made)
+    /// when there is one.
     #[arg(long, global = true, env = "SB_SECRET", hide_env_values = true)]
     pub(crate) secret: Option<String>,
     /// Machine-readable JSON output.
@@ -27,8 +28,9 @@ pub(crate) struct Args {
     /// Deadline of each request, ms.
     #[arg(long, global = true, default_value_t = 5_000)]
     pub(crate) timeout_ms: u64,
-    /// main's run folder (its `run_dir`): `ls` reads main's status file there
-    /// when the broker cannot be reached.
+    /// main's run folder (its `run_dir`): the bus secret main made is read
+    /// from there (bus.secret), and `ls` reads main's status file there when
+    /// the broker cannot be reached.
     #[arg(long, global = true, env = "SB_RUN_DIR", default_value = "run")]
     pub(crate) run_dir: std::path::PathBuf,
     #[command(subcommand)]

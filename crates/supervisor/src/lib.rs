@@ -43,8 +43,30 @@ pub struct Options {
     pub no_spawn: bool,
     /// Broker endpoint for `--no-spawn`.
     pub broker: String,
-    /// Shared bus secret.
+    /// Shared bus secret; without it, `RUN_DIR/bus.secret` (made on the first
+    /// run) unless `insecure`.
     pub secret: Option<String>,
+    /// No secret at all: a loopback-only bus any local user can join.
+    pub insecure: bool,
+}
+
+/// The bus secret main runs with: the one given, else the run folder's
+/// `bus.secret` (made on the first run), else none when `insecure`.
+///
+/// # Errors
+///
+/// When the secret file cannot be made or read, or other users can read it.
+pub fn bus_secret(options: &Options, eco: &ecosystem::Ecosystem) -> anyhow::Result<Option<String>> {
+    if let Some(secret) = options.secret.as_ref().filter(|s| !s.is_empty()) {
+        return Ok(Some(secret.clone()));
+    }
+    if options.insecure {
+        return Ok(None);
+    }
+    let run_dir = eco.base.join(&eco.main.run_dir);
+    let secret = switchboard_bus::secret_file::load_or_create(&run_dir)
+        .map_err(|e| anyhow::anyhow!("the bus secret in {}: {e}", run_dir.display()))?;
+    Ok(Some(secret))
 }
 
 pub use switchboard_bus::proto::admin::{LogsReply, NameArg};
@@ -58,6 +80,18 @@ pub async fn run(options: Options) -> i32 {
             return svc::EXIT_USAGE;
         }
     };
+    let secret = match bus_secret(&options, &eco) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("main: {e:#}");
+            return svc::EXIT_USAGE;
+        }
+    };
+    if secret.is_none() {
+        tracing::warn!(
+            "--insecure: no bus secret; every local user can join the bus as any service"
+        );
+    }
     let shutdown = svc::shutdown_on_signal();
     let previous = supervisor::read_status_file(&eco.base.join(&eco.main.run_dir));
     // Another host's main runs the broker: connect to it, start none.
@@ -76,7 +110,7 @@ pub async fn run(options: Options) -> i32 {
         tracing::info!(%endpoint, pid = proc.pid, "adopted the running broker");
         (endpoint, Some(proc))
     } else {
-        match start_broker(&eco, &eco.broker.bind).await {
+        match start_broker(&eco, &eco.broker.bind, secret.as_deref()).await {
             Ok((endpoint, proc)) => (endpoint, Some(proc)),
             Err(e) => {
                 eprintln!("main: cannot start the broker: {e:#}");
@@ -102,7 +136,13 @@ pub async fn run(options: Options) -> i32 {
         None => "main".to_owned(),
     };
     let manages_broker = broker.is_some() || (!options.no_spawn && eco.broker.connect.is_none());
-    let sup = match Supervisor::new(eco, bus_endpoint.clone(), options.no_spawn, manages_broker) {
+    let sup = match Supervisor::new(
+        eco,
+        bus_endpoint.clone(),
+        options.no_spawn,
+        manages_broker,
+        secret.clone(),
+    ) {
         Ok(sup) => sup,
         Err(e) => {
             eprintln!("main: {e:#}");
@@ -113,7 +153,7 @@ pub async fn run(options: Options) -> i32 {
     let config = Config {
         broker: bus_endpoint,
         instance,
-        secret: options.secret,
+        secret,
         successor: false,
         ..Config::default()
     };
@@ -232,7 +272,7 @@ async fn keep_broker(
                 }
                 () = tokio::time::sleep(delay) => {}
             }
-            match start_broker(&sup.eco, &endpoint).await {
+            match start_broker(&sup.eco, &endpoint, sup.secret.as_deref()).await {
                 Ok((_, new)) => {
                     proc = new;
                     sup.broker_restarted();
@@ -252,6 +292,7 @@ async fn keep_broker(
 async fn start_broker(
     eco: &ecosystem::Ecosystem,
     bind: &str,
+    secret: Option<&str>,
 ) -> anyhow::Result<(String, proc::Proc)> {
     let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base)
         .ok_or_else(|| anyhow::anyhow!("broker bin {:?} not found", eco.broker.bin))?;
@@ -263,12 +304,13 @@ async fn start_broker(
         services.join(","),
     ];
     args.extend(eco.broker.args.iter().cloned());
-    let env: Vec<(String, String)> = eco
-        .broker
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut env = proc::base_env(&[]);
+    env.extend(eco.broker.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // The secret goes in the environment, never in args (`ps` shows args).
+    match secret {
+        Some(secret) => env.push(("SB_SECRET".into(), secret.into())),
+        None => env.push(("SB_INSECURE".into(), "1".into())),
+    }
     let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
     let log = Arc::new(logs::LogFile::open(
         &log_dir,

@@ -20,9 +20,14 @@ struct Args {
     /// Broker endpoint (with --no-spawn).
     #[arg(long, env = "SB_BROKER", default_value = switchboard_bus::proto::DEFAULT_BROKER)]
     broker: String,
-    /// Shared bus secret (also passed to every app through the environment).
+    /// Shared bus secret, given to the broker and every app. Without it main
+    /// uses RUN_DIR/bus.secret, made (mode 0600) on the first run.
     #[arg(long, env = "SB_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Run the bus without a secret (loopback only): every local user can
+    /// then join it as any service, and run `main stop`.
+    #[arg(long, env = "SB_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+    insecure: bool,
     /// Check the ecosystem file, print the start order, and exit.
     #[arg(long)]
     check: bool,
@@ -57,6 +62,7 @@ async fn main() {
         no_spawn: args.no_spawn,
         broker: args.broker,
         secret: args.secret,
+        insecure: args.insecure,
     })
     .await;
     std::process::exit(code);

@@ -31,7 +31,37 @@ pub struct Proc {
     cpu: Option<(f64, Instant)>,
 }
 
-/// Spawns `bin args` with `env`, stdout and stderr appended to `log`. The child
+/// What a child gets of main's own environment without asking: nothing
+/// secret, only what a process needs to run and log like its parent.
+const BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "NO_COLOR",
+    "SB_LOG_FORMAT",
+];
+
+/// The environment main gives a child before its own settings: the
+/// [`BASE_ENV`] variables and the locale's `LC_*` from main's environment,
+/// and the ones `pass` names (an app's `pass_env`), where set.
+pub fn base_env(pass: &[String]) -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            BASE_ENV.contains(&k.as_str()) || k.starts_with("LC_") || pass.iter().any(|p| p == k)
+        })
+        .collect()
+}
+
+/// Spawns `bin args` with `env` (and nothing else of main's environment: see
+/// [`base_env`]), stdout and stderr appended to `log`. The child
 /// gets its own process group, so a Ctrl-C at the terminal reaches only the
 /// supervisor, which stops the apps in order.
 ///
@@ -65,6 +95,7 @@ pub fn spawn_reporting(
 ) -> std::io::Result<(Proc, Option<ChildStdout>)> {
     let mut cmd = Command::new(bin);
     cmd.args(args)
+        .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -61,8 +61,13 @@ impl TestBroker {
     }
 
     /// Starts a broker with `settings` (its `bind` is replaced by port 0).
+    /// Without a secret it runs `insecure` (loopback only), as a test that
+    /// does not care about the bus secret wants.
     pub fn with(mut settings: Settings) -> Self {
         settings.bind = "tcp://127.0.0.1:0".into();
+        if settings.secret.as_deref().is_none_or(str::is_empty) {
+            settings.insecure = true;
+        }
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -166,6 +171,18 @@ impl Child {
         if std::env::var_os("TEST_LOG").is_none() {
             cmd.stderr(Stdio::null());
             cmd.env("RUST_LOG", "warn");
+        }
+        // The broker, and main (which starts one), refuse to run without a bus
+        // secret unless told `--insecure`: tests that do not care about the
+        // secret get the insecure loopback bus; a test that gives a secret, or
+        // says SB_INSECURE itself, gets what it asked for.
+        let chooses = args.contains(&"--secret")
+            || args.contains(&"--insecure")
+            || env
+                .iter()
+                .any(|(k, _)| *k == "SB_SECRET" || *k == "SB_INSECURE");
+        if matches!(name, "broker" | "main") && !chooses {
+            cmd.env("SB_INSECURE", "1");
         }
         for (k, v) in env {
             cmd.env(k, v);

@@ -71,6 +71,7 @@ impl RawPeer {
             credit: 16,
             proof: None,
             successor: false,
+            challenge: None,
         };
         for _ in 0..2 {
             let mut env = proto::Envelope::new(proto::Kind::Hello);

@@ -38,7 +38,7 @@ impl Router {
         }
         if let Some(secret) = self.secret.clone() {
             match &hello.proof {
-                None => return self.challenge(identity, now),
+                None => return self.challenge(identity, &hello, now),
                 Some(proof) => {
                     let nonce = self.challenges.remove(&identity);
                     let valid = nonce.is_some_and(|(nonce, _)| {
@@ -57,7 +57,13 @@ impl Router {
         self.register(identity, hello, now);
     }
 
-    pub(super) fn challenge(&mut self, identity: Bytes, now: u64) {
+    /// Answers a hello without a proof: a fresh nonce to prove the secret
+    /// over, and, when the peer challenged us, our own proof (mutual).
+    pub(super) fn challenge(&mut self, identity: Bytes, hello: &Hello, now: u64) {
+        let challenge = hello.challenge.as_deref();
+        if challenge.is_some_and(|c| c.len() != auth::NONCE_LEN) {
+            return self.malformed(&identity, "hello with a challenge of the wrong length");
+        }
         if self.challenges.len() >= MAX_CHALLENGES && !self.challenges.contains_key(&identity) {
             self.stats.auth_failures += 1;
             return;
@@ -65,9 +71,17 @@ impl Router {
         let mut nonce = [0u8; auth::NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
         self.challenges.insert(identity.clone(), (nonce, now));
+        let proof = match (challenge, self.secret.as_deref()) {
+            (Some(challenge), Some(secret)) => Some(proto::ByteBuf::from(
+                auth::broker_proof(secret, challenge, &nonce, &hello.service, &hello.instance)
+                    .to_vec(),
+            )),
+            _ => None,
+        };
         let welcome = Welcome {
             accepted: false,
             nonce: Some(proto::ByteBuf::from(nonce.to_vec())),
+            proof,
             ..self.welcome()
         };
         self.send_welcome(&identity, &welcome);
@@ -80,6 +94,7 @@ impl Router {
             heartbeat_ms: self.settings.heartbeat_ms as u32,
             liveness: self.settings.liveness,
             max_message: self.settings.max_message_bytes as u32,
+            proof: None,
         }
     }
 

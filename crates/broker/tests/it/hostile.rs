@@ -319,7 +319,10 @@ async fn without_the_secret_a_peer_can_neither_register_nor_reach_a_service() {
     assert!(
         eventually(Duration::from_secs(5), || async {
             let s = broker_stats(&bus).await;
-            s.auth_failures >= 2 && s.unauthenticated >= 1
+            // The raw peer's wrong proof is counted; the service with the
+            // wrong secret gives up before proving (the broker's own proof
+            // does not check out with its secret), so it never reaches one.
+            s.auth_failures >= 1 && s.unauthenticated >= 1
         })
         .await
     );

@@ -15,20 +15,37 @@ use crate::READY;
 
 const HB: &str = "200";
 
-/// A UDP relay for one direction of the pair's state channel: forwards what
-/// one broker sends to the other unless cut, and remembers the last state it
-/// carried (or dropped).
+/// One direction of the pair's state channel through the relays: forwards
+/// what one broker sends to the other unless cut, and remembers the last state
+/// it carried (or dropped).
 struct Relay {
+    /// Where the sending broker sends (its `--ha-peer`).
     addr: String,
     cut: Arc<AtomicBool>,
     last: Arc<AtomicU8>,
     active_seen: Arc<AtomicU64>,
 }
 
+/// The two relays between a primary (UDP `pa`) and a backup (UDP `pb`):
+/// (primary→backup, backup→primary). Each broker is told the other's relay
+/// socket as its partner, and hears the partner from that same socket, as a
+/// broker checks (a datagram from any other address is refused).
+async fn relays(pa: String, pb: String) -> (Relay, Relay) {
+    let stand_in_a = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let stand_in_b = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    // The primary sends to B's stand-in, which the backup hears from A's.
+    let to_backup = Relay::start(stand_in_b.clone(), stand_in_a.clone(), pb);
+    let to_primary = Relay::start(stand_in_a, stand_in_b, pa);
+    (to_backup, to_primary)
+}
+
 impl Relay {
-    async fn start(target: String) -> Self {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap().to_string();
+    fn start(
+        inbound: Arc<tokio::net::UdpSocket>,
+        outbound: Arc<tokio::net::UdpSocket>,
+        target: String,
+    ) -> Self {
+        let addr = inbound.local_addr().unwrap().to_string();
         let (cut, last, active_seen) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU8::new(0)),
@@ -37,15 +54,15 @@ impl Relay {
         let (c, l, a) = (cut.clone(), last.clone(), active_seen.clone());
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
-            while let Ok((n, _)) = socket.recv_from(&mut buf).await {
-                if let Some(state) = ha::decode(&buf[..n], proto::now_ms(), Some("pair")) {
-                    l.store(state as u8 + 1, Ordering::SeqCst);
-                    if state == State::Active {
+            while let Ok((n, _)) = inbound.recv_from(&mut buf).await {
+                if let Some(d) = ha::decode(&buf[..n], proto::now_ms(), Some("pair")) {
+                    l.store(d.state as u8 + 1, Ordering::SeqCst);
+                    if d.state == State::Active {
                         a.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 if !c.load(Ordering::SeqCst) {
-                    let _ = socket.send_to(&buf[..n], &target).await;
+                    let _ = outbound.send_to(&buf[..n], &target).await;
                 }
             }
         });
@@ -113,8 +130,7 @@ struct PairUnderTest {
 
 async fn pair() -> PairUnderTest {
     let (pa_udp, pb_udp) = (udp_port(), udp_port());
-    let to_backup = Relay::start(pb_udp.clone()).await;
-    let to_primary = Relay::start(pa_udp.clone()).await;
+    let (to_backup, to_primary) = relays(pa_udp.clone(), pb_udp.clone()).await;
     let (ea, eb) = (tcp_endpoint(), tcp_endpoint());
     let primary = broker("primary", &ea, &pa_udp, &to_backup.addr);
     let backup = broker("backup", &eb, &pb_udp, &to_primary.addr);
@@ -334,7 +350,15 @@ async fn junk_on_the_pair_port_changes_nothing() {
     let target = p.primary_bind.1.clone();
     let flood = tokio::spawn(async move {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let forged = ha::encode(State::Passive, proto::now_ms(), Some("guess"));
+        let forged = ha::encode(
+            &ha::Datagram {
+                role: ha::Role::Backup,
+                state: State::Passive,
+                seq: u64::MAX,
+                at: proto::now_ms(),
+            },
+            Some("guess"),
+        );
         for i in 0..50_000u32 {
             let junk: &[u8] = if i % 2 == 0 {
                 &forged

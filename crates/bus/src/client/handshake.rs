@@ -1,6 +1,7 @@
 //! Connecting: one attempt with a short timeout, the hello and its challenge.
 
 use super::*;
+use rand::RngCore;
 
 pub(super) type Session = (DealerSocket, futures::channel::mpsc::Receiver<SocketEvent>);
 
@@ -45,7 +46,18 @@ pub(super) async fn connect_once(config: Config) -> Option<(Session, Welcome)> {
     }
 }
 
+/// Says hello and answers the broker's challenge. With a secret, the hello
+/// carries a fresh challenge of our own, and the broker must answer it with its
+/// proof before we prove ours: a broker (or anything listening on its port) that
+/// does not know the secret never gets this peer registered, so it is never sent
+/// a request, a reply or an event.
 pub(super) async fn register(config: &Config, socket: &mut DealerSocket) -> Result<Welcome, Error> {
+    let secret = config.secret.as_deref().filter(|s| !s.is_empty());
+    let challenge = secret.map(|_| {
+        let mut c = [0u8; auth::NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut c);
+        c
+    });
     let mut hello = Hello {
         service: config.service.clone(),
         instance: config.instance.clone(),
@@ -53,8 +65,10 @@ pub(super) async fn register(config: &Config, socket: &mut DealerSocket) -> Resu
         credit: config.credit,
         proof: None,
         successor: config.successor,
+        challenge: challenge.map(|c| proto::ByteBuf::from(c.to_vec())),
     };
     send_hello(socket, &hello).await?;
+    let mut broker_proven = false;
     loop {
         let msg = socket
             .recv()
@@ -71,14 +85,38 @@ pub(super) async fn register(config: &Config, socket: &mut DealerSocket) -> Resu
         }
         let welcome: Welcome = proto::from_body(&env.body)?;
         if welcome.accepted {
+            if secret.is_some() && !broker_proven {
+                return Err(Error::new(
+                    ErrorCode::Unauthorized,
+                    "the broker accepted us without proving the bus secret: not our broker",
+                ));
+            }
             return Ok(welcome);
         }
-        let (Some(nonce), Some(secret)) = (&welcome.nonce, &config.secret) else {
+        let (Some(nonce), Some(secret), Some(challenge)) = (&welcome.nonce, secret, &challenge)
+        else {
             return Err(Error::new(
                 ErrorCode::Unauthorized,
                 "the broker requires a secret and none is configured",
             ));
         };
+        let proven = welcome.proof.as_deref().is_some_and(|p| {
+            auth::verify_broker(
+                secret.as_bytes(),
+                challenge,
+                nonce,
+                &hello.service,
+                &hello.instance,
+                p,
+            )
+        });
+        if !proven {
+            return Err(Error::new(
+                ErrorCode::Unauthorized,
+                "the broker did not prove the bus secret: not our broker (or another secret)",
+            ));
+        }
+        broker_proven = true;
         let proof = auth::proof(secret.as_bytes(), nonce, &hello.service, &hello.instance);
         hello.proof = Some(proto::ByteBuf::from(proof.to_vec()));
         send_hello(socket, &hello).await?;

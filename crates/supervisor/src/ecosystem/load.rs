@@ -189,6 +189,15 @@ pub(super) fn check_app(
             spec.instances
         )));
     }
+    if let Some(bad) = spec.pass_env.iter().find(|name| {
+        name.is_empty()
+            || name.starts_with(|c: char| c.is_ascii_digit())
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }) {
+        return Err(invalid(format!(
+            "pass_env: {bad:?} is not a variable name (letters, digits and _)"
+        )));
+    }
     let bin = resolve_bin(&spec.bin, base).ok_or_else(|| {
         invalid(format!(
             "bin {:?} not found (looked next to main and on PATH)",

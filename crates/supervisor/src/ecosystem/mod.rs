@@ -58,6 +58,7 @@ const APP_KEYS: &[&str] = &[
     "instances",
     "instance_var",
     "env",
+    "pass_env",
     "depends_on",
     "wait_ready",
     "ready_timeout_ms",
@@ -166,6 +167,12 @@ pub struct AppSpec {
     /// Environment (after the profile is applied).
     #[serde(default, deserialize_with = "string_map")]
     pub env: BTreeMap<String, String>,
+    /// Variables of main's own environment this app is given as they are
+    /// (systemd's `PassEnvironment`): `["DATABASE_URL"]` for db. An app gets
+    /// nothing else of main's environment but a safe base (PATH, HOME, the
+    /// locale, TZ, RUST_LOG…), so no app holds another's secrets.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
     /// Apps that must be ready before this one starts.
     #[serde(default)]
     pub depends_on: Vec<String>,

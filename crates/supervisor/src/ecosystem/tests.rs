@@ -112,3 +112,15 @@ fn sizes() {
     assert_eq!(parse_size(&Value::from(1000)), Some(1000));
     assert_eq!(parse_size(&Value::from("x")), None);
 }
+
+#[test]
+fn pass_env_takes_variable_names_only() {
+    let ok = "[[apps]]\nname = \"db\"\nbin = \"/bin/sh\"\npass_env = [\"DATABASE_URL\", \"_X1\"]\n";
+    let eco = load_text(ok, None, &[]).unwrap();
+    assert_eq!(eco.apps[0].spec.pass_env, ["DATABASE_URL", "_X1"]);
+    for bad in ["", "1X", "A=B", "A B", "DATABASE_URL\\u0000"] {
+        let text = format!("[[apps]]\nname = \"db\"\nbin = \"/bin/sh\"\npass_env = [\"{bad}\"]\n");
+        let err = load_text(&text, None, &[]).unwrap_err().to_string();
+        assert!(err.contains("pass_env"), "{bad:?}: {err}");
+    }
+}

@@ -345,11 +345,11 @@ impl Keeper {
     /// Spawns a process and waits until it is ready on the bus (`wait_ready`).
     pub(super) async fn start(&mut self, successor: bool) -> Result<Proc, String> {
         let spec = self.spec().clone();
-        let mut env: Vec<(String, String)> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        // Only its own: a safe base and what its `pass_env` names from main's
+        // environment, its `env`, and the SB_ variables below; never the
+        // rest of main's environment (another app's DATABASE_URL, say).
+        let mut env = proc::base_env(&spec.pass_env);
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let broker = self
             .sup
             .broker
@@ -358,6 +358,9 @@ impl Keeper {
             .clone();
         env.push(("SB_BROKER".into(), broker));
         env.push(("SB_INSTANCE".into(), self.m.instance.clone()));
+        if let Some(secret) = &self.sup.secret {
+            env.push(("SB_SECRET".into(), secret.clone()));
+        }
         if let Some(var) = &spec.instance_var {
             env.push((var.clone(), self.m.instance.clone()));
         }

@@ -210,6 +210,8 @@ pub struct Supervisor {
     /// The broker's row in `ls` (none with `no_spawn`: not ours).
     broker_status: Mutex<Option<InstanceStatus>>,
     log_dir: PathBuf,
+    /// The bus secret the broker and every app are given (none: `--insecure`).
+    pub secret: Option<String>,
 }
 
 impl Supervisor {
@@ -223,6 +225,7 @@ impl Supervisor {
         broker: String,
         no_spawn: bool,
         manages_broker: bool,
+        secret: Option<String>,
     ) -> anyhow::Result<Arc<Self>> {
         let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
         // A previous main's record (after a crash): its instances still running.
@@ -261,6 +264,7 @@ impl Supervisor {
             })),
             no_spawn,
             log_dir,
+            secret,
         }))
     }
 
