@@ -27,6 +27,18 @@ eco=${SB_ECOSYSTEM:-ecosystem.toml}
 export SB_RUN_DIR=${SB_RUN_DIR:-run}
 run=$SB_RUN_DIR
 build=${SB_BUILD:-release}
+
+# One system per run folder: a main that runs already holds the lock on
+# $run/main.lock (flock, released by the kernel when it exits). Refuse before
+# touching anything of it: its logs, its processes, its ports.
+if [ -e "$run/main.lock" ] && command -v flock >/dev/null && ! flock -n "$run/main.lock" true 2>/dev/null; then
+    echo "run-all.sh: a system already runs from $run (main pid $(cat "$run/main.lock" 2>/dev/null || echo '?'))." >&2
+    echo "  See it:   sbctl ls" >&2
+    echo "  Stop it:  sbctl shutdown   (or Ctrl-C in its terminal)" >&2
+    echo "  Or run a second one beside it: SB_RUN_DIR=run2 and an ecosystem file with other ports" >&2
+    exit 1
+fi
+
 [ -n "${SB_BIN_DIR:-}" ] && build=given
 case $build in
 given) bin=$SB_BIN_DIR ;;

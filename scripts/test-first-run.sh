@@ -73,6 +73,19 @@ run_system() {
     local reply
     reply=$("$bin/sbctl" ws-send chat say '{"room":"firstrun","text":"hello from a first run"}' \
         --url "ws://127.0.0.1:$ws_port/ws" 2>&1) || fail "$name: say failed: $reply"
+    # A second start on the same run folder (a command pasted into another
+    # terminal) refuses and touches nothing of the first: not its log, not its
+    # processes, not its clients.
+    local log_before second
+    log_before=$(wc -c <"$run/logs/main.log")
+    if second=$(env -u DATABASE_URL -u SB_MYSQL -u SB_TEST_MYSQL "$@" SB_BIN_DIR="$bin" \
+        SB_ECOSYSTEM="$run/ecosystem.toml" SB_RUN_DIR="$run" timeout 60 scripts/run-all.sh 2>&1); then
+        fail "$name: a second run-all.sh on the same run folder started: $second"
+    fi
+    grep -q "a system already runs from $run" <<<"$second" || fail "$name: the second start said: $second"
+    [ "$(wc -c <"$run/logs/main.log")" -ge "$log_before" ] || fail "$name: the second start wiped main.log"
+    reply=$("$bin/sbctl" ws-send chat say '{"room":"firstrun2","text":"still here"}' \
+        --url "ws://127.0.0.1:$ws_port/ws" 2>&1) || fail "$name: after a second start, a say failed: $reply"
     # The message is in that server, read back with the credentials run-all.sh used.
     local url user pass hostport count
     url=$(sed -n "s/^SB_MYSQL='\(.*\)'$/\1/p" "$run/mariadb.env")

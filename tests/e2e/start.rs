@@ -111,3 +111,63 @@ async fn the_connection_cap_follows_the_file_limit() {
     assert_eq!(cap(&["--max-connections", "100000"]).await, Some(311));
     assert_eq!(cap(&["--max-connections", "50"]).await, Some(50));
 }
+
+/// A second main on the same run folder (a second `scripts/run-all.sh`, a
+/// command pasted into another terminal) used to adopt the running broker and
+/// fight the first main for every app. It now refuses at once, naming the first,
+/// and the first's clients see nothing of it.
+#[tokio::test]
+async fn a_second_main_on_the_same_run_folder_refuses_and_disturbs_nothing() {
+    use crate::supervisor::app;
+    use switchboard_bus::CallOptions;
+    let s = Supervised::start(&app("echo", &[], "")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            s.main.later_lines().iter().any(|l| l == "ready")
+        })
+        .await,
+        "{:?}",
+        s.main.later_lines()
+    );
+    let before = s.ls().await;
+    // The first system's clients keep calling while the second main tries.
+    let bus = s.bus.clone();
+    let traffic = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        for _ in 0..150 {
+            if let Err(e) = switchboard_testkit::whoami(&bus, "echo", CallOptions::default()).await
+            {
+                errors.push(e.to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        errors
+    });
+    let file = s.dir.path().join("ecosystem.toml");
+    let second = tokio::process::Command::new(bin_path("main"))
+        .args(["--config", file.to_str().unwrap()])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the second main gives up at once")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("another main (pid {})", s.main.pid())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sbctl shutdown"),
+        "says what to do: {stderr}"
+    );
+    assert_eq!(traffic.await.unwrap(), Vec::<String>::new());
+    // The same processes as before: nothing restarted, nothing adopted twice.
+    let pids = |rows: &[serde_json::Value]| -> Vec<(String, serde_json::Value)> {
+        rows.iter()
+            .map(|r| (r["instance"].to_string(), r["pid"].clone()))
+            .collect()
+    };
+    assert_eq!(pids(&s.ls().await), pids(&before));
+}

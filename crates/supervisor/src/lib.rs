@@ -69,6 +69,58 @@ pub fn bus_secret(options: &Options, eco: &ecosystem::Ecosystem) -> anyhow::Resu
     Ok(Some(secret))
 }
 
+/// The lock a running main holds on its run folder: one system per run folder.
+/// A second `main` (or `scripts/run-all.sh`, which checks the same lock with
+/// `flock`) on the same folder finds it held and refuses, touching nothing of
+/// the first: not its logs, its processes or its ports. Adoption (of a broker
+/// a killed main left running) needs the lock, so it only ever happens after a
+/// main that is gone. The kernel drops the lock with the process, however it ends.
+pub const LOCK_FILE: &str = "main.lock";
+
+/// Takes the run folder's lock (making the folder if needed) and writes this
+/// process's pid into the lock file; the lock lasts while the file is open.
+///
+/// # Errors
+///
+/// Another live main holds it (the message names its pid and what to do), or the
+/// folder or file cannot be made.
+pub fn lock_run_dir(run_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| anyhow::anyhow!("cannot make the run folder {}: {e}", run_dir.display()))?;
+    let path = run_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            anyhow::bail!(
+                "another main (pid {}) already runs the system of {}: see it with `sbctl ls`, \
+                 stop it with `sbctl shutdown`, or give this one another run_dir and other ports",
+                if pid.is_empty() { "?" } else { pid },
+                run_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("cannot lock {}: {e}", path.display())
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 pub use switchboard_bus::proto::admin::{LogsReply, NameArg};
 
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
@@ -78,6 +130,18 @@ pub async fn run(options: Options) -> i32 {
         Err(e) => {
             eprintln!("main: {}: {e}", options.config.display());
             return svc::EXIT_USAGE;
+        }
+    };
+    // One system per run folder: before anything else is touched.
+    let _lock = if options.no_spawn {
+        None
+    } else {
+        match lock_run_dir(&eco.base.join(&eco.main.run_dir)) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("main: {e:#}");
+                return svc::EXIT_FAILURE;
+            }
         }
     };
     let secret = match bus_secret(&options, &eco) {
