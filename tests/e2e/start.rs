@@ -171,3 +171,76 @@ async fn a_second_main_on_the_same_run_folder_refuses_and_disturbs_nothing() {
     };
     assert_eq!(pids(&s.ls().await), pids(&before));
 }
+
+/// `main --no-spawn` (the documented monitor) beside a running main: both
+/// registered as `main`, knocked each other off the broker every second, and
+/// the supervising main read its lost registration as a hung broker and
+/// killed it. The monitor now has an instance name of its own, the broker
+/// refuses a live instance's name to another process, and a lost
+/// registration is never a hung broker.
+#[tokio::test]
+async fn a_monitor_beside_main_takes_nothing_and_kills_nothing() {
+    use crate::supervisor::app;
+    let s = Supervised::start(&app("echo", &[], "")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            s.main.later_lines().iter().any(|l| l == "ready")
+        })
+        .await
+    );
+    let pids = |rows: Vec<serde_json::Value>| -> Vec<(String, serde_json::Value)> {
+        rows.iter()
+            .map(|r| (r["instance"].to_string(), r["pid"].clone()))
+            .collect()
+    };
+    let before = pids(s.ls().await);
+    assert!(
+        before.iter().any(|(i, _)| i.contains("broker")),
+        "{before:?}"
+    );
+    let file = s.dir.path().join("ecosystem.toml");
+    let _monitor = switchboard_testkit::Child::spawn(
+        "main",
+        &[
+            "--no-spawn",
+            "--broker",
+            &s.endpoint,
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    // The monitor registers under its own name.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            switchboard_testkit::broker_ls(&s.bus)
+                .await
+                .iter()
+                .any(|i| i.instance.starts_with("main-monitor-"))
+        })
+        .await,
+        "the monitor is on the bus"
+    );
+    // A dozen of main's broker checks (heartbeat 250 ms, hung after 3 misses).
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let instances = switchboard_testkit::broker_ls(&s.bus).await;
+        assert!(
+            instances.iter().any(|i| i.instance == "main"),
+            "main keeps its registration: {:?}",
+            instances.iter().map(|i| &i.instance).collect::<Vec<_>>()
+        );
+    }
+    // Asked of the supervising main itself (the monitor answers `ls` too, as
+    // another instance of `main`: sbctl asks each one).
+    let pinned = switchboard_bus::CallOptions {
+        instance: Some("main".into()),
+        ..switchboard_bus::CallOptions::default()
+    };
+    let reply = s.bus.call("main", "ls", Vec::new(), pinned).await.unwrap();
+    let rows: Vec<serde_json::Value> = switchboard_bus::proto::from_body(&reply.body).unwrap();
+    assert_eq!(pids(rows), before, "nothing was killed or restarted");
+    let lines = s.main.later_lines();
+    assert!(!lines.iter().any(|l| l.contains("hung")), "{lines:?}");
+}

@@ -180,6 +180,9 @@ pub struct BrokerStats {
     /// Registrations refused: a new service name past the cap on services.
     #[serde(default)]
     pub services_refused: u64,
+    /// Registrations refused: the instance name is held by a live process.
+    #[serde(default)]
+    pub names_refused: u64,
     /// Requests whose deadline was further ahead than the cap, cut to it.
     #[serde(default)]
     pub deadlines_capped: u64,

@@ -199,6 +199,15 @@ pub async fn run(options: Options) -> i32 {
         Some(host) => format!("main.{host}"),
         None => "main".to_owned(),
     };
+    // A monitor is not the system's main: it answers as service `main` (so
+    // that `sbctl ls` works where it is the only one) under an instance name of
+    // its own, so it never takes the main's registration (the broker refuses a
+    // live instance's name to another process anyway).
+    let instance = if options.no_spawn {
+        format!("{instance}-monitor-{}", std::process::id()).replace('.', "-")
+    } else {
+        instance
+    };
     let manages_broker = broker.is_some() || (!options.no_spawn && eco.broker.connect.is_none());
     let sup = match Supervisor::new(
         eco,

@@ -104,6 +104,16 @@ impl Router {
         self.send_env(identity, &env, false);
     }
 
+    /// The pid of the live peer that holds `old`'s instance name against a new
+    /// `hello`: one heard from within two heartbeats, of another process (the
+    /// same process reconnecting takes its name back at once; a dead one's
+    /// connection was closed, or it fell silent).
+    fn live_holder(&self, old: PeerId, hello: &Hello, now: u64) -> Option<u32> {
+        let peer = self.peers.get(&old)?;
+        let alive = now.saturating_sub(peer.last_seen) < self.settings.heartbeat_ms * 2;
+        (alive && peer.pid != hello.pid).then_some(peer.pid)
+    }
+
     pub(super) fn register(&mut self, identity: Bytes, hello: Hello, now: u64) {
         if !hello.service.is_empty()
             && !self.service_idx.contains_key(&hello.service)
@@ -131,6 +141,22 @@ impl Router {
                     env.instance = Some(hello.instance.clone());
                     self.send_env(&identity, &env, false);
                 }
+            } else if let Some(holder) = self.live_holder(old, &hello, now) {
+                // Another live process under this name (a second main, a copy
+                // started by hand): taking over would make the two knock each
+                // other off every heartbeat. The newcomer is refused; the
+                // holder keeps its name until it leaves or goes silent.
+                self.stats.names_refused += 1;
+                tracing::warn!(instance = %hello.instance, holder_pid = holder, pid = hello.pid, "registration refused: the instance name is held by a live peer");
+                let mut env = Envelope::new(Kind::Hello);
+                env.error = Some(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "instance {} is registered by a live process (pid {holder}); pick another name, or stop that one",
+                        hello.instance
+                    ),
+                ));
+                return self.send_env(&identity, &env, false);
             } else {
                 tracing::info!(instance = %hello.instance, "instance registered again; the previous registration is dropped");
                 self.peer_lost(old, Loss::Replaced, now);

@@ -306,6 +306,8 @@ impl Router {
             ("sb_broker_send_dropped_total", s.send_dropped),
             ("sb_broker_peers_lost_total", s.peers_lost),
             ("sb_broker_rogue_replies_total", s.rogue_replies),
+            ("sb_broker_subs_refused_total", s.subs_refused),
+            ("sb_broker_names_refused_total", s.names_refused),
         ] {
             counter!(name).absolute(value);
         }

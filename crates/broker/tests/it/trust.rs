@@ -277,3 +277,33 @@ async fn a_peer_refuses_a_remote_broker_without_a_secret() {
     let status = echo.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(64));
 }
+
+/// A second process that registers under a live instance's name (a copy
+/// started by hand, a second main) is refused; the first keeps its name and
+/// its requests. Taking the name over made the two knock each other off the
+/// broker every heartbeat.
+#[tokio::test]
+async fn a_live_instance_name_is_not_taken_by_another_process() {
+    trace_init();
+    let broker = TestBroker::start();
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    let _first =
+        switchboard_testkit::spawn_echo_process(&broker.endpoint, "echo", "echo-1", &[]).unwrap();
+    assert!(switchboard_testkit::wait_ready(&bus, "echo-1", Duration::from_secs(10)).await);
+    let _second =
+        switchboard_testkit::spawn_echo_process(&broker.endpoint, "echo", "echo-1", &[]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            broker_stats(&bus).await.names_refused > 0
+        })
+        .await,
+        "the second registration is refused"
+    );
+    let first_pid = _first.pid();
+    for _ in 0..5 {
+        let ls = switchboard_testkit::broker_ls(&bus).await;
+        let holder = ls.iter().find(|i| i.instance == "echo-1").expect("echo-1");
+        assert_eq!(holder.pid, first_pid, "the first keeps its name");
+        switchboard_testkit::sync_with_broker(&bus).await;
+    }
+}

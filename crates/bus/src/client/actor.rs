@@ -154,7 +154,7 @@ impl Actor {
             // while it runs.
             let mut config = self.config.clone();
             config.broker.clone_from(&endpoints[at]);
-            let attempt = connect_once(config);
+            let attempt = connect_once(config, self.shared.clone());
             tokio::pin!(attempt);
             let mut sweep = tokio::time::interval(SWEEP);
             let connected = loop {

@@ -6,7 +6,10 @@ use rand::RngCore;
 pub(super) type Session = (DealerSocket, futures::channel::mpsc::Receiver<SocketEvent>);
 
 /// One connect attempt, handshake and registration included.
-pub(super) async fn connect_once(config: Config) -> Option<(Session, Welcome)> {
+pub(super) async fn connect_once(
+    config: Config,
+    shared: Arc<Shared>,
+) -> Option<(Session, Welcome)> {
     let mut options = SocketOptions::default();
     options.max_message_size(config.max_message_bytes);
     options.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
@@ -37,6 +40,7 @@ pub(super) async fn connect_once(config: Config) -> Option<(Session, Welcome)> {
         Ok(Ok(welcome)) => Some(((socket, monitor), welcome)),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "registration refused");
+            shared.stats.refusals.fetch_add(1, Ordering::Relaxed);
             None
         }
         Err(_) => {

@@ -117,6 +117,9 @@ pub struct Connection {
 pub struct ClientStats {
     /// Successful registrations (1 + reconnects).
     pub registrations: AtomicU64,
+    /// Registrations the broker refused (an answer all the same: the broker
+    /// is alive).
+    pub refusals: AtomicU64,
     /// Events dropped because a local subscriber was not keeping up.
     pub events_dropped: AtomicU64,
     /// Subscriptions the broker refused (past its per-peer cap).

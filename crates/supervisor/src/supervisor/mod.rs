@@ -375,15 +375,26 @@ impl Supervisor {
                 timeout: Some(every),
                 ..CallOptions::default()
             };
+            // Registrations and refusals: answers of the broker to our hello.
+            let registrations = || {
+                let stats = bus.stats();
+                stats.registrations.load(Ordering::Relaxed) + stats.refusals.load(Ordering::Relaxed)
+            };
+            let before = registrations();
             let ok = bus
                 .call(proto::BROKER_SERVICE, "$echo", Vec::new(), options)
                 .await
                 .is_ok();
+            // The broker registered us again meanwhile (it had dropped our
+            // registration: told "I do not know you"), or refused our name (a
+            // live process holds it): it answers, it is not hung. Losing our
+            // own registration is never read as a hung broker.
+            let answered = ok || registrations() != before;
             self.broker_ok.store(ok, Ordering::Relaxed);
             if !self.no_spawn {
                 self.write_status_file(ok);
                 let (pid, uptime_ms) = self.broker_row().map_or((0, 0), |b| (b.pid, b.uptime_ms));
-                misses = if ok || pid == 0 || uptime_ms < grace_ms {
+                misses = if answered || pid == 0 || uptime_ms < grace_ms {
                     0
                 } else {
                     misses + 1
