@@ -29,7 +29,7 @@ fn default_main(apps: &str, env: &[(&str, &str)]) -> (Child, String, tempfile::T
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ecosystem.toml");
     let text = format!(
-        "[main]\nheartbeat_ms = 250\nhttp = \"\"\n\n[broker]\nbin = \"{}\"\nbind = \"tcp://127.0.0.1:0\"\n\n{apps}",
+        "[main]\nhttp = \"\"\n\n[broker]\nbin = \"{}\"\nbind = \"tcp://127.0.0.1:0\"\n\n{apps}",
         bin_path("broker").display()
     );
     std::fs::write(&file, text).unwrap();
@@ -442,17 +442,36 @@ async fn one_reflected_active_does_not_make_an_active_backup_drop_its_peers() {
 
 // === each app's environment ===
 
-/// Variables of a live process, from /proc/PID/environ.
-fn environ(pid: u32) -> std::collections::HashMap<String, String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect()
+/// Variables of a live process, from /proc/PID/environ (`None` once it is gone).
+fn environ(pid: u32) -> Option<std::collections::HashMap<String, String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect(),
+    )
+}
+
+/// The environment of each app's instance (named as the app), read again if
+/// an instance was restarted between `ls` and the read (a loaded machine).
+fn environs(
+    run: &std::path::Path,
+    endpoint: &str,
+    apps: &[&str],
+) -> Vec<std::collections::HashMap<String, String>> {
+    let mut last = Vec::new();
+    for _ in 0..10 {
+        last = pids(run, endpoint, apps);
+        let found: Option<Vec<_>> = last.iter().map(|p| environ(*p)).collect();
+        if let Some(found) = found {
+            return found;
+        }
+    }
+    panic!("{apps:?}: no live process among pids {last:?}");
 }
 
 /// The pid of each instance `sbctl --json ls` lists, once each app answered.
@@ -490,7 +509,7 @@ const MAINS_SECRETS: &[(&str, &str)] = &[
 async fn an_app_holds_no_secret_of_mains_environment() {
     let (_main, endpoint, dir) = default_main(&echo_app("plain", ""), MAINS_SECRETS);
     let run = dir.path().join("run");
-    let plain = environ(pids(&run, &endpoint, &["plain"])[0]);
+    let plain = environs(&run, &endpoint, &["plain"]).remove(0);
     for (leaked, _) in MAINS_SECRETS {
         assert!(
             !plain.contains_key(*leaked),
@@ -522,8 +541,8 @@ async fn pass_env_gives_an_app_only_what_it_names() {
     );
     let (_main, endpoint, dir) = default_main(&apps, MAINS_SECRETS);
     let run = dir.path().join("run");
-    let found = pids(&run, &endpoint, &["plain", "dbish"]);
-    let (plain, dbish) = (environ(found[0]), environ(found[1]));
+    let mut found = environs(&run, &endpoint, &["plain", "dbish"]);
+    let (dbish, plain) = (found.remove(1), found.remove(0));
     assert!(!plain.contains_key("DATABASE_URL"), "{plain:?}");
     assert!(!plain.contains_key("OWN"), "{plain:?}");
     assert_eq!(
