@@ -29,14 +29,15 @@ fn default_main(apps: &str, env: &[(&str, &str)]) -> (Child, String, tempfile::T
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ecosystem.toml");
     let text = format!(
-        "[main]\nheartbeat_ms = 250\nhttp = \"\"\n\n[broker]\nbin = \"{}\"\nbind = \"tcp://127.0.0.1:0\"\n\n{apps}",
+        "[main]\nhttp = \"\"\n\n[broker]\nbin = \"{}\"\nbind = \"tcp://127.0.0.1:0\"\n\n{apps}",
         bin_path("broker").display()
     );
     std::fs::write(&file, text).unwrap();
-    // SB_INSECURE=0 says "the default" to the testkit (which otherwise runs
-    // main insecure for tests that do not care) and to main alike.
+    // An empty SB_SECRET is none, main's default; giving it tells the
+    // testkit (which otherwise runs main insecure for tests that do not care)
+    // that this test picks the bus secret itself.
     let mut env = env.to_vec();
-    env.push(("SB_INSECURE", "0"));
+    env.push(("SB_SECRET", ""));
     let main = Child::announcing("main", &["--config", file.to_str().unwrap()], &env).unwrap();
     let endpoint = main.first_line.clone().unwrap();
     (main, endpoint, dir)
@@ -112,10 +113,11 @@ async fn a_local_user_cannot_join_a_default_bus_as_db_or_stop_main() {
 /// `--insecure`, and `--insecure` is for loopback only.
 #[test]
 fn the_broker_refuses_to_run_without_a_secret_unless_insecure_on_loopback() {
+    // An empty SB_SECRET is none (and keeps the testkit's --insecure off).
     let mut open = Child::spawn(
         "broker",
         &["--bind", "tcp://127.0.0.1:0"],
-        &[("SB_INSECURE", "0")],
+        &[("SB_SECRET", "")],
     )
     .unwrap();
     let status = open.wait_exit(Duration::from_secs(10)).expect("it exits");
@@ -401,21 +403,20 @@ async fn one_reflected_active_does_not_make_an_active_backup_drop_its_peers() {
     assert!(switchboard_testkit::wait_ready(&bus, "svc-active", Duration::from_secs(15)).await);
     assert!(pair_ha(&bus).await.starts_with("backup active"));
     // The backup's own `active`, as it sent it to the (dead) primary's
-    // address: one fresh datagram reflected back once.
+    // address: what it sent before it took over (`passive`) is drained, and the
+    // next one, sent since, is reflected back once, fresh.
     let mut buf = [0u8; 256];
-    let mut last = None;
-    while last.is_none() || !pair_ha(&bus).await.starts_with("backup active") {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), attacker.recv_from(&mut buf))
-            .await
-            .expect("the active backup keeps sending its state")
-            .unwrap();
-        last = Some(buf[..n].to_vec());
-    }
+    while attacker.try_recv_from(&mut buf).is_ok() {}
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), attacker.recv_from(&mut buf))
+        .await
+        .expect("the active backup keeps sending its state")
+        .unwrap();
+    let active = buf[..n].to_vec();
     let before: proto::BrokerStats = bus
         .broker("stats", Vec::new(), Default::default())
         .await
         .unwrap();
-    attacker.send_to(&last.unwrap(), &pb).await.unwrap();
+    attacker.send_to(&active, &pb).await.unwrap();
     // The broker has read it once it counts it as refused.
     let refused = switchboard_testkit::eventually(Duration::from_secs(5), || async {
         bus.broker::<proto::BrokerStats>("stats", Vec::new(), Default::default())
@@ -441,66 +442,77 @@ async fn one_reflected_active_does_not_make_an_active_backup_drop_its_peers() {
 
 // === each app's environment ===
 
-/// Variables of a live process, from /proc/PID/environ.
-fn environ(pid: u32) -> std::collections::HashMap<String, String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+/// Variables of a live process, from /proc/PID/environ (`None` once it is gone).
+fn environ(pid: u32) -> Option<std::collections::HashMap<String, String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect(),
+    )
+}
+
+/// The environment of each app's instance (named as the app), read again if
+/// an instance was restarted between `ls` and the read (a loaded machine).
+fn environs(
+    run: &std::path::Path,
+    endpoint: &str,
+    apps: &[&str],
+) -> Vec<std::collections::HashMap<String, String>> {
+    let mut last = Vec::new();
+    for _ in 0..10 {
+        last = pids(run, endpoint, apps);
+        let found: Option<Vec<_>> = last.iter().map(|p| environ(*p)).collect();
+        if let Some(found) = found {
+            return found;
+        }
+    }
+    panic!("{apps:?}: no live process among pids {last:?}");
+}
+
+/// The pid of each instance `sbctl --json ls` lists, once each app answered.
+fn pids(run: &std::path::Path, endpoint: &str, apps: &[&str]) -> Vec<u32> {
+    // Up once each answers (requests are held until it is ready).
+    for app in apps {
+        let out = sbctl(run, endpoint, &["send", app, "$echo", "{}"]);
+        assert!(out.status.success(), "{app}: {out:?}");
+    }
+    let out = sbctl(run, endpoint, &["--json", "ls"]);
+    assert!(out.status.success(), "sbctl ls: {out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    apps.iter()
+        .map(|app| {
+            rows.as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["instance"] == *app)
+                .and_then(|r| r["pid"].as_u64())
+                .unwrap_or_else(|| panic!("{app} in {rows}")) as u32
         })
         .collect()
 }
 
+const MAINS_SECRETS: &[(&str, &str)] = &[
+    ("DATABASE_URL", "mysql://root:hunter2@127.0.0.1/secret"),
+    ("SB_AUTH_SECRET", "client-token-secret"),
+    ("AWS_SECRET_ACCESS_KEY", "cloud-key"),
+];
+
 /// Issue 21, low: every app inherited main's DATABASE_URL and token secret.
-/// Now an app is given its own `env`, what its `pass_env` names, the SB_
-/// variables main sets and a safe base: nothing else of main's environment.
+/// Now an app is given its own `env`, the SB_ variables main sets and a safe
+/// base: nothing else of main's environment.
 #[tokio::test]
-async fn an_app_holds_no_secret_of_mains_environment_unless_configured() {
-    let apps = format!(
-        "{}{}",
-        echo_app("plain", ""),
-        echo_app(
-            "dbish",
-            "pass_env = [\"DATABASE_URL\"]\nenv = { OWN = \"mine\" }"
-        )
-    );
-    let (_main, endpoint, dir) = default_main(
-        &apps,
-        &[
-            ("DATABASE_URL", "mysql://root:hunter2@127.0.0.1/secret"),
-            ("SB_AUTH_SECRET", "client-token-secret"),
-            ("AWS_SECRET_ACCESS_KEY", "cloud-key"),
-        ],
-    );
+async fn an_app_holds_no_secret_of_mains_environment() {
+    let (_main, endpoint, dir) = default_main(&echo_app("plain", ""), MAINS_SECRETS);
     let run = dir.path().join("run");
-    // Both are up once each answers (requests are held until it is ready).
-    for app in ["plain", "dbish"] {
-        let out = sbctl(&run, &endpoint, &["send", app, "$echo", "{}"]);
-        assert!(out.status.success(), "{app}: {out:?}");
-    }
-    let out = sbctl(&run, &endpoint, &["--json", "ls"]);
-    assert!(out.status.success(), "sbctl ls: {out:?}");
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let pid_of = |instance: &str| {
-        rows.as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["instance"] == instance)
-            .and_then(|r| r["pid"].as_u64())
-            .unwrap_or_else(|| panic!("{instance} in {rows}")) as u32
-    };
-    let plain = environ(pid_of("plain"));
-    for leaked in [
-        "DATABASE_URL",
-        "SB_AUTH_SECRET",
-        "AWS_SECRET_ACCESS_KEY",
-        "OWN",
-    ] {
+    let plain = environs(&run, &endpoint, &["plain"]).remove(0);
+    for (leaked, _) in MAINS_SECRETS {
         assert!(
-            !plain.contains_key(leaked),
+            !plain.contains_key(*leaked),
             "plain holds {leaked}: {plain:?}"
         );
     }
@@ -513,7 +525,26 @@ async fn an_app_holds_no_secret_of_mains_environment_unless_configured() {
     ] {
         assert!(plain.contains_key(given), "plain lacks {given}: {plain:?}");
     }
-    let dbish = environ(pid_of("dbish"));
+}
+
+/// What an app needs of main's environment it names in `pass_env` (db:
+/// DATABASE_URL), and it gets that and nothing more; its neighbour gets none.
+#[tokio::test]
+async fn pass_env_gives_an_app_only_what_it_names() {
+    let apps = format!(
+        "{}{}",
+        echo_app("plain", ""),
+        echo_app(
+            "dbish",
+            "pass_env = [\"DATABASE_URL\"]\nenv = { OWN = \"mine\" }"
+        )
+    );
+    let (_main, endpoint, dir) = default_main(&apps, MAINS_SECRETS);
+    let run = dir.path().join("run");
+    let mut found = environs(&run, &endpoint, &["plain", "dbish"]);
+    let (dbish, plain) = (found.remove(1), found.remove(0));
+    assert!(!plain.contains_key("DATABASE_URL"), "{plain:?}");
+    assert!(!plain.contains_key("OWN"), "{plain:?}");
     assert_eq!(
         dbish.get("DATABASE_URL").map(String::as_str),
         Some("mysql://root:hunter2@127.0.0.1/secret"),

@@ -21,12 +21,22 @@ pub fn path(run_dir: &Path) -> PathBuf {
     run_dir.join(FILE_NAME)
 }
 
-/// Reads the secret, if the file exists.
+/// Reads the secret, if the file exists (what `sbctl` does: root may read
+/// the file of the user main runs as).
 ///
 /// # Errors
 ///
 /// When it cannot be read, is empty, or other users may read or write it.
 pub fn read(run_dir: &Path) -> io::Result<Option<String>> {
+    read_checked(run_dir, false)
+}
+
+/// [`read`], and the file must be ours (what main uses).
+fn read_owned(run_dir: &Path) -> io::Result<Option<String>> {
+    read_checked(run_dir, true)
+}
+
+fn read_checked(run_dir: &Path, must_own: bool) -> io::Result<Option<String>> {
     let path = path(run_dir);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -40,7 +50,7 @@ pub fn read(run_dir: &Path) -> io::Result<Option<String>> {
     // Our user owns /proc/self; a file another user made (in a run folder
     // others can write to) would hold a secret they know.
     let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    if me.is_some_and(|me| me != meta.uid()) {
+    if must_own && me.is_some_and(|me| me != meta.uid()) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
@@ -78,9 +88,10 @@ pub fn read(run_dir: &Path) -> io::Result<Option<String>> {
 ///
 /// # Errors
 ///
-/// As [`read`], or when the file cannot be written.
+/// As [`read`], when another user owns the file, or when it cannot be
+/// written.
 pub fn load_or_create(run_dir: &Path) -> io::Result<String> {
-    if let Some(secret) = read(run_dir)? {
+    if let Some(secret) = read_owned(run_dir)? {
         return Ok(secret);
     }
     std::fs::create_dir_all(run_dir)?;
@@ -99,7 +110,7 @@ pub fn load_or_create(run_dir: &Path) -> io::Result<String> {
             Ok(secret)
         }
         // Another main made it first: use theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read(run_dir)?.ok_or(e),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_owned(run_dir)?.ok_or(e),
         Err(e) => Err(e),
     }
 }

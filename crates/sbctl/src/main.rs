@@ -117,12 +117,6 @@ fn body_to_json(body: &[u8]) -> serde_json::Value {
 }
 
 async fn run(mut args: Args) -> Result<(), Failure> {
-    // No SB_SECRET: the secret main made in its run folder, as a local
-    // operator's `sbctl ls` needs no setup (a file only its owner can read).
-    if args.secret.as_deref().is_none_or(str::is_empty) {
-        args.secret = switchboard_bus::secret_file::read(&args.run_dir)
-            .map_err(|e| Failure::Usage(anyhow::anyhow!("the bus secret: {e}")))?;
-    }
     if let Command::Completions { shell } = args.command {
         let mut command = <Args as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "sbctl", &mut std::io::stdout());
@@ -172,6 +166,13 @@ async fn run(mut args: Args) -> Result<(), Failure> {
             args.timeout_ms,
         )
         .await;
+    }
+    // No SB_SECRET: the secret main made in its run folder, as a local
+    // operator's `sbctl ls` needs no setup (a file only its owner can read).
+    // Read only here: `token`, `ws-send` and `completions` need no bus.
+    if args.secret.as_deref().is_none_or(str::is_empty) {
+        args.secret = switchboard_bus::secret_file::read(&args.run_dir)
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("the bus secret: {e}")))?;
     }
     let conn = switchboard_bus::connect(Config {
         broker: args.broker.clone(),

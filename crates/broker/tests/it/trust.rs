@@ -307,3 +307,62 @@ async fn a_live_instance_name_is_not_taken_by_another_process() {
         switchboard_testkit::sync_with_broker(&bus).await;
     }
 }
+
+/// The peer's challenge, what an unauthenticated peer controls in the mutual
+/// handshake: any length but 32 bytes (none, one, 33, a whole message) is
+/// dropped as malformed and answered with nothing; a good one is answered with
+/// a proof that checks out over that challenge only.
+#[tokio::test]
+async fn a_hello_challenge_of_the_wrong_length_gets_nothing() {
+    trace_init();
+    let secret = "mutual";
+    let broker = TestBroker::with(Settings {
+        secret: Some(secret.into()),
+        ..Settings::default()
+    });
+    let hello = |challenge: Vec<u8>| {
+        let mut env = proto::Envelope::new(proto::Kind::Hello);
+        env.body = proto::ByteBuf::from(
+            proto::to_body(&proto::Hello {
+                instance: "probe".into(),
+                challenge: Some(proto::ByteBuf::from(challenge)),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        env
+    };
+    for len in [0, 1, 31, 33, 512 * 1024] {
+        let mut peer = RawPeer::connect(&broker.endpoint, None).await.unwrap();
+        peer.send_env(&hello(vec![9; len])).await.unwrap();
+        assert!(
+            peer.recv(Duration::from_millis(300)).await.is_none(),
+            "a {len}-byte challenge is answered"
+        );
+    }
+    let mut peer = RawPeer::connect(&broker.endpoint, None).await.unwrap();
+    let challenge = [5u8; proto::auth::NONCE_LEN];
+    peer.send_env(&hello(challenge.to_vec())).await.unwrap();
+    let frames = peer.recv(Duration::from_secs(5)).await.expect("challenged");
+    let welcome: proto::Welcome =
+        proto::from_body(&proto::decode(frames.last().unwrap()).unwrap().body).unwrap();
+    let (nonce, proof) = (welcome.nonce.unwrap(), welcome.proof.unwrap());
+    assert!(proto::auth::verify_broker(
+        secret.as_bytes(),
+        &challenge,
+        &nonce,
+        "",
+        "probe",
+        &proof
+    ));
+    assert!(!proto::auth::verify_broker(
+        secret.as_bytes(),
+        &[6u8; proto::auth::NONCE_LEN],
+        &nonce,
+        "",
+        "probe",
+        &proof
+    ));
+    let bus = client(&broker.endpoint, "t-mutual", Some(secret)).await;
+    assert!(broker_stats(&bus).await.malformed >= 5);
+}
