@@ -119,6 +119,15 @@ impl System {
                 "{instance} ready"
             );
         }
+        // db takes requests at once (each waits for the schema) but makes its
+        // database in the background: a test's own SQL needs it made.
+        assert!(
+            switchboard_testkit::eventually(Duration::from_secs(20), || async {
+                switchboard_testkit::health(&bus, "db").await.status == "ok"
+            })
+            .await,
+            "db migrated"
+        );
         Self {
             ws,
             broker: endpoint,
