@@ -20,6 +20,21 @@ impl Router {
             let env = Envelope::error_reply(head.id, head.trace, ErrorBody::new(code, message));
             router.send_to_peer(caller, &env);
         };
+        // Forwarded beside its route token, a request this large would be over
+        // the worker's cap and close the worker's connection (every request in
+        // flight on it lost): the caller gets `too_large` instead.
+        let max = proto::max_envelope_len(self.settings.max_message_bytes, Kind::Request);
+        if payload.len() > max {
+            self.too_large("request", payload.len(), max);
+            return fail_now(
+                self,
+                ErrorCode::TooLarge,
+                format!(
+                    "request of {} bytes is over the bus limit of {max} bytes",
+                    payload.len()
+                ),
+            );
+        }
         if proto::validate_name(head.to).is_err() || proto::validate_name(head.op).is_err() {
             return fail_now(
                 self,
@@ -306,6 +321,7 @@ impl Router {
             ("sb_broker_send_dropped_total", s.send_dropped),
             ("sb_broker_peers_lost_total", s.peers_lost),
             ("sb_broker_rogue_replies_total", s.rogue_replies),
+            ("sb_broker_too_large_total", s.too_large),
         ] {
             counter!(name).absolute(value);
         }
