@@ -42,9 +42,21 @@ impl System {
     /// As [`System::start`], with extra arguments for the gateway and for both
     /// loc instances.
     pub async fn start_full(auth: bool, gateway_args: &[&str], loc_args: &[&str]) -> Self {
+        Self::start_all(auth, gateway_args, loc_args, &[]).await
+    }
+
+    /// As [`System::start_full`], with extra arguments for the broker too.
+    pub async fn start_all(
+        auth: bool,
+        gateway_args: &[&str],
+        loc_args: &[&str],
+        broker_args: &[&str],
+    ) -> Self {
         switchboard_testkit::trace_init();
         let db = TestDatabase::new();
-        let broker = Child::broker("tcp://127.0.0.1:0", &["--services", "db,chat,loc"]).unwrap();
+        let mut broker_all = vec!["--services", "db,chat,loc"];
+        broker_all.extend_from_slice(broker_args);
+        let broker = Child::broker("tcp://127.0.0.1:0", &broker_all).unwrap();
         let endpoint = broker.first_line.clone().unwrap();
         let mut procs = vec![("broker".to_owned(), broker)];
         let env_db = [("DATABASE_URL", db.url.as_str())];
@@ -68,14 +80,11 @@ impl System {
             args.extend_from_slice(loc_args);
             procs.push((loc.into(), Child::spawn("loc", &args, &[]).unwrap()));
         }
-        let mut receive_args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            &endpoint,
-            "--max-frame-bytes",
-            "4096",
-        ];
+        let mut receive_args = vec!["--listen", "127.0.0.1:0", "--broker", &endpoint];
+        // 4 KiB frames unless the test sets its own cap (the flag takes one value).
+        if !gateway_args.contains(&"--max-frame-bytes") {
+            receive_args.extend(["--max-frame-bytes", "4096"]);
+        }
         if auth {
             receive_args.extend(["--auth-secret", AUTH_SECRET]);
         }

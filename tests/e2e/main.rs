@@ -16,6 +16,7 @@ mod netns;
 mod observe;
 mod security;
 mod services;
+mod size;
 mod spec_peer;
 mod start;
 mod supervisor;
