@@ -192,3 +192,67 @@ async fn a_request_too_large_to_forward_is_answered_too_large_by_the_broker() {
         .unwrap();
     assert_eq!(reply.body.to_vec(), vec![1u8, 2, 3]);
 }
+
+/// The cause of a flake of
+/// `security::a_client_that_never_reads_large_replies_is_closed_and_the_gateway_stays_small`:
+/// the gateway turned each ~800 KB history page into JSON on the one thread it
+/// shares with its bus socket, so a greedy client's replies held up the
+/// gateway's heartbeats until the broker declared it silent and dropped it,
+/// failing every client's requests in flight. Here the broker's liveness
+/// window is short (3 × 200 ms) so that the hold-up shows on any machine: the
+/// gateway must keep its bus connection, and another client its room.
+#[tokio::test]
+async fn a_greedy_clients_large_replies_never_cost_the_gateway_its_bus_connection() {
+    let system = System::start_all(
+        true,
+        &["--rate-per-sec", "100000", "--rate-burst", "100000"],
+        &[],
+        &["--heartbeat-ms", "200", "--liveness", "3"],
+    )
+    .await;
+    let mut writer = system.client_as("ada").await;
+    let text = "\u{1F600}".repeat(1000);
+    for _ in 0..200 {
+        writer
+            .ok("chat", "say", json!({"room": "big", "text": text}))
+            .await;
+    }
+    writer.ok("chat", "join", json!({"room": "big"})).await;
+    let mut hog = system.client_as("hog").await;
+    // Pages of 200 long messages, 64 at a time (the in-flight cap), read in
+    // full: the gateway has all of them to turn into JSON.
+    let hog_started = std::time::Instant::now();
+    let mut next = 1000;
+    for _ in 0..4 {
+        let mut ids = Vec::new();
+        for _ in 0..64 {
+            let id = next;
+            next += 1;
+            let frame = json!({"id": id, "to": "chat", "op": "history",
+                "data": {"room": "big", "limit": 200}});
+            hog.send_text(&frame.to_string()).await;
+            ids.push(id);
+        }
+        // Answers only: on a loaded machine another service (db, on its own
+        // busy thread) may miss the short window too; that is not the
+        // gateway's doing, and what is checked below is the gateway.
+        for id in ids {
+            hog.reply_for(&json!(id)).await;
+        }
+    }
+    // The gateway's registration is older than the hog (the test's own bus
+    // client, on the busy test runtime, may have been dropped and back).
+    let receive = switchboard_testkit::broker_ls(&system.bus)
+        .await
+        .into_iter()
+        .find(|i| i.instance == "receive")
+        .expect("receive registered");
+    assert!(
+        u128::from(receive.age_ms) >= hog_started.elapsed().as_millis(),
+        "the gateway registered again during the hog: {receive:?}"
+    );
+    assert_eq!(
+        writer.ok("chat", "who", json!({"room": "big"})).await["users"],
+        json!(["ada"])
+    );
+}
