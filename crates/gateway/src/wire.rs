@@ -216,8 +216,10 @@ pub const OFF_THREAD_BYTES: usize = 64 * 1024;
 /// in a debug build, 64 in flight per client) held up its heartbeats until the
 /// broker declared the gateway dead and every client's requests failed. Off
 /// the thread, two at a time (the cores of the machines it is sized for): more
-/// would only compete with the runtime thread, and one greedy client waits for
-/// its own replies, not everyone for theirs.
+/// would only compete with the runtime thread. Small replies never wait here;
+/// large ones take turns in arrival order, so a greedy client slows other
+/// clients' large replies by its share of two threads, never their small
+/// ones nor the gateway's bus connection.
 static LARGE_TRANSCODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// [`ok_body`], on a blocking-pool thread when the body is large (see
