@@ -62,6 +62,22 @@ impl System {
         .await
     }
 
+    /// As [`System::start_full`], with extra arguments for the broker too.
+    pub async fn start_all(
+        auth: bool,
+        gateway_args: &[&str],
+        loc_args: &[&str],
+        broker_args: &[&str],
+    ) -> Self {
+        let extra = Args {
+            broker: broker_args,
+            gateway: gateway_args,
+            loc: loc_args,
+            ..Args::default()
+        };
+        Self::start_args(auth, &extra).await
+    }
+
     /// As [`System::start`], with extra arguments for any process.
     pub async fn start_args(auth: bool, extra: &Args<'_>) -> Self {
         let (gateway_args, chat_args, loc_args) = (extra.gateway, extra.chat, extra.loc);
@@ -97,14 +113,11 @@ impl System {
             args.extend_from_slice(loc_args);
             procs.push((loc.into(), Child::spawn("loc", &args, &[]).unwrap()));
         }
-        let mut receive_args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            &endpoint,
-            "--max-frame-bytes",
-            "4096",
-        ];
+        let mut receive_args = vec!["--listen", "127.0.0.1:0", "--broker", &endpoint];
+        // 4 KiB frames unless the test sets its own cap (the flag takes one value).
+        if !gateway_args.contains(&"--max-frame-bytes") {
+            receive_args.extend(["--max-frame-bytes", "4096"]);
+        }
         if auth {
             receive_args.extend(["--auth-secret", AUTH_SECRET]);
         }

@@ -18,6 +18,7 @@ mod netns;
 mod observe;
 mod security;
 mod services;
+mod size;
 mod spec_peer;
 mod start;
 mod supervisor;

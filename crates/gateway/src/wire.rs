@@ -207,6 +207,48 @@ pub fn ok_body(id: &Raw, body: &[u8], trace: &str, binary_frame: bool) -> Messag
     text_frame(out)
 }
 
+/// Reply bodies at least this large are turned into a frame off the runtime
+/// thread ([`ok_body_off_thread`]).
+pub const OFF_THREAD_BYTES: usize = 64 * 1024;
+
+/// Large replies turned into frames at once. The gateway's runtime thread also
+/// runs its bus socket: ~1 MiB history pages transcoded there (tens of ms each
+/// in a debug build, 64 in flight per client) held up its heartbeats until the
+/// broker declared the gateway dead and every client's requests failed. Off
+/// the thread, two at a time (the cores of the machines it is sized for): more
+/// would only compete with the runtime thread. Small replies never wait here;
+/// large ones take turns in arrival order, so a greedy client slows other
+/// clients' large replies by its share of two threads, never their small
+/// ones nor the gateway's bus connection.
+static LARGE_TRANSCODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// [`ok_body`], on a blocking-pool thread when the body is large (see
+/// [`OFF_THREAD_BYTES`]), so that no client's reply can stall the runtime
+/// thread and the bus socket on it.
+pub async fn ok_body_off_thread(
+    id: Raw,
+    body: Vec<u8>,
+    trace: String,
+    binary_frame: bool,
+) -> Message {
+    if body.len() < OFF_THREAD_BYTES {
+        return ok_body(&id, &body, &trace, binary_frame);
+    }
+    let Ok(_permit) = LARGE_TRANSCODES.acquire().await else {
+        return ok_body(&id, &body, &trace, binary_frame);
+    };
+    let for_error = id.clone();
+    match tokio::task::spawn_blocking(move || ok_body(&id, &body, &trace, binary_frame)).await {
+        Ok(frame) => frame,
+        Err(_) => error(
+            &for_error,
+            ErrorCode::Internal,
+            "reply could not be encoded",
+            binary_frame,
+        ),
+    }
+}
+
 /// An event frame, `{"topic", "data"}`, its data the event's bus body: as
 /// [`ok_body`], encoded once per format for all of a topic's subscribers.
 pub fn event(topic: &str, body: &[u8], binary_frame: bool) -> Message {

@@ -187,3 +187,31 @@ pub fn session_gateway(session: &str) -> Option<&str> {
     let (gateway, n) = session.rsplit_once('-')?;
     (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(gateway)
 }
+
+#[cfg(test)]
+mod history_size {
+    use super::*;
+    use crate::{encode, max_envelope_len, to_body, Envelope, Kind, DEFAULT_MAX_MESSAGE_LEN};
+
+    /// The largest history page there can be (`HISTORY_MAX` messages of
+    /// `MAX_TEXT_CHARS` 4-byte characters by the longest user id, the largest
+    /// numbers) still fits one reply on the bus, with room for the route token:
+    /// history needs no paging by bytes as long as this holds.
+    #[test]
+    fn the_largest_history_page_fits_the_bus_limit() {
+        let message = ChatMessage {
+            seq: u64::MAX,
+            user: "u".repeat(crate::MAX_USER_LEN),
+            text: "\u{10FFFF}".repeat(MAX_TEXT_CHARS),
+            ts: u64::MAX,
+        };
+        let page = ChatMessages {
+            messages: vec![message; HISTORY_MAX as usize],
+        };
+        let body = to_body(&page).unwrap();
+        let reply = Envelope::reply_to(u64::MAX, &"t".repeat(crate::MAX_TRACE_LEN), body);
+        let len = encode(&reply).unwrap().len();
+        let max = max_envelope_len(DEFAULT_MAX_MESSAGE_LEN, Kind::Reply);
+        assert!(len <= max, "{len} > {max}");
+    }
+}

@@ -186,4 +186,8 @@ pub struct BrokerStats {
     /// Requests whose deadline was further ahead than the cap, cut to it.
     #[serde(default)]
     pub deadlines_capped: u64,
+    /// Messages over a peer's size cap answered `too_large` instead of sent
+    /// (a request too large to forward, a `$broker` reply too large to send).
+    #[serde(default)]
+    pub too_large: u64,
 }

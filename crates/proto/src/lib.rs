@@ -72,6 +72,33 @@ pub const MAX_TRACE_LEN: usize = 64;
 /// worker's reply to it.
 pub const ROUTE_TOKEN_LEN: usize = 8;
 
+/// What one ZeroMQ frame costs against a bus socket's message cap beyond its
+/// bytes. The receive cap (`vendor/zeromq`, patch 1) counts every frame of a
+/// multipart message with this overhead, so a sender must count the same way.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// Largest encoded envelope of `kind` that crosses every hop of its way under a
+/// message cap of `limit` bytes (the cap every bus socket and the broker set,
+/// announced in [`Welcome::max_message`]).
+///
+/// A request or a reply travels beside a route token on one hop (broker →
+/// worker `[token, request]`, worker → broker `[token, reply]`); anything else
+/// travels alone. A sender that stays under this never makes a receiver's cap
+/// close its connection: over it, the message fails with `too_large` instead.
+///
+/// ```
+/// use switchboard_proto::{max_envelope_len, Kind, DEFAULT_MAX_MESSAGE_LEN as L};
+/// assert_eq!(max_envelope_len(L, Kind::Request), L - 8 - 2 * 64);
+/// assert_eq!(max_envelope_len(L, Kind::Event), L - 64);
+/// ```
+pub const fn max_envelope_len(limit: usize, kind: Kind) -> usize {
+    let frames = match kind {
+        Kind::Request | Kind::Reply => ROUTE_TOKEN_LEN + 2 * FRAME_OVERHEAD,
+        _ => FRAME_OVERHEAD,
+    };
+    limit.saturating_sub(frames)
+}
+
 /// Default heartbeat interval between a peer and the broker (both ways).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 

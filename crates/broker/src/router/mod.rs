@@ -359,6 +359,27 @@ impl Router {
         }
     }
 
+    /// Counts a message refused for its size; logs the first one (the rest
+    /// are in `too_large` of `$broker stats` and `sb_broker_too_large_total`).
+    fn too_large(&mut self, what: &str, len: usize, max: usize) {
+        self.stats.too_large += 1;
+        if self.stats.too_large == 1 {
+            tracing::warn!(
+                what,
+                bytes = len,
+                max,
+                "message over the bus limit answered too_large (further ones are counted)"
+            );
+        } else {
+            tracing::debug!(
+                what,
+                bytes = len,
+                max,
+                "message over the bus limit answered too_large"
+            );
+        }
+    }
+
     fn malformed(&mut self, identity: &Bytes, reason: &str) {
         self.stats.malformed += 1;
         if self.stats.malformed == 1 {
@@ -375,8 +396,30 @@ impl Router {
         }
     }
 
+    /// Queues `env` for `identity`. The broker never sends a message over the
+    /// cap its peers read with (it would close the peer's connection): a reply
+    /// of its own that large (`$broker ls` of a huge bus, say) becomes a
+    /// `too_large` error reply; anything else that large is dropped and counted.
     fn send_env(&mut self, identity: &Bytes, env: &Envelope, event: bool) {
+        let max = proto::max_envelope_len(self.settings.max_message_bytes, Kind::Event);
         match proto::encode(env) {
+            Ok(bytes) if bytes.len() > max => {
+                self.too_large("broker message", bytes.len(), max);
+                if env.kind == Kind::Reply && env.error.is_none() {
+                    let error = ErrorBody::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "reply of {} bytes is over the bus limit of {max} bytes",
+                            bytes.len()
+                        ),
+                    );
+                    self.send_env(
+                        identity,
+                        &Envelope::error_reply(env.id, &env.trace, error),
+                        event,
+                    );
+                }
+            }
             Ok(bytes) => {
                 let mut msg = ZmqMessage::from(bytes);
                 msg.push_front(identity.clone());

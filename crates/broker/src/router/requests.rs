@@ -20,6 +20,21 @@ impl Router {
             let env = Envelope::error_reply(head.id, head.trace, ErrorBody::new(code, message));
             router.send_to_peer(caller, &env);
         };
+        // Forwarded beside its route token, a request this large would be over
+        // the worker's cap and close the worker's connection (every request in
+        // flight on it lost): the caller gets `too_large` instead.
+        let max = proto::max_envelope_len(self.settings.max_message_bytes, Kind::Request);
+        if payload.len() > max {
+            self.too_large("request", payload.len(), max);
+            return fail_now(
+                self,
+                ErrorCode::TooLarge,
+                format!(
+                    "request of {} bytes is over the bus limit of {max} bytes",
+                    payload.len()
+                ),
+            );
+        }
         if proto::validate_name(head.to).is_err() || proto::validate_name(head.op).is_err() {
             return fail_now(
                 self,
@@ -308,6 +323,7 @@ impl Router {
             ("sb_broker_rogue_replies_total", s.rogue_replies),
             ("sb_broker_subs_refused_total", s.subs_refused),
             ("sb_broker_names_refused_total", s.names_refused),
+            ("sb_broker_too_large_total", s.too_large),
         ] {
             counter!(name).absolute(value);
         }

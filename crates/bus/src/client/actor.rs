@@ -185,6 +185,13 @@ impl Actor {
             backoff_ms = 50;
             self.heartbeat_ms = u64::from(welcome.heartbeat_ms).max(10);
             self.liveness = welcome.liveness.max(1);
+            // Send under the smaller of our cap and the broker's: what the
+            // broker's socket would refuse (closing the connection) fails here.
+            let cap = match welcome.max_message as usize {
+                0 => self.config.max_message_bytes,
+                theirs => theirs.min(self.config.max_message_bytes),
+            };
+            self.shared.max_message.store(cap, Ordering::Relaxed);
             let end = self.session(&mut socket).await;
             self.shared.connected.store(false, Ordering::Release);
             self.fail_unsent_safe();

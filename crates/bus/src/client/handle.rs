@@ -106,7 +106,8 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// The reply's error, or `unavailable`/`timeout`/`overloaded` from the bus.
+    /// The reply's error, or `unavailable`/`timeout`/`overloaded` from the bus;
+    /// `too_large` (not sent) for a request over the bus limit.
     pub async fn call(
         &self,
         service: &str,
@@ -167,6 +168,7 @@ impl Handle {
             .map_err(|e| Error::bad_request(e.to_string()))?;
         let frame =
             proto::encode(&env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
+        check_size(&self.shared, Kind::Request, frame.len())?;
         let (tx, rx) = oneshot::channel();
         let deadline = env.deadline;
         self.tx
@@ -188,7 +190,8 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// `bad_request` for an invalid topic; `unavailable` when closed.
+    /// `bad_request` for an invalid topic; `too_large` for an event over the
+    /// bus limit (not sent); `unavailable` when closed.
     pub async fn publish(&self, topic_name: &str, body: Vec<u8>) -> Result<(), Error> {
         topic::validate(topic_name, false).map_err(|e| Error::bad_request(e.to_string()))?;
         let mut env = Envelope::new(Kind::Event);
@@ -268,16 +271,31 @@ impl Handle {
         })
     }
 
-    /// Sends the reply to an [`Incoming`] request.
+    /// Sends the reply to an [`Incoming`] request. A reply over the bus limit
+    /// is not sent: the caller gets a `too_large` error reply instead (counted
+    /// in [`ClientStats::too_large`] and `sb_bus_too_large_total`), and the
+    /// connection, with everything else in flight on it, stays up.
     ///
     /// # Errors
     ///
-    /// `unavailable` when the client is closed.
+    /// `too_large` when the reply was replaced so; `unavailable` when the
+    /// client is closed.
     pub async fn reply(&self, token: Bytes, env: &Envelope) -> Result<(), Error> {
-        let frame = proto::encode(env)?;
+        let encoded =
+            proto::encode(env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()));
+        let (frame, refused) = match encoded
+            .and_then(|f| check_size(&self.shared, Kind::Reply, f.len()).map(|()| f))
+        {
+            Ok(frame) => (frame, None),
+            Err(e) => {
+                let reply = Envelope::error_reply(env.id, &env.trace, e.clone().into());
+                (proto::encode(&reply)?, Some(e))
+            }
+        };
         let mut msg = ZmqMessage::from(frame);
         msg.push_front(token);
-        self.tx.send(Cmd::Send(msg)).await.map_err(|_| closed())
+        self.tx.send(Cmd::Send(msg)).await.map_err(|_| closed())?;
+        refused.map_or(Ok(()), Err)
     }
 
     /// Tells the broker this instance takes requests (and again after reconnects).
@@ -326,6 +344,7 @@ impl Handle {
     async fn send_env(&self, env: &Envelope) -> Result<(), Error> {
         let frame =
             proto::encode(env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
+        check_size(&self.shared, env.kind, frame.len())?;
         self.tx
             .send(Cmd::Send(ZmqMessage::from(frame)))
             .await

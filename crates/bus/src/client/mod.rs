@@ -26,7 +26,7 @@ mod handshake;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_proto::{self as proto, auth, topic, Envelope, ErrorCode, Hello, Kind, Welcome};
@@ -124,6 +124,9 @@ pub struct ClientStats {
     pub events_dropped: AtomicU64,
     /// Subscriptions the broker refused (past its per-peer cap).
     pub subs_refused: AtomicU64,
+    /// Messages refused here for their size (`too_large`): requests, events,
+    /// and replies replaced by a `too_large` error reply.
+    pub too_large: AtomicU64,
 }
 
 /// Where the answer to a subscription goes: `Ok` once the broker holds its
@@ -140,6 +143,9 @@ struct Shared {
     connected_notify: Notify,
     drain_requested: Notify,
     stats: ClientStats,
+    /// The message cap this client sends under: its own `max_message_bytes`,
+    /// lowered to the broker's when its welcome announces a smaller one.
+    max_message: AtomicUsize,
 }
 
 enum Cmd {
@@ -311,6 +317,7 @@ pub fn connect(config: Config) -> Result<Connection, Error> {
         connected_notify: Notify::new(),
         drain_requested: Notify::new(),
         stats: ClientStats::default(),
+        max_message: AtomicUsize::new(config.max_message_bytes),
     });
     let io_thread = config.io_thread;
     let actor = actor::Actor::new(config, rx, in_tx, shared.clone());
@@ -348,6 +355,61 @@ pub fn connect(config: Config) -> Result<Connection, Error> {
         inbound: in_rx,
     })
 }
+
+/// Checks an encoded envelope of `kind` against the cap it must cross (see
+/// [`proto::max_envelope_len`]); over it, counts it and answers `too_large`.
+/// Sending it would make the broker (or, for a request, the worker it is
+/// forwarded to) close the connection, and with it every request in flight.
+fn check_size(shared: &Shared, kind: Kind, len: usize) -> Result<(), Error> {
+    let limit = shared.max_message.load(Ordering::Relaxed);
+    let max = proto::max_envelope_len(limit, kind);
+    if len <= max {
+        return Ok(());
+    }
+    shared.stats.too_large.fetch_add(1, Ordering::Relaxed);
+    let what = match kind {
+        Kind::Request => "request",
+        Kind::Reply => "reply",
+        Kind::Event => "event",
+        _ => "message",
+    };
+    crate::svc::metrics::counter!("sb_bus_too_large_total", "kind" => what).increment(1);
+    warn_too_large(what, len, max);
+    Err(Error::new(
+        ErrorCode::TooLarge,
+        format!("{what} of {len} bytes is over the bus limit of {max} bytes"),
+    ))
+}
+
+/// Logs a message refused for its size at most once per [`TOO_LARGE_LOG_MS`]
+/// per process, with how many were refused since the last line: a client that
+/// asks for oversized replies in a loop must not flood the log. (A few lines of
+/// atomics; a rate-limiting crate would bring a clock and a map for one site.)
+fn warn_too_large(what: &'static str, len: usize, max: usize) {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static SINCE: AtomicU64 = AtomicU64::new(0);
+    let now = proto::now_ms();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    let suppressed = SINCE.fetch_add(1, Ordering::Relaxed);
+    if now.saturating_sub(last) < TOO_LARGE_LOG_MS
+        || LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    SINCE.store(0, Ordering::Relaxed);
+    tracing::warn!(
+        kind = what,
+        bytes = len,
+        max,
+        suppressed,
+        "message over the bus limit refused: too_large (further ones are counted in sb_bus_too_large_total)"
+    );
+}
+
+/// Least time between two "message over the bus limit" log lines.
+const TOO_LARGE_LOG_MS: u64 = 10_000;
 
 fn closed() -> Error {
     Error::new(ErrorCode::Unavailable, "bus client closed")

@@ -160,8 +160,13 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
             Envelope::error_reply(id, &trace, ErrorBody::from(e))
         }
     };
-    if let Err(e) = handle.reply(token, &reply).await {
-        tracing::debug!(error = %e, "reply not sent");
+    match handle.reply(token, &reply).await {
+        Ok(()) => {}
+        // Answered `too_large` instead (counted and logged by the client).
+        Err(e) if e.code == ErrorCode::TooLarge => {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!(error = %e, "reply not sent"),
     }
     counters.inflight.fetch_sub(1, Ordering::Relaxed);
 }

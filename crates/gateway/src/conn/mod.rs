@@ -375,8 +375,19 @@ impl Client {
                     .map(|()| env),
                 Err(e) => Err(e),
             };
-            let (reply, code) = match &result {
-                Ok(env) => (wire::ok_body(&id, &env.body, &trace, binary), "ok"),
+            let (reply, code) = match result {
+                // A large body is transcoded off the runtime thread, which
+                // the bus socket (and its heartbeats) shares.
+                Ok(env) => (
+                    wire::ok_body_off_thread(
+                        id.clone(),
+                        env.body.into_vec(),
+                        trace.clone(),
+                        binary,
+                    )
+                    .await,
+                    "ok",
+                ),
                 Err(e) => (
                     wire::error_traced(&id, e.code, &e.message, &trace, binary),
                     e.code.as_str(),
