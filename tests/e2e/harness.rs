@@ -138,12 +138,17 @@ pub struct Ws {
 impl Ws {
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Self {
+        Ok(Self::from_stream(stream))
+    }
+
+    /// A client over a WebSocket opened elsewhere (from a chosen source address, say).
+    pub fn from_stream(stream: Stream) -> Self {
+        Self {
             stream,
             next_id: 1,
             events: VecDeque::new(),
             replies: VecDeque::new(),
-        })
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {

@@ -178,8 +178,8 @@ async fn an_origin_outside_the_allow_list_is_refused() {
     assert!(good.is_ok());
 }
 
-/// 3,000 sockets send half an HTTP head and stall. Each is refused at accept
-/// (past the handshake caps) or closed by the handshake deadline, while a client
+/// 3,000 sockets send half an HTTP head and stall. Each is closed to make room
+/// for a newer one (past the handshake caps) or by the handshake deadline, while a client
 /// that was already connected keeps getting its pings answered.
 #[tokio::test]
 async fn slowloris_sockets_are_closed_and_a_real_client_keeps_working() {
@@ -218,7 +218,11 @@ async fn slowloris_sockets_are_closed_and_a_real_client_keeps_working() {
     let closed = futures::future::join_all(closes).await;
     assert!(closed.iter().all(|c| *c), "every stalled socket closed");
     let health: Value = http_get_json(&addr, "/health").await;
-    assert!(health["refused"].as_u64().unwrap() > 0, "{health}");
+    // Past the per-address share, the oldest stalled handshake makes room.
+    assert!(
+        health["handshakes_evicted"].as_u64().unwrap() > 0,
+        "{health}"
+    );
     assert!(
         health["handshake_timeouts"].as_u64().unwrap() > 0,
         "{health}"

@@ -79,10 +79,12 @@ struct Args {
     /// limit allows (raised to the hard limit at start), less a reserve.
     #[arg(long, env = "SB_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Connections in the HTTP handshake at once.
+    /// Connections in the HTTP handshake at once; past it, the oldest of the
+    /// busiest source's is closed to admit the new one.
     #[arg(long, env = "SB_MAX_HANDSHAKES", default_value_t = D.max_handshakes)]
     max_handshakes: usize,
-    /// Connections in the HTTP handshake at once from one IP address.
+    /// Connections in the HTTP handshake at once from one IPv4 address or
+    /// IPv6 /64; past it, that source's oldest is closed.
     #[arg(long, env = "SB_MAX_HANDSHAKES_PER_IP", default_value_t = D.max_handshakes_per_ip)]
     max_handshakes_per_ip: usize,
     /// Time to send the HTTP request head, ms.
@@ -129,6 +131,10 @@ fn main() {
         rules.max_lifetime_s = args.token_max_lifetime_s;
         rules
     });
+    if args.max_handshakes == 0 || args.max_handshakes_per_ip == 0 {
+        eprintln!("receive: --max-handshakes and --max-handshakes-per-ip must be at least 1");
+        std::process::exit(svc::EXIT_USAGE);
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::load(cert, key).unwrap_or_else(|e| {
             eprintln!("receive: {e:#}");

@@ -1,0 +1,231 @@
+//! Attacks on the gateway's admission: stalled handshakes from many source
+//! addresses (the loopback range 127.0.0.0/8 gives a test as many as it needs),
+//! and probes that must answer through them and without the bus.
+
+use serde_json::{json, Value};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_testkit::eventually;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::MaybeTlsStream;
+
+use crate::harness::{System, Ws};
+
+/// A small table, so that a test attacks past it with a few hundred sockets;
+/// a handshake deadline far beyond the test, so that only admission frees places.
+const SMALL_TABLE: &[&str] = &[
+    "--max-handshakes",
+    "64",
+    "--max-handshakes-per-ip",
+    "8",
+    "--handshake-timeout-ms",
+    "120000",
+];
+
+fn gateway_addr(system: &System) -> SocketAddr {
+    system.ws.trim_start_matches("ws://").parse().unwrap()
+}
+
+async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    socket.connect(to).await
+}
+
+/// A WebSocket client connected from `source`.
+async fn ws_from(source: Ipv4Addr, system: &System) -> Result<Ws, String> {
+    let stream = connect_from(source, gateway_addr(system))
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/ws", system.ws);
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Ws::from_stream(ws))
+}
+
+/// `GET path` from `source`: the status (0 when the connection failed) and body.
+async fn get_from(source: Ipv4Addr, to: SocketAddr, path: &str) -> (u16, String) {
+    let ask = async {
+        let mut s = connect_from(source, to).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = match tokio::time::timeout(Duration::from_secs(10), ask).await {
+        Ok(Ok(text)) => text,
+        Ok(Err(_)) => return (0, String::new()),
+        Err(_) => panic!("GET {path}: no answer within 10 s"),
+    };
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+async fn health(system: &System) -> Value {
+    let (status, body) =
+        get_from(Ipv4Addr::new(127, 0, 0, 1), gateway_addr(system), "/health").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A stalled handshake: half a head (`talk`) or nothing at all.
+async fn stall(source: Ipv4Addr, to: SocketAddr, talk: bool) -> Option<TcpStream> {
+    let mut s = connect_from(source, to).await.ok()?;
+    if talk {
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.ok()?;
+    }
+    Some(s)
+}
+
+/// 16 source addresses hold 8 stalled handshakes each (their share), twice
+/// what the table holds; half send half a head, half nothing. A new client
+/// from another address gets in, `/health` and `/live` answer, and they keep
+/// doing so while the attacker reopens every socket the gateway closes.
+#[tokio::test]
+async fn stalled_handshakes_from_many_addresses_cannot_keep_new_clients_out() {
+    let system = System::start_with(false, SMALL_TABLE).await;
+    let to = gateway_addr(&system);
+    let source = |n: usize| Ipv4Addr::new(127, 0, 0, 10 + (n % 16) as u8);
+    let mut held = Vec::new();
+    for n in 0..128 {
+        if let Some(s) = stall(source(n), to, n % 2 == 0).await {
+            held.push(s);
+        }
+    }
+    assert_eq!(held.len(), 128, "every attacker socket connected");
+
+    // Accepted in the order connected: the table is full of the attacker's
+    // handshakes when the newcomers arrive.
+    let mut ws = ws_from(Ipv4Addr::new(127, 0, 0, 200), &system)
+        .await
+        .expect("a new client is admitted during the attack");
+    assert_eq!(ws.ok_gateway("ping", json!({})).await, json!({}));
+    for path in ["/health", "/live"] {
+        let (status, body) = get_from(Ipv4Addr::new(127, 0, 0, 201), to, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let h = health(&system).await;
+    assert!(h["handshakes_evicted"].as_u64().unwrap() >= 64, "{h}");
+    assert!(h["handshaking"].as_u64().unwrap() <= 64, "{h}");
+
+    // The attack goes on: every socket the gateway closes is reopened at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reopened = Arc::new(AtomicU64::new(0));
+    let attackers: Vec<_> = held
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut s)| {
+            let (stop, reopened) = (stop.clone(), reopened.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    // Held until the gateway closes it.
+                    let closed = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                        .await
+                        .is_ok_and(|r| matches!(r, Ok(0) | Err(_)));
+                    if closed {
+                        match stall(source(n), to, n % 2 == 0).await {
+                            Some(new) => {
+                                s = new;
+                                reopened.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..20u8 {
+        let mut client = ws_from(Ipv4Addr::new(127, 0, 1, 1 + i), &system)
+            .await
+            .unwrap_or_else(|e| panic!("client {i} during the churn: {e}"));
+        assert_eq!(client.ok_gateway("ping", json!({})).await, json!({}));
+        let (status, body) = get_from(Ipv4Addr::new(127, 0, 2, 1 + i), to, "/health").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.await.unwrap();
+    }
+    assert!(
+        reopened.load(Ordering::Relaxed) > 0,
+        "the attacker kept at it"
+    );
+    // The first client was never the one closed.
+    assert_eq!(ws.ok_gateway("ping", json!({})).await, json!({}));
+}
+
+/// At the connection cap, a stalled handshake is closed to admit a new client;
+/// only when every connection is a WebSocket is a newcomer refused, with a 503.
+#[tokio::test]
+async fn at_the_connection_cap_a_stalled_handshake_makes_room() {
+    let system = System::start_with(
+        false,
+        &[
+            "--max-connections",
+            "16",
+            "--handshake-timeout-ms",
+            "120000",
+        ],
+    )
+    .await;
+    let to = gateway_addr(&system);
+    let mut held = Vec::new();
+    for n in 0..16u8 {
+        held.push(
+            stall(Ipv4Addr::new(127, 0, 3, 1 + n % 4), to, false)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut clients = Vec::new();
+    for n in 0..16u8 {
+        let mut ws = ws_from(Ipv4Addr::new(127, 0, 4, 1 + n), &system)
+            .await
+            .unwrap_or_else(|e| panic!("client {n} at the cap: {e}"));
+        assert_eq!(ws.ok_gateway("ping", json!({})).await, json!({}));
+        clients.push(ws);
+    }
+    // Every place is a WebSocket now: the next one is refused, and says so.
+    let (status, body) = get_from(Ipv4Addr::new(127, 0, 4, 100), to, "/live").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many connections"), "{body}");
+    drop(held);
+}
+
+/// `/live` answers 200 while the process serves, bus or not; `/ready` and
+/// `/health` answer 503 while the broker is away (a load balancer takes the
+/// gateway out of rotation; Kubernetes does not restart it).
+#[tokio::test]
+async fn liveness_does_not_depend_on_the_bus() {
+    let mut system = System::start(false).await;
+    let to = gateway_addr(&system);
+    let local = Ipv4Addr::new(127, 0, 0, 1);
+    for path in ["/live", "/ready", "/health"] {
+        assert_eq!(get_from(local, to, path).await.0, 200, "{path}");
+    }
+    let broker = system.proc("broker");
+    broker.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(broker.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get_from(local, to, "/ready").await.0 == 503
+        })
+        .await,
+        "/ready is 503 without the bus"
+    );
+    assert_eq!(get_from(local, to, "/health").await.0, 503);
+    let (status, body) = get_from(local, to, "/live").await;
+    assert_eq!(status, 200, "{body}");
+}
