@@ -197,10 +197,17 @@ async fn at_the_connection_cap_a_stalled_handshake_makes_room() {
         assert_eq!(ws.ok_gateway("ping", json!({})).await, json!({}));
         clients.push(ws);
     }
-    // Every place is a WebSocket now: the next one is refused, and says so.
-    let (status, body) = get_from(Ipv4Addr::new(127, 0, 4, 100), to, "/live").await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("too many connections"), "{body}");
+    // Every place is a WebSocket now: the next one is refused at accept, and
+    // told why before any byte of its request is read (read without writing:
+    // a request the gateway never reads would reset the connection).
+    let mut refused = connect_from(Ipv4Addr::new(127, 0, 4, 100), to)
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(10), refused.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
     drop(held);
 }
 
@@ -228,4 +235,147 @@ async fn liveness_does_not_depend_on_the_bus() {
     assert_eq!(get_from(local, to, "/health").await.0, 503);
     let (status, body) = get_from(local, to, "/live").await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Waits at most `limit` for `child` to exit: its code and stderr, or `None`
+/// (killed) when it was still running.
+fn exit_within(mut child: std::process::Child, limit: Duration) -> Option<(Option<i32>, String)> {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return Some((status.code(), err));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The client-token secret as an argument is readable by every local user in
+/// `ps` and was printed by `sbctl describe receive`. The gateway refuses it,
+/// and so does main's ecosystem check; given the documented way (a file),
+/// it is in neither the gateway's command line nor `describe`, and `sbctl
+/// token` still finds it through the ecosystem file.
+#[tokio::test]
+async fn the_auth_secret_is_never_in_argv_or_describe() {
+    use crate::supervisor::Supervised;
+    use std::process::{Command, Stdio};
+    use switchboard_testkit::{bin_path, free_port};
+    const SECRET: &str = "argv-secret-3f9c1a";
+
+    // 1. The gateway refuses it, saying where a secret goes.
+    let receive = Command::new(bin_path("receive"))
+        .args(["--listen", "127.0.0.1:0", "--broker", "tcp://127.0.0.1:1"])
+        .args(["--auth-secret", SECRET])
+        .env_remove("SB_AUTH_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = exit_within(receive, Duration::from_secs(10))
+        .expect("receive with --auth-secret must exit, not serve");
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("SB_AUTH_SECRET") && err.contains("--auth-secret-file"),
+        "{err}"
+    );
+
+    // 2. main refuses an ecosystem file that puts it in an app's args.
+    let dir = tempfile::tempdir().unwrap();
+    let eco = dir.path().join("ecosystem.toml");
+    let gateway_app = |args: &[&str]| {
+        format!(
+            "[broker]\nbin = \"{}\"\nbind = \"tcp://127.0.0.1:0\"\n\n[main]\nhttp = \"\"\n\n\
+             [[apps]]\nname = \"receive\"\nbin = \"{}\"\nargs = {}\n",
+            bin_path("broker").display(),
+            bin_path("receive").display(),
+            serde_json::to_string(args).unwrap()
+        )
+    };
+    std::fs::write(&eco, gateway_app(&["--auth-secret", SECRET])).unwrap();
+    let main = Command::new(bin_path("main"))
+        .args(["--config", eco.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = exit_within(main, Duration::from_secs(10))
+        .expect("main must refuse the file, not start it");
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--auth-secret"), "{err}");
+
+    // 3. The documented way: a file of mode 600.
+    let secret_file = dir.path().join("auth-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let apps = format!(
+        "[[apps]]\nname = \"receive\"\nbin = \"{}\"\nargs = {}\n",
+        bin_path("receive").display(),
+        serde_json::to_string(&[
+            "--listen",
+            listen.as_str(),
+            "--auth-secret-file",
+            secret_file.to_str().unwrap(),
+        ])
+        .unwrap()
+    );
+    let s = Supervised::start(&apps).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+    let pid = s.instance("receive").await["pid"].as_u64().unwrap() as u32;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(SECRET),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    for args in [
+        &["describe", "receive"][..],
+        &["--json", "describe", "receive"],
+    ] {
+        let out = s.sbctl(args);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains(SECRET), "{text}");
+    }
+    // sbctl token reads the secret through the receive app's file.
+    let file = dir.path().join("with-file.toml");
+    std::fs::write(&file, apps).unwrap();
+    let out = Command::new(bin_path("sbctl"))
+        .args([
+            "token",
+            "--sub",
+            "ada",
+            "--ecosystem",
+            file.to_str().unwrap(),
+        ])
+        .env_remove("SB_AUTH_SECRET")
+        .env_remove("SB_AUTH_SECRET_FILE")
+        .env_remove("SB_TOKEN_AUDIENCE")
+        .env_remove("SB_TOKEN_ISSUER")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut ws = Ws::connect(&format!("ws://{listen}/ws?token={token}"))
+        .await
+        .expect("the gateway accepts the token");
+    assert_eq!(ws.ok_gateway("whoami", json!({})).await["user"], "ada");
+    // And sbctl refuses the secret as its own argument too.
+    let out = Command::new(bin_path("sbctl"))
+        .args(["token", "--sub", "ada", "--auth-secret", SECRET])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
 }

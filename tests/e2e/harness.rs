@@ -76,11 +76,15 @@ impl System {
             "--max-frame-bytes",
             "4096",
         ];
-        if auth {
-            receive_args.extend(["--auth-secret", AUTH_SECRET]);
-        }
+        // The secret in the environment: an argument would show it in `ps`
+        // (the gateway refuses one).
+        let receive_env: &[(&str, &str)] = if auth {
+            &[("SB_AUTH_SECRET", AUTH_SECRET)]
+        } else {
+            &[]
+        };
         receive_args.extend_from_slice(gateway_args);
-        let receive = Child::announcing("receive", &receive_args, &[]).unwrap();
+        let receive = Child::announcing("receive", &receive_args, receive_env).unwrap();
         let ws = receive.first_line.clone().unwrap();
         procs.push(("receive".into(), receive));
         let bus = client(&endpoint, "e2e-inspector", None).await;

@@ -17,9 +17,15 @@ struct Args {
     /// Address to listen on; port 0 picks one. Prints `listening ws://ADDR` (`wss://` with TLS) on stdout.
     #[arg(long, env = "SB_LISTEN", default_value = "127.0.0.1:3000")]
     listen: String,
-    /// HS256 secret for client tokens; without it the gateway runs open.
-    #[arg(long, env = "SB_AUTH_SECRET", hide_env_values = true)]
+    /// Refused (exit 64): a secret in the arguments is visible to every local
+    /// user. The HS256 secret for client tokens comes from SB_AUTH_SECRET or
+    /// --auth-secret-file; without either the gateway runs open.
+    #[arg(long, hide = true)]
     auth_secret: Option<String>,
+    /// File holding the HS256 secret for client tokens (mode 600; a trailing
+    /// newline is ignored). Or the secret itself in SB_AUTH_SECRET.
+    #[arg(long, env = "SB_AUTH_SECRET_FILE")]
+    auth_secret_file: Option<std::path::PathBuf>,
     /// Required token audience (`aud`).
     #[arg(long, env = "SB_TOKEN_AUDIENCE")]
     token_audience: Option<String>,
@@ -123,7 +129,19 @@ fn main() {
             std::process::exit(svc::EXIT_USAGE);
         }),
     };
-    let tokens = args.auth_secret.filter(|s| !s.is_empty()).map(|secret| {
+    if args.auth_secret.is_some() {
+        eprintln!(
+            "receive: {}",
+            svc::secret::refused_arg("--auth-secret", "SB_AUTH_SECRET", "--auth-secret-file")
+        );
+        std::process::exit(svc::EXIT_USAGE);
+    }
+    let secret = svc::secret::from_env_or_file("SB_AUTH_SECRET", args.auth_secret_file.as_deref())
+        .unwrap_or_else(|e| {
+            eprintln!("receive: {e}");
+            std::process::exit(svc::EXIT_USAGE);
+        });
+    let tokens = secret.map(|secret| {
         let mut rules = TokenRules::new(&secret);
         rules.audience = args.token_audience.clone();
         rules.issuer = args.token_issuer.clone();

@@ -1,8 +1,11 @@
 //! `sbctl token`: mints a client token (HS256 JWT) with the gateway's secret.
 //!
-//! The secret comes from `--auth-secret` / `SB_AUTH_SECRET` (the variable the
-//! gateway reads), else from the ecosystem file: the `receive` app's
-//! `env.SB_AUTH_SECRET` or its `--auth-secret` argument. The same goes for the
+//! The secret comes from `SB_AUTH_SECRET` or `--auth-secret-file` /
+//! `SB_AUTH_SECRET_FILE` (what the gateway reads), else from the ecosystem file:
+//! the `receive` app's `env.SB_AUTH_SECRET`, or the file its
+//! `--auth-secret-file` argument or `env.SB_AUTH_SECRET_FILE` names (relative
+//! to the ecosystem file's folder). Never from an argument: both refuse
+//! `--auth-secret`, which every local user could read in `ps`. The same goes for the
 //! audience and issuer the gateway requires (`--token-audience`,
 //! `--token-issuer`), so a minted token passes the gateway's checks as
 //! configured.
@@ -74,8 +77,9 @@ pub(crate) fn mint(req: &Request<'_>) -> anyhow::Result<Minted> {
     let Some(secret) = req.secret.map(str::to_owned).or(eco.secret) else {
         bail!(
             "the gateway has no client-token secret: set SB_AUTH_SECRET (or pass \
-             --auth-secret) to the value the gateway runs with; to switch auth on, start \
-             the system with it: SB_AUTH_SECRET=$(openssl rand -hex 32) scripts/run-all.sh"
+             --auth-secret-file PATH) to the value the gateway runs with; to switch auth \
+             on, start the system with it: SB_AUTH_SECRET=$(openssl rand -hex 32) \
+             scripts/run-all.sh"
         );
     };
     let iat = proto::now_ms() / 1000;
@@ -141,8 +145,18 @@ fn from_ecosystem(path: &Path) -> anyhow::Result<FromEcosystem> {
             }
         })
     };
+    let secret = match env("SB_AUTH_SECRET") {
+        Some(secret) => Some(secret),
+        None => match arg("--auth-secret-file").or_else(|| env("SB_AUTH_SECRET_FILE")) {
+            Some(file) => {
+                let file = path.parent().unwrap_or(Path::new(".")).join(file);
+                Some(switchboard_bus::svc::secret::read_file(&file).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        },
+    };
     Ok(FromEcosystem {
-        secret: arg("--auth-secret").or_else(|| env("SB_AUTH_SECRET")),
+        secret,
         audience: arg("--token-audience").or_else(|| env("SB_TOKEN_AUDIENCE")),
         issuer: arg("--token-issuer").or_else(|| env("SB_TOKEN_ISSUER")),
     })
@@ -168,11 +182,12 @@ env = { SB_AUTH_SECRET = "not-this" }
 [[apps]]
 name = "edge"
 bin = "receive"
-args = ["--listen", "0.0.0.0:3000", "--token-audience=web", "--auth-secret", "s3"]
+args = ["--listen", "0.0.0.0:3000", "--token-audience=web", "--auth-secret-file", "secret"]
 env = { SB_TOKEN_ISSUER = "me" }
 "#,
         )
         .unwrap();
+        std::fs::write(dir.join("secret"), "s3\n").unwrap();
         assert_eq!(
             from_ecosystem(&path).unwrap(),
             FromEcosystem {
