@@ -379,3 +379,52 @@ async fn the_auth_secret_is_never_in_argv_or_describe() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
+
+/// A token without `exp` lived 24 h from each use, and one with `exp` a
+/// century ahead was accepted: a stolen token that never ends. Both are
+/// refused now, on the URL (401) and through `auth` (`unauthorized`), and so
+/// is one past the gateway's maximum lifetime (24 h by default), from now or
+/// from its `iat`; `sbctl token` refuses to mint one.
+#[tokio::test]
+async fn tokens_without_exp_or_living_past_the_maximum_are_refused() {
+    use crate::harness::AUTH_SECRET;
+    let system = System::start(true).await;
+    let now = switchboard_bus::proto::now_ms() / 1000;
+    let sign = |claims: Value| switchboard_gateway::jwt::sign(AUTH_SECRET.as_bytes(), &claims);
+    for claims in [
+        json!({"sub": "eve"}),
+        json!({"sub": "eve", "iat": now}),
+        json!({"sub": "eve", "exp": now + 100 * 365 * 86_400}),
+        json!({"sub": "eve", "exp": now + 25 * 3600}),
+        json!({"sub": "eve", "iat": now - 23 * 3600, "exp": now + 2 * 3600}),
+        json!({"sub": "eve", "exp": u64::MAX}),
+    ] {
+        let token = sign(claims.clone());
+        let refused = Ws::connect(&format!("{}/ws?token={token}", system.ws))
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("401")),
+            "{claims}: {refused:?}"
+        );
+        let mut ws = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+        let reply = ws.request(None, "auth", json!({"token": token})).await;
+        assert_eq!(reply["error"]["code"], "unauthorized", "{claims}: {reply}");
+    }
+    // Within the maximum: accepted.
+    let day = sign(json!({"sub": "ada", "iat": now, "exp": now + 24 * 3600}));
+    let mut ws = Ws::connect(&format!("{}/ws?token={day}", system.ws))
+        .await
+        .unwrap();
+    assert_eq!(ws.ok_gateway("whoami", json!({})).await["user"], "ada");
+    // sbctl token will not mint past it.
+    let out = std::process::Command::new(switchboard_testkit::bin_path("sbctl"))
+        .args(["token", "--sub", "ada", "--exp", "2d"])
+        .env("SB_AUTH_SECRET", AUTH_SECRET)
+        .env_remove("SB_TOKEN_MAX_LIFETIME_S")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+}

@@ -113,12 +113,11 @@ impl System {
             .1
     }
 
-    /// A client token for `user`.
+    /// A client token for `user`, for an hour (the gateway refuses a token
+    /// without `exp` or longer than its maximum lifetime, 24 h by default).
     pub fn token(user: &str) -> String {
-        switchboard_gateway::jwt::sign(
-            AUTH_SECRET.as_bytes(),
-            &json!({ "sub": user, "exp": 4_000_000_000u64 }),
-        )
+        let exp = switchboard_bus::proto::now_ms() / 1000 + 3600;
+        switchboard_gateway::jwt::sign(AUTH_SECRET.as_bytes(), &json!({ "sub": user, "exp": exp }))
     }
 
     /// A connected client as `user` (token in the query string).

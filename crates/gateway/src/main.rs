@@ -35,7 +35,8 @@ struct Args {
     /// Clock skew allowed on token `exp`/`nbf`, seconds.
     #[arg(long, env = "SB_TOKEN_LEEWAY_S", default_value_t = 30)]
     token_leeway_s: u64,
-    /// Lifetime of a token without `exp`, seconds (from its `iat`, else from use).
+    /// Longest token lifetime accepted, seconds: a token without `exp`, or
+    /// whose `exp` is further than this from now (or from its `iat`), is refused.
     #[arg(long, env = "SB_TOKEN_MAX_LIFETIME_S", default_value_t = 86_400)]
     token_max_lifetime_s: u64,
     /// Browser origins allowed (comma-separated, e.g. https://app.example); empty: any.

@@ -129,7 +129,8 @@ pub(crate) enum Command {
         /// The user: the token's `sub` (1-128 of A-Z a-z 0-9 _ - @ : + = |).
         #[arg(long)]
         sub: String,
-        /// Lifetime (`30m`, `1h`, `7d`; at most 366 days).
+        /// Lifetime (`30m`, `1h`; at most what the gateway accepts: its
+        /// --token-max-lifetime-s, 24 h by default).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         exp: std::time::Duration,
         /// Audience (`aud`), when the gateway requires one.

@@ -52,7 +52,11 @@ struct FromEcosystem {
     secret: Option<String>,
     audience: Option<String>,
     issuer: Option<String>,
+    max_lifetime_s: Option<u64>,
 }
+
+/// The gateway's default `--token-max-lifetime-s`: it refuses longer tokens.
+const GATEWAY_MAX_LIFETIME_S: u64 = 24 * 3600;
 
 /// Longest lifetime `--exp` accepts: a year. A token is a bearer credential;
 /// one that never ends cannot be taken back short of changing the secret.
@@ -69,11 +73,21 @@ pub(crate) fn mint(req: &Request<'_>) -> anyhow::Result<Minted> {
     if req.exp.is_zero() || req.exp > MAX_EXP {
         bail!("--exp must be more than 0 and at most 366 days");
     }
-    let eco = if req.secret.is_some() && req.aud.is_some() && req.iss.is_some() {
-        FromEcosystem::default()
-    } else {
-        from_ecosystem(req.ecosystem)?
-    };
+    let eco = from_ecosystem(req.ecosystem)?;
+    // What the gateway accepts: its --token-max-lifetime-s, from the same
+    // environment it reads, else from its entry in the ecosystem file.
+    let max_s = std::env::var("SB_TOKEN_MAX_LIFETIME_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or(eco.max_lifetime_s)
+        .unwrap_or(GATEWAY_MAX_LIFETIME_S);
+    if req.exp.as_secs() > max_s {
+        bail!(
+            "--exp {} s is longer than the gateway accepts ({max_s} s, its \
+             --token-max-lifetime-s): mint a shorter token and refresh it",
+            req.exp.as_secs()
+        );
+    }
     let Some(secret) = req.secret.map(str::to_owned).or(eco.secret) else {
         bail!(
             "the gateway has no client-token secret: set SB_AUTH_SECRET (or pass \
@@ -159,6 +173,9 @@ fn from_ecosystem(path: &Path) -> anyhow::Result<FromEcosystem> {
         secret,
         audience: arg("--token-audience").or_else(|| env("SB_TOKEN_AUDIENCE")),
         issuer: arg("--token-issuer").or_else(|| env("SB_TOKEN_ISSUER")),
+        max_lifetime_s: arg("--token-max-lifetime-s")
+            .or_else(|| env("SB_TOKEN_MAX_LIFETIME_S"))
+            .and_then(|v| v.parse().ok()),
     })
 }
 
@@ -182,7 +199,7 @@ env = { SB_AUTH_SECRET = "not-this" }
 [[apps]]
 name = "edge"
 bin = "receive"
-args = ["--listen", "0.0.0.0:3000", "--token-audience=web", "--auth-secret-file", "secret"]
+args = ["--listen", "0.0.0.0:3000", "--token-audience=web", "--auth-secret-file", "secret", "--token-max-lifetime-s", "600"]
 env = { SB_TOKEN_ISSUER = "me" }
 "#,
         )
@@ -194,6 +211,7 @@ env = { SB_TOKEN_ISSUER = "me" }
                 secret: Some("s3".into()),
                 audience: Some("web".into()),
                 issuer: Some("me".into()),
+                max_lifetime_s: Some(600),
             }
         );
         assert_eq!(
@@ -222,6 +240,9 @@ env = { SB_TOKEN_ISSUER = "me" }
         }
         assert!(mint(&req("ada", Duration::ZERO)).is_err());
         assert!(mint(&req("ada", MAX_EXP * 2)).is_err());
+        // Longer than the gateway's default maximum lifetime (24 h): refused.
+        assert!(mint(&req("ada", Duration::from_secs(86_401))).is_err());
+        assert!(mint(&req("ada", Duration::from_secs(86_400))).is_ok());
         let mut no_secret = req("ada", hour);
         no_secret.secret = None;
         let err = mint(&no_secret).err().unwrap().to_string();
