@@ -428,3 +428,55 @@ async fn tokens_without_exp_or_living_past_the_maximum_are_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
+
+/// A WebSocket handshake with `Origin: origin` (none when `None`): whether it
+/// was upgraded, else the error.
+async fn with_origin(url: &str, origin: Option<&str>) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// With no `--allowed-origins`, any web page could open a WebSocket to the
+/// gateway from its visitors' browsers. The default is now the gateway's own
+/// origin only (the demo page it serves); other origins, and `null` (files,
+/// sandboxed frames), get 403 unless listed; non-browser clients send no
+/// `Origin` and are let in.
+#[tokio::test]
+async fn a_foreign_browser_origin_is_refused_by_default() {
+    let system = System::start(true).await;
+    let url = format!("{}/ws?token={}", system.ws, System::token("ada"));
+    let own = system.ws.replace("ws://", "http://");
+    for origin in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        let refused = with_origin(&url, Some(origin)).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("403")),
+            "{origin}: {refused:?}"
+        );
+    }
+    with_origin(&url, Some(&own)).await.expect("its own origin");
+    with_origin(&url, None)
+        .await
+        .expect("no Origin: not a browser");
+
+    // The allow-list adds origins; `*` opens it to any, explicitly.
+    let listed = System::start_with(true, &["--allowed-origins", "https://app.example,null"]).await;
+    let url = format!("{}/ws?token={}", listed.ws, System::token("ada"));
+    for origin in ["https://app.example", "null"] {
+        with_origin(&url, Some(origin)).await.expect(origin);
+    }
+    assert!(with_origin(&url, Some("https://evil.example"))
+        .await
+        .is_err());
+    let open = System::start_with(true, &["--allowed-origins", "*"]).await;
+    let url = format!("{}/ws?token={}", open.ws, System::token("ada"));
+    with_origin(&url, Some("https://evil.example"))
+        .await
+        .expect("* allows any");
+}

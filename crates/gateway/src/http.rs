@@ -244,14 +244,14 @@ fn answer(
             "not a WebSocket 13 handshake",
         );
     }
-    if !gw.settings.allowed_origins.is_empty() {
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let allowed = origin
-                .to_str()
-                .is_ok_and(|o| gw.settings.allowed_origins.iter().any(|a| a == o));
-            if !allowed {
-                return error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
-            }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let tls = gw.settings.tls.is_some();
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(&gw.settings.allowed_origins, o, host, tls));
+        if !allowed {
+            return error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
         }
     }
     let accept = derive_accept_key(key.as_bytes());
@@ -278,6 +278,39 @@ fn answer(
     response
 }
 
+/// Whether a browser page from `origin` may open a WebSocket: the gateway's own
+/// origin (the scheme it serves and the `Host` it was reached at, as the demo
+/// page served here), one in `allowed` (exact), or any when `allowed` holds
+/// `*`. `null` (a file, a sandboxed frame) only when listed. A request
+/// without `Origin` is not a browser's and never comes here: browsers always
+/// send it on a WebSocket handshake, other clients choose it freely.
+pub fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>, tls: bool) -> bool {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let (Ok(origin), Some(Ok(host))) = (
+        origin.parse::<hyper::Uri>(),
+        host.map(str::parse::<hyper::http::uri::Authority>),
+    ) else {
+        return false;
+    };
+    let scheme = if tls { "https" } else { "http" };
+    let default_port = if tls { 443 } else { 80 };
+    // A browser's Origin is scheme://host[:port], never with a user or a path.
+    origin.scheme_str() == Some(scheme)
+        && origin.path() == "/"
+        && origin
+            .authority()
+            .is_some_and(|a| !a.as_str().contains('@'))
+        && origin
+            .host()
+            .is_some_and(|h| h.eq_ignore_ascii_case(host.host()))
+        && origin.port_u16().unwrap_or(default_port) == host.port_u16().unwrap_or(default_port)
+}
+
 /// The `token` query parameter, percent-decoded.
 fn query_token(query: Option<&str>) -> Option<String> {
     query?
@@ -294,6 +327,53 @@ fn query_token(query: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_gateways_own_origin_by_default() {
+        let none: &[String] = &[];
+        let own = Some("127.0.0.1:3000");
+        assert!(origin_allowed(none, "http://127.0.0.1:3000", own, false));
+        assert!(origin_allowed(none, "HTTP://127.0.0.1:3000", own, false));
+        assert!(origin_allowed(
+            none,
+            "http://chat.example",
+            Some("Chat.Example:80"),
+            false
+        ));
+        assert!(origin_allowed(
+            none,
+            "https://chat.example",
+            Some("chat.example"),
+            true
+        ));
+        for (origin, host) in [
+            ("https://evil.example", own),
+            ("http://127.0.0.1:3001", own),
+            ("https://127.0.0.1:3000", own),
+            ("http://127.0.0.1:3000.evil.example", own),
+            ("http://user@127.0.0.1:3000", own),
+            ("null", own),
+            ("", own),
+            ("http://127.0.0.1:3000", None),
+            ("http://127.0.0.1:3000", Some("bad host header")),
+        ] {
+            assert!(
+                !origin_allowed(none, origin, host, false),
+                "{origin} {host:?}"
+            );
+        }
+        let listed = ["https://app.example".to_owned(), "null".to_owned()];
+        assert!(origin_allowed(&listed, "https://app.example", own, false));
+        assert!(origin_allowed(&listed, "null", own, false));
+        assert!(origin_allowed(&listed, "http://127.0.0.1:3000", own, false));
+        assert!(!origin_allowed(&listed, "https://evil.example", own, false));
+        assert!(origin_allowed(
+            &["*".to_owned()],
+            "https://evil.example",
+            own,
+            false
+        ));
+    }
 
     #[test]
     fn token_from_the_query() {

@@ -97,8 +97,9 @@ pub struct Settings {
     pub tls: Option<tls::Tls>,
     /// Serve the demo app and `clients/js` at `/` (`--demo false` turns it off).
     pub demo: bool,
-    /// Browser origins allowed to connect (the `Origin` header); empty allows any.
-    /// A request without `Origin` (not a browser) is always allowed.
+    /// Browser origins allowed to connect (the `Origin` header) besides the
+    /// gateway's own (its scheme and the `Host` it was reached at); `*` allows
+    /// any. A request without `Origin` (not a browser) is always allowed.
     pub allowed_origins: Vec<String>,
     /// What clients may call, subscribe to and be granted.
     pub policy: policy::Policy,

@@ -39,7 +39,8 @@ struct Args {
     /// whose `exp` is further than this from now (or from its `iat`), is refused.
     #[arg(long, env = "SB_TOKEN_MAX_LIFETIME_S", default_value_t = 86_400)]
     token_max_lifetime_s: u64,
-    /// Browser origins allowed (comma-separated, e.g. https://app.example); empty: any.
+    /// Browser origins allowed besides the gateway's own (comma-separated,
+    /// e.g. https://app.example; `null` for pages from files; `*`: any).
     #[arg(long, env = "SB_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
     /// TLS certificate chain (PEM, leaf first): the port then serves `wss://`
