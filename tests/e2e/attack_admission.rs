@@ -480,3 +480,114 @@ async fn a_foreign_browser_origin_is_refused_by_default() {
         .await
         .expect("* allows any");
 }
+
+/// The attacker of [`one_ipv6_64_is_one_source`], run inside the namespace:
+/// 128 stalled handshakes from 128 addresses of one /64, then a WebSocket
+/// upgrade from another /64, then `/health`; prints what it saw as JSON.
+const IPV6_ATTACK: &str = r#"
+import json, select, socket, sys, time
+gw = ("fd5b::1", int(sys.argv[1]))
+def sock(src):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.bind((src, 0))
+    s.settimeout(10)
+    s.connect(gw)
+    return s
+def ask(src, request):
+    data = b""
+    try:
+        s = sock(src)
+        s.sendall(request)
+        while b"\r\n\r\n" not in data or request.startswith(b"GET /health"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError as e:
+        data += b"failed: " + str(e).encode()
+    return data.decode(errors="replace")
+held = []
+for n in range(1, 129):
+    s = sock("fd5b:0:0:1::%x" % n)
+    try:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+    except OSError:
+        pass
+    held.append(s)
+upgrade = ask("fd5b:0:0:2::1", b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n")
+open_ = list(held)
+closed = 0
+until = time.time() + 5
+while open_ and time.time() < until:
+    ready, _, _ = select.select(open_, [], [], max(0.0, until - time.time()))
+    for s in ready:
+        try:
+            gone = s.recv(4096) == b""
+        except OSError:
+            gone = True
+        if gone:
+            closed += 1
+            open_.remove(s)
+    if closed >= 120:
+        break
+health = ask("fd5b:0:0:3::1", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+print(json.dumps({"upgrade": upgrade.split("\r\n")[0], "closed": closed,
+                  "health": health.split("\r\n\r\n", 1)[-1]}))
+"#;
+
+/// One IPv6 /64 is one source: 128 stalled handshakes from 128 addresses of
+/// one /64 hold that source's share (8), not the table (they used to fill
+/// it, each address under the per-IP cap, and keep a new client out). Run in
+/// a network namespace of its own (root: `unshare`), where any address of
+/// fd5b::/32 is local.
+#[tokio::test]
+async fn one_ipv6_64_is_one_source() {
+    use switchboard_testkit::bin_path;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("attack.py");
+    std::fs::write(&script, IPV6_ATTACK).unwrap();
+    let out = dir.path().join("receive.out");
+    let shell = format!(
+        "set -e
+ip link set lo up
+ip -6 addr add fd5b::1/128 dev lo nodad
+ip -6 route add local fd5b::/32 dev lo
+sysctl -qw net.ipv6.ip_nonlocal_bind=1
+'{receive}' --listen '[fd5b::1]:0' --broker tcp://127.0.0.1:1 --max-handshakes 64 \
+  --max-handshakes-per-ip 8 --handshake-timeout-ms 120000 > '{out}' 2>/dev/null &
+gw=$!
+until grep -q listening '{out}'; do sleep 0.05; done
+port=$(sed -n 's/.*\\]:\\([0-9]*\\).*/\\1/p' '{out}' | head -1)
+python3 '{script}' \"$port\"
+kill $gw",
+        receive = bin_path("receive").display(),
+        out = out.display(),
+        script = script.display(),
+    );
+    let run = tokio::process::Command::new("unshare")
+        .args(["--net", "sh", "-c", &shell])
+        .env("RUST_LOG", "warn")
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the namespace run ends")
+        .unwrap();
+    if !run.status.success() && String::from_utf8_lossy(&run.stderr).contains("unshare failed") {
+        eprintln!("skipped: no network namespace (needs root)");
+        return;
+    }
+    assert!(run.status.success(), "{run:?}");
+    let seen: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(
+        seen["upgrade"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP/1.1 101"),
+        "{seen}"
+    );
+    assert!(seen["closed"].as_u64().unwrap() >= 120, "{seen}");
+    let health: Value = serde_json::from_str(seen["health"].as_str().unwrap()).unwrap();
+    assert!(health["handshaking"].as_u64().unwrap() <= 9, "{health}");
+}
