@@ -15,10 +15,12 @@
 //! given a whole /64, so counting IPv6 addresses one by one would give one
 //! attacker 2^64 sources. An IPv4-mapped IPv6 address is its IPv4 address.
 //!
-//! The table is bounded by `max_handshakes` entries (plus the per-source index
-//! of the same entries); choosing whom to close is a scan of the sources in it,
-//! at most `max_handshakes` of them, done only when the table is full.
+//! The table is bounded by `max_handshakes` entries (plus two indexes of the
+//! same entries: by source, and sources by load); choosing whom to close is a
+//! lookup in the load index, so an attacker's connection costs O(log n), never
+//! a scan of the table.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::Ordering;
@@ -40,12 +42,15 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
 }
 
 /// Handshakes in progress: each by its number (numbers grow, so the smallest
-/// is the oldest), and the numbers of each source.
+/// is the oldest), the numbers of each source, and the sources ordered by
+/// (handshakes in progress, then the oldest first): the last is the one to
+/// evict from.
 #[derive(Debug, Default)]
 pub struct Handshaking {
     next: u64,
     all: BTreeMap<u64, (IpAddr, CancellationToken)>,
     per_source: HashMap<IpAddr, BTreeSet<u64>>,
+    by_load: BTreeSet<(usize, Reverse<u64>, IpAddr)>,
 }
 
 impl Handshaking {
@@ -63,22 +68,42 @@ impl Handshaking {
         self.per_source.get(source).map_or(0, BTreeSet::len)
     }
 
+    /// The load key of `source` as it stands.
+    fn load_key(&self, source: IpAddr) -> Option<(usize, Reverse<u64>, IpAddr)> {
+        let ids = self.per_source.get(&source)?;
+        Some((ids.len(), Reverse(*ids.first()?), source))
+    }
+
+    /// Changes `source`'s handshakes with `change`, keeping the load index.
+    fn update(&mut self, source: IpAddr, change: impl FnOnce(&mut BTreeSet<u64>)) {
+        if let Some(key) = self.load_key(source) {
+            self.by_load.remove(&key);
+        }
+        let ids = self.per_source.entry(source).or_default();
+        change(ids);
+        if ids.is_empty() {
+            self.per_source.remove(&source);
+        }
+        if let Some(key) = self.load_key(source) {
+            self.by_load.insert(key);
+        }
+    }
+
     fn insert(&mut self, source: IpAddr, evict: CancellationToken) -> u64 {
         let id = self.next;
         self.next += 1;
         self.all.insert(id, (source, evict));
-        self.per_source.entry(source).or_default().insert(id);
+        self.update(source, |ids| {
+            ids.insert(id);
+        });
         id
     }
 
     fn remove(&mut self, id: u64) -> Option<CancellationToken> {
         let (source, evict) = self.all.remove(&id)?;
-        if let Some(ids) = self.per_source.get_mut(&source) {
+        self.update(source, |ids| {
             ids.remove(&id);
-            if ids.is_empty() {
-                self.per_source.remove(&source);
-            }
-        }
+        });
         Some(evict)
     }
 
@@ -90,11 +115,7 @@ impl Handshaking {
     /// The oldest handshake of the source with the most in progress (of
     /// those tied, the one whose oldest is oldest).
     fn oldest_of_busiest(&self) -> Option<u64> {
-        self.per_source
-            .values()
-            .filter_map(|ids| Some((ids.len(), *ids.first()?)))
-            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-            .map(|(_, oldest)| oldest)
+        self.by_load.last().map(|&(_, Reverse(oldest), _)| oldest)
     }
 
     /// Closes handshake `id` (its task sees the token and drops the socket).
@@ -239,5 +260,33 @@ mod tests {
             !h.per_source.contains_key(&ip("10.0.0.1")),
             "no empty entry"
         );
+        assert_eq!(h.by_load.len(), h.per_source.len());
+    }
+
+    #[test]
+    fn the_load_index_follows_every_change() {
+        // A scan is the reference: the index must agree with it after every step.
+        let scan = |h: &Handshaking| {
+            h.per_source
+                .values()
+                .filter_map(|ids| Some((ids.len(), *ids.first()?)))
+                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+                .map(|(_, oldest)| oldest)
+        };
+        let mut h = Handshaking::default();
+        let mut live = Vec::new();
+        let mut seed = 7u64;
+        for step in 0..2_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            if live.is_empty() || !seed.is_multiple_of(3) {
+                let source = IpAddr::from([10, 0, 0, (seed >> 33) as u8 % 12]);
+                live.push(h.insert(source, CancellationToken::new()));
+            } else {
+                let id = live.swap_remove((seed >> 20) as usize % live.len());
+                h.remove(id);
+            }
+            assert_eq!(h.oldest_of_busiest(), scan(&h), "step {step}");
+            assert_eq!(h.by_load.len(), h.per_source.len(), "step {step}");
+        }
     }
 }
