@@ -42,9 +42,21 @@ pub fn from_env_or_file(var: &str, file: Option<&Path>) -> Result<Option<String>
 ///
 /// A file that cannot be read, or that holds nothing.
 pub fn read_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(path)
+    // A secret is short; a path to something endless (/dev/zero) must not
+    // fill memory.
+    const MAX: u64 = 64 * 1024;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX + 1).read_to_string(&mut text))
         .map_err(|e| format!("secret file {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX {
+        return Err(format!(
+            "secret file {} is over {MAX} bytes",
+            path.display()
+        ));
+    }
     let secret = text
         .strip_suffix('\n')
         .map_or(text.as_str(), |s| s.strip_suffix('\r').unwrap_or(s));
@@ -80,6 +92,8 @@ mod tests {
         std::fs::write(&file, "\n").unwrap();
         assert!(read_file(&file).is_err());
         assert!(read_file(&dir.join("missing")).is_err());
+        assert!(read_file(Path::new("/dev/zero")).is_err(), "endless");
+        assert!(read_file(&dir).is_err(), "a folder");
         // No such variable in the test's environment: the file.
         let var = "SB_TEST_SECRET_NEVER_SET";
         std::fs::write(&file, "k").unwrap();
