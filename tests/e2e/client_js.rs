@@ -36,7 +36,8 @@ impl DemoSystem {
              [[apps]]\nname = \"edge_a\"\nbin = \"{receive}\"\ndepends_on = [\"chat\", \"loc\"]\n\
              args = [\"--listen\", \"127.0.0.1:{pa}\", \"--goaway-ms\", \"100\"]\n\n\
              [[apps]]\nname = \"edge_b\"\nbin = \"{receive}\"\ndepends_on = [\"chat\", \"loc\"]\n\
-             args = [\"--listen\", \"127.0.0.1:{pb}\", \"--auth-secret\", \"{DEMO_SECRET}\", \"--token-leeway-s\", \"0\"]\n",
+             args = [\"--listen\", \"127.0.0.1:{pb}\", \"--token-leeway-s\", \"0\"]\n\
+             env = {{ SB_AUTH_SECRET = \"{DEMO_SECRET}\" }}\n",
             db_bin = bin_path("db").display(),
             url = db.url,
             chat = bin_path("chat").display(),

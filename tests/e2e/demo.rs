@@ -85,7 +85,8 @@ async fn two_people_chat_and_move_and_one_catches_up_after_its_gateway_restarts(
     };
     let system = DemoSystem::start().await;
     let token = std::process::Command::new(bin_path("sbctl"))
-        .args(["token", "--sub", "bob", "--auth-secret", DEMO_SECRET])
+        .args(["token", "--sub", "bob"])
+        .env("SB_AUTH_SECRET", DEMO_SECRET)
         .output()
         .unwrap();
     assert!(token.status.success());

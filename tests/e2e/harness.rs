@@ -118,11 +118,15 @@ impl System {
         if !gateway_args.contains(&"--max-frame-bytes") {
             receive_args.extend(["--max-frame-bytes", "4096"]);
         }
-        if auth {
-            receive_args.extend(["--auth-secret", AUTH_SECRET]);
-        }
+        // The secret in the environment: an argument would show it in `ps`
+        // (the gateway refuses one).
+        let receive_env: &[(&str, &str)] = if auth {
+            &[("SB_AUTH_SECRET", AUTH_SECRET)]
+        } else {
+            &[]
+        };
         receive_args.extend_from_slice(gateway_args);
-        let receive = Child::announcing("receive", &receive_args, &[]).unwrap();
+        let receive = Child::announcing("receive", &receive_args, receive_env).unwrap();
         let ws = receive.first_line.clone().unwrap();
         procs.push(("receive".into(), receive));
         let bus = client(&endpoint, "e2e-inspector", None).await;
@@ -160,12 +164,11 @@ impl System {
             .1
     }
 
-    /// A client token for `user`.
+    /// A client token for `user`, for an hour (the gateway refuses a token
+    /// without `exp` or longer than its maximum lifetime, 24 h by default).
     pub fn token(user: &str) -> String {
-        switchboard_gateway::jwt::sign(
-            AUTH_SECRET.as_bytes(),
-            &json!({ "sub": user, "exp": 4_000_000_000u64 }),
-        )
+        let exp = switchboard_bus::proto::now_ms() / 1000 + 3600;
+        switchboard_gateway::jwt::sign(AUTH_SECRET.as_bytes(), &json!({ "sub": user, "exp": exp }))
     }
 
     /// A connected client as `user` (token in the query string).
@@ -210,7 +213,8 @@ impl Ws {
         Self::from_stream(stream)
     }
 
-    fn from_stream(stream: Stream) -> Self {
+    /// A client over a WebSocket opened elsewhere (from a chosen source address, say).
+    pub fn from_stream(stream: Stream) -> Self {
         Self {
             stream,
             next_id: 1,

@@ -1,7 +1,7 @@
-//! The HTTP side of a connection, before it is a WebSocket: admission at accept
-//! (connection and handshake caps), then hyper reads the request head and the
-//! gateway answers `/health`, refuses what it must (path, Origin, token), or
-//! upgrades. The whole handshake runs under `handshake_timeout_ms`, so a client
+//! The HTTP side of a connection, before it is a WebSocket: after admission at
+//! accept ([`crate::admission`]), hyper reads the request head and the gateway
+//! answers `/live`, `/ready`, `/health`, refuses what it must (path, Origin,
+//! token), or upgrades. The whole handshake runs under `handshake_timeout_ms`, so a client
 //! that sends half a head and stalls (slowloris) holds its slot only that long,
 //! and a stalled socket costs nothing while it waits: hyper reads only when the
 //! socket is readable (the old hand-written reader polled every 2 ms).
@@ -12,9 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,87 +22,11 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::admission::Admission;
 use crate::{jwt, Gateway};
 
 /// The upgraded connection a WebSocket runs on.
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
-
-/// Handshakes in progress, in all and per client IP. The per-IP map only holds
-/// IPs with a handshake in progress, so it is bounded by `max_handshakes`.
-#[derive(Debug, Default)]
-pub struct Handshaking {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-/// A connection's place under the gateway's caps, taken at accept; gives back
-/// the handshake slot when the handshake ends and the connection slot on drop.
-pub struct Admission {
-    gw: Arc<Gateway>,
-    ip: IpAddr,
-    handshaking: bool,
-}
-
-impl Admission {
-    /// Takes a connection slot and a handshake slot for a client at `ip`.
-    ///
-    /// # Errors
-    ///
-    /// Which cap is full.
-    pub fn try_new(gw: &Arc<Gateway>, ip: IpAddr) -> Result<Self, &'static str> {
-        let s = &gw.settings;
-        if gw.stats.tcp.load(Ordering::Relaxed) >= s.max_connections {
-            return Err("too many connections");
-        }
-        {
-            let mut h = gw.handshaking.lock().unwrap_or_else(|p| p.into_inner());
-            if h.total >= s.max_handshakes {
-                return Err("too many handshakes in progress");
-            }
-            let mine = h.per_ip.entry(ip).or_insert(0);
-            if *mine >= s.max_handshakes_per_ip {
-                if *mine == 0 {
-                    h.per_ip.remove(&ip);
-                }
-                return Err("too many handshakes in progress from this address");
-            }
-            *mine += 1;
-            h.total += 1;
-        }
-        gw.stats.tcp.fetch_add(1, Ordering::Relaxed);
-        Ok(Self {
-            gw: gw.clone(),
-            ip,
-            handshaking: true,
-        })
-    }
-
-    /// The handshake is over (upgraded or not): give back its slot.
-    pub fn handshake_done(&mut self) {
-        if !std::mem::take(&mut self.handshaking) {
-            return;
-        }
-        let mut h = self
-            .gw
-            .handshaking
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        h.total = h.total.saturating_sub(1);
-        if let Some(n) = h.per_ip.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                h.per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.handshake_done();
-        self.gw.stats.tcp.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Answers a refused connection with a 503 if the socket takes it at once, then
 /// drops it: never a wait.
@@ -140,6 +62,22 @@ pub async fn handshake(
 ) -> Option<Upgrade> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(gw.settings.handshake_timeout_ms);
+    // `admission` is lent to the handshake, which gives its place back once
+    // upgraded; the eviction token is the same for both.
+    let evicted = admission.eviction();
+    tokio::select! {
+        biased;
+        () = evicted.cancelled() => None,
+        upgrade = tls_then_http(gw, stream, admission, deadline) => upgrade,
+    }
+}
+
+async fn tls_then_http(
+    gw: &Arc<Gateway>,
+    stream: TcpStream,
+    admission: &mut Admission,
+    deadline: tokio::time::Instant,
+) -> Option<Upgrade> {
     let Some(tls) = &gw.settings.tls else {
         return http_handshake(gw, stream, admission, deadline).await;
     };
@@ -244,9 +182,14 @@ fn answer(
     slot: &Mutex<Option<Pending>>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if req.method() == hyper::Method::GET && path == "/health" {
-        // 503 while the gateway cannot serve (no bus): a load balancer's probe
-        // takes it out of rotation.
+    if req.method() == hyper::Method::GET && path == "/live" {
+        // Liveness: the process accepts and answers. Never the bus: a broker
+        // outage must not make Kubernetes restart every gateway.
+        return json(StatusCode::OK, r#"{"status":"live"}"#.to_owned());
+    }
+    if req.method() == hyper::Method::GET && (path == "/health" || path == "/ready") {
+        // 503 while the gateway cannot serve (no bus): a load balancer's or a
+        // readiness probe takes it out of rotation.
         let status = if gw.bus.is_connected() {
             StatusCode::OK
         } else {
@@ -272,7 +215,7 @@ fn answer(
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "WebSocket paths are /ws and /uws/*; health is /health, metrics /metrics, the demo app /",
+            "WebSocket paths are /ws and /uws/*; probes /live, /ready and /health, metrics /metrics, the demo app /",
         );
     }
     let headers = req.headers();
@@ -301,14 +244,14 @@ fn answer(
             "not a WebSocket 13 handshake",
         );
     }
-    if !gw.settings.allowed_origins.is_empty() {
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let allowed = origin
-                .to_str()
-                .is_ok_and(|o| gw.settings.allowed_origins.iter().any(|a| a == o));
-            if !allowed {
-                return error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
-            }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let tls = gw.settings.tls.is_some();
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(&gw.settings.allowed_origins, o, host, tls));
+        if !allowed {
+            return error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
         }
     }
     let accept = derive_accept_key(key.as_bytes());
@@ -335,6 +278,39 @@ fn answer(
     response
 }
 
+/// Whether a browser page from `origin` may open a WebSocket: the gateway's own
+/// origin (the scheme it serves and the `Host` it was reached at, as the demo
+/// page served here), one in `allowed` (exact), or any when `allowed` holds
+/// `*`. `null` (a file, a sandboxed frame) only when listed. A request
+/// without `Origin` is not a browser's and never comes here: browsers always
+/// send it on a WebSocket handshake, other clients choose it freely.
+pub fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>, tls: bool) -> bool {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let (Ok(origin), Some(Ok(host))) = (
+        origin.parse::<hyper::Uri>(),
+        host.map(str::parse::<hyper::http::uri::Authority>),
+    ) else {
+        return false;
+    };
+    let scheme = if tls { "https" } else { "http" };
+    let default_port = if tls { 443 } else { 80 };
+    // A browser's Origin is scheme://host[:port], never with a user or a path.
+    origin.scheme_str() == Some(scheme)
+        && origin.path() == "/"
+        && origin
+            .authority()
+            .is_some_and(|a| !a.as_str().contains('@'))
+        && origin
+            .host()
+            .is_some_and(|h| h.eq_ignore_ascii_case(host.host()))
+        && origin.port_u16().unwrap_or(default_port) == host.port_u16().unwrap_or(default_port)
+}
+
 /// The `token` query parameter, percent-decoded.
 fn query_token(query: Option<&str>) -> Option<String> {
     query?
@@ -351,6 +327,53 @@ fn query_token(query: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_gateways_own_origin_by_default() {
+        let none: &[String] = &[];
+        let own = Some("127.0.0.1:3000");
+        assert!(origin_allowed(none, "http://127.0.0.1:3000", own, false));
+        assert!(origin_allowed(none, "HTTP://127.0.0.1:3000", own, false));
+        assert!(origin_allowed(
+            none,
+            "http://chat.example",
+            Some("Chat.Example:80"),
+            false
+        ));
+        assert!(origin_allowed(
+            none,
+            "https://chat.example",
+            Some("chat.example"),
+            true
+        ));
+        for (origin, host) in [
+            ("https://evil.example", own),
+            ("http://127.0.0.1:3001", own),
+            ("https://127.0.0.1:3000", own),
+            ("http://127.0.0.1:3000.evil.example", own),
+            ("http://user@127.0.0.1:3000", own),
+            ("null", own),
+            ("", own),
+            ("http://127.0.0.1:3000", None),
+            ("http://127.0.0.1:3000", Some("bad host header")),
+        ] {
+            assert!(
+                !origin_allowed(none, origin, host, false),
+                "{origin} {host:?}"
+            );
+        }
+        let listed = ["https://app.example".to_owned(), "null".to_owned()];
+        assert!(origin_allowed(&listed, "https://app.example", own, false));
+        assert!(origin_allowed(&listed, "null", own, false));
+        assert!(origin_allowed(&listed, "http://127.0.0.1:3000", own, false));
+        assert!(!origin_allowed(&listed, "https://evil.example", own, false));
+        assert!(origin_allowed(
+            &["*".to_owned()],
+            "https://evil.example",
+            own,
+            false
+        ));
+    }
 
     #[test]
     fn token_from_the_query() {

@@ -1,15 +1,17 @@
 //! Client tokens: HS256 JSON Web Tokens, verified by the `jsonwebtoken` crate.
 //!
-//! A token is accepted when it is HS256 and signed with the configured secret, its
-//! `exp` (if any) has not passed and its `nbf` (if any) has, both within `leeway`;
+//! A token is accepted when it is HS256 and signed with the configured secret, it
+//! has an `exp` that has not passed and ends at most `max_lifetime_s` from now
+//! (and from its `iat`, if any), and its `nbf` (if any) has passed, within `leeway`;
 //! its `aud` and `iss` match when the gateway is configured with them; and its
 //! `sub` is a safe user id ([`switchboard_bus::proto::validate_user`]: it becomes a
 //! topic token, so it may never hold `.`, `*`, `>` or whitespace).
 //!
-//! Every accepted token has an end: its `exp`, or for a token without one, its
-//! `iat` (else the moment it was presented) plus `max_lifetime_s`. The gateway
-//! closes a connection whose token has ended (code 4002) unless the client
-//! re-authenticated with a newer token before.
+//! A token is a bearer credential that cannot be taken back short of changing
+//! the secret, so every accepted one has a near end: a token without `exp`, or
+//! with one further ahead than `max_lifetime_s` (a token minted to live a
+//! century), is refused. The gateway closes a connection whose token has ended
+//! (code 4002) unless the client re-authenticated with a newer token before.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
@@ -26,12 +28,13 @@ pub struct TokenRules {
     pub issuer: Option<String>,
     /// Clock skew allowed on `exp`/`nbf`, seconds.
     pub leeway_s: u64,
-    /// Lifetime of a token without `exp`, seconds.
+    /// Longest lifetime accepted, seconds: `exp` further than this from now,
+    /// or from the token's `iat`, is refused.
     pub max_lifetime_s: u64,
 }
 
 impl TokenRules {
-    /// Rules with the defaults: 30 s leeway, tokens without `exp` live 24 h.
+    /// Rules with the defaults: 30 s leeway, tokens live 24 h at most.
     pub fn new(secret: &str) -> Self {
         Self {
             secret: secret.to_owned(),
@@ -55,8 +58,7 @@ pub struct Verified {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
-    #[serde(default)]
-    exp: Option<u64>,
+    exp: u64,
     #[serde(default)]
     iat: Option<u64>,
 }
@@ -78,7 +80,7 @@ pub fn verify(rules: &TokenRules, token: &str, now_s: u64) -> Result<Verified, S
     validation.validate_nbf = true;
     // jsonwebtoken checks `aud`/`iss` only when the token has them, unless they
     // are required: a configured audience or issuer must be present.
-    let mut required = vec!["sub"];
+    let mut required = vec!["sub", "exp"];
     match &rules.audience {
         Some(aud) => {
             validation.set_audience(&[aud]);
@@ -97,29 +99,28 @@ pub fn verify(rules: &TokenRules, token: &str, now_s: u64) -> Result<Verified, S
     let claims = data.claims;
     // jsonwebtoken checks `exp` against the system clock; check it against ours
     // too, so that tests and the expiry timer agree.
-    if claims
-        .exp
-        .is_some_and(|exp| exp.saturating_add(rules.leeway_s) <= now_s)
-    {
+    if claims.exp.saturating_add(rules.leeway_s) <= now_s {
         return Err("token refused: expired".into());
     }
+    // From now (with the leeway for a clock ahead of ours), and from `iat`
+    // when the token says when it was made.
+    let latest = now_s
+        .saturating_add(rules.max_lifetime_s)
+        .saturating_add(rules.leeway_s);
+    let too_long = claims.exp > latest
+        || claims
+            .iat
+            .is_some_and(|iat| claims.exp.saturating_sub(iat) > rules.max_lifetime_s);
+    if too_long {
+        return Err(format!(
+            "token refused: it lives longer than the gateway allows ({} s)",
+            rules.max_lifetime_s
+        ));
+    }
     proto::validate_user(&claims.sub).map_err(|e| format!("token sub: {e}"))?;
-    let expires_s = match claims.exp {
-        Some(exp) => exp.saturating_add(rules.leeway_s),
-        None => {
-            let end = claims
-                .iat
-                .unwrap_or(now_s)
-                .saturating_add(rules.max_lifetime_s);
-            if end <= now_s {
-                return Err("token refused: older than the maximum lifetime".into());
-            }
-            end
-        }
-    };
     Ok(Verified {
         user: claims.sub,
-        expires_s,
+        expires_s: claims.exp.saturating_add(rules.leeway_s),
     })
 }
 
@@ -203,12 +204,26 @@ mod tests {
         );
         assert!(verify(&r, &no_iss, NOW).is_err());
 
-        // No exp: lives max_lifetime_s from iat, or from now without iat.
+        // No exp: refused, with or without iat.
         let r = rules();
-        let no_exp = sign(b"k", &json!({"sub": "ada"}));
-        assert_eq!(verify(&r, &no_exp, NOW).unwrap().expires_s, NOW + 86_400);
-        let old = sign(b"k", &json!({"sub": "ada", "iat": NOW - 90_000}));
-        assert!(verify(&r, &old, NOW).is_err());
+        assert!(verify(&r, &sign(b"k", &json!({"sub": "ada"})), NOW).is_err());
+        let no_exp = sign(b"k", &json!({"sub": "ada", "iat": NOW}));
+        assert!(verify(&r, &no_exp, NOW).is_err());
+        // exp past the maximum lifetime from now, or from iat: refused; at it: taken.
+        let century = sign(
+            b"k",
+            &json!({"sub": "ada", "exp": NOW + 100 * 365 * 86_400}),
+        );
+        assert!(verify(&r, &century, NOW).is_err());
+        let day = sign(b"k", &json!({"sub": "ada", "exp": NOW + 86_400}));
+        assert_eq!(verify(&r, &day, NOW).unwrap().expires_s, NOW + 86_430);
+        let long_from_iat = sign(
+            b"k",
+            &json!({"sub": "ada", "iat": NOW - 86_000, "exp": NOW + 1_000}),
+        );
+        assert!(verify(&r, &long_from_iat, NOW).is_err());
+        let worst = sign(b"k", &json!({"sub": "ada", "exp": u64::MAX, "iat": 0}));
+        assert!(verify(&r, &worst, NOW).is_err());
         // Leeway: 20 s past exp still passes with 30 s leeway.
         let just = sign(b"k", &json!({"sub": "ada", "exp": NOW - 20}));
         assert!(verify(&r, &just, NOW).is_ok());

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - this file: [`Settings`], [`Gateway`], [`serve`] (the accept loop).
+//! - [`admission`]: the connection cap and the handshake table, at accept.
 //! - [`conn`]: one client connection: HTTP head, auth, reader, writer, requests.
 //! - [`outbox`]: a connection's bounded send buffer and its slow-client policy.
 //! - [`hub`]: topic subscriptions shared by all clients.
@@ -27,9 +28,11 @@
 //!
 //! Before the upgrade, the HTTP answers are: 400 (not a WebSocket handshake), 401
 //! (bad token), 403 (Origin not allowed), 404 (unknown path), 503 (too many
-//! connections, or too many handshakes at once in all or from one IP); a head not
-//! complete within `handshake_timeout_ms` is dropped without an answer.
+//! connections, all of them WebSockets); a head not complete within
+//! `handshake_timeout_ms`, or closed to make room for a newer handshake (see
+//! [`admission`]), is dropped without an answer.
 
+pub mod admission;
 pub mod conn;
 pub mod http;
 pub mod hub;
@@ -76,9 +79,11 @@ pub struct Settings {
     /// TCP connections at once, counted from accept (handshakes included); more
     /// get HTTP 503.
     pub max_connections: usize,
-    /// Connections still in the HTTP handshake at once; more get 503.
+    /// Connections still in the HTTP handshake at once; past it, the oldest
+    /// handshake of the busiest source is closed to admit the new one.
     pub max_handshakes: usize,
-    /// Connections from one IP address still in the handshake at once.
+    /// Connections from one source (IPv4 address, IPv6 /64) still in the
+    /// handshake at once; past it, that source's oldest handshake is closed.
     pub max_handshakes_per_ip: usize,
     /// Time a client has to send its HTTP request head (and get the upgrade).
     pub handshake_timeout_ms: u64,
@@ -114,8 +119,9 @@ pub struct Settings {
     pub tls: Option<tls::Tls>,
     /// Serve the demo app and `clients/js` at `/` (`--demo false` turns it off).
     pub demo: bool,
-    /// Browser origins allowed to connect (the `Origin` header); empty allows any.
-    /// A request without `Origin` (not a browser) is always allowed.
+    /// Browser origins allowed to connect (the `Origin` header) besides the
+    /// gateway's own (its scheme and the `Host` it was reached at); `*` allows
+    /// any. A request without `Origin` (not a browser) is always allowed.
     pub allowed_origins: Vec<String>,
     /// What clients may call, subscribe to and be granted.
     pub policy: policy::Policy,
@@ -169,8 +175,10 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// Open WebSocket connections now.
     pub open: AtomicUsize,
-    /// Connections refused at accept (`max_connections`, handshake caps).
+    /// Connections refused at accept (`max_connections`, every one a WebSocket).
     pub refused: AtomicU64,
+    /// Handshakes closed to make room for newer ones (see [`admission`]).
+    pub handshakes_evicted: AtomicU64,
     /// TCP connections now, from accept (handshakes included).
     pub tcp: AtomicUsize,
     /// Handshakes that did not finish within `handshake_timeout_ms`.
@@ -196,8 +204,8 @@ pub struct Gateway {
     pub users: shares::Shares,
     /// Per address: requests in flight and topics brought in.
     pub addresses: Arc<shares::Shares>,
-    /// Connections in the handshake, in all and per IP (see [`http::Admission`]).
-    pub(crate) handshaking: std::sync::Mutex<http::Handshaking>,
+    /// Connections in the handshake (see [`admission::Admission`]).
+    pub(crate) handshaking: std::sync::Mutex<admission::Handshaking>,
     next_conn: AtomicU64,
     started: Instant,
 }
@@ -222,7 +230,7 @@ impl Gateway {
             settings,
             bus,
             stats: Stats::default(),
-            handshaking: std::sync::Mutex::new(http::Handshaking::default()),
+            handshaking: std::sync::Mutex::new(admission::Handshaking::default()),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
         })
@@ -238,6 +246,8 @@ impl Gateway {
             "max_connections": self.settings.max_connections,
             "tcp": self.stats.tcp.load(Ordering::Relaxed),
             "refused": self.stats.refused.load(Ordering::Relaxed),
+            "handshaking": self.handshaking.lock().map_or(0, |h| h.len()),
+            "handshakes_evicted": self.stats.handshakes_evicted.load(Ordering::Relaxed),
             "handshake_timeouts": self.stats.handshake_timeouts.load(Ordering::Relaxed),
             "closed_slow": self.stats.closed_slow.load(Ordering::Relaxed),
             "pid": std::process::id(),
@@ -267,7 +277,7 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: Cance
                 Ok((stream, peer)) => {
                     // Admission before any byte is read: a connection over a cap
                     // costs one non-blocking write and a close.
-                    let admission = match http::Admission::try_new(&gateway, peer.ip()) {
+                    let admission = match admission::Admission::try_new(&gateway, peer.ip()) {
                         Ok(admission) => admission,
                         Err(why) => {
                             gateway.stats.refused.fetch_add(1, Ordering::Relaxed);

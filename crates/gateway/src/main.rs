@@ -17,9 +17,15 @@ struct Args {
     /// Address to listen on; port 0 picks one. Prints `listening ws://ADDR` (`wss://` with TLS) on stdout.
     #[arg(long, env = "SB_LISTEN", default_value = "127.0.0.1:3000")]
     listen: String,
-    /// HS256 secret for client tokens; without it the gateway runs open.
-    #[arg(long, env = "SB_AUTH_SECRET", hide_env_values = true)]
+    /// Refused (exit 64): a secret in the arguments is visible to every local
+    /// user. The HS256 secret for client tokens comes from SB_AUTH_SECRET or
+    /// --auth-secret-file; without either the gateway runs open.
+    #[arg(long, hide = true)]
     auth_secret: Option<String>,
+    /// File holding the HS256 secret for client tokens (mode 600; a trailing
+    /// newline is ignored). Or the secret itself in SB_AUTH_SECRET.
+    #[arg(long, env = "SB_AUTH_SECRET_FILE")]
+    auth_secret_file: Option<std::path::PathBuf>,
     /// Required token audience (`aud`).
     #[arg(long, env = "SB_TOKEN_AUDIENCE")]
     token_audience: Option<String>,
@@ -29,10 +35,12 @@ struct Args {
     /// Clock skew allowed on token `exp`/`nbf`, seconds.
     #[arg(long, env = "SB_TOKEN_LEEWAY_S", default_value_t = 30)]
     token_leeway_s: u64,
-    /// Lifetime of a token without `exp`, seconds (from its `iat`, else from use).
+    /// Longest token lifetime accepted, seconds: a token without `exp`, or
+    /// whose `exp` is further than this from now (or from its `iat`), is refused.
     #[arg(long, env = "SB_TOKEN_MAX_LIFETIME_S", default_value_t = 86_400)]
     token_max_lifetime_s: u64,
-    /// Browser origins allowed (comma-separated, e.g. https://app.example); empty: any.
+    /// Browser origins allowed besides the gateway's own (comma-separated,
+    /// e.g. https://app.example; `null` for pages from files; `*`: any).
     #[arg(long, env = "SB_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
     /// TLS certificate chain (PEM, leaf first): the port then serves `wss://`
@@ -79,10 +87,12 @@ struct Args {
     /// limit allows (raised to the hard limit at start), less a reserve.
     #[arg(long, env = "SB_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Connections in the HTTP handshake at once.
+    /// Connections in the HTTP handshake at once; past it, the oldest of the
+    /// busiest source's is closed to admit the new one.
     #[arg(long, env = "SB_MAX_HANDSHAKES", default_value_t = D.max_handshakes)]
     max_handshakes: usize,
-    /// Connections in the HTTP handshake at once from one IP address.
+    /// Connections in the HTTP handshake at once from one IPv4 address or
+    /// IPv6 /64; past it, that source's oldest is closed.
     #[arg(long, env = "SB_MAX_HANDSHAKES_PER_IP", default_value_t = D.max_handshakes_per_ip)]
     max_handshakes_per_ip: usize,
     /// Time to send the HTTP request head, ms.
@@ -138,7 +148,19 @@ fn main() {
             std::process::exit(svc::EXIT_USAGE);
         }),
     };
-    let tokens = args.auth_secret.filter(|s| !s.is_empty()).map(|secret| {
+    if args.auth_secret.is_some() {
+        eprintln!(
+            "receive: {}",
+            svc::secret::refused_arg("--auth-secret", "SB_AUTH_SECRET", "--auth-secret-file")
+        );
+        std::process::exit(svc::EXIT_USAGE);
+    }
+    let secret = svc::secret::from_env_or_file("SB_AUTH_SECRET", args.auth_secret_file.as_deref())
+        .unwrap_or_else(|e| {
+            eprintln!("receive: {e}");
+            std::process::exit(svc::EXIT_USAGE);
+        });
+    let tokens = secret.map(|secret| {
         let mut rules = TokenRules::new(&secret);
         rules.audience = args.token_audience.clone();
         rules.issuer = args.token_issuer.clone();
@@ -146,6 +168,10 @@ fn main() {
         rules.max_lifetime_s = args.token_max_lifetime_s;
         rules
     });
+    if args.max_handshakes == 0 || args.max_handshakes_per_ip == 0 {
+        eprintln!("receive: --max-handshakes and --max-handshakes-per-ip must be at least 1");
+        std::process::exit(svc::EXIT_USAGE);
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::load(cert, key).unwrap_or_else(|e| {
             eprintln!("receive: {e:#}");

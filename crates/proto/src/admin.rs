@@ -290,9 +290,67 @@ pub fn redact(key: &str, value: &str) -> String {
     value.to_owned()
 }
 
+/// `args` with the value of every secret-looking flag replaced by `***`: a
+/// flag whose name holds `secret` or `password` (`--auth-secret X`,
+/// `--db-password=X`), but not one naming a file (`--auth-secret-file PATH`).
+pub fn redact_args(args: &[String]) -> Vec<String> {
+    let secret_flag = |flag: &str| {
+        let name = flag.trim_start_matches('-').to_ascii_lowercase();
+        flag.starts_with('-')
+            && (name.contains("secret") || name.contains("password"))
+            && !name.ends_with("file")
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for arg in args {
+        if std::mem::take(&mut hide_next) {
+            out.push("***".to_owned());
+            continue;
+        }
+        match arg.split_once('=') {
+            Some((flag, _)) if secret_flag(flag) => out.push(format!("{flag}=***")),
+            None if secret_flag(arg) => {
+                hide_next = true;
+                out.push(arg.clone());
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod redact_tests {
     use super::redact;
+
+    #[test]
+    fn secret_flags_are_redacted_in_args() {
+        let args: Vec<String> = [
+            "--listen",
+            "0.0.0.0:3000",
+            "--auth-secret",
+            "s1",
+            "--db-password=s2",
+            "--auth-secret-file",
+            "/etc/sb/secret",
+            "--secret",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            super::redact_args(&args),
+            [
+                "--listen",
+                "0.0.0.0:3000",
+                "--auth-secret",
+                "***",
+                "--db-password=***",
+                "--auth-secret-file",
+                "/etc/sb/secret",
+                "--secret",
+            ]
+        );
+    }
 
     #[test]
     fn secrets_are_redacted() {

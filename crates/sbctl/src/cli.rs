@@ -124,13 +124,15 @@ pub(crate) enum Command {
     },
     /// Mint a client token (HS256 JWT) with the gateway's secret and print it.
     /// The secret, audience and issuer come from the flags, else from the
-    /// environment the gateway reads (SB_AUTH_SECRET, SB_TOKEN_AUDIENCE,
-    /// SB_TOKEN_ISSUER), else from the `receive` app in the ecosystem file.
+    /// environment the gateway reads (SB_AUTH_SECRET or SB_AUTH_SECRET_FILE,
+    /// SB_TOKEN_AUDIENCE, SB_TOKEN_ISSUER), else from the `receive` app in the
+    /// ecosystem file.
     Token {
         /// The user: the token's `sub` (1-128 of A-Z a-z 0-9 _ - @ : + = |).
         #[arg(long)]
         sub: String,
-        /// Lifetime (`30m`, `1h`, `7d`; at most 366 days).
+        /// Lifetime (`30m`, `1h`; at most what the gateway accepts: its
+        /// --token-max-lifetime-s, 24 h by default).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         exp: std::time::Duration,
         /// Audience (`aud`), when the gateway requires one.
@@ -139,9 +141,13 @@ pub(crate) enum Command {
         /// Issuer (`iss`), when the gateway requires one.
         #[arg(long, env = "SB_TOKEN_ISSUER")]
         iss: Option<String>,
-        /// The gateway's client-token secret.
-        #[arg(long, env = "SB_AUTH_SECRET", hide_env_values = true)]
+        /// Refused (exit 64): a secret in the arguments is visible to every
+        /// local user. Use SB_AUTH_SECRET or --auth-secret-file.
+        #[arg(long, hide = true)]
         auth_secret: Option<String>,
+        /// File holding the gateway's client-token secret (else SB_AUTH_SECRET).
+        #[arg(long, env = "SB_AUTH_SECRET_FILE")]
+        auth_secret_file: Option<std::path::PathBuf>,
         /// The ecosystem file to read the gateway's settings from.
         #[arg(long, default_value = "ecosystem.toml")]
         ecosystem: std::path::PathBuf,

@@ -128,15 +128,30 @@ async fn run(mut args: Args) -> Result<(), Failure> {
         aud,
         iss,
         auth_secret,
+        auth_secret_file,
         ecosystem,
     } = &args.command
     {
+        if auth_secret.is_some() {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                switchboard_bus::svc::secret::refused_arg(
+                    "--auth-secret",
+                    "SB_AUTH_SECRET",
+                    "--auth-secret-file"
+                )
+            )));
+        }
+        let secret = switchboard_bus::svc::secret::from_env_or_file(
+            "SB_AUTH_SECRET",
+            auth_secret_file.as_deref(),
+        )
+        .map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
         let minted = token::mint(&token::Request {
             sub,
             exp: *exp,
             aud: aud.as_deref(),
             iss: iss.as_deref(),
-            secret: auth_secret.as_deref(),
+            secret: secret.as_deref(),
             ecosystem,
         })
         .map_err(Failure::Usage)?;

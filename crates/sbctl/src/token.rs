@@ -1,8 +1,11 @@
 //! `sbctl token`: mints a client token (HS256 JWT) with the gateway's secret.
 //!
-//! The secret comes from `--auth-secret` / `SB_AUTH_SECRET` (the variable the
-//! gateway reads), else from the ecosystem file: the `receive` app's
-//! `env.SB_AUTH_SECRET` or its `--auth-secret` argument. The same goes for the
+//! The secret comes from `SB_AUTH_SECRET` or `--auth-secret-file` /
+//! `SB_AUTH_SECRET_FILE` (what the gateway reads), else from the ecosystem file:
+//! the `receive` app's `env.SB_AUTH_SECRET`, or the file its
+//! `--auth-secret-file` argument or `env.SB_AUTH_SECRET_FILE` names (relative
+//! to the ecosystem file's folder). Never from an argument: both refuse
+//! `--auth-secret`, which every local user could read in `ps`. The same goes for the
 //! audience and issuer the gateway requires (`--token-audience`,
 //! `--token-issuer`), so a minted token passes the gateway's checks as
 //! configured.
@@ -49,7 +52,11 @@ struct FromEcosystem {
     secret: Option<String>,
     audience: Option<String>,
     issuer: Option<String>,
+    max_lifetime_s: Option<u64>,
 }
+
+/// The gateway's default `--token-max-lifetime-s`: it refuses longer tokens.
+const GATEWAY_MAX_LIFETIME_S: u64 = 24 * 3600;
 
 /// Longest lifetime `--exp` accepts: a year. A token is a bearer credential;
 /// one that never ends cannot be taken back short of changing the secret.
@@ -66,16 +73,27 @@ pub(crate) fn mint(req: &Request<'_>) -> anyhow::Result<Minted> {
     if req.exp.is_zero() || req.exp > MAX_EXP {
         bail!("--exp must be more than 0 and at most 366 days");
     }
-    let eco = if req.secret.is_some() && req.aud.is_some() && req.iss.is_some() {
-        FromEcosystem::default()
-    } else {
-        from_ecosystem(req.ecosystem)?
-    };
+    let eco = from_ecosystem(req.ecosystem)?;
+    // What the gateway accepts: its --token-max-lifetime-s, from the same
+    // environment it reads, else from its entry in the ecosystem file.
+    let max_s = std::env::var("SB_TOKEN_MAX_LIFETIME_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or(eco.max_lifetime_s)
+        .unwrap_or(GATEWAY_MAX_LIFETIME_S);
+    if req.exp.as_secs() > max_s {
+        bail!(
+            "--exp {} s is longer than the gateway accepts ({max_s} s, its \
+             --token-max-lifetime-s): mint a shorter token and refresh it",
+            req.exp.as_secs()
+        );
+    }
     let Some(secret) = req.secret.map(str::to_owned).or(eco.secret) else {
         bail!(
             "the gateway has no client-token secret: set SB_AUTH_SECRET (or pass \
-             --auth-secret) to the value the gateway runs with; to switch auth on, start \
-             the system with it: SB_AUTH_SECRET=$(openssl rand -hex 32) scripts/run-all.sh"
+             --auth-secret-file PATH) to the value the gateway runs with; to switch auth \
+             on, start the system with it: SB_AUTH_SECRET=$(openssl rand -hex 32) \
+             scripts/run-all.sh"
         );
     };
     let iat = proto::now_ms() / 1000;
@@ -141,10 +159,23 @@ fn from_ecosystem(path: &Path) -> anyhow::Result<FromEcosystem> {
             }
         })
     };
+    let secret = match env("SB_AUTH_SECRET") {
+        Some(secret) => Some(secret),
+        None => match arg("--auth-secret-file").or_else(|| env("SB_AUTH_SECRET_FILE")) {
+            Some(file) => {
+                let file = path.parent().unwrap_or(Path::new(".")).join(file);
+                Some(switchboard_bus::svc::secret::read_file(&file).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        },
+    };
     Ok(FromEcosystem {
-        secret: arg("--auth-secret").or_else(|| env("SB_AUTH_SECRET")),
+        secret,
         audience: arg("--token-audience").or_else(|| env("SB_TOKEN_AUDIENCE")),
         issuer: arg("--token-issuer").or_else(|| env("SB_TOKEN_ISSUER")),
+        max_lifetime_s: arg("--token-max-lifetime-s")
+            .or_else(|| env("SB_TOKEN_MAX_LIFETIME_S"))
+            .and_then(|v| v.parse().ok()),
     })
 }
 
@@ -168,17 +199,19 @@ env = { SB_AUTH_SECRET = "not-this" }
 [[apps]]
 name = "edge"
 bin = "receive"
-args = ["--listen", "0.0.0.0:3000", "--token-audience=web", "--auth-secret", "s3"]
+args = ["--listen", "0.0.0.0:3000", "--token-audience=web", "--auth-secret-file", "secret", "--token-max-lifetime-s", "600"]
 env = { SB_TOKEN_ISSUER = "me" }
 "#,
         )
         .unwrap();
+        std::fs::write(dir.join("secret"), "s3\n").unwrap();
         assert_eq!(
             from_ecosystem(&path).unwrap(),
             FromEcosystem {
                 secret: Some("s3".into()),
                 audience: Some("web".into()),
                 issuer: Some("me".into()),
+                max_lifetime_s: Some(600),
             }
         );
         assert_eq!(
@@ -207,6 +240,9 @@ env = { SB_TOKEN_ISSUER = "me" }
         }
         assert!(mint(&req("ada", Duration::ZERO)).is_err());
         assert!(mint(&req("ada", MAX_EXP * 2)).is_err());
+        // Longer than the gateway's default maximum lifetime (24 h): refused.
+        assert!(mint(&req("ada", Duration::from_secs(86_401))).is_err());
+        assert!(mint(&req("ada", Duration::from_secs(86_400))).is_ok());
         let mut no_secret = req("ada", hour);
         no_secret.secret = None;
         let err = mint(&no_secret).err().unwrap().to_string();

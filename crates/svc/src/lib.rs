@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod procinfo;
+pub mod secret;
 pub mod trace;
 
 use tokio_util::sync::CancellationToken;

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::Admission;
+use crate::admission::Admission;
 use crate::hub::ConnOut;
 use crate::outbox::{Limits, Next, Outbox};
 use crate::shares::{address_key, Member, Share};

@@ -183,6 +183,19 @@ pub(super) fn check_app(
     if spec.name.starts_with('$') || spec.name == "main" {
         return Err(invalid("the names `main` and `$…` are taken".into()));
     }
+    // The gateway refuses its secret as an argument; refuse it here too, before
+    // anything starts: each start would show it in `ps` until the refusal.
+    if let Some(arg) = spec
+        .args
+        .iter()
+        .find(|a| *a == "--auth-secret" || a.starts_with("--auth-secret="))
+    {
+        let flag = arg.split('=').next().unwrap_or_default();
+        return Err(invalid(format!(
+            "args: {flag} would show the secret to every local user (ps); give it in \
+             env (SB_AUTH_SECRET) or in a file of mode 600 (--auth-secret-file PATH)"
+        )));
+    }
     if !(1..=99).contains(&spec.instances) {
         return Err(invalid(format!(
             "instances must be 1 to 99, not {}",

@@ -247,12 +247,12 @@ impl App {
         status: Vec<switchboard_bus::proto::admin::InstanceStatus>,
         logs: Vec<String>,
     ) -> switchboard_bus::proto::admin::AppDescription {
-        use switchboard_bus::proto::admin::redact;
+        use switchboard_bus::proto::admin::{redact, redact_args};
         let s = &self.spec;
         switchboard_bus::proto::admin::AppDescription {
             name: s.name.clone(),
             bin: self.bin.display().to_string(),
-            args: s.args.clone(),
+            args: redact_args(&s.args),
             env: s
                 .env
                 .iter()
