@@ -118,19 +118,10 @@ impl Shares {
     }
 }
 
-/// The key an address is counted under: IPv4 as it is (and IPv4-mapped IPv6 as
-/// IPv4), IPv6 by its /64.
+/// The key an address is counted under: its source as admission counts it
+/// ([`crate::admission::source_of`]: IPv4, or the IPv6 /64).
 pub fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
+    crate::admission::source_of(ip).to_string()
 }
 
 #[cfg(test)]
@@ -175,6 +166,7 @@ mod tests {
         let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(address_key(a), address_key(b));
+        assert_eq!(address_key(a), "2001:db8:1:2::");
         assert_ne!(address_key(a), address_key(c));
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
         assert_eq!(address_key(mapped), "127.0.0.2");
