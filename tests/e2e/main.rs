@@ -2,6 +2,7 @@
 //! processes on ports picked by the OS, a real MariaDB with a database per test,
 //! and real WebSocket clients.
 
+mod attack_services;
 mod client_js;
 mod daily;
 mod dashboard;
