@@ -2,6 +2,7 @@
 //! heads from many addresses, a rebound `Host`), loc's zones and replies, chat
 //! presence after a failed join, control and bidi characters in user text.
 
+use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use switchboard_testkit::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::harness::System;
 use crate::observe::get;
 use crate::supervisor::{app, Supervised};
 
@@ -221,4 +223,147 @@ async fn configured_names_and_basic_auth_are_answered() {
         get_with_host(&http, "/api/status", "any.example").await.0,
         401
     );
+}
+
+/// Issue 21, finding 10: `zone` and `nearby` created the zones they read, so
+/// cheap reads of made-up names filled an instance's zone cap and every new
+/// zone answered `overloaded`. Now reads create nothing, and zones made by
+/// `move` past the cap push out the least recently used (whose positions come
+/// back from the database) instead of refusing anyone.
+#[tokio::test]
+async fn reads_of_made_up_zones_and_a_flood_of_new_ones_lock_no_one_out() {
+    let system = System::start_full(true, &[], &["--max-zones", "8"]).await;
+    let mut eve = system.client_as("eve").await;
+    let mut ada = system.client_as("ada").await;
+    ada.ok("loc", "move", json!({"zone": "home", "x": 1.0, "y": 2.0}))
+        .await;
+    // 200 reads of names nobody uses: each reads as empty.
+    for i in 0..100 {
+        let zone = eve
+            .ok("loc", "zone", json!({"zone": format!("probe-{i}")}))
+            .await;
+        assert_eq!(zone["users"], json!([]), "{zone}");
+        let near = eve
+            .ok(
+                "loc",
+                "nearby",
+                json!({"zone": format!("probe-n{i}"), "x": 0.0, "y": 0.0, "radius": 5.0}),
+            )
+            .await;
+        assert_eq!(near["users"], json!([]), "{near}");
+    }
+    // A new zone is still open to everyone.
+    ada.ok("loc", "move", json!({"zone": "work", "x": 3.0, "y": 4.0}))
+        .await;
+    // 40 zones made by moves (five times each instance's cap): every one made,
+    // none refused.
+    for i in 0..40 {
+        eve.ok(
+            "loc",
+            "move",
+            json!({"zone": format!("flood-{i}"), "x": 0.0, "y": 0.0}),
+        )
+        .await;
+    }
+    ada.ok("loc", "move", json!({"zone": "later", "x": 5.0, "y": 6.0}))
+        .await;
+    // The zones the flood pushed out come back with their positions.
+    let home = ada.ok("loc", "zone", json!({"zone": "home"})).await;
+    assert_eq!(
+        home["users"],
+        json!([{"user": "ada", "x": 1.0, "y": 2.0, "ts": home["users"][0]["ts"]}]),
+        "{home}"
+    );
+    let work = ada.ok("loc", "zone", json!({"zone": "work"})).await;
+    assert_eq!(work["users"][0]["user"], "ada", "{work}");
+    assert_eq!(work["users"][0]["x"], 3.0, "{work}");
+}
+
+/// Issue 21, findings 1 and 10: a zone's users grew its `zone` reply and its
+/// `loc.load` reply without bound; ~10,000 users put both over the bus's 1 MiB
+/// message limit (which cost the sender its bus connection). Now `loc.load`
+/// pages (1,000 positions) and `zone` pages (500 users, `more`, `after`):
+/// 8,000 saved users with long ids (1.4 MB as one reply) are all read back,
+/// and the db and loc stay on the bus.
+#[tokio::test]
+async fn a_zone_of_eight_thousand_long_named_users_is_read_back_in_pages() {
+    use mysql_async::prelude::Queryable;
+    let system = System::start(true).await;
+    let mut ada = system.client_as("ada").await;
+    // The schema exists once a first position is saved.
+    ada.ok("loc", "move", json!({"zone": "warmup", "x": 0.0, "y": 0.0}))
+        .await;
+    let mut conn = crate::harness::sql(&system).await;
+    let ready = eventually(Duration::from_secs(10), || {
+        let url = system.db.url.clone();
+        async move {
+            let mut c = mysql_async::Conn::from_url(&url).await.unwrap();
+            c.query_drop("SELECT 1 FROM positions LIMIT 1")
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert!(ready, "positions table");
+    let user = |i: usize| format!("{i:06}-{}", "u".repeat(121));
+    for chunk in (0..8_000).collect::<Vec<_>>().chunks(1_000) {
+        let rows = vec!["('big', ?, ?, ?, 1)"; chunk.len()].join(",");
+        let params: Vec<mysql_async::Value> = chunk
+            .iter()
+            .flat_map(|&i| [user(i).into(), (i as f64).into(), 0.0f64.into()])
+            .collect();
+        conn.exec_drop(
+            format!("INSERT INTO positions (zone, user_id, x, y, ts) VALUES {rows}"),
+            params,
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = json!({"zone": "big"});
+        if let Some(a) = &after {
+            q["after"] = json!(a);
+        }
+        let page = ada.ok("loc", "zone", q).await;
+        let users = page["users"].as_array().unwrap().clone();
+        assert!(users.len() <= 500, "{}", users.len());
+        seen.extend(users.iter().map(|u| u["user"].as_str().unwrap().to_owned()));
+        if page["more"] != json!(true) {
+            break;
+        }
+        after = seen.last().cloned();
+    }
+    assert_eq!(seen.len(), 8_000);
+    assert_eq!(
+        seen,
+        (0..8_000).map(user).collect::<Vec<_>>(),
+        "every user once, in order"
+    );
+    // A smaller page, and nearby's limit.
+    let page = ada
+        .ok("loc", "zone", json!({"zone": "big", "limit": 3}))
+        .await;
+    assert_eq!(page["users"].as_array().unwrap().len(), 3);
+    assert_eq!(page["more"], json!(true));
+    let near = ada
+        .ok(
+            "loc",
+            "nearby",
+            json!({"zone": "big", "x": 0.0, "y": 0.0, "radius": 100.0, "limit": 5}),
+        )
+        .await;
+    assert_eq!(near["users"].as_array().unwrap().len(), 5, "{near}");
+    assert_eq!(near["more"], json!(true));
+    for bad in [json!(0), json!(501)] {
+        assert_eq!(
+            ada.err(Some("loc"), "zone", json!({"zone": "big", "limit": bad}))
+                .await,
+            "bad_request"
+        );
+    }
+    // The db is still on the bus: a say commits.
+    ada.ok("chat", "say", json!({"room": "r", "text": "still here"}))
+        .await;
 }
