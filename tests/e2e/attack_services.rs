@@ -367,3 +367,82 @@ async fn a_zone_of_eight_thousand_long_named_users_is_read_back_in_pages() {
     ada.ok("chat", "say", json!({"room": "r", "text": "still here"}))
         .await;
 }
+
+/// Issue 21 (low): NUL, ESC (a terminal escape) and bidi overrides were
+/// accepted in chat text and loc names and shown to other users as sent. Now
+/// each is `bad_request` and nothing reaches anyone; a new line and a tab in
+/// a message are fine.
+#[tokio::test]
+async fn control_and_bidi_characters_never_reach_other_users() {
+    let system = System::start(true).await;
+    let mut eve = system.client_as("eve").await;
+    let mut bob = system.client_as("bob").await;
+    eve.ok("chat", "join", json!({"room": "lobby"})).await;
+    bob.ok("chat", "join", json!({"room": "lobby"})).await;
+    bob.ok_gateway("subscribe", json!({"topic": "loc.park"}))
+        .await;
+    let evil = [
+        "nul\u{0}byte",
+        "clear\u{1b}[2Jscreen",
+        "bell\u{7}",
+        "c1\u{9b}31m",
+        "invoice\u{202E}fdp.exe",
+        "iso\u{2066}late\u{2069}",
+        "mark\u{200F}",
+        "arabic\u{061C}mark",
+    ];
+    for text in evil {
+        for (to, op, data) in [
+            ("chat", "say", json!({"room": "lobby", "text": text})),
+            ("chat", "dm", json!({"user": "bob", "text": text})),
+            (
+                "loc",
+                "move",
+                json!({"zone": "park", "x": 1.0, "y": 1.0, "name": text}),
+            ),
+        ] {
+            assert_eq!(
+                eve.err(Some(to), op, data).await,
+                "bad_request",
+                "{to}.{op} with {text:?}"
+            );
+        }
+    }
+    for room in ["lob\u{202E}by", "lob\u{1b}by"] {
+        assert_eq!(
+            eve.err(Some("chat"), "join", json!({"room": room})).await,
+            "bad_request"
+        );
+        assert_eq!(
+            eve.err(
+                Some("loc"),
+                "move",
+                json!({"zone": room, "x": 0.0, "y": 0.0})
+            )
+            .await,
+            "bad_request"
+        );
+    }
+    // What is allowed passes, and is the first thing bob hears.
+    eve.ok(
+        "chat",
+        "say",
+        json!({"room": "lobby", "text": "two\nlines\tok"}),
+    )
+    .await;
+    let heard = bob.event("chat.room.lobby").await.expect("the message");
+    assert_eq!(heard["text"], "two\nlines\tok");
+    eve.ok("chat", "dm", json!({"user": "bob", "text": "psst"}))
+        .await;
+    assert_eq!(bob.event("user.bob").await.expect("the dm")["text"], "psst");
+    eve.ok(
+        "loc",
+        "move",
+        json!({"zone": "park", "x": 1.0, "y": 1.0, "name": "Éve ✓"}),
+    )
+    .await;
+    assert_eq!(
+        bob.event("loc.park").await.expect("the move")["name"],
+        "Éve ✓"
+    );
+}

@@ -199,7 +199,10 @@ fn check_text(text: &str) -> Result<(), Error> {
             "text longer than {MAX_TEXT_CHARS} characters"
         )));
     }
-    Ok(())
+    // Shown to other users: no terminal escapes, NUL or bidi overrides (a new
+    // line and a tab are fine).
+    proto::text::check(text, proto::text::Lines::Allowed)
+        .map_err(|e| Error::bad_request(format!("text: {e}")))
 }
 
 fn session_of(req: &Request) -> String {
@@ -424,6 +427,15 @@ mod tests {
         assert!(check_text("  ").is_err());
         assert!(check_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
         assert!(check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).is_err());
+        assert!(check_text("two\nlines\tand a tab").is_ok());
+        for bad in [
+            "nul\0",
+            "esc\u{1b}[2J",
+            "rlo\u{202E}gnp.exe",
+            "isolate\u{2066}x",
+        ] {
+            assert!(check_text(bad).is_err(), "{bad:?}");
+        }
         assert!(check_room("lobby").is_ok());
         assert!(check_room("chat.room").is_err());
         assert!(check_room("").is_err());

@@ -164,16 +164,18 @@ impl Loc {
         evict_idle(&mut self.lock(), now, self.settings.zone_idle_ms)
     }
 
-    /// A display name: 1 to [`MAX_NAME`] characters, no control characters.
+    /// A display name: 1 to [`MAX_NAME`] characters, no control characters
+    /// and no bidirectional controls (it is shown to the zone's other users).
     /// It is a label only: `user` (from the token) is who moved.
     pub(crate) fn check_name(name: &str) -> Result<(), Error> {
         let chars = name.chars().count();
-        if chars == 0 || chars > MAX_NAME || name.chars().any(char::is_control) {
+        if chars == 0 || chars > MAX_NAME {
             return Err(Error::bad_request(format!(
-                "name must be 1 to {MAX_NAME} characters, none of them control characters"
+                "name must be 1 to {MAX_NAME} characters"
             )));
         }
-        Ok(())
+        proto::text::check(name, proto::text::Lines::Refused)
+            .map_err(|e| Error::bad_request(format!("name: {e}")))
     }
 
     pub(crate) fn check_point(&self, x: f64, y: f64) -> Result<(), Error> {
