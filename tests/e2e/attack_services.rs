@@ -368,6 +368,44 @@ async fn a_zone_of_eight_thousand_long_named_users_is_read_back_in_pages() {
         .await;
 }
 
+/// Issue 21 (low): a `join` whose grant the gateway could not apply (the
+/// client's subscription cap) failed for the client but still showed it in the
+/// room's `who`, a member that hears nothing. Now the gateway tells chat
+/// (`session.grant_failed`) and the presence goes.
+#[tokio::test]
+async fn a_join_that_failed_leaves_no_presence() {
+    let system = System::start_with(true, &["--max-subscriptions", "2"]).await;
+    let mut eve = system.client_as("eve").await;
+    let mut bob = system.client_as("bob").await;
+    // user.eve and one room: eve is at her cap.
+    eve.ok_gateway("subscribe", json!({"topic": "chat.room.elsewhere"}))
+        .await;
+    assert_eq!(
+        eve.err(Some("chat"), "join", json!({"room": "secret"}))
+            .await,
+        "overloaded"
+    );
+    // The event and bob's request travel apart: ask until it is gone (5 s).
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut listed = json!(null);
+    while std::time::Instant::now() < until {
+        listed = bob.ok("chat", "who", json!({"room": "secret"})).await["users"].clone();
+        if listed == json!([]) {
+            break;
+        }
+    }
+    let gone = listed == json!([]);
+    assert!(gone, "eve is listed in a room she could not join: {listed}");
+    // A join that works still shows her.
+    eve.ok_gateway("unsubscribe", json!({"topic": "chat.room.elsewhere"}))
+        .await;
+    eve.ok("chat", "join", json!({"room": "secret"})).await;
+    assert_eq!(
+        bob.ok("chat", "who", json!({"room": "secret"})).await["users"],
+        json!(["eve"])
+    );
+}
+
 /// Issue 21 (low): NUL, ESC (a terminal escape) and bidi overrides were
 /// accepted in chat text and loc names and shown to other users as sent. Now
 /// each is `bad_request` and nothing reaches anyone; a new line and a tab in

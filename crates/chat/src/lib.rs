@@ -252,6 +252,23 @@ pub fn service() -> Service {
                 Err(e) => tracing::warn!(error = %e, "bad session.close event"),
             }
         })
+        // The gateway could not subscribe the client to a room it joined (its
+        // subscription cap, or the connection closing): the join failed for
+        // the client, so its presence goes too.
+        .on_event_with(api::GRANT_FAILED, &rooms, |event, _bus, rooms| async move {
+            let Ok(failed) = proto::from_body::<api::GrantFailed>(&event.body) else {
+                tracing::warn!("bad session.grant_failed event");
+                return;
+            };
+            if failed.service != "chat" {
+                return;
+            }
+            for topic in &failed.topics {
+                if let Some(room) = topic.strip_prefix("chat.room.") {
+                    rooms.leave(room, &failed.user, &failed.session);
+                }
+            }
+        })
         // A gateway that died (or was cut off) sent no session.close for its
         // clients: the broker's peer-lost event stands in for all of them.
         .on_event_with(api::PEER_LOST, &rooms, |event, _bus, rooms| async move {

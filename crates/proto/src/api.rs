@@ -173,6 +173,26 @@ pub const SESSION_OPEN: &str = "session.open";
 /// Topic of the gateway's session-closed events.
 pub const SESSION_CLOSE: &str = "session.close";
 
+/// Topic of the gateway's grant-failed events ([`GrantFailed`]): a service's
+/// reply granted a client topics that the gateway could not subscribe it to
+/// (its subscription cap, or the connection closing), and the client got an
+/// error instead. A service that recorded something with the grant (chat: the
+/// user's presence in the room) undoes it.
+pub const GRANT_FAILED: &str = "session.grant_failed";
+
+/// Body of a [`GRANT_FAILED`] event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantFailed {
+    /// The connection's user.
+    pub user: String,
+    /// The connection's id (as in [`Session`]).
+    pub session: String,
+    /// The service whose reply carried the grant.
+    pub service: String,
+    /// The granted topics the client was not subscribed to.
+    pub topics: Vec<String>,
+}
+
 /// Topic of the broker's peer-lost events ([`PeerLost`]): a peer disconnected or
 /// went silent without saying bye. Services that keep per-session state drop the
 /// sessions of a lost gateway instance ([`session_gateway`]).
