@@ -18,7 +18,9 @@
 //! address; past either a new connection takes the place of an idle one
 //! (`http/admission.rs`), so stalled heads cannot lock a probe out. A request
 //! head must arrive within [`HEADER_TIMEOUT`]. At most [`MAX_EVENT_STREAMS`]
-//! event streams (503 past it) at once.
+//! event streams and [`MAX_BUS_REQUESTS`] other requests that ask the bus
+//! (503 past either) at once, so connections being answered, which are never
+//! pushed out, cannot fill the table.
 //! Optional basic auth (`http_auth = "user:password"`, compared in constant
 //! time) covers every path but `/health` and `/ready`. Without it, those other
 //! paths answer only a `Host` that is an IP address, `localhost`, or one of
@@ -53,6 +55,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// Requests that ask the bus (a scrape, the status, a trace) answered at once
+/// at most, 503 past it: each is busy (so never pushed out of the table) for
+/// up to a second, and this keeps most of the table for everyone else.
+pub const MAX_BUS_REQUESTS: usize = 32;
+
 /// Event streams open at once at most: each one asks every instance for its
 /// metrics once a second, so the cap bounds what viewers cost the system.
 pub const MAX_EVENT_STREAMS: usize = 16;
@@ -77,6 +84,8 @@ struct Ctx {
     hosts: Vec<String>,
     /// Event streams open now.
     streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests asking the bus now ([`MAX_BUS_REQUESTS`]).
+    bus_requests: Arc<tokio::sync::Semaphore>,
 }
 
 /// Binds `addr`; `None` (and a warning) when it cannot: the dashboard is not worth
@@ -119,6 +128,7 @@ pub async fn serve(
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         streams: Arc::default(),
+        bus_requests: Arc::new(tokio::sync::Semaphore::new(MAX_BUS_REQUESTS)),
     });
     let admission = admission::Admission::new(MAX_CONNECTIONS, MAX_PER_ADDRESS);
     loop {
@@ -300,8 +310,25 @@ async fn answer(ctx: &Ctx, req: Request<Incoming>, shutdown: CancellationToken) 
             }
         }
     }
+    if path == "/" || path == "/index.html" {
+        return full(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
+    }
+    // Every other path asks the bus (or opens an event stream, capped apart).
+    let _permit = if path == "/api/events" {
+        None
+    } else {
+        match ctx.bus_requests.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{MAX_BUS_REQUESTS} requests are being answered already\n"),
+                )
+            }
+        }
+    };
     match path.as_str() {
-        "/" | "/index.html" => full(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         "/metrics" => full(
             StatusCode::OK,
             "text/plain; version=0.0.4",
