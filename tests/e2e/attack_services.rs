@@ -484,3 +484,48 @@ async fn control_and_bidi_characters_never_reach_other_users() {
         "Éve ✓"
     );
 }
+
+/// Two zone names owned by the same loc instance.
+async fn two_on_one_instance(system: &System) -> (String, String) {
+    let mut by_owner: std::collections::HashMap<String, String> = Default::default();
+    for i in 0..64 {
+        let zone = format!("pair-{i}");
+        let owner = crate::services::owner(system, &zone).await;
+        if let Some(first) = by_owner.get(&owner) {
+            return (first.clone(), zone);
+        }
+        by_owner.insert(owner, zone);
+    }
+    panic!("no two zones on one instance");
+}
+
+/// Pushing zones out (least recently used) must not keep a user who left in
+/// them: a connection's positions in zones evicted meanwhile go when it
+/// closes, instead of coming back from the database as a ghost.
+#[tokio::test]
+async fn a_user_who_left_is_not_brought_back_by_an_evicted_zone() {
+    let system = System::start_full(true, &[], &["--max-zones", "1"]).await;
+    let (a, b) = two_on_one_instance(&system).await;
+    let mut ada = system.client_as("ada").await;
+    let mut bob = system.client_as("bob").await;
+    ada.ok("loc", "move", json!({"zone": a, "x": 1.0, "y": 1.0}))
+        .await;
+    // b pushes a out (cap 1); then ada closes her connection.
+    ada.ok("loc", "move", json!({"zone": b, "x": 2.0, "y": 2.0}))
+        .await;
+    drop(ada);
+    // Until the close is handled ada may still show: ask until she is gone.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut listed = (json!(null), json!(null));
+    while std::time::Instant::now() < until {
+        listed = (
+            bob.ok("loc", "zone", json!({"zone": a})).await["users"].clone(),
+            bob.ok("loc", "zone", json!({"zone": b})).await["users"].clone(),
+        );
+        if listed == (json!([]), json!([])) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed, (json!([]), json!([])), "ada left both zones");
+}

@@ -199,6 +199,9 @@ pub fn service(settings: Settings) -> Service {
                     .get_mut(&arg.zone)
                     .and_then(|z| z.users.remove(&user))
                     .is_some();
+                if let Some((_, zones)) = req.session().and_then(|s| state.by_session.get_mut(s)) {
+                    zones.remove(&arg.zone);
+                }
                 let key = (arg.zone.clone(), user.clone());
                 state.dirty.remove(&key);
                 state.gone.insert(key);
@@ -266,30 +269,40 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
     loc.ensure_loaded(&arg.zone, &req, true).await;
     loc.check_room_for(&arg.zone, &user)?;
     let ts = proto::now_ms();
+    let session = req.session().unwrap_or_default().to_owned();
     {
-        let mut state = loc.lock();
-        if !state.zones.contains(&arg.zone) {
+        let mut guard = loc.lock();
+        if !guard.zones.contains(&arg.zone) {
             // Evicted by newer zones while it loaded: back, most recent.
-            drop(state);
+            drop(guard);
             loc.touch(&arg.zone);
-            state = loc.lock();
+            guard = loc.lock();
         }
+        let state = &mut *guard;
+        Loc::note_session_zone(state, &session, &user, &arg.zone)?;
         let Some(zone) = state.zones.get_mut(&arg.zone) else {
             return Err(Error::new(
                 proto::ErrorCode::Overloaded,
                 "zone evicted while loading; try again",
             ));
         };
-        zone.users.insert(
+        let before = zone.users.insert(
             user.clone(),
             Pos {
                 x: arg.x,
                 y: arg.y,
                 ts,
-                session: req.session().unwrap_or_default().to_owned(),
+                session: session.clone(),
                 name: arg.name.clone(),
             },
         );
+        // Another connection of the user held it: that one's closing no
+        // longer ends it.
+        if let Some(before) = before.filter(|b| b.session != session) {
+            if let Some((_, zones)) = state.by_session.get_mut(&before.session) {
+                zones.remove(&arg.zone);
+            }
+        }
         let key = (arg.zone.clone(), user.clone());
         state.gone.remove(&key);
         state.dirty.insert(

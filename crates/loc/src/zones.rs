@@ -52,7 +52,15 @@ pub(crate) struct State {
     /// What a save in flight carries: a zone loaded meanwhile (after an
     /// eviction) must not miss it because the db has not committed it yet.
     pub(crate) saving: api::LocSave,
+    /// Per client session: its user and the zones it set a position in, so
+    /// that its positions in zones evicted meanwhile go too when it closes
+    /// (at most [`MAX_ZONES_PER_SESSION`] zones each).
+    pub(crate) by_session: HashMap<String, (String, HashSet<String>)>,
 }
+
+/// Zones one client session may hold positions in at once (`overloaded` past
+/// it): the index of sessions' zones is fed by clients.
+pub(crate) const MAX_ZONES_PER_SESSION: usize = 256;
 
 impl Default for State {
     fn default() -> Self {
@@ -61,6 +69,7 @@ impl Default for State {
             dirty: HashMap::new(),
             gone: HashSet::new(),
             saving: api::LocSave::default(),
+            by_session: HashMap::new(),
         }
     }
 }
@@ -341,16 +350,73 @@ impl Loc {
     /// restart (no session known: any session of the user closing ends them).
     /// Returns the zones left.
     pub(crate) fn close_session(&self, user: &str, session: &str) -> Vec<String> {
-        self.remove_where(|u, p| u == user && (p.session == session || p.session.is_empty()))
-            .into_iter()
-            .map(|(zone, _)| zone)
-            .collect()
+        let mut removed =
+            self.remove_where(|u, p| u == user && (p.session == session || p.session.is_empty()));
+        removed.extend(self.forget_sessions(|s| s == session));
+        removed.into_iter().map(|(zone, _)| zone).collect()
     }
 
     /// Drops every position set through a lost gateway instance; returns the
     /// (zone, user) pairs removed.
     pub(crate) fn close_gateway(&self, gateway: &str) -> Vec<(String, String)> {
-        self.remove_where(|_, p| api::session_gateway(&p.session) == Some(gateway))
+        let mut removed =
+            self.remove_where(|_, p| api::session_gateway(&p.session) == Some(gateway));
+        removed.extend(self.forget_sessions(|s| api::session_gateway(s) == Some(gateway)));
+        removed
+    }
+
+    /// Records that `session` of `user` set a position in `zone`, within
+    /// [`MAX_ZONES_PER_SESSION`].
+    pub(crate) fn note_session_zone(
+        state: &mut State,
+        session: &str,
+        user: &str,
+        zone: &str,
+    ) -> Result<(), Error> {
+        if session.is_empty() {
+            return Ok(());
+        }
+        let (_, zones) = state
+            .by_session
+            .entry(session.to_owned())
+            .or_insert_with(|| (user.to_owned(), HashSet::new()));
+        if zones.len() >= MAX_ZONES_PER_SESSION && !zones.contains(zone) {
+            return Err(Error::new(
+                proto::ErrorCode::Overloaded,
+                format!("this connection holds positions in {MAX_ZONES_PER_SESSION} zones: leave one first"),
+            ));
+        }
+        zones.insert(zone.to_owned());
+        Ok(())
+    }
+
+    /// Forgets the sessions `which` picks; their users' positions in zones not
+    /// in memory (evicted since) are marked gone. Returns those (zone, user).
+    fn forget_sessions(&self, which: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let closing: Vec<String> = state
+            .by_session
+            .keys()
+            .filter(|s| which(s))
+            .cloned()
+            .collect();
+        let mut removed = Vec::new();
+        for session in closing {
+            let Some((user, zones)) = state.by_session.remove(&session) else {
+                continue;
+            };
+            for zone in zones {
+                if state.zones.contains(&zone) {
+                    continue;
+                }
+                let key = (zone, user.clone());
+                state.dirty.remove(&key);
+                state.gone.insert(key.clone());
+                removed.push(key);
+            }
+        }
+        removed
     }
 
     /// Removes the positions `doomed` picks, marking them gone for the next save.
