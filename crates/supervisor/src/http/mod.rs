@@ -168,13 +168,9 @@ pub async fn serve(
                 let busy = held.busy();
                 async move {
                     let response = answer(&ctx, req, shutdown).await;
-                    Ok::<_, Infallible>(response.map(|body| {
-                        body.map_frame(move |frame| {
-                            let _ = &busy;
-                            frame
-                        })
-                        .boxed()
-                    }))
+                    Ok::<_, Infallible>(
+                        response.map(|inner| Guarded { inner, _busy: busy }.boxed()),
+                    )
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -188,6 +184,33 @@ pub async fn serve(
             }
             drop(ticket);
         });
+    }
+}
+
+/// A response body that keeps its connection marked busy while alive, and
+/// says what its inner body says (its length: a `Content-Length`, not chunks).
+struct Guarded {
+    inner: Body,
+    _busy: admission::Busy,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
