@@ -529,3 +529,63 @@ async fn a_user_who_left_is_not_brought_back_by_an_evicted_zone() {
     }
     assert_eq!(listed, (json!([]), json!([])), "ada left both zones");
 }
+
+/// The tables loc keeps from client input refuse loudly past their caps: users
+/// in one zone (`--max-zone-users`), zones one connection holds positions in
+/// (256 on one loc instance).
+#[tokio::test]
+async fn a_full_zone_and_a_connection_in_too_many_zones_are_refused_loudly() {
+    let system = System::start_full(true, &[], &["--max-zone-users", "2"]).await;
+    let mut ada = system.client_as("ada").await;
+    let mut bob = system.client_as("bob").await;
+    let mut eve = system.client_as("eve").await;
+    ada.ok("loc", "move", json!({"zone": "full", "x": 0.0, "y": 0.0}))
+        .await;
+    bob.ok("loc", "move", json!({"zone": "full", "x": 0.0, "y": 0.0}))
+        .await;
+    assert_eq!(
+        eve.err(
+            Some("loc"),
+            "move",
+            json!({"zone": "full", "x": 0.0, "y": 0.0})
+        )
+        .await,
+        "overloaded"
+    );
+    // Those inside still move.
+    ada.ok("loc", "move", json!({"zone": "full", "x": 1.0, "y": 1.0}))
+        .await;
+    // 257 zones on one loc instance (each instance keeps its own index).
+    let first = crate::services::owner(&system, "many-0").await;
+    let mut zones = Vec::new();
+    for i in 0.. {
+        let zone = format!("many-{i}");
+        if crate::services::owner(&system, &zone).await == first {
+            zones.push(zone);
+            if zones.len() == 257 {
+                break;
+            }
+        }
+    }
+    for zone in &zones[..256] {
+        eve.ok("loc", "move", json!({"zone": zone, "x": 0.0, "y": 0.0}))
+            .await;
+    }
+    assert_eq!(
+        eve.err(
+            Some("loc"),
+            "move",
+            json!({"zone": zones[256], "x": 0.0, "y": 0.0})
+        )
+        .await,
+        "overloaded"
+    );
+    // Leaving one makes room.
+    eve.ok("loc", "leave", json!({"zone": zones[0]})).await;
+    eve.ok(
+        "loc",
+        "move",
+        json!({"zone": zones[256], "x": 0.0, "y": 0.0}),
+    )
+    .await;
+}
