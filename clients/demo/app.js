@@ -169,10 +169,18 @@ async function sendMove() {
 /** The zone as loc has it now: after a reconnect, whoever left meanwhile goes. */
 async function loadZone() {
   try {
-    const z = await state.client.request('loc', 'zone', { zone: state.zone });
-    const here = new Set((z.users || []).map((u) => u.user));
+    // `zone` answers a page at a time (500 users); `more` says another follows.
+    const users = [];
+    let after;
+    for (;;) {
+      const z = await state.client.request('loc', 'zone', after === undefined ? { zone: state.zone } : { zone: state.zone, after });
+      users.push(...(z.users || []));
+      if (!z.more || !z.users || z.users.length === 0) break;
+      after = z.users[z.users.length - 1].user;
+    }
+    const here = new Set(users.map((u) => u.user));
     for (const user of [...state.people.keys()]) if (!here.has(user)) state.people.delete(user);
-    for (const u of z.users || []) upsert(u.user, u.name, u.x, u.y);
+    for (const u of users) upsert(u.user, u.name, u.x, u.y);
     renderPeople();
   } catch { /* shown on the next event */ }
 }

@@ -4,6 +4,7 @@
 
 mod attack_admission;
 mod attack_limits;
+mod attack_services;
 mod attack_trust;
 mod client_js;
 mod daily;

@@ -203,7 +203,10 @@ fn check_text(text: &str) -> Result<(), Error> {
             "text longer than {MAX_TEXT_CHARS} characters"
         )));
     }
-    Ok(())
+    // Shown to other users: no terminal escapes, NUL or bidi overrides (a new
+    // line and a tab are fine).
+    proto::text::check(text, proto::text::Lines::Allowed)
+        .map_err(|e| Error::bad_request(format!("text: {e}")))
 }
 
 fn session_of(req: &Request) -> String {
@@ -257,6 +260,23 @@ pub fn service_with(policy: Policy) -> Service {
             match proto::from_body::<api::Session>(&event.body) {
                 Ok(s) => rooms.close_session(&s.user, &s.session),
                 Err(e) => tracing::warn!(error = %e, "bad session.close event"),
+            }
+        })
+        // The gateway could not subscribe the client to a room it joined (its
+        // subscription cap, or the connection closing): the join failed for
+        // the client, so its presence goes too.
+        .on_event_with(api::GRANT_FAILED, &rooms, |event, _bus, rooms| async move {
+            let Ok(failed) = proto::from_body::<api::GrantFailed>(&event.body) else {
+                tracing::warn!("bad session.grant_failed event");
+                return;
+            };
+            if failed.service != "chat" {
+                return;
+            }
+            for topic in &failed.topics {
+                if let Some(room) = topic.strip_prefix("chat.room.") {
+                    rooms.leave(room, &failed.user, &failed.session);
+                }
             }
         })
         // A gateway that died (or was cut off) sent no session.close for its
@@ -438,6 +458,15 @@ mod tests {
         assert!(check_text("  ").is_err());
         assert!(check_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
         assert!(check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).is_err());
+        assert!(check_text("two\nlines\tand a tab").is_ok());
+        for bad in [
+            "nul\0",
+            "esc\u{1b}[2J",
+            "rlo\u{202E}gnp.exe",
+            "isolate\u{2066}x",
+        ] {
+            assert!(check_text(bad).is_err(), "{bad:?}");
+        }
         assert!(check_room("lobby").is_ok());
         assert!(check_room("chat.room").is_err());
         assert!(check_room("").is_err());

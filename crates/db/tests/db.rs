@@ -238,9 +238,22 @@ async fn positions_latest_wins_and_leaving_deletes() {
     )
     .await
     .unwrap();
-    let mut got = db.loc_load("z1", soon()).await.unwrap();
-    got.sort_by(|a, b| a.user.cmp(&b.user));
+    let got = db.loc_load("z1", None, 1_000, soon()).await.unwrap();
     assert_eq!(got, vec![pos("ann", 1.0, 100), pos("bob", 3.0, 200)]);
+    // Pages, by user.
+    assert_eq!(
+        db.loc_load("z1", None, 1, soon()).await.unwrap(),
+        vec![pos("ann", 1.0, 100)]
+    );
+    assert_eq!(
+        db.loc_load("z1", Some("ann"), 1, soon()).await.unwrap(),
+        vec![pos("bob", 3.0, 200)]
+    );
+    assert!(db
+        .loc_load("z1", Some("bob"), 1, soon())
+        .await
+        .unwrap()
+        .is_empty());
     db.loc_save(
         &api::LocSave {
             positions: vec![],
@@ -254,7 +267,7 @@ async fn positions_latest_wins_and_leaving_deletes() {
     .await
     .unwrap();
     assert_eq!(
-        db.loc_load("z1", soon()).await.unwrap(),
+        db.loc_load("z1", None, 1_000, soon()).await.unwrap(),
         vec![pos("bob", 3.0, 200)]
     );
     let bad = db

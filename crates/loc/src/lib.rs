@@ -6,15 +6,19 @@
 //! | op | data | reply |
 //! |---|---|---|
 //! | `move` | `{zone, x, y, name?}` | `{}`; `{zone, user, name?, x, y, ts}` on `loc.<zone>` (`name`: a display label, 1–32 characters) |
-//! | `nearby` | `{zone, x, y, radius}` | `{users: [{user, x, y, dist}…]}` nearest first (100 at most) |
-//! | `zone` | `{zone}` | `{users: [{user, name?, x, y, ts}…]}` |
+//! | `nearby` | `{zone, x, y, radius, limit?}` | `{users: [{user, x, y, dist}…], more?}` nearest first (`limit` 1–100, default 100; `more: true` when more users are in the radius) |
+//! | `zone` | `{zone, limit?, after?}` | `{users: [{user, name?, x, y, ts}…], more?}` by user, `limit` (1–500, default 500) at most, after user `after`; `more: true` when another page follows (ask with `after` = the last user) |
 //! | `leave` | `{zone}` | `{}`; `{zone, user, left: true}` on `loc.<zone>` |
 //!
-//! A zone exists from its first use, like a chat room, under the same name rules
-//! (1 to 64 ASCII letters, digits, `_`, `-`); `--zones` is an optional allow-list.
-//! An instance holds at most `max_zones` live zones (`overloaded` past that, after
-//! evicting idle ones); a zone no request named for `zone_idle_ms` (10 minutes) is
+//! A zone exists from its first `move`, like a chat room, under the same name
+//! rules (1 to 64 ASCII letters, digits, `_`, `-`); `--zones` is an optional
+//! allow-list. Reads (`zone`, `nearby`) never create one: a zone with nothing
+//! in memory or saved reads as empty. An instance holds at most `max_zones`
+//! live zones; a new one past that evicts the least recently used (its
+//! positions are saved and come back on its next use), so no flood of names
+//! can lock others out. A zone no request named for `zone_idle_ms` (10 minutes) is
 //! evicted from memory, its positions saved, and loaded again on its next use.
+//! A zone holds at most `max_zone_users` users (`overloaded` for a new one past it).
 //! An invalid zone name, a coordinate outside ±`max_coord`, NaN or infinity, or a
 //! radius outside (0, `max_radius`] is `bad_request`. Positions are saved through the db service every
 //! `save_interval_ms`, coalesced (latest wins), and a zone's last positions are
@@ -38,8 +42,11 @@ pub struct Settings {
     /// An allow-list of zones; empty: any valid name (a zone exists from its
     /// first use).
     pub zones: Vec<String>,
-    /// Live zones one instance holds at most.
+    /// Live zones one instance holds at most (the least recently used is
+    /// evicted for a new one).
     pub max_zones: usize,
+    /// Users one zone holds at most.
+    pub max_zone_users: usize,
     /// A zone no request named for this long is evicted from memory (its
     /// positions stay saved and come back on its next use), ms.
     pub zone_idle_ms: u64,
@@ -56,6 +63,7 @@ impl Default for Settings {
         Self {
             zones: Vec::new(),
             max_zones: 10_000,
+            max_zone_users: 100_000,
             zone_idle_ms: 10 * 60 * 1000,
             max_coord: 1_000_000.0,
             max_radius: 100_000.0,
@@ -67,9 +75,23 @@ impl Default for Settings {
 /// Most users a `nearby` reply lists.
 pub const NEARBY_MAX: usize = 100;
 
+/// Most users one `zone` reply lists: a user is at most about 300 bytes (a
+/// 128-byte id, a 32-character name, three numbers), so a page stays near
+/// 150 KB, far under the bus's message limit however many users a zone has.
+pub const ZONE_PAGE_MAX: usize = 500;
+
 #[derive(Deserialize)]
 struct ZoneArg {
     zone: String,
+}
+
+#[derive(Deserialize)]
+struct ZonePageArg {
+    zone: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +110,8 @@ struct NearbyArg {
     x: f64,
     y: f64,
     radius: f64,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -119,6 +143,8 @@ struct Near {
 #[derive(Serialize)]
 struct NearbyReply {
     users: Vec<Near>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    more: bool,
 }
 
 #[derive(Serialize)]
@@ -134,6 +160,8 @@ struct ZoneUser {
 #[derive(Serialize)]
 struct ZoneReply {
     users: Vec<ZoneUser>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    more: bool,
 }
 
 #[derive(Serialize)]
@@ -158,29 +186,7 @@ pub fn service(settings: Settings) -> Service {
             nearby(&loc, req).await
         })
         .handle_with("zone", &loc, |req: Request, loc| async move {
-            let arg: ZoneArg = req.decode()?;
-            loc.check_zone(&arg.zone)?;
-            loc.touch(&arg.zone)?;
-            loc.ensure_loaded(&arg.zone, &req).await;
-            let state = loc.lock();
-            let mut users: Vec<ZoneUser> = state
-                .zones
-                .get(&arg.zone)
-                .map(|z| {
-                    z.users
-                        .iter()
-                        .map(|(u, p)| ZoneUser {
-                            user: u.clone(),
-                            name: p.name.clone(),
-                            x: p.x,
-                            y: p.y,
-                            ts: p.ts,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            users.sort_by(|a, b| a.user.cmp(&b.user));
-            Request::encode(&ZoneReply { users })
+            zone_page(&loc, req).await
         })
         .handle_with("leave", &loc, |req: Request, loc| async move {
             let arg: ZoneArg = req.decode()?;
@@ -193,6 +199,9 @@ pub fn service(settings: Settings) -> Service {
                     .get_mut(&arg.zone)
                     .and_then(|z| z.users.remove(&user))
                     .is_some();
+                if let Some((_, zones)) = req.session().and_then(|s| state.by_session.get_mut(s)) {
+                    zones.remove(&arg.zone);
+                }
                 let key = (arg.zone.clone(), user.clone());
                 state.dirty.remove(&key);
                 state.gone.insert(key);
@@ -255,27 +264,45 @@ async fn do_move(loc: &Loc, req: Request) -> HandlerResult {
     if let Some(name) = &arg.name {
         Loc::check_name(name)?;
     }
-    loc.touch(&arg.zone)?;
     let user = req.require_user()?.to_owned();
-    loc.ensure_loaded(&arg.zone, &req).await;
+    loc.touch(&arg.zone);
+    loc.ensure_loaded(&arg.zone, &req, true).await;
+    loc.check_room_for(&arg.zone, &user)?;
     let ts = proto::now_ms();
+    let session = req.session().unwrap_or_default().to_owned();
     {
-        let mut state = loc.lock();
-        state
-            .zones
-            .entry(arg.zone.clone())
-            .or_insert_with(zones::Zone::fresh)
-            .users
-            .insert(
-                user.clone(),
-                Pos {
-                    x: arg.x,
-                    y: arg.y,
-                    ts,
-                    session: req.session().unwrap_or_default().to_owned(),
-                    name: arg.name.clone(),
-                },
-            );
+        let mut guard = loc.lock();
+        if !guard.zones.contains(&arg.zone) {
+            // Evicted by newer zones while it loaded: back, most recent.
+            drop(guard);
+            loc.touch(&arg.zone);
+            guard = loc.lock();
+        }
+        let state = &mut *guard;
+        Loc::note_session_zone(state, &session, &user, &arg.zone)?;
+        let Some(zone) = state.zones.get_mut(&arg.zone) else {
+            return Err(Error::new(
+                proto::ErrorCode::Overloaded,
+                "zone evicted while loading; try again",
+            ));
+        };
+        let before = zone.users.insert(
+            user.clone(),
+            Pos {
+                x: arg.x,
+                y: arg.y,
+                ts,
+                session: session.clone(),
+                name: arg.name.clone(),
+            },
+        );
+        // Another connection of the user held it: that one's closing no
+        // longer ends it.
+        if let Some(before) = before.filter(|b| b.session != session) {
+            if let Some((_, zones)) = state.by_session.get_mut(&before.session) {
+                zones.remove(&arg.zone);
+            }
+        }
         let key = (arg.zone.clone(), user.clone());
         state.gone.remove(&key);
         state.dirty.insert(
@@ -312,13 +339,19 @@ async fn nearby(loc: &Loc, req: Request) -> HandlerResult {
             loc.settings.max_radius
         )));
     }
-    loc.touch(&arg.zone)?;
-    loc.ensure_loaded(&arg.zone, &req).await;
+    let limit = arg.limit.unwrap_or(NEARBY_MAX);
+    if !(1..=NEARBY_MAX).contains(&limit) {
+        return Err(Error::bad_request(format!(
+            "limit must be 1 to {NEARBY_MAX}"
+        )));
+    }
+    loc.touch_if_live(&arg.zone);
+    loc.ensure_loaded(&arg.zone, &req, false).await;
     let mut users: Vec<Near> = {
         let state = loc.lock();
         state
             .zones
-            .get(&arg.zone)
+            .peek(&arg.zone)
             .map(|z| {
                 z.users
                     .iter()
@@ -334,6 +367,53 @@ async fn nearby(loc: &Loc, req: Request) -> HandlerResult {
             .unwrap_or_default()
     };
     users.sort_by(|a, b| a.dist.total_cmp(&b.dist).then_with(|| a.user.cmp(&b.user)));
-    users.truncate(NEARBY_MAX);
-    Request::encode(&NearbyReply { users })
+    let more = users.len() > limit;
+    users.truncate(limit);
+    Request::encode(&NearbyReply { users, more })
+}
+
+/// `zone`: a page of the zone's users, by user id.
+async fn zone_page(loc: &Loc, req: Request) -> HandlerResult {
+    let arg: ZonePageArg = req.decode()?;
+    loc.check_zone(&arg.zone)?;
+    let limit = arg.limit.unwrap_or(ZONE_PAGE_MAX);
+    if !(1..=ZONE_PAGE_MAX).contains(&limit) {
+        return Err(Error::bad_request(format!(
+            "limit must be 1 to {ZONE_PAGE_MAX}"
+        )));
+    }
+    loc.touch_if_live(&arg.zone);
+    loc.ensure_loaded(&arg.zone, &req, false).await;
+    let state = loc.lock();
+    let Some(zone) = state.zones.peek(&arg.zone) else {
+        return Request::encode(&ZoneReply {
+            users: Vec::new(),
+            more: false,
+        });
+    };
+    let after = arg.after.as_deref().unwrap_or("");
+    let mut page: Vec<(&String, &Pos)> = zone
+        .users
+        .iter()
+        .filter(|(u, _)| u.as_str() > after)
+        .collect();
+    // Only the page's worth is ordered: the smallest `limit + 1` ids first.
+    let more = page.len() > limit;
+    if more {
+        page.select_nth_unstable_by(limit, |a, b| a.0.cmp(b.0));
+        page.truncate(limit);
+    }
+    page.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let users = page
+        .into_iter()
+        .map(|(u, p)| ZoneUser {
+            user: u.clone(),
+            name: p.name.clone(),
+            x: p.x,
+            y: p.y,
+            ts: p.ts,
+        })
+        .collect();
+    drop(state);
+    Request::encode(&ZoneReply { users, more })
 }

@@ -14,9 +14,13 @@ struct Args {
     /// created on first use.
     #[arg(long, env = "SB_LOC_ZONES", value_delimiter = ',')]
     zones: Vec<String>,
-    /// Live zones this instance holds at most.
+    /// Live zones this instance holds at most; a new one past it evicts the
+    /// least recently used (its positions saved).
     #[arg(long, env = "SB_LOC_MAX_ZONES", default_value_t = 10_000)]
     max_zones: usize,
+    /// Users one zone holds at most (`overloaded` for a new one past it).
+    #[arg(long, env = "SB_LOC_MAX_ZONE_USERS", default_value_t = 100_000)]
+    max_zone_users: usize,
     /// A zone no request named for this long is evicted (positions saved), ms.
     #[arg(long, env = "SB_LOC_ZONE_IDLE_MS", default_value_t = 600_000)]
     zone_idle_ms: u64,
@@ -46,6 +50,7 @@ async fn main() {
     let settings = Settings {
         zones: args.zones,
         max_zones: args.max_zones.max(1),
+        max_zone_users: args.max_zone_users.max(1),
         zone_idle_ms: args.zone_idle_ms,
         max_coord: args.max_coord,
         max_radius: args.max_radius,

@@ -1,7 +1,16 @@
 //! A loc instance's zones: positions in memory, what is still to be saved, the
 //! checks on what clients send, loading a zone's saved positions, and sessions
 //! ending.
+//!
+//! Zones live in an LRU list (the `lru` crate) capped at `max_zones`: a new
+//! zone past the cap evicts the least recently used one (its unsaved positions
+//! stay queued for the next save and are laid over the saved ones when it is
+//! loaded again), so many new zone names make room for themselves instead of
+//! refusing everyone's. Only `move` creates a zone; a read (`zone`, `nearby`)
+//! of a zone not in memory loads its saved positions and keeps it only if it
+//! has any, so reads of made-up names leave nothing behind.
 
+use lru::LruCache;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -32,13 +41,37 @@ pub(crate) struct Zone {
     pub(crate) used_ms: u64,
 }
 
-#[derive(Default)]
 pub(crate) struct State {
-    pub(crate) zones: HashMap<String, Zone>,
+    /// Live zones, most recently used first; at most `max_zones` (kept by
+    /// [`Loc::insert_zone`], the only place that adds one).
+    pub(crate) zones: LruCache<String, Zone>,
     /// Positions to save: (zone, user) → latest.
     pub(crate) dirty: HashMap<(String, String), api::Position>,
     /// Users that left, to delete.
     pub(crate) gone: HashSet<(String, String)>,
+    /// What a save in flight carries: a zone loaded meanwhile (after an
+    /// eviction) must not miss it because the db has not committed it yet.
+    pub(crate) saving: api::LocSave,
+    /// Per client session: its user and the zones it set a position in, so
+    /// that its positions in zones evicted meanwhile go too when it closes
+    /// (at most [`MAX_ZONES_PER_SESSION`] zones each).
+    pub(crate) by_session: HashMap<String, (String, HashSet<String>)>,
+}
+
+/// Zones one client session may hold positions in at once (`overloaded` past
+/// it): the index of sessions' zones is fed by clients.
+pub(crate) const MAX_ZONES_PER_SESSION: usize = 256;
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            zones: LruCache::unbounded(),
+            dirty: HashMap::new(),
+            gone: HashSet::new(),
+            saving: api::LocSave::default(),
+            by_session: HashMap::new(),
+        }
+    }
 }
 
 pub(crate) struct Loc {
@@ -76,29 +109,59 @@ impl Loc {
         Ok(())
     }
 
-    /// Marks `zone` used now, creating it (a zone exists from its first use, like
-    /// a chat room) within the cap on live zones: when full, idle zones are
-    /// evicted first; still full, `overloaded`.
-    pub(crate) fn touch(&self, zone: &str) -> Result<(), Error> {
+    /// Marks `zone` used now, creating it (a zone exists from its first
+    /// `move`, like a chat room), see [`Loc::insert_zone`].
+    pub(crate) fn touch(&self, zone: &str) {
         let now = proto::now_ms();
         let mut state = self.lock();
         if let Some(z) = state.zones.get_mut(zone) {
             z.used_ms = now;
+            return;
+        }
+        self.insert_zone(&mut state, zone, Zone::fresh());
+    }
+
+    /// Marks `zone` used now if it is in memory (a read: it never creates one).
+    pub(crate) fn touch_if_live(&self, zone: &str) {
+        let now = proto::now_ms();
+        if let Some(z) = self.lock().zones.get_mut(zone) {
+            z.used_ms = now;
+        }
+    }
+
+    /// Adds a zone, evicting the least recently used ones past `max_zones`.
+    /// Their unsaved positions stay queued (`dirty`, `gone`) and are laid over
+    /// the saved ones when the zone is loaded again.
+    fn insert_zone(&self, state: &mut State, name: &str, zone: Zone) {
+        let mut evicted = 0;
+        while state.zones.len() >= self.settings.max_zones.max(1) {
+            if state.zones.pop_lru().is_none() {
+                break;
+            }
+            evicted += 1;
+        }
+        if evicted > 0 {
+            tracing::debug!(evicted, "least recently used zones evicted for a new one");
+        }
+        state.zones.put(name.to_owned(), zone);
+    }
+
+    /// A user joining `zone` past `max_zone_users`: `overloaded`. A user
+    /// already there may always move.
+    pub(crate) fn check_room_for(&self, zone: &str, user: &str) -> Result<(), Error> {
+        let state = self.lock();
+        let Some(z) = state.zones.peek(zone) else {
             return Ok(());
-        }
-        if state.zones.len() >= self.settings.max_zones {
-            evict_idle(&mut state, now, self.settings.zone_idle_ms);
-        }
-        if state.zones.len() >= self.settings.max_zones {
+        };
+        if z.users.len() >= self.settings.max_zone_users && !z.users.contains_key(user) {
             return Err(Error::new(
-                switchboard_bus::proto::ErrorCode::Overloaded,
+                proto::ErrorCode::Overloaded,
                 format!(
-                    "this loc instance holds {} live zones, its cap; try again later",
-                    self.settings.max_zones
+                    "zone {zone:?} holds {} users, its cap",
+                    self.settings.max_zone_users
                 ),
             ));
         }
-        state.zones.insert(zone.to_owned(), Zone::fresh());
         Ok(())
     }
 
@@ -110,16 +173,18 @@ impl Loc {
         evict_idle(&mut self.lock(), now, self.settings.zone_idle_ms)
     }
 
-    /// A display name: 1 to [`MAX_NAME`] characters, no control characters.
+    /// A display name: 1 to [`MAX_NAME`] characters, no control characters
+    /// and no bidirectional controls (it is shown to the zone's other users).
     /// It is a label only: `user` (from the token) is who moved.
     pub(crate) fn check_name(name: &str) -> Result<(), Error> {
         let chars = name.chars().count();
-        if chars == 0 || chars > MAX_NAME || name.chars().any(char::is_control) {
+        if chars == 0 || chars > MAX_NAME {
             return Err(Error::bad_request(format!(
-                "name must be 1 to {MAX_NAME} characters, none of them control characters"
+                "name must be 1 to {MAX_NAME} characters"
             )));
         }
-        Ok(())
+        proto::text::check(name, proto::text::Lines::Refused)
+            .map_err(|e| Error::bad_request(format!("name: {e}")))
     }
 
     pub(crate) fn check_point(&self, x: f64, y: f64) -> Result<(), Error> {
@@ -136,64 +201,100 @@ impl Loc {
     }
 
     /// Loads a zone's saved positions the first time this instance touches it
-    /// (and again after it was evicted).
-    /// If the db cannot answer, the zone works from memory and loading is tried
-    /// again on the next request.
-    pub(crate) async fn ensure_loaded(&self, zone: &str, req: &Request) {
-        if self.lock().zones.get(zone).is_some_and(|z| z.loaded) {
+    /// (and again after it was evicted). With `create` (a `move`) the zone is
+    /// kept even when nothing was saved; without (a read) only when there is
+    /// something to show, so a read of a made-up name leaves nothing behind.
+    /// If the db cannot answer, a zone in memory works from memory and loading
+    /// is tried again on the next request.
+    pub(crate) async fn ensure_loaded(&self, zone: &str, req: &Request, create: bool) {
+        if self.lock().zones.peek(zone).is_some_and(|z| z.loaded) {
             return;
         }
-        let body = match proto::to_body(&api::LocLoad {
-            zone: zone.to_owned(),
-        }) {
-            Ok(body) => body,
-            Err(_) => return,
-        };
-        let loaded = req
-            .bus
-            .call("db", api::db_ops::LOC_LOAD, body, req.onward())
-            .await;
-        let positions = match loaded
-            .and_then(|r| proto::from_body::<api::LocPositions>(&r.body).map_err(Error::from))
-        {
-            Ok(p) => p.positions,
+        let positions = match load_saved(&req.bus, zone, req.onward()).await {
+            Ok(p) => p,
             Err(e) => {
                 tracing::warn!(zone, error = %e, "could not load saved positions; serving from memory");
                 return;
             }
         };
         let mut state = self.lock();
-        let z = state
-            .zones
-            .entry(zone.to_owned())
-            .or_insert_with(Zone::fresh);
-        if z.loaded {
+        let state = &mut *state;
+        if state.zones.peek(zone).is_some_and(|z| z.loaded) {
             return;
         }
-        for p in positions {
-            // Anything that moved since we asked is newer than the saved row.
-            z.users.entry(p.user).or_insert(Pos {
-                x: p.x,
-                y: p.y,
-                ts: p.ts,
-                session: String::new(),
-                name: None,
-            });
+        let mut users: HashMap<String, Pos> = positions
+            .into_iter()
+            .map(|p| {
+                let pos = Pos {
+                    x: p.x,
+                    y: p.y,
+                    ts: p.ts,
+                    session: String::new(),
+                    name: None,
+                };
+                (p.user, pos)
+            })
+            .collect();
+        // Not saved yet (the zone was evicted before its save, or its save is
+        // in flight): newer than the saved rows.
+        let saving = state
+            .saving
+            .positions
+            .iter()
+            .map(|p| ((&p.zone, &p.user), p));
+        let dirty = state.dirty.iter().map(|((z, u), p)| ((z, u), p));
+        for ((z, user), p) in saving.chain(dirty) {
+            if z == zone {
+                let pos = Pos {
+                    x: p.x,
+                    y: p.y,
+                    ts: p.ts,
+                    session: String::new(),
+                    name: None,
+                };
+                users.insert(user.clone(), pos);
+            }
         }
-        z.loaded = true;
-        tracing::debug!(zone, users = z.users.len(), "zone loaded");
+        let saving = state.saving.gone.iter().map(|g| (&g.zone, &g.user));
+        for (z, user) in saving.chain(state.gone.iter().map(|(z, u)| (z, u))) {
+            if z == zone && !state.dirty.contains_key(&(z.clone(), user.clone())) {
+                users.remove(user);
+            }
+        }
+        match state.zones.peek_mut(zone) {
+            Some(z) => {
+                // Anything that moved since we asked is newer than the saved row.
+                for (user, pos) in users {
+                    z.users.entry(user).or_insert(pos);
+                }
+                z.loaded = true;
+            }
+            None if create || !users.is_empty() => {
+                let z = Zone {
+                    users,
+                    loaded: true,
+                    used_ms: proto::now_ms(),
+                };
+                self.insert_zone(state, zone, z);
+            }
+            None => {}
+        }
+        tracing::debug!(zone, "zone loaded");
     }
 
+    /// Takes what is to be saved, keeping a copy as in flight.
     pub(crate) fn take_pending(&self) -> api::LocSave {
         let mut state = self.lock();
-        api::LocSave {
+        let save = api::LocSave {
             positions: state.dirty.drain().map(|(_, p)| p).collect(),
             gone: state
                 .gone
                 .drain()
                 .map(|(zone, user)| api::Gone { zone, user })
                 .collect(),
-        }
+        };
+        state.saving = save.clone();
+        save
     }
 
     /// Puts back what could not be saved, unless something newer arrived since.
@@ -213,38 +314,109 @@ impl Loc {
         }
     }
 
+    /// Saves what is pending, [`SAVE_CHUNK`] positions and departures per
+    /// `loc.save` (many users moving at once must not make one message over
+    /// the bus's limit); what could not be saved is put back for the next time.
     pub(crate) async fn flush(&self, bus: &Handle) {
-        let save = self.take_pending();
-        if save.positions.is_empty() && save.gone.is_empty() {
-            return;
-        }
-        let Ok(body) = proto::to_body(&save) else {
-            return;
-        };
+        let mut save = self.take_pending();
         let options = CallOptions {
             timeout: Some(Duration::from_secs(5)),
             ..CallOptions::default()
         };
-        if let Err(e) = bus.call("db", api::db_ops::LOC_SAVE, body, options).await {
-            tracing::warn!(error = %e, positions = save.positions.len(), "saving positions failed; will retry");
-            self.restore_pending(save);
+        while !save.positions.is_empty() || !save.gone.is_empty() {
+            let chunk = api::LocSave {
+                positions: take_front(&mut save.positions, SAVE_CHUNK),
+                gone: take_front(&mut save.gone, SAVE_CHUNK),
+            };
+            let sent = match proto::to_body(&chunk) {
+                Ok(body) => bus
+                    .call("db", api::db_ops::LOC_SAVE, body, options.clone())
+                    .await
+                    .map(drop),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, positions = chunk.positions.len() + save.positions.len(), "saving positions failed; will retry");
+                save.positions.extend(chunk.positions);
+                save.gone.extend(chunk.gone);
+                self.restore_pending(save);
+                break;
+            }
         }
+        self.lock().saving = api::LocSave::default();
     }
 
     /// Drops `user`'s positions set by `session`, and those reloaded after a
     /// restart (no session known: any session of the user closing ends them).
     /// Returns the zones left.
     pub(crate) fn close_session(&self, user: &str, session: &str) -> Vec<String> {
-        self.remove_where(|u, p| u == user && (p.session == session || p.session.is_empty()))
-            .into_iter()
-            .map(|(zone, _)| zone)
-            .collect()
+        let mut removed =
+            self.remove_where(|u, p| u == user && (p.session == session || p.session.is_empty()));
+        removed.extend(self.forget_sessions(|s| s == session));
+        removed.into_iter().map(|(zone, _)| zone).collect()
     }
 
     /// Drops every position set through a lost gateway instance; returns the
     /// (zone, user) pairs removed.
     pub(crate) fn close_gateway(&self, gateway: &str) -> Vec<(String, String)> {
-        self.remove_where(|_, p| api::session_gateway(&p.session) == Some(gateway))
+        let mut removed =
+            self.remove_where(|_, p| api::session_gateway(&p.session) == Some(gateway));
+        removed.extend(self.forget_sessions(|s| api::session_gateway(s) == Some(gateway)));
+        removed
+    }
+
+    /// Records that `session` of `user` set a position in `zone`, within
+    /// [`MAX_ZONES_PER_SESSION`].
+    pub(crate) fn note_session_zone(
+        state: &mut State,
+        session: &str,
+        user: &str,
+        zone: &str,
+    ) -> Result<(), Error> {
+        if session.is_empty() {
+            return Ok(());
+        }
+        let (_, zones) = state
+            .by_session
+            .entry(session.to_owned())
+            .or_insert_with(|| (user.to_owned(), HashSet::new()));
+        if zones.len() >= MAX_ZONES_PER_SESSION && !zones.contains(zone) {
+            return Err(Error::new(
+                proto::ErrorCode::Overloaded,
+                format!("this connection holds positions in {MAX_ZONES_PER_SESSION} zones: leave one first"),
+            ));
+        }
+        zones.insert(zone.to_owned());
+        Ok(())
+    }
+
+    /// Forgets the sessions `which` picks; their users' positions in zones not
+    /// in memory (evicted since) are marked gone. Returns those (zone, user).
+    fn forget_sessions(&self, which: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let closing: Vec<String> = state
+            .by_session
+            .keys()
+            .filter(|s| which(s))
+            .cloned()
+            .collect();
+        let mut removed = Vec::new();
+        for session in closing {
+            let Some((user, zones)) = state.by_session.remove(&session) else {
+                continue;
+            };
+            for zone in zones {
+                if state.zones.contains(&zone) {
+                    continue;
+                }
+                let key = (zone, user.clone());
+                state.dirty.remove(&key);
+                state.gone.insert(key.clone());
+                removed.push(key);
+            }
+        }
+        removed
     }
 
     /// Removes the positions `doomed` picks, marking them gone for the next save.
@@ -271,6 +443,44 @@ impl Loc {
     }
 }
 
+/// Positions (and, apart, departures) one `loc.save` carries at most: about
+/// 250 KB, far under the bus's message limit.
+pub(crate) const SAVE_CHUNK: usize = 1_000;
+
+/// The first `n` of `v`, taken out.
+fn take_front<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
+    let rest = v.split_off(n.min(v.len()));
+    std::mem::replace(v, rest)
+}
+
+/// Every page of `zone`'s saved positions (`loc.load` pages them so that no
+/// reply grows past the bus's message limit).
+async fn load_saved(
+    bus: &Handle,
+    zone: &str,
+    options: CallOptions,
+) -> Result<Vec<api::Position>, Error> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let body = proto::to_body(&api::LocLoad {
+            zone: zone.to_owned(),
+            after: after.take(),
+            limit: Some(api::LOC_LOAD_PAGE_MAX),
+        })?;
+        let reply = bus
+            .call("db", api::db_ops::LOC_LOAD, body, options.clone())
+            .await?;
+        let page: api::LocPositions = proto::from_body(&reply.body)?;
+        let more = page.more && !page.positions.is_empty();
+        after = page.positions.last().map(|p| p.user.clone());
+        all.extend(page.positions);
+        if !more {
+            return Ok(all);
+        }
+    }
+}
+
 fn evict_idle(state: &mut State, now: u64, idle_ms: u64) -> usize {
     let pending: HashSet<&str> = state
         .dirty
@@ -287,7 +497,7 @@ fn evict_idle(state: &mut State, now: u64, idle_ms: u64) -> usize {
         .map(|(name, _)| name.clone())
         .collect();
     for name in &idle {
-        state.zones.remove(name);
+        state.zones.pop(name);
     }
     if !idle.is_empty() {
         tracing::debug!(
@@ -327,18 +537,31 @@ mod tests {
     }
 
     #[test]
-    fn the_cap_counts_live_zones_and_idle_ones_make_room() {
+    fn past_the_cap_the_least_recently_used_zone_makes_room() {
         let busy = loc(&[], 2, 60_000);
-        busy.touch("a").unwrap();
-        busy.touch("b").unwrap();
-        busy.touch("a").unwrap();
-        let err = busy.touch("c").unwrap_err();
-        assert_eq!(err.code, proto::ErrorCode::Overloaded);
+        busy.touch("a");
+        busy.touch("b");
+        busy.touch("a");
+        busy.touch("c");
+        let live: HashSet<String> = busy.lock().zones.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            live,
+            ["a", "c"].map(String::from).into(),
+            "b was least recently used"
+        );
+        // A read marks a live zone used but never creates one.
+        busy.touch_if_live("a");
+        busy.touch_if_live("nope");
+        busy.touch("d");
+        let live: HashSet<String> = busy.lock().zones.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(live, ["a", "d"].map(String::from).into());
+    }
 
-        let idle = loc(&[], 2, 0);
-        idle.touch("a").unwrap();
-        idle.touch("b").unwrap();
-        // A zone with a position still to save is not evicted.
+    #[test]
+    fn idle_zones_go_unless_positions_are_still_to_save() {
+        let idle = loc(&[], 10, 0);
+        idle.touch("a");
+        idle.touch("b");
         idle.lock().dirty.insert(
             ("a".into(), "ada".into()),
             api::Position {
@@ -349,8 +572,8 @@ mod tests {
                 ts: 0,
             },
         );
-        idle.touch("c").unwrap();
-        let live: HashSet<String> = idle.lock().zones.keys().cloned().collect();
-        assert_eq!(live, ["a", "c"].map(String::from).into());
+        assert_eq!(idle.evict_idle(), 1);
+        let live: HashSet<String> = idle.lock().zones.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(live, ["a"].map(String::from).into());
     }
 }

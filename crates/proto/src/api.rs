@@ -127,18 +127,34 @@ pub struct LocSave {
     pub gone: Vec<Gone>,
 }
 
-/// Load a zone's last known positions.
+/// Load a zone's last known positions, a page at a time (by user, ascending):
+/// a zone's positions grow with its users, and one reply must stay under the
+/// bus's message limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocLoad {
     /// Zone.
     pub zone: String,
+    /// Only users after this one (the last of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Positions per page at most (1 to [`LOC_LOAD_PAGE_MAX`]; absent: the max).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
+
+/// Most positions one `loc.load` reply carries: a position is at most about
+/// 64 + 128 bytes of names and 3 numbers, so a page stays near 250 KB, well
+/// under the bus's message limit.
+pub const LOC_LOAD_PAGE_MAX: u32 = 1_000;
 
 /// Reply of `loc.load`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocPositions {
-    /// The zone's positions.
+    /// The zone's positions on this page, by user.
     pub positions: Vec<Position>,
+    /// More positions follow: ask again with `after` = the last user here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// Body of the gateway's `session.open` / `session.close` events.
@@ -156,6 +172,26 @@ pub struct Session {
 pub const SESSION_OPEN: &str = "session.open";
 /// Topic of the gateway's session-closed events.
 pub const SESSION_CLOSE: &str = "session.close";
+
+/// Topic of the gateway's grant-failed events ([`GrantFailed`]): a service's
+/// reply granted a client topics that the gateway could not subscribe it to
+/// (its subscription cap, or the connection closing), and the client got an
+/// error instead. A service that recorded something with the grant (chat: the
+/// user's presence in the room) undoes it.
+pub const GRANT_FAILED: &str = "session.grant_failed";
+
+/// Body of a [`GRANT_FAILED`] event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantFailed {
+    /// The connection's user.
+    pub user: String,
+    /// The connection's id (as in [`Session`]).
+    pub session: String,
+    /// The service whose reply carried the grant.
+    pub service: String,
+    /// The granted topics the client was not subscribed to.
+    pub topics: Vec<String>,
+}
 
 /// Topic of the broker's peer-lost events ([`PeerLost`]): a peer disconnected or
 /// went silent without saying bye. Services that keep per-session state drop the

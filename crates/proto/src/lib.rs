@@ -31,6 +31,7 @@ pub mod auth;
 pub mod control;
 pub mod envelope;
 pub mod error;
+pub mod text;
 pub mod topic;
 
 pub use control::{BrokerStats, Health, Hello, Info, InstanceInfo, Welcome};

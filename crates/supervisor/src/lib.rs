@@ -190,7 +190,10 @@ pub async fn run(options: Options) -> i32 {
         eco.broker.pair.join(",")
     };
     println!("listening {endpoint}");
-    let http_auth = eco.main.http_auth.clone();
+    let http_auth = http::Access {
+        auth: eco.main.http_auth.clone(),
+        hosts: eco.main.http_hosts.clone(),
+    };
     let http = http::bind(&eco.main.http).await;
     if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
         println!("dashboard http://{addr}/");
@@ -453,7 +456,7 @@ fn service(
     sup: Arc<Supervisor>,
     shutdown: CancellationToken,
     http: Option<tokio::net::TcpListener>,
-    http_auth: Option<String>,
+    http_auth: http::Access,
 ) -> Service {
     let shutdown = Arc::new(shutdown);
     let s_task = sup.clone();

@@ -17,8 +17,17 @@ pub fn ops(service: Service, db: &Arc<Db>) -> Service {
         })
         .handle_with(db_ops::LOC_LOAD, db, |req: Request, db| async move {
             let q: api::LocLoad = req.decode()?;
-            let positions = db.loc_load(&q.zone, req.env.deadline).await?;
-            Request::encode(&api::LocPositions { positions })
+            let limit = q
+                .limit
+                .unwrap_or(api::LOC_LOAD_PAGE_MAX)
+                .clamp(1, api::LOC_LOAD_PAGE_MAX);
+            // One more than the page says whether another page follows.
+            let mut positions = db
+                .loc_load(&q.zone, q.after.as_deref(), limit + 1, req.env.deadline)
+                .await?;
+            let more = positions.len() > limit as usize;
+            positions.truncate(limit as usize);
+            Request::encode(&api::LocPositions { positions, more })
         })
 }
 
@@ -84,19 +93,31 @@ impl Db {
         .await
     }
 
-    /// A zone's last known positions.
+    /// A zone's last known positions, by user: at most `limit`, those after
+    /// user `after` when given.
     ///
     /// # Errors
     ///
     /// As [`Db::chat_save`].
-    pub async fn loc_load(&self, zone: &str, deadline: u64) -> Result<Vec<api::Position>, DbError> {
+    pub async fn loc_load(
+        &self,
+        zone: &str,
+        after: Option<&str>,
+        limit: u32,
+        deadline: u64,
+    ) -> Result<Vec<api::Position>, DbError> {
         check_name("zone", zone)?;
+        if let Some(after) = after {
+            check_user(after)?;
+        }
         self.ensure_schema(deadline).await?;
         let rows: Vec<(String, f64, f64, u64)> = retry(deadline, "loc.load", || async {
             let mut conn = self.pool.get_conn().await?;
+            // The primary key (zone, user_id) orders and bounds the page.
             conn.exec(
-                "SELECT user_id, x, y, ts FROM positions WHERE zone = ?",
-                (zone,),
+                "SELECT user_id, x, y, ts FROM positions WHERE zone = ? AND user_id > ? \
+                 ORDER BY user_id LIMIT ?",
+                (zone, after.unwrap_or(""), limit),
             )
             .await
         })

@@ -441,7 +441,9 @@ impl Client {
     /// Applies the typed grants of `service`'s reply, each only inside what the
     /// policy lets that service grant. A grant outside it is a service's mistake
     /// (or a compromised service): it is dropped and logged, never applied. A
-    /// grant the client's subscription cap refuses fails the reply (`overloaded`).
+    /// grant the client's subscription cap refuses fails the reply (`overloaded`),
+    /// and the service hears of it (`session.grant_failed`), so that what it
+    /// recorded with the grant (chat: presence) does not outlive the failure.
     async fn apply_grants(
         self: &Arc<Self>,
         service: &str,
@@ -450,7 +452,7 @@ impl Client {
         let Some(grants) = grants else {
             return Ok(());
         };
-        for topic in &grants.subscribe {
+        for (at, topic) in grants.subscribe.iter().enumerate() {
             if proto::topic::validate(topic, true).is_err() {
                 tracing::warn!(service, topic = %topic, "invalid grant dropped");
                 continue;
@@ -459,12 +461,33 @@ impl Client {
                 tracing::warn!(service, topic = %topic, reason = %why, "grant outside the policy dropped");
                 continue;
             }
-            self.subscribe(topic).await?;
+            if let Err(e) = self.subscribe(topic).await {
+                self.grant_failed(service, &grants.subscribe[at..]).await;
+                return Err(e);
+            }
         }
         for topic in &grants.unsubscribe {
             self.unsubscribe(topic).await;
         }
         Ok(())
+    }
+}
+
+impl Client {
+    /// Tells `service` that `topics` it granted were not applied.
+    async fn grant_failed(&self, service: &str, topics: &[String]) {
+        let Some(user) = self.user() else { return };
+        let body = proto::to_body(&api::GrantFailed {
+            user,
+            session: self.session.clone(),
+            service: service.to_owned(),
+            topics: topics.to_vec(),
+        });
+        if let Ok(body) = body {
+            if let Err(e) = self.gw.bus.publish(api::GRANT_FAILED, body).await {
+                tracing::warn!(error = %e, service, "grant-failed event not published");
+            }
+        }
     }
 }
 

@@ -81,6 +81,7 @@ const MAIN_KEYS: &[&str] = &[
     "log_keep",
     "http",
     "http_auth",
+    "http_hosts",
     "host",
 ];
 const TOP_KEYS: &[&str] = &["main", "broker", "apps"];
@@ -110,6 +111,10 @@ pub struct MainConf {
     /// `user:password` for HTTP basic auth on it (none by default).
     #[serde(default)]
     pub http_auth: Option<String>,
+    /// Host names the HTTP server answers without `http_auth`, besides IP
+    /// addresses and `localhost` (any other `Host` gets 421: DNS rebinding).
+    #[serde(default)]
+    pub http_hosts: Vec<String>,
     /// This machine's name when the system spans several hosts, each with its
     /// own main: main registers as `main.HOST` and names each instance
     /// `INSTANCE.HOST`, so that two hosts' `chat` never collide on the bus.
