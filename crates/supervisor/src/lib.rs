@@ -58,8 +58,20 @@ pub async fn run(options: Options) -> i32 {
             return svc::EXIT_USAGE;
         }
     };
+    // main writes logs and its status file in run_dir: a folder it cannot write
+    // to is named now, before the broker (whose log is the first file) starts.
+    if !options.no_spawn {
+        if let Err(e) = logs::check_writable(&eco.run_dir.join("logs")) {
+            eprintln!(
+                "main: run_dir is not writable: {e} (set [main] run_dir to a writable \
+                 absolute folder, or SB_ECO__MAIN__RUN_DIR; under systemd, a relative \
+                 run_dir is inside StateDirectory=)"
+            );
+            return svc::EXIT_FAILURE;
+        }
+    }
     let shutdown = svc::shutdown_on_signal();
-    let previous = supervisor::read_status_file(&eco.base.join(&eco.main.run_dir));
+    let previous = supervisor::read_status_file(&eco.run_dir);
     // Another host's main runs the broker: connect to it, start none.
     let external = eco.broker.connect.clone();
     let adopted = if options.no_spawn || external.is_some() {
@@ -269,7 +281,7 @@ async fn start_broker(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
+    let log_dir = eco.run_dir.join("logs");
     let log = Arc::new(logs::LogFile::open(
         &log_dir,
         "broker",
