@@ -7,6 +7,7 @@ mod daily;
 mod dashboard;
 mod demo;
 mod deploy;
+mod deploy_run;
 mod faults;
 mod gateway;
 mod harness;

@@ -1,0 +1,458 @@
+//! `deploy/` run by what consumes it: the systemd units checked by
+//! `systemd-analyze` (verify, security) and their `ExecStart` run the way
+//! systemd would run it, and the container image's `CMD` run the way a
+//! container engine would, each serving a chat `say` through the gateway.
+//!
+//! Neither systemd (as PID 1) nor a container engine runs here, so the
+//! sandbox is made by hand, as root, in a mount namespace of the command's own
+//! (`unshare -m`): the files the artifact installs overlaid read-only at their
+//! real paths (`/etc/switchboard`, `/opt/switchboard/bin`, `/usr/local/bin`,
+//! owned by root), the root file system remounted read-only, a private `/tmp`,
+//! only the state directory writable (bind-mounted, owned by the user), then
+//! the exact command under `setpriv` as the artifact's user and group, no
+//! supplementary groups, no capabilities, no new privileges, the umask and
+//! the open-files limit of the unit. What stays unproven: the seccomp filter
+//! and the other kernel-side settings of the unit (`systemd-analyze security`
+//! rates them, nothing enforces them here), and `docker build` itself.
+
+use crate::harness::Ws;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use switchboard_testkit::{bin_path, eventually, Child, Sig, TestDatabase};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Why the sandbox cannot be made here, if it cannot.
+fn unavailable() -> Option<String> {
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return Some("not root (setpriv and mounts need it)".into());
+    }
+    for tool in ["unshare", "setpriv", "prlimit", "mount"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{tool} is not installed (util-linux)"));
+        }
+    }
+    None
+}
+
+/// `s` quoted for sh.
+fn sq(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A uid and gid by name from /etc/passwd, or `nobody`'s when there is no
+/// such user here (the unit's `switchboard` user is made by its installer).
+fn user_ids(name: &str) -> (u32, u32, String) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let find = |n: &str| {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == n).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
+        })
+    };
+    match find(name) {
+        Some((u, g)) => (u, g, name.to_owned()),
+        None => (65534, 65534, format!("nobody (no user {name} here)")),
+    }
+}
+
+/// The file tree an artifact installs, laid over the real one in a mount
+/// namespace of the command's own.
+struct Jail {
+    /// Holds `tree/` (overlaid on `/`) and `state/` (the writable folder).
+    dir: tempfile::TempDir,
+    uid: u32,
+    gid: u32,
+    /// The image path of the state directory.
+    state_at: String,
+}
+
+/// The folders overlaid, each from `tree/FOLDER` over the real one.
+const OVERLAID: &[&str] = &["/etc", "/opt", "/usr/local", "/var/lib"];
+
+impl Jail {
+    fn new(uid: u32, gid: u32, state_at: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let jail = Self {
+            dir,
+            uid,
+            gid,
+            state_at: state_at.to_owned(),
+        };
+        for folder in OVERLAID {
+            std::fs::create_dir_all(jail.at(folder)).unwrap();
+        }
+        // The state directory: empty in the tree (a mount point), the real one
+        // beside it, owned by the user, 0700 (what StateDirectory= makes).
+        std::fs::create_dir_all(jail.at(state_at)).unwrap();
+        let state = jail.state();
+        std::fs::create_dir_all(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        jail
+    }
+
+    /// Where image path `path` is in the tree.
+    fn at(&self, path: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("tree")
+            .join(path.trim_start_matches('/'))
+    }
+
+    /// The real folder behind the state directory.
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Installs `text` at image path `path`, owned by root, mode 0644.
+    fn file(&self, path: &str, text: &str) {
+        let at = self.at(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(&at, text).unwrap();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// Installs our binaries in image folder `folder` (links to target/debug).
+    fn binaries(&self, folder: &str) {
+        std::fs::create_dir_all(self.at(folder)).unwrap();
+        for bin in [
+            "broker", "main", "receive", "chat", "loc", "db", "sbctl", "echo",
+        ] {
+            std::os::unix::fs::symlink(bin_path(bin), self.at(folder).join(bin)).unwrap();
+        }
+    }
+
+    /// `argv` as the artifact runs it: in the jail, in `workdir`, as the user,
+    /// with exactly `env`.
+    fn command(
+        &self,
+        workdir: &str,
+        umask: &str,
+        nofile: u64,
+        env: &[(String, String)],
+        argv: &[String],
+    ) -> Command {
+        let mut script = String::from("set -e\n");
+        for folder in OVERLAID {
+            script.push_str(&format!(
+                "mount -t overlay overlay -o lowerdir={}:{folder} {folder}\n",
+                self.at(folder).display()
+            ));
+        }
+        script.push_str(&format!(
+            "mount --bind {} {}\n",
+            sq(&self.state().display().to_string()),
+            sq(&self.state_at)
+        ));
+        // Read-only root (ProtectSystem=strict, readOnlyRootFilesystem), private /tmp.
+        script.push_str("mount -o remount,bind,ro /\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n");
+        script.push_str(&format!("cd {}\numask {umask}\n", sq(workdir)));
+        // The unit's LimitNOFILE=, or this sandbox's hard limit when lower (it
+        // cannot be raised here).
+        script.push_str(&format!(
+            "n=$(ulimit -Hn); if [ \"$n\" = unlimited ] || [ \"$n\" -gt {nofile} ]; then n={nofile}; fi\n"
+        ));
+        script.push_str(&format!(
+            "exec prlimit --nofile=$n:$n -- setpriv --reuid={} --regid={} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- env -i",
+            self.uid, self.gid
+        ));
+        for (k, v) in env {
+            script.push_str(&format!(" {}", sq(&format!("{k}={v}"))));
+        }
+        for a in argv {
+            script.push_str(&format!(" {}", sq(a)));
+        }
+        script.push('\n');
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        cmd
+    }
+
+    /// Every file main and the apps wrote in the state directory: owned by the
+    /// user, readable by no one else.
+    fn assert_state_private(&self) {
+        let mut stack = vec![self.state()];
+        let mut files = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let meta = entry.metadata().unwrap();
+                assert_eq!(meta.uid(), self.uid, "{}", entry.path().display());
+                assert_eq!(
+                    meta.mode() & 0o077,
+                    0,
+                    "{} is open to others: {:o}",
+                    entry.path().display(),
+                    meta.mode()
+                );
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    files += 1;
+                }
+            }
+        }
+        assert!(files > 0, "main wrote nothing in the state directory");
+    }
+}
+
+/// A system started by an artifact's command; stopped as its consumer stops it
+/// (SIGTERM, then the grace).
+struct Started {
+    main: Child,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.main.signal(Sig::SIGTERM);
+        let _ = self.main.wait_exit(Duration::from_secs(20));
+    }
+}
+
+/// Starts `cmd` (main at the end of it), waits for main's `ready`, then
+/// reads the gateway's address from its log in the state directory and has a
+/// client join a room and `say` in it.
+async fn serves_say(jail: &Jail, cmd: Command, run_dir: &Path) -> Started {
+    let main = Child::announce(Child::spawn_command(cmd, "main", &[], &[]).unwrap(), "main")
+        .expect("main started as the artifact starts it");
+    let started = Started { main };
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            started.main.later_lines().iter().any(|l| l == "ready")
+        })
+        .await,
+        "main did not report ready: {:?}",
+        started.main.later_lines()
+    );
+    let log = run_dir.join("logs").join("receive.log");
+    let ws = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        .lines()
+        .find_map(|l| l.strip_prefix("listening ").map(str::to_owned))
+        .expect("the gateway's address in its log");
+    let mut client = Ws::connect(&format!("{ws}/ws")).await.unwrap();
+    client.ok("chat", "join", json!({"room": "lobby"})).await;
+    let said = client
+        .ok("chat", "say", json!({"room": "lobby", "text": "deployed"}))
+        .await;
+    assert!(said["seq"].as_u64().is_some(), "{said}");
+    jail.assert_state_private();
+    started
+}
+
+/// `KEY=VALUE` lines of a unit, each key's values in order.
+fn unit_settings(unit: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in unit.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            if !k.starts_with('#') && !k.contains(' ') {
+                out.entry(k.to_owned()).or_default().push(v.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The test's ports: the system's fixed ones (5555, 3000, 9100) may be taken
+/// on the machine running the suite; an administrator would put these in the
+/// environment file too.
+fn port_zero_env(db: &TestDatabase) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", db.url.as_str()),
+        ("SB_ECO__BROKER__BIND", "tcp://127.0.0.1:0"),
+        ("SB_ECO__MAIN__HTTP", "127.0.0.1:0"),
+        (
+            "SB_ECO__APPS__RECEIVE__ENV",
+            r#"{"SB_LISTEN": "127.0.0.1:0"}"#,
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_unit_runs_as_its_user_with_a_read_only_config_and_serves_say() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    switchboard_testkit::trace_init();
+    let unit = unit_settings(&read("deploy/systemd/switchboard.service"));
+    let one = |k: &str| unit[k].last().unwrap().clone();
+    let (uid, gid, who) = user_ids(&one("User"));
+    eprintln!("running as {who}");
+    let state_at = format!("/var/lib/{}", one("StateDirectory"));
+    let jail = Jail::new(uid, gid, &state_at);
+    let exec: Vec<String> = one("ExecStart")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // The binaries where the unit runs them; the config where it reads it.
+    let program = Path::new(&exec[0]);
+    jail.binaries(program.parent().unwrap().to_str().unwrap());
+    let config = &exec[exec.iter().position(|a| a == "--config").unwrap() + 1];
+    jail.file(config, &read("ecosystem.toml"));
+    // What systemd gives the service: its EnvironmentFile (read by systemd as
+    // root: here, the test's values), STATE_DIRECTORY, the user's basics.
+    let db = TestDatabase::new();
+    let mut env = port_zero_env(&db);
+    env.extend(
+        [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
+            ("STATE_DIRECTORY", state_at.as_str()),
+            ("HOME", state_at.as_str()),
+            ("RUST_LOG", "warn"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let nofile = one("LimitNOFILE").parse().unwrap();
+    let cmd = jail.command(&one("WorkingDirectory"), &one("UMask"), nofile, &env, &exec);
+    let run_dir = jail.state().join("run");
+    let _system = serves_say(&jail, cmd, &run_dir).await;
+    // Nothing was written beside the config (the overlay is read-only anyway:
+    // main would have failed on it, naming the folder).
+    assert!(!jail.at("/etc/switchboard/run").exists());
+}
+
+#[test]
+fn a_run_dir_main_cannot_write_is_named_and_nothing_starts() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // The unit's command without systemd's STATE_DIRECTORY: run_dir ("run")
+    // is then beside the read-only, root-owned config.
+    let (uid, gid, _) = user_ids("switchboard");
+    let jail = Jail::new(uid, gid, "/var/lib/switchboard");
+    jail.binaries("/opt/switchboard/bin");
+    jail.file("/etc/switchboard/ecosystem.toml", &read("ecosystem.toml"));
+    let env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
+    let argv: Vec<String> = [
+        "/opt/switchboard/bin/main",
+        "--config",
+        "/etc/switchboard/ecosystem.toml",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let out = jail
+        .command("/var/lib/switchboard", "0077", 1024, &env, &argv)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("run_dir is not writable: /etc/switchboard/run/logs:"),
+        "the folder is named: {stderr}"
+    );
+    assert!(
+        !stderr.contains("cannot start the broker"),
+        "the broker is not blamed: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "nothing started"
+    );
+}
+
+/// The units as systemd reads them: `systemd-analyze verify` finds nothing to
+/// say (its binary at the unit's path, in a mount namespace), and `security`
+/// rates each at 3.5 or less.
+#[test]
+fn the_systemd_units_verify_and_rate_at_most_3_5() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "skipped: systemd-analyze is not installed (scripts/deploy-tools.sh installs it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("opt/switchboard/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(bin_path("main"), bin.join("main")).unwrap();
+    for (file, as_unit) in [
+        ("switchboard.service", "switchboard.service"),
+        ("switchboard-app@.service", "switchboard-app@loc01.service"),
+    ] {
+        std::fs::copy(
+            root().join("deploy/systemd").join(file),
+            dir.path().join(file),
+        )
+        .unwrap();
+        let unit = dir.path().join(as_unit);
+        let verify = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t overlay overlay -o lowerdir={}:/opt /opt && exec systemd-analyze verify --man=no {}",
+                dir.path().join("opt").display(),
+                unit.display()
+            ))
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        assert!(
+            verify.status.success() && said.trim().is_empty(),
+            "{file}: {said}"
+        );
+        let security = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&security.stdout);
+        let level: f64 = report
+            .lines()
+            .find_map(|l| l.split_once("Overall exposure level for "))
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{file}: {report}"));
+        eprintln!("{as_unit}: exposure {level}");
+        assert!(level <= 3.5, "{file} rates {level}:\n{report}");
+    }
+    // verify can fail: a misspelt setting is reported.
+    let bad = dir.path().join("bad.service");
+    std::fs::write(
+        &bad,
+        "[Service]\nExecStart=/bin/true\nProtectSystm=strict\n",
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ProtectSystm"));
+}
