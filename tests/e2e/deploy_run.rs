@@ -185,7 +185,7 @@ impl Jail {
     }
 
     /// Every file main and the apps wrote in the state directory: owned by the
-    /// user, readable by no one else.
+    /// user; the folders and logs readable by no one else, whatever the umask.
     fn assert_state_private(&self) {
         let mut stack = vec![self.state()];
         let mut files = 0;
@@ -194,6 +194,12 @@ impl Jail {
                 let entry = entry.unwrap();
                 let meta = entry.metadata().unwrap();
                 assert_eq!(meta.uid(), self.uid, "{}", entry.path().display());
+                // Folders closed to others, and the logs (the status file is
+                // inside them).
+                let log = entry.path().extension().is_some_and(|e| e == "log");
+                if !meta.is_dir() && !log {
+                    continue;
+                }
                 assert_eq!(
                     meta.mode() & 0o077,
                     0,
@@ -455,4 +461,214 @@ fn the_systemd_units_verify_and_rate_at_most_3_5() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("ProtectSystm"));
+}
+
+/// The Dockerfile's final stage: its USER, WORKDIR, ENV (in order), CMD and
+/// HEALTHCHECK command, and what it COPYs where.
+struct Image {
+    user: (u32, u32),
+    workdir: String,
+    env: Vec<(String, String)>,
+    cmd: Vec<String>,
+    healthcheck: Vec<String>,
+    copies: Vec<(Vec<String>, String)>,
+}
+
+/// The final stage of `text`, instructions joined across `\` continuations.
+fn image(text: &str) -> Image {
+    let joined = text.replace("\\\n", " ");
+    let stages: Vec<&str> = joined.split("\nFROM ").collect();
+    let last = stages.last().unwrap();
+    let mut image = Image {
+        user: (0, 0),
+        workdir: "/".into(),
+        env: Vec::new(),
+        cmd: Vec::new(),
+        healthcheck: Vec::new(),
+        copies: Vec::new(),
+    };
+    let json_array = |s: &str| -> Vec<String> {
+        serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("{s}: {e}"))
+    };
+    for line in last.lines().map(str::trim) {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "USER" => {
+                let (u, g) = rest.trim().split_once(':').expect("USER uid:gid");
+                image.user = (u.parse().unwrap(), g.parse().unwrap());
+            }
+            "WORKDIR" => image.workdir = rest.trim().to_owned(),
+            "ENV" => {
+                for pair in rest.split_whitespace() {
+                    let (k, v) = pair.split_once('=').expect("ENV K=V");
+                    image.env.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            "CMD" => image.cmd = json_array(rest),
+            "HEALTHCHECK" => {
+                let (_, cmd) = rest.split_once("CMD ").expect("HEALTHCHECK … CMD");
+                image.healthcheck = json_array(cmd);
+            }
+            "COPY" => {
+                let words: Vec<String> = rest
+                    .split_whitespace()
+                    .filter(|w| !w.starts_with("--"))
+                    .map(str::to_owned)
+                    .collect();
+                let (to, from) = words.split_last().unwrap();
+                image.copies.push((from.to_vec(), to.clone()));
+            }
+            _ => {}
+        }
+    }
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_cmd_runs_as_its_user_with_its_env_and_serves_say_on_every_interface() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    switchboard_testkit::trace_init();
+    let docker = read("deploy/Dockerfile");
+    let image = image(&docker);
+    let (uid, gid) = image.user;
+    assert_ne!(uid, 0, "not root");
+    assert!(
+        docker.contains(&format!("--gid {gid}")) && docker.contains(&format!("--uid {uid}")),
+        "USER {uid}:{gid} names a user and a group the image makes"
+    );
+    let jail = Jail::new(uid, gid, &image.workdir);
+    // Its files at their image paths: binaries from the build stage, the rest
+    // from the repository.
+    for (from, to) in &image.copies {
+        if from.iter().all(|f| f.starts_with("/out/")) {
+            jail.binaries(to.trim_end_matches('/'));
+        } else {
+            assert_eq!(from.len(), 1, "COPY {from:?} {to}");
+            jail.file(to, &read(&from[0]));
+        }
+    }
+    // A container's environment: the image's PATH, then its ENV; the test's
+    // database and ports (the image's fixed ports, made 0 here, on the same
+    // interfaces).
+    let db = TestDatabase::new();
+    let mut env = vec![
+        (
+            "PATH".to_owned(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ),
+        ("HOME".to_owned(), image.workdir.clone()),
+    ];
+    for (k, v) in &image.env {
+        let v = if k == "SB_ECO__MAIN__HTTP" {
+            assert!(
+                v.starts_with("0.0.0.0:"),
+                "the dashboard on every interface: {v}"
+            );
+            "0.0.0.0:0".to_owned()
+        } else {
+            v.clone()
+        };
+        env.push((k.clone(), v));
+    }
+    env.retain(|(k, _)| k != "RUST_LOG");
+    env.push(("RUST_LOG".into(), "warn".into()));
+    env.push(("DATABASE_URL".into(), db.url.clone()));
+    env.push(("SB_ECO__BROKER__BIND".into(), "tcp://127.0.0.1:0".into()));
+    let eco = read("ecosystem.toml");
+    let container = eco
+        .lines()
+        .skip_while(|l| *l != "name = \"receive\"")
+        .find_map(|l| l.strip_prefix("env_container = "))
+        .expect("the gateway's container profile");
+    assert!(container.contains("\"0.0.0.0:3000\""), "{container}");
+    env.push((
+        "SB_ECO__APPS__RECEIVE__ENV_CONTAINER".into(),
+        container
+            .replace("0.0.0.0:3000", "0.0.0.0:0")
+            .replace(" = ", "\": ")
+            .replace("{ ", "{\"")
+            .replace(", ", ", \""),
+    ));
+    let run_dir = jail.state().join(
+        Path::new(
+            &env.iter()
+                .find(|(k, _)| k == "SB_ECO__MAIN__RUN_DIR")
+                .unwrap()
+                .1,
+        )
+        .strip_prefix(&image.workdir)
+        .expect("run_dir in the workdir, the writable folder"),
+    );
+    let cmd = jail.command(&image.workdir, "0022", 1024, &env, &image.cmd);
+    let system = serves_say(&jail, cmd, &run_dir).await;
+    let logged = std::fs::read_to_string(run_dir.join("logs/receive.log")).unwrap();
+    assert!(logged.contains("listening ws://0.0.0.0:"), "{logged}");
+    assert!(
+        system
+            .main
+            .later_lines()
+            .iter()
+            .any(|l| l.starts_with("dashboard http://0.0.0.0:")),
+        "{:?}",
+        system.main.later_lines()
+    );
+    // The HEALTHCHECK, run the same way beside it (the broker's port is the
+    // test's, not the image's 5555).
+    let mut env = env.clone();
+    env.push(("SB_BROKER".into(), system.main.first_line.clone().unwrap()));
+    let health = jail
+        .command(&image.workdir, "0022", 1024, &env, &image.healthcheck)
+        .output()
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "healthcheck: {}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+}
+
+/// checkov, the scanner a platform team runs on an image's Dockerfile.
+#[test]
+fn checkov_passes_the_dockerfile() {
+    let Some(checkov) = std::env::var_os("SB_TEST_CHECKOV").filter(|c| !c.is_empty()) else {
+        eprintln!("skipped: SB_TEST_CHECKOV is not set (scripts/deploy-tools.sh installs checkov; scripts/test.sh sets it)");
+        return;
+    };
+    checkov_passes(
+        &checkov,
+        &["--framework", "dockerfile", "-f"],
+        "deploy/Dockerfile",
+    );
+}
+
+/// Runs checkov on `path` and asserts zero failed checks.
+fn checkov_passes(checkov: &std::ffi::OsStr, args: &[&str], path: &str) {
+    let out = Command::new(checkov)
+        .args(args)
+        .arg(root().join(path))
+        .args(["--compact", "--quiet", "--skip-download", "-o", "json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let reports = match report {
+        serde_json::Value::Array(all) => all,
+        one => vec![one],
+    };
+    for report in &reports {
+        let summary = &report["summary"];
+        assert_eq!(
+            summary["failed"], 0,
+            "{path}: {:#}",
+            report["results"]["failed_checks"]
+        );
+        assert!(
+            summary["passed"].as_u64().unwrap_or(0) > 0,
+            "{path}: checked nothing"
+        );
+    }
 }
