@@ -648,7 +648,8 @@ fn checkov_passes_the_dockerfile() {
 fn checkov_passes(checkov: &std::ffi::OsStr, args: &[&str], path: &str) {
     let out = Command::new(checkov)
         .args(args)
-        .arg(root().join(path))
+        // A path with `..` in it finds nothing: checkov needs it canonical.
+        .arg(root().join(path).canonicalize().unwrap())
         .args(["--compact", "--quiet", "--skip-download", "-o", "json"])
         .output()
         .unwrap();
@@ -671,4 +672,190 @@ fn checkov_passes(checkov: &std::ffi::OsStr, args: &[&str], path: &str) {
             "{path}: checked nothing"
         );
     }
+}
+
+/// checkov on the Kubernetes manifests: zero failures (each skip carries its
+/// reason in the manifest).
+#[test]
+fn checkov_passes_the_kubernetes_manifests() {
+    let Some(checkov) = std::env::var_os("SB_TEST_CHECKOV").filter(|c| !c.is_empty()) else {
+        eprintln!("skipped: SB_TEST_CHECKOV is not set (scripts/deploy-tools.sh installs checkov; scripts/test.sh sets it)");
+        return;
+    };
+    checkov_passes(&checkov, &["--framework", "kubernetes", "-d"], "deploy/k8s");
+    // A skip is a reasoned exception, and there are few kinds of them.
+    let manifests = read("deploy/k8s/apps.yaml") + &read("deploy/k8s/broker.yaml");
+    let kinds: std::collections::BTreeSet<&str> = manifests
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("checkov.io/skip"))
+        .map(|l| {
+            let (_, rest) = l.split_once(": ").unwrap();
+            let (check, reason) = rest.split_once('=').unwrap();
+            assert!(reason.len() > 40, "{check}: a reason");
+            check
+        })
+        .collect();
+    assert!(kinds.len() <= 3, "{kinds:?}");
+}
+
+/// A probe of a container in deploy/k8s, as the kubelet runs it.
+#[derive(Debug)]
+enum Probe {
+    Exec(Vec<String>),
+    Tcp(u16),
+    Http(String),
+}
+
+/// The `kind` probe (`readinessProbe`, `livenessProbe`) of the workload
+/// named `name` in `manifest`.
+fn probe(manifest: &str, name: &str, kind: &str) -> Probe {
+    let doc = manifest
+        .split("\n---\n")
+        .find(|d| {
+            d.contains(&format!("\n  name: {name}\n"))
+                && (d.contains("kind: Deployment") || d.contains("kind: StatefulSet"))
+        })
+        .unwrap_or_else(|| panic!("no workload {name}"));
+    let mut lines = doc.lines().skip_while(|l| l.trim() != format!("{kind}:"));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("{name} has no {kind}"));
+    let how = lines.next().unwrap().trim();
+    let inner = |prefix: &str| {
+        how.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix('}'))
+            .unwrap()
+            .to_owned()
+    };
+    let field = |text: &str, key: &str| -> String {
+        text.split(", ")
+            .find_map(|kv| kv.strip_prefix(&format!("{key}: ")))
+            .unwrap()
+            .to_owned()
+    };
+    if how.starts_with("exec:") {
+        Probe::Exec(serde_json::from_str(&inner("exec: {command: ")).unwrap())
+    } else if how.starts_with("tcpSocket:") {
+        Probe::Tcp(field(&inner("tcpSocket: {"), "port").parse().unwrap())
+    } else if how.starts_with("httpGet:") {
+        let text = inner("httpGet: {");
+        Probe::Http(field(&text, "path"))
+    } else {
+        panic!("{name} {kind}: {how}")
+    }
+}
+
+/// Whether `probe` passes, run against this test's processes: `port` is
+/// where the container's port is here; `env` the container's environment.
+async fn passes(probe: &Probe, port: u16, env: &[(&str, &str)]) -> bool {
+    match probe {
+        Probe::Exec(argv) => {
+            let path = format!(
+                "{}:/usr/bin:/bin",
+                bin_path("sbctl").parent().unwrap().display()
+            );
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..]).env_clear().env("PATH", path);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            cmd.output().await.unwrap().status.success()
+        }
+        Probe::Tcp(_) => tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok(),
+        Probe::Http(path) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return false;
+            };
+            let head = format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.30\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            let status = String::from_utf8_lossy(&answer)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u16>().ok())
+                .unwrap_or(0);
+            (200..400).contains(&status)
+        }
+    }
+}
+
+/// The manifests' probes run against the real processes: every process is
+/// ready while the broker is up; with the broker gone, the gateway and the
+/// services are no longer ready (out of their Service) but every liveness
+/// probe still passes, so Kubernetes restarts none of them and no client is
+/// dropped. Before: the gateway's liveness was its /health, 503 without the
+/// broker (every gateway restarted a minute into a broker outage), and db,
+/// chat and loc had no probes at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_fails_readiness_but_no_liveness_probe() {
+    let manifest = read("deploy/k8s/apps.yaml");
+    let brokers = read("deploy/k8s/broker.yaml");
+    let mut system = crate::harness::System::start(false).await;
+    let gateway_port: u16 = system.ws.rsplit(':').next().unwrap().parse().unwrap();
+    let broker_port: u16 = system.broker.rsplit(':').next().unwrap().parse().unwrap();
+    let broker = system.broker.clone();
+    // (workload, instance here, port here)
+    let workloads = [
+        ("db", "db", 0),
+        ("chat", "chat", 0),
+        ("loc", "loc01", 0),
+        ("receive", "receive", gateway_port),
+    ];
+    let check = |kind: &'static str| {
+        let manifest = &manifest;
+        let broker = &broker;
+        async move {
+            let mut failing = Vec::new();
+            for (name, instance, port) in workloads {
+                let p = probe(manifest, name, kind);
+                let env = [("SB_INSTANCE", instance), ("SB_BROKER", broker.as_str())];
+                if !passes(&p, port, &env).await {
+                    failing.push(format!("{name} {kind} {p:?}"));
+                }
+            }
+            failing
+        }
+    };
+    assert_eq!(
+        check("readinessProbe").await,
+        Vec::<String>::new(),
+        "all ready"
+    );
+    assert_eq!(
+        check("livenessProbe").await,
+        Vec::<String>::new(),
+        "all alive"
+    );
+    for kind in ["readinessProbe", "livenessProbe"] {
+        assert!(matches!(
+            probe(&brokers, "broker-primary", kind),
+            Probe::Tcp(5555)
+        ));
+        assert!(passes(&probe(&brokers, "broker-primary", kind), broker_port, &[]).await);
+    }
+
+    system.proc("broker").signal(Sig::SIGKILL).unwrap();
+    system.proc("broker").wait_exit(Duration::from_secs(5));
+    // Readiness follows the bus: each one fails once the broker is gone.
+    let unready = eventually(Duration::from_secs(20), || async {
+        check("readinessProbe").await.len() == workloads.len()
+    })
+    .await;
+    assert!(
+        unready,
+        "not ready without the broker: {:?}",
+        check("readinessProbe").await
+    );
+    // Liveness does not: nothing would be restarted.
+    assert_eq!(
+        check("livenessProbe").await,
+        Vec::<String>::new(),
+        "liveness independent of the broker"
+    );
 }
