@@ -15,6 +15,7 @@ mod hosts;
 mod membership;
 mod netns;
 mod observe;
+mod prometheus;
 mod security;
 mod services;
 mod spec_peer;

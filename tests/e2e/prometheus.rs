@@ -1,0 +1,293 @@
+//! `/metrics` as Prometheus consumes it: `promtool check metrics` on live
+//! scrapes of main (the whole system, merged) and of the gateway after real
+//! traffic; the merged per-process label never `instance` (Prometheus's own
+//! target label); and a peer on the bus whose `$metrics` answer is malformed,
+//! oversized or contradicts another's types cannot break main's scrape: its
+//! answer is dropped and counted, everyone else's is served.
+
+use crate::harness::Ws;
+use crate::observe::get;
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use switchboard_bus::proto;
+use switchboard_testkit::{eventually, Child, RawPeer, Sig, TestDatabase};
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The repository's ecosystem.toml run by main on ports picked by the OS.
+struct Whole {
+    main: Child,
+    dir: tempfile::TempDir,
+    _db: TestDatabase,
+}
+
+impl Drop for Whole {
+    fn drop(&mut self) {
+        let _ = self.main.signal(Sig::SIGTERM);
+        let _ = self.main.wait_exit(Duration::from_secs(20));
+    }
+}
+
+impl Whole {
+    async fn start() -> Self {
+        switchboard_testkit::trace_init();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ecosystem.toml");
+        std::fs::copy(root().join("ecosystem.toml"), &file).unwrap();
+        let db = TestDatabase::new();
+        let main = Child::announcing(
+            "main",
+            &["--config", file.to_str().unwrap()],
+            &[
+                ("DATABASE_URL", db.url.as_str()),
+                ("SB_ECO__BROKER__BIND", "tcp://127.0.0.1:0"),
+                ("SB_ECO__MAIN__HTTP", "127.0.0.1:0"),
+                ("SB_ECO__MAIN__HEARTBEAT_MS", "250"),
+                (
+                    "SB_ECO__APPS__RECEIVE__ENV",
+                    r#"{"SB_LISTEN": "127.0.0.1:0"}"#,
+                ),
+            ],
+        )
+        .unwrap();
+        let whole = Self { main, dir, _db: db };
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                whole.main.later_lines().iter().any(|l| l == "ready")
+            })
+            .await,
+            "main ready: {:?}",
+            whole.main.later_lines()
+        );
+        whole
+    }
+
+    fn endpoint(&self) -> String {
+        self.main.first_line.clone().unwrap()
+    }
+
+    /// main's HTTP address (`http://ADDR`).
+    fn http(&self) -> String {
+        self.main
+            .later_lines()
+            .iter()
+            .find_map(|l| l.strip_prefix("dashboard "))
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The gateway's address (`ws://ADDR`), from its log.
+    fn ws(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("run/logs/receive.log"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("listening ").map(str::to_owned))
+            .unwrap()
+    }
+}
+
+/// `promtool check metrics` on `text`: its complaints (empty when clean), or
+/// `None` when promtool is not installed.
+fn promtool(text: &str) -> Option<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() && said.trim().is_empty() {
+        String::new()
+    } else {
+        format!("exit {:?}: {said}", out.status.code())
+    })
+}
+
+/// A family's samples' label sets (the part in braces).
+fn labels_of<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter_map(|l| l.split_once('{').and_then(|(_, r)| r.split_once('}')))
+        .map(|(labels, _)| labels)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_passes_live_scrapes_of_main_and_the_gateway() {
+    if promtool("").is_none() {
+        eprintln!("skipped: promtool is not installed (scripts/deploy-tools.sh installs Debian's prometheus)");
+        return;
+    }
+    let whole = Whole::start().await;
+    let ws = whole.ws();
+    let mut client = Ws::connect(&format!("{ws}/ws")).await.unwrap();
+    client.ok("chat", "join", json!({"room": "lobby"})).await;
+    client
+        .ok("chat", "say", json!({"room": "lobby", "text": "scraped"}))
+        .await;
+    let _ = client.request(Some("chat"), "no-such-op", json!({})).await;
+
+    let (status, merged) = get(&whole.http(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(promtool(&merged).unwrap(), "", "main's /metrics:\n{merged}");
+    let (status, gateway) = get(&ws.replace("ws://", "http://"), "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        promtool(&gateway).unwrap(),
+        "",
+        "the gateway's /metrics:\n{gateway}"
+    );
+
+    // The per-process label is sb_instance, never Prometheus's `instance`.
+    let says = labels_of(&merged, "sb_service_requests_total");
+    assert!(
+        says.iter()
+            .any(|l| l.contains("sb_instance=\"chat\"") && l.contains("op=\"say\"")),
+        "{says:?}"
+    );
+    for line in merged.lines().filter(|l| !l.starts_with('#')) {
+        let labels = line.split_once('{').map_or("", |(_, r)| r);
+        assert!(
+            !labels.starts_with("instance=") && !labels.contains(",instance="),
+            "{line}"
+        );
+    }
+}
+
+/// A peer on the bus as an instance of its own service, answering `$metrics`
+/// with `answer` (and heartbeats) until dropped.
+async fn lying_peer(endpoint: &str, instance: &str, answer: String) -> tokio::task::JoinHandle<()> {
+    let mut peer = RawPeer::connect(endpoint, None).await.unwrap();
+    peer.register("liar", instance, None).await.unwrap();
+    let instance = instance.to_owned();
+    peer.send_env(&proto::Envelope::new(proto::Kind::Ready))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Some(frames) = peer.recv(Duration::from_millis(300)).await else {
+                let _ = peer
+                    .send_env(&proto::Envelope::new(proto::Kind::Heartbeat))
+                    .await;
+                continue;
+            };
+            let Ok(env) = proto::decode(frames.last().unwrap()) else {
+                continue;
+            };
+            match env.kind {
+                // A request comes as [token, envelope]; its reply goes back
+                // the same way (docs/protocol.md).
+                proto::Kind::Request if frames.len() == 2 => {
+                    let body = if env.op == "$metrics" {
+                        proto::to_body(&answer).unwrap()
+                    } else {
+                        proto::to_body(&json!({})).unwrap()
+                    };
+                    let mut reply = proto::Envelope::reply_to(env.id, &env.trace, body);
+                    reply.from = instance.clone();
+                    let reply = proto::encode(&reply).unwrap().into();
+                    let _ = peer.send_frames(vec![frames[0].clone(), reply]).await;
+                }
+                proto::Kind::Heartbeat => {
+                    let _ = peer
+                        .send_env(&proto::Envelope::new(proto::Kind::Heartbeat))
+                        .await;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_oversized_metrics_answer_is_dropped_and_counted_not_served() {
+    let whole = Whole::start().await;
+    let endpoint = whole.endpoint();
+    let http = whole.http();
+    // Not exposition text; a type that contradicts every other process's;
+    // a sample claiming to be another process's; valid text past the size cap.
+    let oversized: String = (0..15_000)
+        .map(|i| format!("sb_liar_padding_total{{n=\"{i}\"}} 1\n"))
+        .collect();
+    let liars = [
+        ("liar01", "sb_x{ 1\n<html>not metrics</html>\n".to_owned()),
+        (
+            "liar02",
+            "# TYPE sb_service_requests_total gauge\nsb_service_requests_total 5\n".to_owned(),
+        ),
+        (
+            "liar03",
+            "# TYPE sb_forged_total counter\nsb_forged_total{sb_instance=\"chat\"} 99\n".to_owned(),
+        ),
+        ("liar04", oversized),
+    ];
+    let mut peers = Vec::new();
+    for (instance, answer) in &liars {
+        peers.push(lying_peer(&endpoint, instance, answer.clone()).await);
+    }
+    // main's scrape asks every instance on the bus, the liars included.
+    let dropped = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("sb_metrics_answers_dropped_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let served = eventually(Duration::from_secs(20), || async {
+        let (status, text) = get(&http, "/metrics").await;
+        status == 200 && dropped(&text) >= 4.0
+    })
+    .await;
+    assert!(
+        served,
+        "the liars' answers dropped and counted:\n{}",
+        get(&http, "/metrics").await.1
+    );
+    let (_, text) = get(&http, "/metrics").await;
+    for (instance, _) in &liars {
+        assert!(
+            !text.contains(&format!("sb_instance=\"{instance}\"")),
+            "{instance} served:\n{text}"
+        );
+    }
+    assert!(!text.contains("sb_forged_total") && !text.contains("<html>"));
+    assert!(!text.contains("sb_liar_padding_total"));
+    // Everyone else's is there, and the whole is still clean exposition text.
+    assert!(
+        text.contains("# TYPE sb_service_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        labels_of(&text, "sb_instance_state")
+            .iter()
+            .any(|l| l.contains("sb_instance=\"chat\"")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sb_broker_peers") && l.contains("sb_instance=\"broker\"")),
+        "{text}"
+    );
+    if let Some(said) = promtool(&text) {
+        assert_eq!(said, "", "{text}");
+    }
+    for p in peers {
+        p.abort();
+    }
+}
