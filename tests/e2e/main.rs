@@ -16,6 +16,7 @@ mod membership;
 mod netns;
 mod observe;
 mod prometheus;
+mod protocol_replies;
 mod security;
 mod services;
 mod spec_peer;

@@ -171,9 +171,13 @@ async fn promtool_passes_live_scrapes_of_main_and_the_gateway() {
     }
 }
 
-/// A peer on the bus as an instance of its own service, answering `$metrics`
-/// with `answer` (and heartbeats) until dropped.
-async fn lying_peer(endpoint: &str, instance: &str, answer: String) -> tokio::task::JoinHandle<()> {
+/// A peer on the bus as an instance of service `liar`, answering every
+/// request with the string `answer` (and heartbeats) until aborted.
+pub(crate) async fn lying_peer(
+    endpoint: &str,
+    instance: &str,
+    answer: String,
+) -> tokio::task::JoinHandle<()> {
     let mut peer = RawPeer::connect(endpoint, None).await.unwrap();
     peer.register("liar", instance, None).await.unwrap();
     let instance = instance.to_owned();
@@ -195,11 +199,7 @@ async fn lying_peer(endpoint: &str, instance: &str, answer: String) -> tokio::ta
                 // A request comes as [token, envelope]; its reply goes back
                 // the same way (docs/protocol.md).
                 proto::Kind::Request if frames.len() == 2 => {
-                    let body = if env.op == "$metrics" {
-                        proto::to_body(&answer).unwrap()
-                    } else {
-                        proto::to_body(&json!({})).unwrap()
-                    };
+                    let body = proto::to_body(&answer).unwrap();
                     let mut reply = proto::Envelope::reply_to(env.id, &env.trace, body);
                     reply.from = instance.clone();
                     let reply = proto::encode(&reply).unwrap().into();
