@@ -5,6 +5,7 @@
 #   systemd-analyze  (Debian `systemd`)      verify and rate the units
 #   promtool         (Debian `prometheus`)   check live /metrics scrapes
 #   checkov          (PyPI, venv target/checkov)  the Dockerfile and the manifests
+#   tsc              (npm, target/tsc)        the docs' TypeScript/JavaScript blocks
 # Prints the checkov program's path (nothing when it cannot be had). Never
 # fails the caller: a test whose tool is missing says it is skipped.
 set -uo pipefail
@@ -21,6 +22,10 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     else
         echo "deploy-tools: not root or no apt-get: ${apt_pkgs[*]} missing; their tests are skipped" >&2
     fi
+fi
+if [ ! -x target/tsc/node_modules/.bin/tsc ] && command -v npm >/dev/null 2>&1; then
+    npm install --prefix target/tsc --no-audit --no-fund --silent 'typescript@5' >&2 ||
+        echo "deploy-tools: npm could not install typescript; the docs' tsc test is skipped" >&2
 fi
 venv=target/checkov
 if [ ! -x "$venv/bin/checkov" ]; then

@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod deploy_run;
+mod docs_ts;
 mod faults;
 mod gateway;
 mod harness;
