@@ -291,3 +291,96 @@ async fn a_bad_or_oversized_metrics_answer_is_dropped_and_counted_not_served() {
         p.abort();
     }
 }
+
+/// The README's scrape config, as Prometheus reads it: checked by `promtool
+/// check config` verbatim, then run by a real Prometheus for a few seconds
+/// against a live system (only the ports, picked by the OS here, and the
+/// interval changed): both targets up, and a service's counter found by
+/// `sb_instance` as documented (an `instance` label from main would have been
+/// renamed `exported_instance` by Prometheus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_scrape_config_runs_in_a_real_prometheus() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "skipped: prometheus is not installed (scripts/deploy-tools.sh installs Debian's)"
+        );
+        return;
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let config: String = readme
+        .split("```yaml\n# prometheus.yml\n")
+        .nth(1)
+        .and_then(|r| r.split("```").next())
+        .expect("the README's prometheus.yml")
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prometheus.yml");
+    std::fs::write(&file, &config).unwrap();
+    let check = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let whole = Whole::start().await;
+    let main = whole.http().trim_start_matches("http://").to_owned();
+    let gateway = whole.ws().trim_start_matches("ws://").to_owned();
+    let mut client = Ws::connect(&format!("ws://{gateway}/ws")).await.unwrap();
+    client.ok("chat", "join", json!({"room": "lobby"})).await;
+    std::fs::write(
+        &file,
+        config
+            .replace("127.0.0.1:9100", &main)
+            .replace("127.0.0.1:3000", &gateway)
+            .replace("scrape_interval: 15s", "scrape_interval: 1s")
+            .replace(
+                "  - job_name: switchboard-gateway\n",
+                "  - job_name: switchboard-gateway\n    scrape_interval: 1s\n",
+            ),
+    )
+    .unwrap();
+    let port = switchboard_testkit::free_port();
+    let _prometheus = Child::spawn_command(
+        Command::new("prometheus"),
+        "prometheus",
+        &[
+            &format!("--config.file={}", file.display()),
+            &format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        &[],
+    )
+    .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let query = |q: &'static str| {
+        let api = api.clone();
+        async move {
+            let path = format!("/api/v1/query?query={q}");
+            let (status, body) = get(&api, &path).await;
+            if status != 200 {
+                return 0;
+            }
+            serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .map_or(0, |v| v["data"]["result"].as_array().map_or(0, Vec::len))
+        }
+    };
+    let found = eventually(Duration::from_secs(30), || async {
+        query("up%3D%3D1").await == 2
+            && query("sb_service_requests_total%7Bsb_instance%3D%22chat%22%7D").await > 0
+    })
+    .await;
+    assert!(
+        found,
+        "up: {}, by sb_instance: {}, exported_instance: {}",
+        query("up%3D%3D1").await,
+        query("sb_service_requests_total%7Bsb_instance%3D%22chat%22%7D").await,
+        query("%7Bexported_instance%21%3D%22%22%7D").await
+    );
+    assert_eq!(query("%7Bexported_instance%21%3D%22%22%7D").await, 0);
+}
