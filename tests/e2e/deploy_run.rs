@@ -859,3 +859,76 @@ async fn a_broker_outage_fails_readiness_but_no_liveness_probe() {
         "liveness independent of the broker"
     );
 }
+
+/// A unit's `ExecStart=` as systemd splits it (words; a single-quoted part is
+/// one word).
+fn exec_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('\'') {
+            let (word, after) = quoted.split_once('\'').expect("closing quote");
+            words.push(word.to_owned());
+            rest = after.trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            words.push(rest[..end].to_owned());
+            rest = rest[end..].trim_start();
+        }
+    }
+    words
+}
+
+/// The instance template run as systemd would run `switchboard-app@echo01`:
+/// its exact ExecStart (a shell running the binary its env file names) as its
+/// user, in the same sandbox as the main unit, joins the bus and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_template_runs_as_its_user_and_answers_on_the_bus() {
+    use switchboard_bus::CallOptions;
+    use switchboard_testkit::{client, wait_ready};
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    switchboard_testkit::trace_init();
+    let text = read("deploy/systemd/switchboard-app@.service");
+    let unit = unit_settings(&text);
+    let one = |k: &str| unit[k].last().unwrap().replace("%i", "echo01");
+    let (uid, gid, _) = user_ids(&one("User"));
+    let jail = Jail::new(uid, gid, &format!("/var/lib/{}", one("StateDirectory")));
+    jail.binaries("/opt/switchboard/bin");
+    let broker = Child::broker("tcp://127.0.0.1:0", &[]).unwrap();
+    let endpoint = broker.first_line.clone().unwrap();
+    // The EnvironmentFile the template names, as its header comment shows it.
+    let env_file = one("EnvironmentFile");
+    jail.file(&env_file, &format!("SB_BIN=echo\nSB_BROKER={endpoint}\n"));
+    let mut env: Vec<(String, String)> = std::fs::read_to_string(jail.at(&env_file))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    for setting in &unit["Environment"] {
+        let (k, v) = setting.split_once('=').unwrap();
+        env.push((k.to_owned(), v.replace("%i", "echo01")));
+    }
+    env.push(("PATH".into(), "/usr/bin:/bin".into()));
+    env.push(("RUST_LOG".into(), "warn".into()));
+    let exec = exec_words(&one("ExecStart"));
+    assert_eq!(exec.len(), 3, "{exec:?}");
+    let cmd = jail.command(&one("WorkingDirectory"), &one("UMask"), 1024, &env, &exec);
+    let app = Started {
+        main: Child::spawn_command(cmd, "echo", &[], &[]).unwrap(),
+    };
+    let bus = client(&endpoint, "t-template", None).await;
+    assert!(
+        wait_ready(&bus, "echo01", Duration::from_secs(20)).await,
+        "switchboard-app@echo01 joined the bus"
+    );
+    let reply = bus
+        .call("echo", "$echo", b"\x80".to_vec(), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reply.body.as_ref(), b"\x80", "the echo came back");
+    drop(app);
+}
