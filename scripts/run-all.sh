@@ -154,7 +154,7 @@ if [ "$result" != ready ]; then
     done
 fi
 "$bin/sbctl" ls
-listen=$(grep -o '127.0.0.1:[0-9]*' <<<"$(grep -A4 'name = "receive"' "$eco" | grep args || true)" | head -1)
+listen=$(grep -o '127.0.0.1:[0-9]*' <<<"$(grep -A6 'name = "receive"' "$eco" | grep -E 'args|SB_LISTEN' || true)" | head -1)
 listen=${listen:-127.0.0.1:3000}
 echo
 if [ "$result" != ready ]; then

@@ -63,6 +63,10 @@ fi
 # The spec-only Python peer's environment (pyzmq, msgpack in target/py).
 SB_TEST_PYTHON=$(scripts/python-peer-env.sh)
 export SB_TEST_PYTHON
+# deploy/'s and /metrics' real consumers: systemd-analyze, promtool, checkov
+# (tests/e2e/deploy_run.rs).
+SB_TEST_CHECKOV=$(scripts/deploy-tools.sh)
+export SB_TEST_CHECKOV
 cargo test --workspace --locked "$@"
 
 # The quick chaos run (a few faults against the whole system, about a minute);

@@ -58,7 +58,9 @@ async fn scale_up_and_down() {
     let http = s.http();
     let text = crate::observe::get(&http, "/metrics").await.1;
     assert!(
-        text.contains("sb_instance_state{app=\"alpha\",instance=\"alpha03\",state=\"online\"} 1"),
+        text.contains(
+            "sb_instance_state{app=\"alpha\",sb_instance=\"alpha03\",state=\"online\"} 1"
+        ),
         "{text}"
     );
 
@@ -77,8 +79,8 @@ async fn scale_up_and_down() {
             .lines()
             .filter(|l| l.starts_with("sb_instance_state{"))
             .collect();
-        states.iter().any(|l| l.contains("instance=\"alpha02\""))
-            && !states.iter().any(|l| l.contains("instance=\"alpha03\""))
+        states.iter().any(|l| l.contains("sb_instance=\"alpha02\""))
+            && !states.iter().any(|l| l.contains("sb_instance=\"alpha03\""))
     })
     .await;
     assert!(gone, "alpha03's state still in /metrics");

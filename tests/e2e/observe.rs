@@ -78,7 +78,7 @@ async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
     assert_eq!(get(&http, "/health").await.0, 200);
 
     let labels = [
-        ("instance", "alpha"),
+        ("sb_instance", "alpha"),
         ("service", "alpha"),
         ("op", "echo"),
         ("code", "ok"),
@@ -107,7 +107,7 @@ async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
             &scrape,
             "sb_broker_requests_total",
             &[
-                ("instance", "broker"),
+                ("sb_instance", "broker"),
                 ("service", "alpha"),
                 ("outcome", "ok")
             ]
@@ -117,7 +117,7 @@ async fn metrics_count_exactly_the_requests_sent_and_probes_answer() {
         counter(
             &scrape,
             "sb_instance_state",
-            &[("instance", "alpha"), ("state", "online")]
+            &[("sb_instance", "alpha"), ("state", "online")]
         ),
         1.0
     );

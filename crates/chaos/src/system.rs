@@ -138,6 +138,8 @@ env = {{ RUST_LOG = "warn" }}
             .arg("--config")
             .arg(self.dir.path().join("ecosystem.toml"))
             .env("RUST_LOG", "warn")
+            // Its run_dir is beside its file, even under systemd's StateDirectory=.
+            .env_remove("STATE_DIRECTORY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join("main.log"))?)

@@ -31,7 +31,7 @@ async fn logs_of(
     };
     let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
     let reply = bus.call("main", "logs", body, to(main, options)).await?;
-    proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))
+    crate::decode_reply(&reply, "logs")
 }
 
 /// Which main holds each log `logs` prints: (main, instance). With no name,
@@ -180,7 +180,7 @@ pub(crate) async fn describe(
     let reply = bus
         .call("main", "describe", body, to(&owner, &options))
         .await?;
-    let d: AppDescription = proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+    let d: AppDescription = crate::decode_reply(&reply, "describe")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
         return Ok(());
@@ -278,8 +278,7 @@ pub(crate) async fn reload_config(
         .await?
         .call_all(bus, "reload-config", Vec::new(), &options)
         .await?;
-    let change: ConfigChange =
-        proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+    let change: ConfigChange = crate::decode_reply(&reply, "reload-config")?;
     if json {
         println!(
             "{}",

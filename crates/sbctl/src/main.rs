@@ -2,7 +2,9 @@
 //!
 //! Exit status: 0 on success; for `send`, a failed reply exits with the error
 //! code's number (see [`exit_code`]) and prints `error: CODE: message` on stderr;
-//! 64 for bad usage; 69 when the broker cannot be reached.
+//! 64 for bad usage; 69 when the broker cannot be reached; 76 when a peer's
+//! reply cannot be read (sysexits' EX_PROTOCOL: the peer is at fault, not the
+//! command line).
 
 mod bench;
 mod cli;
@@ -41,6 +43,9 @@ fn exit_code(code: ErrorCode) -> i32 {
 }
 
 const EXIT_UNREACHABLE: i32 = 69;
+
+/// A reply that is not what the protocol says (sysexits' EX_PROTOCOL).
+const EXIT_MALFORMED_REPLY: i32 = 76;
 
 /// Exit status of a command whose reader went away (`sbctl logs | head`), as a
 /// process killed by SIGPIPE would have: 128 + 13.
@@ -86,6 +91,10 @@ async fn main() {
             eprintln!("error: {e}");
             EXIT_UNREACHABLE
         }
+        Err(Failure::Malformed(e)) => {
+            eprintln!("error: {e}");
+            EXIT_MALFORMED_REPLY
+        }
     };
     std::process::exit(code);
 }
@@ -94,6 +103,25 @@ enum Failure {
     Reply(switchboard_bus::Error),
     Usage(anyhow::Error),
     Unreachable(String),
+    /// A peer's reply that does not decode as the protocol says.
+    Malformed(String),
+}
+
+/// `reply`'s body decoded as `T`; a body that is not is the peer's fault.
+pub(crate) fn decode_reply<T: serde::de::DeserializeOwned>(
+    reply: &proto::Envelope,
+    what: &str,
+) -> Result<T, Failure> {
+    proto::from_body(&reply.body).map_err(|e| {
+        Failure::Malformed(format!(
+            "malformed reply from {} to {what}: {e} (docs/protocol.md gives its shape)",
+            if reply.from.is_empty() {
+                "?"
+            } else {
+                &reply.from
+            }
+        ))
+    })
 }
 
 impl From<switchboard_bus::Error> for Failure {
@@ -320,8 +348,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 ..options
             };
             let reply = bus.call(service, "$info", Vec::new(), options).await?;
-            let info: proto::Info =
-                proto::from_body(&reply.body).map_err(|e| Failure::Usage(e.into()))?;
+            let info: proto::Info = decode_reply(&reply, "$info")?;
             if args.json {
                 println!(
                     "{}",

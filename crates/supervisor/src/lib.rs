@@ -63,7 +63,7 @@ pub fn bus_secret(options: &Options, eco: &ecosystem::Ecosystem) -> anyhow::Resu
     if options.insecure {
         return Ok(None);
     }
-    let run_dir = eco.base.join(&eco.main.run_dir);
+    let run_dir = eco.run_dir.clone();
     let secret = switchboard_bus::secret_file::load_or_create(&run_dir)
         .map_err(|e| anyhow::anyhow!("the bus secret in {}: {e}", run_dir.display()))?;
     Ok(Some(secret))
@@ -132,11 +132,23 @@ pub async fn run(options: Options) -> i32 {
             return svc::EXIT_USAGE;
         }
     };
+    // main writes logs and its status file in run_dir: a folder it cannot write
+    // to is named now, before the broker (whose log is the first file) starts.
+    if !options.no_spawn {
+        if let Err(e) = logs::check_writable(&eco.run_dir.join("logs")) {
+            eprintln!(
+                "main: run_dir is not writable: {e} (set [main] run_dir to a writable \
+                 absolute folder, or SB_ECO__MAIN__RUN_DIR; under systemd, a relative \
+                 run_dir is inside StateDirectory=)"
+            );
+            return svc::EXIT_FAILURE;
+        }
+    }
     // One system per run folder: before anything else is touched.
     let _lock = if options.no_spawn {
         None
     } else {
-        match lock_run_dir(&eco.base.join(&eco.main.run_dir)) {
+        match lock_run_dir(&eco.run_dir) {
             Ok(lock) => Some(lock),
             Err(e) => {
                 eprintln!("main: {e:#}");
@@ -157,7 +169,7 @@ pub async fn run(options: Options) -> i32 {
         );
     }
     let shutdown = svc::shutdown_on_signal();
-    let previous = supervisor::read_status_file(&eco.base.join(&eco.main.run_dir));
+    let previous = supervisor::read_status_file(&eco.run_dir);
     // Another host's main runs the broker: connect to it, start none.
     let external = eco.broker.connect.clone();
     let adopted = if options.no_spawn || external.is_some() {
@@ -387,7 +399,7 @@ async fn start_broker(
         Some(secret) => env.push(("SB_SECRET".into(), secret.into())),
         None => env.push(("SB_INSECURE".into(), "1".into())),
     }
-    let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
+    let log_dir = eco.run_dir.join("logs");
     let log = Arc::new(logs::LogFile::open(
         &log_dir,
         "broker",

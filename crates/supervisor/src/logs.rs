@@ -1,7 +1,8 @@
 //! Per-instance log files with rotation by size, and reading them back.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -19,12 +20,17 @@ impl LogFile {
     ///
     /// # Errors
     ///
-    /// When the folder or file cannot be created.
+    /// When the folder or file cannot be created; the error names the path.
     pub fn open(dir: &Path, name: &str, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
         let path = dir.join(format!("{name}.log"));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let size = file.metadata()?.len();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| naming(&path, e))?;
+        let size = file.metadata().map_err(|e| naming(&path, e))?.len();
         Ok(Self {
             path,
             max_bytes: max_bytes.max(1024),
@@ -51,6 +57,7 @@ impl LogFile {
             match OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.path)
             {
                 Ok(f) => *guard = Some((f, 0)),
@@ -74,6 +81,42 @@ impl LogFile {
         }
         let _ = std::fs::rename(&self.path, name(1));
     }
+}
+
+/// `e` with the path it is about: "Permission denied" alone does not say
+/// which folder to fix.
+fn naming(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Creates `dir` and its missing parents as 0700: logs hold what the apps
+/// print, for the service's user alone, whatever the umask (a container's
+/// is 0022).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| naming(dir, e))
+}
+
+/// Makes sure main can write in `dir` (creating it): creates and removes a
+/// probe file, so that a folder main cannot write to is named before anything
+/// starts, not found later by a child's log.
+///
+/// # Errors
+///
+/// When the folder cannot be created or written to; the error names it.
+pub fn check_writable(dir: &Path) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let probe = dir.join(format!(".write-probe.{}", std::process::id()));
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&probe)
+        .map_err(|e| naming(dir, e))?;
+    std::fs::remove_file(&probe).map_err(|e| naming(dir, e))
 }
 
 /// The last `lines` lines of a file and its size (the offset to follow from).

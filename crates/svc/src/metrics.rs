@@ -102,14 +102,206 @@ pub fn install() {
     });
 }
 
-/// The metrics in the Prometheus text format.
+/// The metrics in the Prometheus text format, every family with its `# HELP`.
 pub fn render() -> String {
     install();
     match HANDLE.get().and_then(Option::as_ref) {
         Some(handle) => {
             handle.run_upkeep();
-            handle.render()
+            with_help(&handle.render())
         }
         None => String::new(),
     }
+}
+
+/// What each family of the workspace measures: its `# HELP` text. One table
+/// for every process (the exporter prints HELP only for families described
+/// through `describe_*!` at each recording site; here the gateway, the broker,
+/// the services and main share one list, and a family missing from it still
+/// gets a HELP line made from its name).
+pub const HELP: &[(&str, &str)] = &[
+    (
+        "sb_service_requests_total",
+        "Requests a service handled, by op and outcome (ok or the error code).",
+    ),
+    (
+        "sb_service_request_duration_seconds",
+        "Handler latency of a service's requests, by op.",
+    ),
+    (
+        "sb_broker_requests_total",
+        "Requests the broker finished, by service and outcome.",
+    ),
+    (
+        "sb_broker_request_duration_seconds",
+        "Time from the broker receiving a request to its answer, by service.",
+    ),
+    (
+        "sb_broker_inflight",
+        "Requests dispatched by the broker and not yet answered.",
+    ),
+    (
+        "sb_broker_held",
+        "Requests the broker holds for a service with no ready instance.",
+    ),
+    (
+        "sb_broker_held_oldest_seconds",
+        "Age of the oldest held request.",
+    ),
+    ("sb_broker_peers", "Peers connected to the broker."),
+    (
+        "sb_broker_late_replies_total",
+        "Replies that arrived after their request was answered or expired.",
+    ),
+    (
+        "sb_broker_malformed_total",
+        "Malformed frames the broker dropped.",
+    ),
+    (
+        "sb_broker_unauthenticated_total",
+        "Messages from peers that had not proved the secret.",
+    ),
+    (
+        "sb_broker_auth_failures_total",
+        "Hellos whose proof of the secret failed.",
+    ),
+    (
+        "sb_broker_retried_total",
+        "Idempotent requests retried on another instance.",
+    ),
+    ("sb_broker_events_total", "Events the broker fanned out."),
+    (
+        "sb_broker_events_dropped_total",
+        "Events dropped for a subscriber that could not take them.",
+    ),
+    (
+        "sb_broker_send_dropped_total",
+        "Messages the broker could not send to a peer.",
+    ),
+    (
+        "sb_broker_peers_lost_total",
+        "Peers dropped for missed heartbeats.",
+    ),
+    (
+        "sb_broker_rogue_replies_total",
+        "Replies from an instance the request was not dispatched to.",
+    ),
+    (
+        "sb_gateway_requests_total",
+        "Client requests through the gateway, by service and outcome.",
+    ),
+    (
+        "sb_gateway_request_duration_seconds",
+        "Time from a client frame to its reply, by service.",
+    ),
+    (
+        "sb_gateway_rejected_total",
+        "Client frames refused before any service, by error code.",
+    ),
+    ("sb_gateway_connections", "Open WebSocket connections."),
+    (
+        "sb_gateway_tcp_connections",
+        "Open TCP connections, handshaking ones included.",
+    ),
+    (
+        "sb_gateway_topics",
+        "Topics with at least one subscribed client.",
+    ),
+    (
+        "sb_gateway_bus_connected",
+        "1 while the gateway is connected to the broker.",
+    ),
+    (
+        "sb_gateway_closes_total",
+        "Connections closed, by WebSocket close code.",
+    ),
+    (
+        "sb_gateway_messages_total",
+        "WebSocket frames, by direction.",
+    ),
+    (
+        "sb_gateway_bytes_total",
+        "WebSocket payload bytes, by direction.",
+    ),
+    (
+        "sb_gateway_events_coalesced_total",
+        "Events replaced by a newer one before reaching a slow client.",
+    ),
+    (
+        "sb_gateway_events_dropped_total",
+        "Events dropped for a client that could not take them.",
+    ),
+    ("sb_gateway_auth_failures_total", "Client tokens refused."),
+    (
+        "sb_gateway_tls_failures_total",
+        "TLS handshakes that failed.",
+    ),
+    ("sb_gateway_accepted_total", "TCP connections accepted."),
+    (
+        "sb_gateway_refused_total",
+        "TCP connections refused at a cap.",
+    ),
+    (
+        "sb_gateway_handshake_timeouts_total",
+        "Connections closed for not finishing the WebSocket handshake in time.",
+    ),
+    (
+        "sb_gateway_closed_slow_total",
+        "Connections closed for reading too slowly.",
+    ),
+    ("sb_db_commit_duration_seconds", "Time of one group commit."),
+    ("sb_db_commit_rows", "Rows written by one group commit."),
+    (
+        "sb_instance_state",
+        "1 for the state an instance is in now, as main sees it.",
+    ),
+    (
+        "sb_instance_restarts_total",
+        "Restarts of an instance by main.",
+    ),
+    (
+        "sb_instance_resident_memory_bytes",
+        "Resident memory of an instance's process.",
+    ),
+    (
+        "sb_instance_cpu_ratio",
+        "CPU an instance's process used lately, in cores.",
+    ),
+    (
+        "sb_instance_uptime_seconds",
+        "Time since an instance's process started.",
+    ),
+    (
+        "sb_metrics_answers_dropped_total",
+        "Instances' $metrics answers main left out of its scrape, by reason.",
+    ),
+];
+
+/// `text` with a `# HELP` line before each `# TYPE` line that lacks one
+/// (promtool, and Prometheus's metadata API, want every family described).
+pub fn with_help(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    let mut described = String::new();
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("# HELP ")
+            .and_then(|r| r.split(' ').next())
+        {
+            described = name.to_owned();
+        } else if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|r| r.split(' ').next())
+        {
+            if described != name {
+                let help = HELP
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or_else(|| name.replace('_', " "), |(_, h)| (*h).to_owned());
+                out.push_str(&format!("# HELP {name} {help}\n"));
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }

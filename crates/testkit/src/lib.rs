@@ -168,6 +168,9 @@ impl Child {
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        // A suite run under systemd (StateDirectory=) must not send every
+        // test's main to one shared run_dir: main follows STATE_DIRECTORY.
+        cmd.env_remove("STATE_DIRECTORY");
         if std::env::var_os("TEST_LOG").is_none() {
             cmd.stderr(Stdio::null());
             cmd.env("RUST_LOG", "warn");

@@ -97,12 +97,34 @@ pub fn load_with_env(
         apps.push(check_app(spec, &base, main_conf.host.as_deref())?);
     }
     let apps = order(apps)?;
+    let run_dir = resolve_run_dir(&main_conf.run_dir, &base, env);
     Ok(Ecosystem {
         main: main_conf,
         broker,
         apps,
         base,
+        run_dir,
     })
+}
+
+/// Where `[main] run_dir` is: an absolute path as is; a relative one under
+/// systemd's `STATE_DIRECTORY` (set by `StateDirectory=`; its first folder when
+/// it lists several) when there is one, so that the unit's config folder
+/// (`/etc/switchboard`, read-only under `ProtectSystem=strict`) is never written
+/// to; else next to the ecosystem file (`base`), as when run from a checkout.
+pub fn resolve_run_dir(run_dir: &str, base: &Path, env: &HashMap<String, String>) -> PathBuf {
+    let dir = Path::new(run_dir);
+    if dir.is_absolute() {
+        return dir.to_path_buf();
+    }
+    let state = env
+        .get("STATE_DIRECTORY")
+        .and_then(|s| s.split(':').next())
+        .filter(|s| Path::new(s).is_absolute());
+    match state {
+        Some(state) => Path::new(state).join(dir),
+        None => base.join(dir),
+    }
 }
 
 pub(super) fn section<T: for<'de> Deserialize<'de>>(

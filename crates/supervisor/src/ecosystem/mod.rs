@@ -12,7 +12,7 @@
 
 mod load;
 
-pub use load::{instance_names, load, load_with_env, parse_size, resolve_bin};
+pub use load::{instance_names, load, load_with_env, parse_size, resolve_bin, resolve_run_dir};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -89,7 +89,10 @@ const TOP_KEYS: &[&str] = &["main", "broker", "apps"];
 /// `[main]`: the supervisor's own settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MainConf {
-    /// Folder for logs (`run_dir/logs/INSTANCE.log`), relative to the file.
+    /// Folder for logs (`run_dir/logs/INSTANCE.log`) and main's status file.
+    /// An absolute path is used as is; a relative one is under systemd's
+    /// `STATE_DIRECTORY` when main runs with `StateDirectory=`, else next to the
+    /// ecosystem file ([`Ecosystem::run_dir`] is the folder resolved).
     #[serde(default = "default_run_dir")]
     pub run_dir: String,
     /// How often each instance is health-checked (`$health` over the bus).
@@ -229,6 +232,9 @@ pub struct Ecosystem {
     pub apps: Vec<App>,
     /// The folder of the file (relative paths are read from there).
     pub base: PathBuf,
+    /// `[main] run_dir` resolved (see [`resolve_run_dir`]): the only folder main
+    /// writes to.
+    pub run_dir: PathBuf,
 }
 
 /// A checked app.

@@ -124,3 +124,34 @@ fn pass_env_takes_variable_names_only() {
         assert!(err.contains("pass_env"), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn run_dir_is_absolute_or_under_the_state_directory_or_next_to_the_file() {
+    let base = Path::new("/etc/switchboard");
+    let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        resolve_run_dir("run", base, &env(&[])),
+        Path::new("/etc/switchboard/run")
+    );
+    let systemd = env(&[("STATE_DIRECTORY", "/var/lib/switchboard:/var/lib/other")]);
+    assert_eq!(
+        resolve_run_dir("run", base, &systemd),
+        Path::new("/var/lib/switchboard/run")
+    );
+    assert_eq!(
+        resolve_run_dir("/srv/sb", base, &systemd),
+        Path::new("/srv/sb")
+    );
+    // A relative STATE_DIRECTORY is not systemd's: ignored.
+    assert_eq!(
+        resolve_run_dir("run", base, &env(&[("STATE_DIRECTORY", "x")])),
+        Path::new("/etc/switchboard/run")
+    );
+    let eco = load_text(OK, None, &[("SB_ECO__MAIN__RUN_DIR", "/tmp/sb-run")]).unwrap();
+    assert_eq!(eco.run_dir, Path::new("/tmp/sb-run"));
+}

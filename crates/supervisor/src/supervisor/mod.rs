@@ -227,9 +227,9 @@ impl Supervisor {
         manages_broker: bool,
         secret: Option<String>,
     ) -> anyhow::Result<Arc<Self>> {
-        let log_dir = eco.base.join(&eco.main.run_dir).join("logs");
+        let log_dir = eco.run_dir.join("logs");
         // A previous main's record (after a crash): its instances still running.
-        let previous = read_status_file(&eco.base.join(&eco.main.run_dir));
+        let previous = read_status_file(&eco.run_dir);
         let mut managed = Vec::new();
         if !no_spawn {
             for app in &eco.apps {
