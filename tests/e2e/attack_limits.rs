@@ -375,3 +375,97 @@ async fn one_users_flood_of_held_requests_leaves_others_served() {
         .await;
     assert_eq!(history["ok"], json!(true), "bob is served: {history}");
 }
+
+/// A WebSocket client whose handshake carries `X-Forwarded-For: forwarded`,
+/// from the local address `source`.
+async fn connect_forwarded(system: &System, source: Ipv4Addr, forwarded: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/ws", system.ws);
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded.parse().unwrap());
+    let addr = system.ws.trim_start_matches("ws://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let (stream, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    Ws::from_stream(stream)
+}
+
+/// How many of `count` new topics `ws` was allowed to subscribe.
+async fn subscribed(ws: &mut Ws, tag: &str, count: usize) -> usize {
+    let frames = (0..count).map(|i| {
+        json!({"id": format!("{tag}{i}"), "op": "subscribe", "topic": format!("chat.room.{tag}-{i}")})
+    });
+    flood(ws, frames)
+        .await
+        .iter()
+        .filter(|r| r["ok"] == json!(true))
+        .count()
+}
+
+/// Behind a load balancer every client has the proxy's address, so the
+/// per-address shares counted the proxy: one busy proxy was one client. With
+/// `--trusted-proxies`, the proxy's `X-Forwarded-For` names the client; anyone
+/// else's is ignored (a client cannot choose its own address).
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_share() {
+    let args = Args {
+        gateway: &[
+            "--trusted-proxies",
+            "127.0.0.1/32",
+            "--max-topics-per-ip",
+            "20",
+        ],
+        ..Args::default()
+    };
+    let system = System::start_args(false, &args).await;
+    let proxy = Ipv4Addr::new(127, 0, 0, 1);
+    // Two clients through the proxy: each its own share (20, its user.<id> in it).
+    let mut ada = connect_forwarded(&system, proxy, "203.0.113.1").await;
+    assert_eq!(subscribed(&mut ada, "ada", 30).await, 19, "ada's share");
+    let mut bob = connect_forwarded(&system, proxy, "203.0.113.2").await;
+    assert_eq!(subscribed(&mut bob, "bob", 10).await, 10, "bob's own share");
+    // Not a trusted proxy: the header is ignored, both count under 127.0.0.2.
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    let mut eve1 = connect_forwarded(&system, other, "203.0.113.3").await;
+    let mut eve2 = connect_forwarded(&system, other, "203.0.113.4").await;
+    let got = subscribed(&mut eve1, "eve1", 15).await + subscribed(&mut eve2, "eve2", 15).await;
+    assert_eq!(got, 18, "one share for 127.0.0.2 (two user topics in it)");
+}
+
+/// A scraper or probe that keeps its HTTP connection alive between requests is
+/// closed at the handshake deadline; that was counted as a handshake timeout,
+/// hiding real stalls among routine scrapes.
+#[tokio::test]
+async fn a_kept_alive_scrape_is_not_a_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = System::start_with(false, &["--handshake-timeout-ms", "300"]).await;
+    let addr = system.ws.trim_start_matches("ws://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for _ in 0..2 {
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &buf[..n.min(64)]
+        );
+    }
+    // Kept alive, then closed by the gateway at the deadline.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed at the deadline")
+        .ok();
+    let (_, health) = get(&http(&system), "/health").await;
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["handshake_timeouts"], json!(0), "{health}");
+}

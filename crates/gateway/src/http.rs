@@ -13,7 +13,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_bus::proto;
@@ -45,11 +46,15 @@ pub struct Upgrade {
     pub ws: WebSocketStream<Upgraded>,
     /// The verified token from the URL, if one was given (and a secret is set).
     pub token: Option<jwt::Verified>,
+    /// The client's address as a trusted proxy forwarded it (`X-Forwarded-For`
+    /// from one of `--trusted-proxies`), when it did.
+    pub forwarded_for: Option<IpAddr>,
 }
 
 struct Pending {
     on_upgrade: hyper::upgrade::OnUpgrade,
     token: Option<jwt::Verified>,
+    forwarded_for: Option<IpAddr>,
 }
 
 /// Runs the TLS handshake (when the gateway has a certificate), then the HTTP
@@ -58,6 +63,7 @@ struct Pending {
 pub async fn handshake(
     gw: &Arc<Gateway>,
     stream: TcpStream,
+    peer: Option<IpAddr>,
     admission: &mut Admission,
 ) -> Option<Upgrade> {
     let deadline =
@@ -68,21 +74,22 @@ pub async fn handshake(
     tokio::select! {
         biased;
         () = evicted.cancelled() => None,
-        upgrade = tls_then_http(gw, stream, admission, deadline) => upgrade,
+        upgrade = tls_then_http(gw, stream, peer, admission, deadline) => upgrade,
     }
 }
 
 async fn tls_then_http(
     gw: &Arc<Gateway>,
     stream: TcpStream,
+    peer: Option<IpAddr>,
     admission: &mut Admission,
     deadline: tokio::time::Instant,
 ) -> Option<Upgrade> {
     let Some(tls) = &gw.settings.tls else {
-        return http_handshake(gw, stream, admission, deadline).await;
+        return http_handshake(gw, stream, peer, admission, deadline).await;
     };
     match tokio::time::timeout_at(deadline, tls.0.accept(stream)).await {
-        Ok(Ok(stream)) => http_handshake(gw, stream, admission, deadline).await,
+        Ok(Ok(stream)) => http_handshake(gw, stream, peer, admission, deadline).await,
         Ok(Err(e)) => {
             // A plain-HTTP request to a TLS port, an unknown CA, a scanner.
             crate::metrics::TLS_FAILURES.increment(1);
@@ -99,6 +106,7 @@ async fn tls_then_http(
 async fn http_handshake<S>(
     gw: &Arc<Gateway>,
     stream: S,
+    peer: Option<IpAddr>,
     admission: &mut Admission,
     deadline: tokio::time::Instant,
 ) -> Option<Upgrade>
@@ -106,11 +114,17 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let slot: Arc<Mutex<Option<Pending>>> = Arc::new(Mutex::new(None));
+    // Requests answered on this connection: a scraper or a probe that keeps
+    // its connection alive between requests and is closed at the deadline did
+    // not time out in a handshake.
+    let answered = Arc::new(AtomicU32::new(0));
     let service = {
         let gw = gw.clone();
         let slot = slot.clone();
+        let answered = answered.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let response = answer(&gw, req, &slot);
+            answered.fetch_add(1, Ordering::Relaxed);
+            let response = answer(&gw, req, peer, &slot);
             async move { Ok::<_, Infallible>(response) }
         })
     };
@@ -120,7 +134,9 @@ where
         .with_upgrades();
     match tokio::time::timeout_at(deadline, conn).await {
         Err(_) => {
-            gw.stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            if answered.load(Ordering::Relaxed) == 0 {
+                gw.stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             return None;
         }
         Ok(Err(e)) => {
@@ -150,6 +166,7 @@ where
     Some(Upgrade {
         ws,
         token: pending.token,
+        forwarded_for: pending.forwarded_for,
     })
 }
 
@@ -179,6 +196,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
 fn answer(
     gw: &Arc<Gateway>,
     mut req: Request<Incoming>,
+    peer: Option<IpAddr>,
     slot: &Mutex<Option<Pending>>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -265,8 +283,16 @@ fn answer(
         },
         _ => None,
     };
+    let forwarded_for = peer.and_then(|peer| {
+        let values = req.headers().get_all("x-forwarded-for");
+        forwarded_client(&gw.settings.trusted_proxies, peer, values.iter())
+    });
     let on_upgrade = hyper::upgrade::on(&mut req);
-    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending { on_upgrade, token });
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
+        on_upgrade,
+        token,
+        forwarded_for,
+    });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
@@ -276,6 +302,36 @@ fn answer(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     response
+}
+
+/// The client's address behind trusted proxies: when `peer` is one of
+/// `trusted`, the `X-Forwarded-For` addresses read from the right (the nearest
+/// hop first), the first that is not itself a trusted proxy. `None` when the
+/// peer is not trusted (a client cannot choose its own address by sending the
+/// header), or the header is missing or malformed.
+pub fn forwarded_client<'a>(
+    trusted: &[ipnet::IpNet],
+    peer: IpAddr,
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return None;
+    }
+    // Several headers are one list, in order.
+    let hops: Vec<&str> = values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    // At most 32 hops are looked at: the header is the client's to make long.
+    for hop in hops.iter().rev().take(32) {
+        let ip: IpAddr = hop.parse().ok()?;
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+    }
+    None
 }
 
 /// Whether a browser page from `origin` may open a WebSocket: the gateway's own
@@ -373,6 +429,39 @@ mod tests {
             own,
             false
         ));
+    }
+
+    #[test]
+    fn a_forwarded_address_counts_only_from_a_trusted_proxy() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let h = |v: &str| HeaderValue::from_str(v).unwrap();
+        let one = [h("203.0.113.7")];
+        assert_eq!(
+            forwarded_client(&trusted, proxy, one.iter()),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // A client's own header is not believed.
+        let client: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(forwarded_client(&trusted, client, one.iter()), None);
+        // The nearest untrusted hop wins: what the client wrote on the left is
+        // not believed either.
+        let chain = [h("1.2.3.4, 203.0.113.7"), h("10.9.9.9")];
+        assert_eq!(
+            forwarded_client(&trusted, proxy, chain.iter()),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        for bad in ["", "not-an-address", "203.0.113.7:443", "10.0.0.1"] {
+            let v = [h(bad)];
+            assert_eq!(forwarded_client(&trusted, proxy, v.iter()), None, "{bad:?}");
+        }
+        let long = [h(&vec!["10.0.0.1"; 10_000].join(","))];
+        assert_eq!(forwarded_client(&trusted, proxy, long.iter()), None);
+        let v6 = [h("2001:db8::1")];
+        assert_eq!(
+            forwarded_client(&trusted, proxy, v6.iter()),
+            Some("2001:db8::1".parse().unwrap())
+        );
     }
 
     #[test]

@@ -123,6 +123,10 @@ pub struct Settings {
     /// gateway's own (its scheme and the `Host` it was reached at); `*` allows
     /// any. A request without `Origin` (not a browser) is always allowed.
     pub allowed_origins: Vec<String>,
+    /// Proxies (load balancers) whose `X-Forwarded-For` is believed: a client
+    /// behind one is counted (shares of requests in flight and topics) and
+    /// logged under the address the proxy forwards. Empty: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// What clients may call, subscribe to and be granted.
     pub policy: policy::Policy,
     /// How long a shutdown waits for in-flight replies.
@@ -161,6 +165,7 @@ impl Default for Settings {
             tls: None,
             demo: true,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             policy: policy::Policy::default(),
             shutdown_grace_ms: 10_000,
             goaway_ms: 500,

@@ -124,6 +124,10 @@ struct Args {
     /// Topics the clients of one address may bring in.
     #[arg(long, env = "SB_MAX_TOPICS_PER_IP", default_value_t = D.max_topics_per_ip)]
     max_topics_per_ip: usize,
+    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For names the client:
+    /// per-address shares and logs then see the client, not the proxy.
+    #[arg(long, env = "SB_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Request deadline, ms.
     #[arg(long, env = "SB_REQUEST_TIMEOUT_MS", default_value_t = D.request_timeout_ms)]
     request_timeout_ms: u64,
@@ -204,6 +208,7 @@ fn main() {
         max_connections_per_user: args.max_connections_per_user,
         max_topics: args.max_topics,
         max_topics_per_ip: args.max_topics_per_ip,
+        trusted_proxies: args.trusted_proxies.clone(),
         request_timeout_ms: args.request_timeout_ms,
         tokens,
         allowed_origins: args.allowed_origins.clone(),

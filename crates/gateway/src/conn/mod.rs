@@ -58,12 +58,21 @@ pub async fn handle(
     // The handshake (hyper's connection, TLS) and the other one-off steps are
     // boxed: a future's size is that of its largest state, and the connection's
     // task would otherwise keep the room for them for as long as it lives.
-    let Some(upgrade) = Box::pin(crate::http::handshake(&gw, stream, &mut admission)).await else {
+    let Some(upgrade) = Box::pin(crate::http::handshake(
+        &gw,
+        stream,
+        peer.map(|p| p.ip()),
+        &mut admission,
+    ))
+    .await
+    else {
         return;
     };
     gw.stats.accepted.fetch_add(1, Ordering::Relaxed);
     gw.stats.open.fetch_add(1, Ordering::Relaxed);
-    let address_key = peer.map_or_else(|| "unknown".to_owned(), |p| address_key(p.ip()));
+    // Behind a trusted proxy, the client's address as the proxy forwarded it.
+    let client_ip = upgrade.forwarded_for.or(peer.map(|p| p.ip()));
+    let address_key = client_ip.map_or_else(|| "unknown".to_owned(), address_key);
     let Some(address) = gw.addresses.join(&address_key, usize::MAX) else {
         unreachable!("no connection cap per address here")
     };
@@ -109,7 +118,7 @@ pub async fn handle(
             }
         }
     }
-    tracing::debug!(?peer, session = %conn.session, "client connected");
+    tracing::debug!(?peer, client = ?client_ip, session = %conn.session, "client connected");
     let (sink, stream) = upgrade.ws.split();
     let writer = tokio::spawn(write_loop(sink, conn.out.clone()));
     let why = conn.clone().read_loop(stream, &shutdown).await;
