@@ -57,18 +57,11 @@ async fn get_from(source: Ipv4Addr, to: SocketAddr, path: &str) -> (u16, String)
         s.read_to_string(&mut text).await?;
         Ok::<_, std::io::Error>(text)
     };
-    let text = match tokio::time::timeout(Duration::from_secs(10), ask).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(_)) => return (0, String::new()),
+    match tokio::time::timeout(Duration::from_secs(10), ask).await {
+        Ok(Ok(text)) => crate::observe::status_and_body(&text),
+        Ok(Err(_)) => (0, String::new()),
         Err(_) => panic!("GET {path}: no answer within 10 s"),
-    };
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+    }
 }
 
 async fn health(system: &System) -> Value {

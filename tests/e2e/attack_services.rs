@@ -122,16 +122,7 @@ async fn get_with_host(http: &str, path: &str, host: &str) -> (u16, String) {
         .await
         .expect("an answer")
         .unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    crate::observe::status_and_body(&text)
 }
 
 /// Issue 21 (low): without `http_auth` the dashboard answered any `Host`, so a

@@ -27,11 +27,15 @@ pub async fn get(addr: &str, path: &str) -> (u16, String) {
         s.read_to_string(&mut text).await?;
         Ok::<_, std::io::Error>(text)
     };
-    let text = match tokio::time::timeout(Duration::from_secs(10), ask).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(_)) => return (0, String::new()),
+    match tokio::time::timeout(Duration::from_secs(10), ask).await {
+        Ok(Ok(text)) => status_and_body(&text),
+        Ok(Err(_)) => (0, String::new()),
         Err(_) => panic!("GET {path}: no answer within 10 s"),
-    };
+    }
+}
+
+/// An HTTP/1.1 answer read to its end: its status (0 when there is none) and body.
+pub fn status_and_body(text: &str) -> (u16, String) {
     let status = text
         .split(' ')
         .nth(1)

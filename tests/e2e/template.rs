@@ -51,7 +51,7 @@ async fn the_template_service_runs_under_main_and_answers() {
     let info: proto::Info = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info.service, "greeter");
     assert_eq!(info.version, "0.1.0");
-    assert_eq!(info.protocol, "1.2");
+    assert_eq!(info.protocol, "1.3");
     assert_eq!(
         info.ops,
         ["$echo", "$health", "$info", "$metrics", "$trace", "hello"]
