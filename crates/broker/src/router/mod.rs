@@ -106,6 +106,12 @@ enum Route {
     Any,
     Instance(String),
     Key(String),
+    /// A `$` op (`$health`, `$info`, `$metrics`, `$trace`) pinned to one
+    /// instance: dispatched past the instance's credit. A health check queued
+    /// behind a busy instance's full credit would read as a hung instance (and
+    /// main kills hung instances): one client's flood must not make a busy
+    /// service look dead.
+    Control(String),
 }
 
 #[derive(Debug)]

@@ -89,6 +89,7 @@ impl Router {
         let token = self.next_token;
         self.next_token += 1;
         let route = match (head.instance, head.key) {
+            (Some(instance), _) if head.op.starts_with('$') => Route::Control(instance.to_owned()),
             (Some(instance), _) => Route::Instance(instance.to_owned()),
             (None, Some(key)) => Route::Key(key.to_owned()),
             (None, None) => Route::Any,
@@ -164,6 +165,16 @@ impl Router {
             Route::Key(key) => self
                 .owner(svc, key)
                 .filter(|pid| self.peers.get(pid).is_some_and(has_room)),
+            Route::Control(name) => self
+                .by_instance
+                .get(name)
+                .filter(|pid| service.instances.contains(pid))
+                .filter(|pid| {
+                    self.peers
+                        .get(pid)
+                        .is_some_and(|p| p.state == PeerState::Ready)
+                })
+                .copied(),
         }
     }
 

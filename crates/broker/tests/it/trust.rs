@@ -366,3 +366,51 @@ async fn a_hello_challenge_of_the_wrong_length_gets_nothing() {
     let bus = client(&broker.endpoint, "t-mutual", Some(secret)).await;
     assert!(broker_stats(&bus).await.malformed >= 5);
 }
+
+/// A health check pinned to an instance whose credit is all taken (one
+/// client's flood) used to wait behind it, so the instance looked hung and
+/// main killed it. `$` ops pinned to an instance go past its credit.
+#[tokio::test]
+async fn a_health_check_is_not_held_behind_a_busy_instances_credit() {
+    trace_init();
+    let broker = TestBroker::start();
+    let config = switchboard_bus::Config {
+        broker: broker.endpoint.clone(),
+        instance: "busy-1".into(),
+        ..switchboard_bus::Config::default()
+    };
+    // One request at a time: the credit it gives the broker is 1.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(
+        switchboard_echo::service("busy")
+            .concurrency(1)
+            .run(config, stop),
+    );
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "busy-1", Duration::from_secs(10)).await);
+    let _sleeping = switchboard_testkit::sleep_in_flight(
+        &bus,
+        "busy",
+        5_000,
+        switchboard_bus::CallOptions::default(),
+    )
+    .await;
+    let pinned = switchboard_bus::CallOptions {
+        instance: Some("busy-1".into()),
+        timeout: Some(Duration::from_millis(1_500)),
+        ..switchboard_bus::CallOptions::default()
+    };
+    let health = bus
+        .call("busy", "$health", Vec::new(), pinned.clone())
+        .await;
+    assert!(health.is_ok(), "answered past the credit: {health:?}");
+    // Ordinary work still waits for the credit.
+    let body = proto::to_body(&std::collections::BTreeMap::from([("ms", 1u64)])).unwrap();
+    let held = bus.call("busy", "sleep", body, pinned).await;
+    let code = held.unwrap_err().code;
+    assert!(
+        matches!(code, proto::ErrorCode::Timeout | proto::ErrorCode::Unavailable),
+        "{code:?}"
+    );
+}
