@@ -39,8 +39,8 @@ enum Feed {
 struct Entry {
     conns: HashMap<u64, Arc<ConnOut>>,
     /// The address whose client subscribed first: the topic counts against
-    /// its share until it goes.
-    charged: Member,
+    /// its share until it goes. `None` for a client's own `user.<id>`.
+    charged: Option<Member>,
     /// The field whose value coalesces this topic's events (positions).
     coalesce: Option<Box<str>>,
     feed: Feed,
@@ -108,7 +108,10 @@ impl Hub {
     }
 
     /// Adds connection `id` (of address `from`) to `topic`, subscribing on the
-    /// bus if it is the first.
+    /// bus if it is the first. `own` is the client's own `user.<id>`: one per
+    /// connection (so bounded by the connection caps), it is not counted in the
+    /// hub's limits, so that a newcomer always gets its direct messages while
+    /// the broker has room.
     ///
     /// # Errors
     ///
@@ -120,6 +123,7 @@ impl Hub {
         id: u64,
         conn: Arc<ConnOut>,
         from: &Member,
+        own: bool,
     ) -> Result<(), Error> {
         if let Some(entry) = self.lock().get_mut(topic) {
             entry.conns.insert(id, conn);
@@ -132,14 +136,15 @@ impl Hub {
         }
         // A new topic: within the hub's budget, and within its address's share
         // of it (one address must not spend what every client needs).
+        let charged = (!own).then(|| from.clone());
         let held = self.lock().len();
-        if held >= self.limits.max_topics {
+        if !own && held >= self.limits.max_topics {
             return Err(Error::new(
                 switchboard_bus::proto::ErrorCode::Overloaded,
                 format!("the gateway holds {held} topics, its limit: try again later"),
             ));
         }
-        if !Share::take(&from.share.topics, self.limits.max_topics_per_ip) {
+        if !own && !Share::take(&from.share.topics, self.limits.max_topics_per_ip) {
             return Err(Error::new(
                 switchboard_bus::proto::ErrorCode::Overloaded,
                 format!(
@@ -155,7 +160,7 @@ impl Hub {
                     topic.to_owned(),
                     Entry {
                         conns: HashMap::from([(id, conn)]),
-                        charged: from.clone(),
+                        charged,
                         coalesce,
                         feed,
                     },
@@ -163,7 +168,9 @@ impl Hub {
                 Ok(())
             }
             Err(e) => {
-                self.addresses.topic_gone(from);
+                if !own {
+                    self.addresses.topic_gone(from);
+                }
                 Err(e)
             }
         }
@@ -219,7 +226,9 @@ impl Hub {
         };
         if let Some(entry) = gone {
             entry.feed.close().await;
-            self.addresses.topic_gone(&entry.charged);
+            if let Some(charged) = &entry.charged {
+                self.addresses.topic_gone(charged);
+            }
         }
     }
 

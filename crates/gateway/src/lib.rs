@@ -20,7 +20,7 @@
 //! | 1001 | the gateway is shutting down: sent `goaway_ms` after a `{"goaway"}` notice, once in-flight replies were sent |
 //! | 1008 | flooding: the client kept sending past its rate limit |
 //! | 1009 | a frame over `max_frame_bytes` |
-//! | 1013 | try again later: the user already has `max_connections_per_user` connections, or its own `user.<id>` topic could not be subscribed (the gateway's topic budget is spent) |
+//! | 1013 | try again later: the user already has `max_connections_per_user` connections, or its address `max_connections_per_ip`, or its own `user.<id>` topic could not be subscribed (the gateway's topic budget is spent) |
 //! | 4000 | idle: no frame (or pong) for `idle_timeout_ms` |
 //! | 4001 | slow client: its send buffer reached `send_buffer_hard` messages or `send_buffer_hard_bytes` |
 //! | 4002 | the client's token expired (and no newer one was presented with `auth`) |
@@ -103,6 +103,9 @@ pub struct Settings {
     pub max_inflight_per_ip: usize,
     /// Connections one user may hold at once; more are closed with 1013.
     pub max_connections_per_user: usize,
+    /// WebSocket connections from one address (IPv4, IPv6 /64; behind a trusted
+    /// proxy, the forwarded client) at once; more are closed with 1013.
+    pub max_connections_per_ip: usize,
     /// Distinct topics the gateway holds on the bus for all its clients; a
     /// subscription (or grant) that would add one more gets `overloaded`. The
     /// broker holds at most `max_subs_per_peer` (100,000) for the gateway: keep
@@ -156,10 +159,11 @@ impl Default for Settings {
             max_subscriptions: 64,
             max_inflight_per_conn: 64,
             max_inflight_per_user: 256,
-            max_inflight_per_ip: 2_048,
+            max_inflight_per_ip: 1_000,
+            max_connections_per_ip: 1_024,
             max_connections_per_user: 32,
             max_topics: 90_000,
-            max_topics_per_ip: 20_000,
+            max_topics_per_ip: 4_096,
             request_timeout_ms: 5_000,
             tokens: None,
             tls: None,

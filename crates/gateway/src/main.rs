@@ -117,6 +117,9 @@ struct Args {
     /// Connections per user at once (more are closed with 1013).
     #[arg(long, env = "SB_MAX_CONNECTIONS_PER_USER", default_value_t = D.max_connections_per_user)]
     max_connections_per_user: usize,
+    /// WebSocket connections per address at once (more are closed with 1013).
+    #[arg(long, env = "SB_MAX_CONNECTIONS_PER_IP", default_value_t = D.max_connections_per_ip)]
+    max_connections_per_ip: usize,
     /// Distinct topics the gateway holds on the bus (keep under the broker's
     /// --max-subs-per-peer, 100,000).
     #[arg(long, env = "SB_MAX_TOPICS", default_value_t = D.max_topics)]
@@ -206,6 +209,7 @@ fn main() {
         max_inflight_per_user: args.max_inflight_per_user,
         max_inflight_per_ip: args.max_inflight_per_ip,
         max_connections_per_user: args.max_connections_per_user,
+        max_connections_per_ip: args.max_connections_per_ip,
         max_topics: args.max_topics,
         max_topics_per_ip: args.max_topics_per_ip,
         trusted_proxies: args.trusted_proxies.clone(),

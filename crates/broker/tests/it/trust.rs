@@ -410,7 +410,10 @@ async fn a_health_check_is_not_held_behind_a_busy_instances_credit() {
     let held = bus.call("busy", "sleep", body, pinned).await;
     let code = held.unwrap_err().code;
     assert!(
-        matches!(code, proto::ErrorCode::Timeout | proto::ErrorCode::Unavailable),
+        matches!(
+            code,
+            proto::ErrorCode::Timeout | proto::ErrorCode::Unavailable
+        ),
         "{code:?}"
     );
 }

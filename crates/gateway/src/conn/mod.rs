@@ -17,6 +17,7 @@ use switchboard_bus::proto::{self, api, ErrorCode, Grants};
 use switchboard_bus::{new_trace_id, CallOptions};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -73,8 +74,19 @@ pub async fn handle(
     // Behind a trusted proxy, the client's address as the proxy forwarded it.
     let client_ip = upgrade.forwarded_for.or(peer.map(|p| p.ip()));
     let address_key = client_ip.map_or_else(|| "unknown".to_owned(), address_key);
-    let Some(address) = gw.addresses.join(&address_key, usize::MAX) else {
-        unreachable!("no connection cap per address here")
+    let Some(address) = gw
+        .addresses
+        .join(&address_key, gw.settings.max_connections_per_ip)
+    else {
+        // One address may not hold every connection of the gateway.
+        let (mut sink, _) = upgrade.ws.split();
+        let frame = CloseFrame {
+            code: CLOSE_TRY_LATER.into(),
+            reason: "too many connections from this address".into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        gw.stats.open.fetch_sub(1, Ordering::Relaxed);
+        return;
     };
     let session = api::session_id(gw.bus.instance(), id);
     let s = &gw.settings;

@@ -92,9 +92,13 @@ impl Client {
                 ));
             }
         }
+        // The client's own direct-message topic is outside the hub's limits.
+        let own = self
+            .user()
+            .is_some_and(|u| topic.strip_prefix("user.") == Some(u.as_str()));
         self.gw
             .hub
-            .subscribe(topic, self.id, self.out.clone(), &self.address)
+            .subscribe(topic, self.id, self.out.clone(), &self.address, own)
             .await?;
         let closed = match self.topics().as_mut() {
             Some(topics) => {
