@@ -24,6 +24,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eco=${SB_ECOSYSTEM:-ecosystem.toml}
+# A run folder given here is main's too (its [main] run_dir is overridden), so
+# that this script and main look for the lock, the secret and the logs in one place.
+if [ -n "${SB_RUN_DIR:-}" ]; then
+    mkdir -p "$SB_RUN_DIR"
+    SB_ECO__MAIN__RUN_DIR=$(cd "$SB_RUN_DIR" && pwd)
+    export SB_ECO__MAIN__RUN_DIR
+fi
 export SB_RUN_DIR=${SB_RUN_DIR:-run}
 run=$SB_RUN_DIR
 build=${SB_BUILD:-release}

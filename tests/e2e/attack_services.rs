@@ -419,6 +419,11 @@ async fn control_and_bidi_characters_never_reach_other_users() {
         "iso\u{2066}late\u{2069}",
         "mark\u{200F}",
         "arabic\u{061C}mark",
+        // Invisible: a zero-width space, a byte order mark, tag characters
+        // (ASCII no reader sees).
+        "zero\u{200B}width",
+        "bom\u{FEFF}",
+        "tag\u{E0041}\u{E0042}",
     ];
     for text in evil {
         for (to, op, data) in [
@@ -437,6 +442,16 @@ async fn control_and_bidi_characters_never_reach_other_users() {
             );
         }
     }
+    // A line break that is not a control character, in a one-line name.
+    assert_eq!(
+        eve.err(
+            Some("loc"),
+            "move",
+            json!({"zone": "park", "x": 1.0, "y": 1.0, "name": "two\u{2028}lines"})
+        )
+        .await,
+        "bad_request"
+    );
     for room in ["lob\u{202E}by", "lob\u{1b}by"] {
         assert_eq!(
             eve.err(Some("chat"), "join", json!({"room": room})).await,

@@ -6,7 +6,8 @@
 //! [`Lines::Allowed`] says so) and the bidirectional controls (Unicode's
 //! `Bidi_Control` property: U+061C, U+200E, U+200F, U+202A–U+202E,
 //! U+2066–U+2069), which can make text read in another order than it is
-//! stored ("Trojan Source"). The list is Unicode's own twelve characters,
+//! stored ("Trojan Source"); invisible characters ([`is_invisible`]); and in a
+//! name, the line and paragraph separators. The bidi list is Unicode's own twelve characters,
 //! unchanged since Unicode 6.3; a crate for twelve code points would be more
 //! to trust than the code.
 
@@ -24,6 +25,22 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Whether `c` is invisible and carries nothing a reader can see: a zero-width
+/// space, a word joiner and the invisible operators, the byte order mark, the
+/// Mongolian vowel separator, and the tag characters (U+E0000–U+E007F, which
+/// can smuggle ASCII no reader sees; a side effect: the three subdivision flag
+/// emoji, which are built from them, are refused too). The zero-width joiner
+/// and non-joiner stay: emoji and several scripts need them.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{180E}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// Whether `c` breaks a line without being a control character (U+2028 line
+/// separator, U+2029 paragraph separator): refused where lines are.
+pub fn is_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
+}
+
 /// The first character of `text` other users must not be shown, if any.
 ///
 /// ```
@@ -32,11 +49,19 @@ pub fn is_bidi_control(c: char) -> bool {
 /// assert_eq!(forbidden_char("hi\nthere", Lines::Refused), Some('\n'));
 /// assert_eq!(forbidden_char("a\u{1b}[2Jb", Lines::Allowed), Some('\u{1b}'));
 /// assert_eq!(forbidden_char("abc\u{202E}fed", Lines::Allowed), Some('\u{202E}'));
+/// assert_eq!(forbidden_char("a\u{200B}b", Lines::Allowed), Some('\u{200B}'));
+/// assert_eq!(forbidden_char("zone\u{2028}x", Lines::Refused), Some('\u{2028}'));
+/// assert_eq!(forbidden_char("para\u{2029}graph", Lines::Allowed), None);
+/// assert_eq!(forbidden_char("\u{E0041}", Lines::Allowed), Some('\u{E0041}'));
+/// assert_eq!(forbidden_char("👩\u{200D}💻", Lines::Refused), None);
 /// ```
 pub fn forbidden_char(text: &str, lines: Lines) -> Option<char> {
     text.chars().find(|&c| {
         let allowed_space = lines == Lines::Allowed && (c == '\n' || c == '\t');
-        (c.is_control() && !allowed_space) || is_bidi_control(c)
+        (c.is_control() && !allowed_space)
+            || is_bidi_control(c)
+            || is_invisible(c)
+            || (lines == Lines::Refused && is_line_separator(c))
     })
 }
 
@@ -54,6 +79,10 @@ pub fn check(text: &str, lines: Lines) -> Result<(), String> {
             c as u32,
             if is_bidi_control(c) {
                 "a bidirectional control"
+            } else if is_invisible(c) {
+                "an invisible character"
+            } else if is_line_separator(c) {
+                "a line break"
             } else {
                 "a control character"
             }

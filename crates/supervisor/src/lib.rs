@@ -202,6 +202,12 @@ pub async fn run(options: Options) -> i32 {
         eco.broker.pair.join(",")
     };
     println!("listening {endpoint}");
+    if eco.main.http_auth.is_none()
+        && !eco.main.http.is_empty()
+        && !http::is_loopback_bind(&eco.main.http)
+    {
+        tracing::warn!(http = %eco.main.http, "main's HTTP server listens beyond this host without http_auth: anyone who reaches it reads the dashboard, traces and metrics");
+    }
     let http_auth = http::Access {
         auth: eco.main.http_auth.clone(),
         hosts: eco.main.http_hosts.clone(),

@@ -406,6 +406,17 @@ impl Actor {
             }
             Cmd::Unsubscribe { sub } => {
                 if let Some(pattern) = self.subs.remove(sub) {
+                    // An answer still awaited for the pattern (lost, or late)
+                    // must not hold a later subscription to it: that one is
+                    // sent afresh.
+                    if let Some(waiting) = self.sub_acks.remove(&pattern) {
+                        for (_, ack) in waiting {
+                            let _ = ack.send(Err(Error::new(
+                                ErrorCode::Unavailable,
+                                "unsubscribed before the broker answered",
+                            )));
+                        }
+                    }
                     let _ = try_send(
                         socket,
                         ZmqMessage::from(encode_topic(Kind::Unsubscribe, &pattern)),

@@ -90,6 +90,16 @@ struct Ctx {
 
 /// Binds `addr`; `None` (and a warning) when it cannot: the dashboard is not worth
 /// failing the system for.
+/// Whether `addr` (`HOST:PORT`) binds loopback only.
+pub fn is_loopback_bind(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub async fn bind(addr: &str) -> Option<TcpListener> {
     if addr.is_empty() {
         return None;
