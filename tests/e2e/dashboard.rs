@@ -152,14 +152,23 @@ async fn the_dashboard_shows_every_instance_live_in_a_browser() {
     })
     .await;
     assert!(moved, "the instance rows never changed: {before:?}");
-    let services = client
-        .find(Locator::Id("services"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(services.contains("alpha"), "{services}");
+    // The services' table comes from the merged metrics, read on their own
+    // cadence (each instance's `$metrics`): on a loaded machine it follows the
+    // rows a little later.
+    let services = || async {
+        client
+            .find(Locator::Id("services"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let listed = eventually(Duration::from_secs(15), || async {
+        services().await.contains("alpha")
+    })
+    .await;
+    assert!(listed, "{}", services().await);
 
     // Let the sparklines draw a few points, then the picture.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
