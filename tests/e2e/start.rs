@@ -164,11 +164,6 @@ async fn a_second_main_on_the_same_run_folder_refuses_and_disturbs_nothing() {
     );
     assert_eq!(traffic.await.unwrap(), Vec::<String>::new());
     // The same processes as before: nothing restarted, nothing adopted twice.
-    let pids = |rows: &[serde_json::Value]| -> Vec<(String, serde_json::Value)> {
-        rows.iter()
-            .map(|r| (r["instance"].to_string(), r["pid"].clone()))
-            .collect()
-    };
     assert_eq!(pids(&s.ls().await), pids(&before));
 }
 
@@ -188,12 +183,7 @@ async fn a_monitor_beside_main_takes_nothing_and_kills_nothing() {
         })
         .await
     );
-    let pids = |rows: Vec<serde_json::Value>| -> Vec<(String, serde_json::Value)> {
-        rows.iter()
-            .map(|r| (r["instance"].to_string(), r["pid"].clone()))
-            .collect()
-    };
-    let before = pids(s.ls().await);
+    let before = pids(&s.ls().await);
     assert!(
         before.iter().any(|(i, _)| i.contains("broker")),
         "{before:?}"
@@ -240,7 +230,14 @@ async fn a_monitor_beside_main_takes_nothing_and_kills_nothing() {
     };
     let reply = s.bus.call("main", "ls", Vec::new(), pinned).await.unwrap();
     let rows: Vec<serde_json::Value> = switchboard_bus::proto::from_body(&reply.body).unwrap();
-    assert_eq!(pids(rows), before, "nothing was killed or restarted");
+    assert_eq!(pids(&rows), before, "nothing was killed or restarted");
     let lines = s.main.later_lines();
     assert!(!lines.iter().any(|l| l.contains("hung")), "{lines:?}");
+}
+
+/// Each `ls` row's instance and pid: what must not change when nothing restarts.
+fn pids(rows: &[serde_json::Value]) -> Vec<(String, serde_json::Value)> {
+    rows.iter()
+        .map(|r| (r["instance"].to_string(), r["pid"].clone()))
+        .collect()
 }

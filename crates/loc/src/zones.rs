@@ -33,6 +33,19 @@ pub(crate) struct Pos {
     pub(crate) name: Option<String>,
 }
 
+impl Pos {
+    /// A position read back from storage (or not saved yet): no session, no name.
+    pub(crate) fn saved(x: f64, y: f64, ts: u64) -> Self {
+        Self {
+            x,
+            y,
+            ts,
+            session: String::new(),
+            name: None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Zone {
     pub(crate) users: HashMap<String, Pos>,
@@ -225,13 +238,7 @@ impl Loc {
         let mut users: HashMap<String, Pos> = positions
             .into_iter()
             .map(|p| {
-                let pos = Pos {
-                    x: p.x,
-                    y: p.y,
-                    ts: p.ts,
-                    session: String::new(),
-                    name: None,
-                };
+                let pos = Pos::saved(p.x, p.y, p.ts);
                 (p.user, pos)
             })
             .collect();
@@ -245,13 +252,7 @@ impl Loc {
         let dirty = state.dirty.iter().map(|((z, u), p)| ((z, u), p));
         for ((z, user), p) in saving.chain(dirty) {
             if z == zone {
-                let pos = Pos {
-                    x: p.x,
-                    y: p.y,
-                    ts: p.ts,
-                    session: String::new(),
-                    name: None,
-                };
+                let pos = Pos::saved(p.x, p.y, p.ts);
                 users.insert(user.clone(), pos);
             }
         }
