@@ -2,7 +2,7 @@
 // promises, subscriptions, reconnects, and chat rooms that catch up on what
 // they missed. No dependencies; browsers and Node 20+ (Node 20 needs
 // `--experimental-websocket`, or pass `{WebSocket}` from the `ws` package).
-// The protocol is README.md → "Client protocol"; types are in switchboard.d.ts.
+// The protocol is docs/clients.md and docs/services.md (receive); types are in switchboard.d.ts.
 
 import { encode, decode } from './msgpack.js';
 

@@ -325,7 +325,7 @@ async fn the_primary_brokers_host_dies_under_load_and_nothing_acknowledged_is_lo
     let (a, b, c) = (&lab.hosts[0].ip, &lab.hosts[1].ip, &lab.hosts[2].ip);
     let (ea, eb) = (format!("tcp://{a}:5555"), format!("tcp://{b}:5555"));
     let pair = format!("{ea},{eb}");
-    // The README's multi-host recipe, as it is in deploy/multi-host/, with
+    // docs/operations.md's multi-host recipe, as it is in deploy/multi-host/, with
     // this lab's addresses for 10.0.0.1-3.
     let recipe = |host: &str| {
         std::fs::read_to_string(

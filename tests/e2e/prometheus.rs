@@ -292,7 +292,7 @@ async fn a_bad_or_oversized_metrics_answer_is_dropped_and_counted_not_served() {
     }
 }
 
-/// The README's scrape config, as Prometheus reads it: checked by `promtool
+/// docs/observability.md's scrape config, as Prometheus reads it: checked by `promtool
 /// check config` verbatim, then run by a real Prometheus for a few seconds
 /// against a live system (only the ports, picked by the OS here, and the
 /// interval changed): both targets up, and a service's counter found by
@@ -310,12 +310,12 @@ async fn the_readmes_scrape_config_runs_in_a_real_prometheus() {
         );
         return;
     }
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root().join("docs/observability.md")).unwrap();
     let config: String = readme
         .split("```yaml\n# prometheus.yml\n")
         .nth(1)
         .and_then(|r| r.split("```").next())
-        .expect("the README's prometheus.yml")
+        .expect("docs/observability.md's prometheus.yml")
         .to_owned();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("prometheus.yml");

@@ -55,7 +55,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Gateway settings. Defaults are in the README with the reasons for them.
+/// Gateway settings. Defaults are in docs/services.md with the reasons for them.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Largest client frame; a larger one closes the connection with 1009.

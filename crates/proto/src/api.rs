@@ -2,7 +2,7 @@
 //! Encoded as MessagePack bodies with named fields, like everything else.
 //!
 //! The client-facing ops (what a WebSocket client sends to `chat` and `loc`) are
-//! documented in the README; the types here are the internal contracts, chiefly the
+//! documented in docs/services.md; the types here are the internal contracts, chiefly the
 //! `db` service's named operations.
 
 use serde::{Deserialize, Serialize};
