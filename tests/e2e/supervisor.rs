@@ -509,3 +509,29 @@ async fn an_app_named_apart_from_its_service_is_not_killed_as_hung() {
     let reply = s.sbctl(&["send", "shared_svc", "echo", r#"{"x":1}"#]);
     assert!(reply.status.success(), "{reply:?}");
 }
+
+/// `HANDLED` (`sbctl ls`, the dashboard's instances) counts requests, not
+/// main's own health checks: with no traffic it stays 0 however many
+/// heartbeats pass, as the dashboard's services table (which leaves `$` ops out).
+#[tokio::test]
+async fn handled_counts_requests_not_main_s_health_checks() {
+    let s = Supervised::start(&app("echo", &[], "")).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+    // A dozen heartbeats (250 ms each): a $health from main every one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = s.instance("echo").await;
+    assert_eq!(idle["handled"], 0, "no request yet: {idle}");
+    for _ in 0..3 {
+        switchboard_testkit::whoami(&s.bus, "echo", CallOptions::default())
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            s.instance("echo").await["handled"] == 3
+        })
+        .await,
+        "three requests: {}",
+        s.instance("echo").await
+    );
+}
