@@ -535,3 +535,43 @@ async fn handled_counts_requests_not_main_s_health_checks() {
         s.instance("echo").await
     );
 }
+
+/// `autostart = false` (the demo `echo` in ecosystem.toml): defined, shown as
+/// `stopped`, not waited for (main says `ready`), and served once
+/// `sbctl start` starts it.
+#[tokio::test]
+async fn an_app_that_does_not_autostart_waits_for_sbctl_start() {
+    let s = Supervised::start(&format!(
+        "{}{}",
+        app("first", &[], ""),
+        app("echo", &[], "autostart = false")
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            s.main.later_lines().iter().any(|l| l == "ready")
+        })
+        .await,
+        "ready without echo: {:?}",
+        s.main.later_lines()
+    );
+    assert!(!s.main.later_lines().iter().any(|l| l == "starting echo"));
+    assert_eq!(s.instance("echo").await["state"], "stopped");
+    // A known app that is stopped: held until its deadline, as during a restart.
+    let short = CallOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..CallOptions::default()
+    };
+    let err = switchboard_testkit::whoami(&s.bus, "echo", short)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, proto::ErrorCode::Unavailable, "{err}");
+    let out = s.sbctl(&["start", "echo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        switchboard_testkit::whoami(&s.bus, "echo", CallOptions::default())
+            .await
+            .unwrap(),
+        "echo"
+    );
+}

@@ -1,5 +1,6 @@
-//! The echo demo service: the smallest real service on the bus, used by
-//! `scripts/run-all.sh` and, as a real child process, by the bus tests. Ops:
+//! The echo demo service: the smallest real service on the bus. ecosystem.toml
+//! defines it without starting it (`sbctl start echo`, for trying the bus and
+//! `sbctl bench rr`); the bus tests run it as a real child process. Ops:
 //!
 //! - `echo`: replies with its body unchanged (like the built-in `$echo`);
 //! - `sleep` `{ "ms": N }`: replies `{ "slept_ms": N }` after N ms (at most 60 s),

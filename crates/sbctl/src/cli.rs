@@ -251,7 +251,7 @@ pub(crate) enum BenchCmd {
     },
     /// Request/reply through the broker to a service's `$echo`.
     Rr {
-        /// Target service (run one: `echo --service echo`).
+        /// Target service (ecosystem.toml defines `echo`: `sbctl start echo`).
         #[arg(long, default_value = "echo")]
         service: String,
         /// Op.

@@ -64,6 +64,7 @@ const APP_KEYS: &[&str] = &[
     "ready_timeout_ms",
     "kill_timeout_ms",
     "autorestart",
+    "autostart",
     "max_restarts",
     "min_uptime_ms",
     "restart_delay_ms",
@@ -196,6 +197,11 @@ pub struct AppSpec {
     /// Restart when the process exits or hangs.
     #[serde(default = "yes")]
     pub autorestart: bool,
+    /// Start with the system (PM2's `autostart`); `false`: defined, shown as
+    /// `stopped`, started by `sbctl start NAME` (the demo `echo` in
+    /// ecosystem.toml).
+    #[serde(default = "yes")]
+    pub autostart: bool,
     /// Unstable restarts (uptime under `min_uptime_ms`) in a row before `errored`.
     #[serde(default = "default_max_restarts")]
     pub max_restarts: u32,

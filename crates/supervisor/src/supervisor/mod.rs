@@ -332,6 +332,9 @@ impl Supervisor {
     pub async fn start_all(&self) -> Vec<(String, String)> {
         let mut failed = Vec::new();
         for app in self.apps() {
+            if !app.spec.autostart {
+                continue;
+            }
             let instances = self.find(&app.spec.name);
             for m in &instances {
                 println!("starting {}", m.instance);

@@ -82,6 +82,9 @@ impl Supervisor {
     pub fn not_ready(&self) -> Vec<String> {
         self.managed()
             .iter()
+            // An app that does not start with the system is not waited for
+            // while it is stopped.
+            .filter(|m| m.app().spec.autostart || m.status().state != InstanceState::Stopped)
             .map(|m| m.status())
             .filter(|s| !matches!(s.state, InstanceState::Online | InstanceState::Degraded))
             .map(|s| format!("{} ({})", s.instance, s.state))
