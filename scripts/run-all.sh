@@ -18,7 +18,10 @@
 #   SB_PROFILE     profile for main --env (e.g. production)
 #   SB_SECRET      shared bus secret (default: run/bus.secret, made on the first
 #                  run, mode 600; sbctl finds it there)
-#   SB_AUTH_SECRET HS256 secret for client tokens (default: none, anonymous users)
+#   SB_AUTH       1: client tokens on, with the secret kept in run/auth.secret
+#                  (made on the first such run, mode 600; sbctl token finds it)
+#   SB_AUTH_SECRET HS256 secret for client tokens (default: none, anonymous users);
+#                  kept in run/auth.secret too, for sbctl token
 # Logs: run/logs/INSTANCE.log (and run/logs/main.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,6 +104,22 @@ scripts/ensure-mariadb.sh
 export DATABASE_URL="$SB_MYSQL/$db_name"
 
 mkdir -p "$run/logs"
+
+# Client tokens: the secret the gateway runs with is kept in $run/auth.secret
+# (mode 600), so that `sbctl token` in another terminal signs with it; SB_AUTH=1
+# makes one on the first run and keeps it across restarts (tokens stay valid).
+auth_file="$run/auth.secret"
+if [ -n "${SB_AUTH_SECRET:-}" ]; then
+    (umask 077 && printf '%s\n' "$SB_AUTH_SECRET" >"$auth_file" && chmod 600 "$auth_file")
+elif [ "${SB_AUTH:-0}" = 1 ]; then
+    if [ ! -s "$auth_file" ]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$auth_file" && echo >>"$auth_file")
+    fi
+    chmod 600 "$auth_file"
+    SB_AUTH_SECRET=$(cat "$auth_file")
+    export SB_AUTH_SECRET
+fi
+
 profile=()
 [ -n "${SB_PROFILE:-}" ] && profile=(--env "$SB_PROFILE")
 "$bin/main" --check --config "$eco" "${profile[@]}" >/dev/null
@@ -176,12 +195,22 @@ echo "Broker:    $broker"
 echo "Try:       scripts/ws-send.sh chat join '{\"room\":\"lobby\"}' --listen-ms 3000"
 echo "Ops:       $bin/sbctl ls | reload chat | logs loc01 -f"
 if [ -n "${SB_AUTH_SECRET:-}" ]; then
-    echo "Auth:      on. A token for ada: SB_AUTH_SECRET=… $bin/sbctl token --sub ada  (then ?token=… on the URL, or the auth op)"
+    echo "Auth:      on (secret kept in $auth_file). A token for ada: $bin/sbctl token --sub ada"
+    echo "           (then ?token=… on the URL, or the auth op; scripts/ws-send.sh --token …)"
 else
     echo "Auth:      off: each connection is an anonymous user. To switch it on, start with"
-    echo "           SB_AUTH_SECRET=\$(openssl rand -hex 32) scripts/run-all.sh   and mint tokens with $bin/sbctl token --sub ada"
+    echo "           SB_AUTH=1 scripts/run-all.sh   and mint tokens with $bin/sbctl token --sub ada"
 fi
 echo "Ctrl-C stops everything."
-while kill -0 "$main_pid" 2>/dev/null; do sleep 1; done
-echo "main exited; see $run/logs/main.log" >&2
+# main exits 0 when asked to stop everything (`sbctl shutdown`), having stopped
+# every app: that is the end of the run, not a crash.
+status=0
+wait "$main_pid" || status=$?
+main_pid=""
+if [ "$status" -eq 0 ]; then
+    echo "main stopped every app and exited (sbctl shutdown)"
+    exit 0
+fi
+echo "main exited with status $status; see $run/logs/main.log" >&2
+tail -20 "$run/logs/main.log" >&2
 exit 1

@@ -70,9 +70,20 @@ run_system() {
         cat "$run/run-all.out" >&2
         fail "$name: the system did not come up within 60 s"
     }
-    local reply
+    local reply auth=() token
+    # With SB_AUTH=1 the secret is kept in the run folder: sbctl token in another
+    # shell (no SB_AUTH_SECRET) signs with it, and an anonymous client is refused.
+    if printf '%s\n' "$@" | grep -qx 'SB_AUTH=1'; then
+        token=$(env -u SB_AUTH_SECRET SB_RUN_DIR="$run" "$bin/sbctl" token --sub firstrun 2>&1) ||
+            fail "$name: sbctl token did not find the saved secret: $token"
+        auth=(--token "$token")
+        if reply=$("$bin/sbctl" ws-send chat say '{"room":"firstrun","text":"anonymous"}' \
+            --url "ws://127.0.0.1:$ws_port/ws" 2>&1); then
+            fail "$name: auth is on, yet an anonymous say was taken: $reply"
+        fi
+    fi
     reply=$("$bin/sbctl" ws-send chat say '{"room":"firstrun","text":"hello from a first run"}' \
-        --url "ws://127.0.0.1:$ws_port/ws" 2>&1) || fail "$name: say failed: $reply"
+        --url "ws://127.0.0.1:$ws_port/ws" "${auth[@]}" 2>&1) || fail "$name: say failed: $reply"
     # A second start on the same run folder (a command pasted into another
     # terminal) refuses and touches nothing of the first: not its log, not its
     # processes, not its clients.
@@ -85,7 +96,7 @@ run_system() {
     grep -q "a system already runs from $run" <<<"$second" || fail "$name: the second start said: $second"
     [ "$(wc -c <"$run/logs/main.log")" -ge "$log_before" ] || fail "$name: the second start wiped main.log"
     reply=$("$bin/sbctl" ws-send chat say '{"room":"firstrun2","text":"still here"}' \
-        --url "ws://127.0.0.1:$ws_port/ws" 2>&1) || fail "$name: after a second start, a say failed: $reply"
+        --url "ws://127.0.0.1:$ws_port/ws" "${auth[@]}" 2>&1) || fail "$name: after a second start, a say failed: $reply"
     # The message is in that server, read back with the credentials run-all.sh used.
     local url user pass hostport count
     url=$(sed -n "s/^SB_MYSQL='\(.*\)'$/\1/p" "$run/mariadb.env")
@@ -97,11 +108,24 @@ run_system() {
     count=$(MYSQL_PWD="$pass" mariadb --protocol=tcp -h "${hostport%:*}" -P "${hostport##*:}" \
         -u "$user" -N -e "SELECT COUNT(*) FROM switchboard.messages WHERE room = 'firstrun'")
     [ "$count" = 1 ] || fail "$name: expected the say in switchboard.messages, found $count rows"
-    # SIGTERM: a background job of a script ignores SIGINT (Ctrl-C at a terminal
-    # reaches the foreground run-all.sh as SIGINT, handled the same way).
-    kill -TERM "$all"
-    for _ in $(seq 1 400); do kill -0 "$all" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$all" 2>/dev/null && fail "$name: run-all.sh did not stop within 40 s after SIGTERM"
+    if [ "${#auth[@]}" -gt 0 ]; then
+        # sbctl shutdown: main stops everything; run-all.sh ends as a clean stop
+        # (exit 0), not as a crash.
+        SB_RUN_DIR="$run" "$bin/sbctl" --broker "tcp://127.0.0.1:$broker_port" shutdown >/dev/null ||
+            fail "$name: sbctl shutdown failed"
+        local status=0
+        timeout 40 tail --pid="$all" -f /dev/null || fail "$name: run-all.sh did not end within 40 s of sbctl shutdown"
+        wait "$all" || status=$?
+        [ "$status" = 0 ] || fail "$name: after sbctl shutdown run-all.sh exited $status: $(tail -5 "$run/run-all.out")"
+        grep -q "main stopped every app" "$run/run-all.out" ||
+            fail "$name: run-all.sh did not say main stopped: $(tail -5 "$run/run-all.out")"
+    else
+        # SIGTERM: a background job of a script ignores SIGINT (Ctrl-C at a terminal
+        # reaches the foreground run-all.sh as SIGINT, handled the same way).
+        kill -TERM "$all"
+        for _ in $(seq 1 400); do kill -0 "$all" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$all" 2>/dev/null && fail "$name: run-all.sh did not stop within 40 s after SIGTERM"
+    fi
     echo "first run ($name): up, a say committed as $user, stopped"
 }
 
@@ -121,7 +145,7 @@ for _ in $(seq 1 100); do [ -S "$work/stock.sock" ] && break; sleep 0.1; done
 if mariadb --protocol=tcp -h 127.0.0.1 -P "$db_port" -uroot -e 'SELECT 1' >/dev/null 2>&1; then
     fail "the stock server let root in over TCP; the case is not simulated"
 fi
-run_system stock SB_DB_PORT="$db_port" SB_DB_SOCKET="$work/stock.sock"
+run_system stock SB_AUTH=1 SB_DB_PORT="$db_port" SB_DB_SOCKET="$work/stock.sock"
 grep -q "created the user switchboard" "$run/run-all.out" ||
     fail "stock: ensure-mariadb.sh did not say it created the user: $(cat "$run/run-all.out")"
 

@@ -4,7 +4,9 @@
 //! `SB_AUTH_SECRET_FILE` (what the gateway reads), else from the ecosystem file:
 //! the `receive` app's `env.SB_AUTH_SECRET`, or the file its
 //! `--auth-secret-file` argument or `env.SB_AUTH_SECRET_FILE` names (relative
-//! to the ecosystem file's folder). Never from an argument: both refuse
+//! to the ecosystem file's folder), else from `RUN_DIR/auth.secret`, the file
+//! `scripts/run-all.sh` keeps the secret it started the system with in. Never
+//! from an argument: both refuse
 //! `--auth-secret`, which every local user could read in `ps`. The same goes for the
 //! audience and issuer the gateway requires (`--token-audience`,
 //! `--token-issuer`), so a minted token passes the gateway's checks as
@@ -25,7 +27,14 @@ pub(crate) struct Request<'a> {
     pub(crate) iss: Option<&'a str>,
     pub(crate) secret: Option<&'a str>,
     pub(crate) ecosystem: &'a Path,
+    /// main's run folder: `auth.secret` there is the last resort.
+    pub(crate) run_dir: &'a Path,
 }
+
+/// The file in the run folder where `scripts/run-all.sh` keeps the client-token
+/// secret it started the gateway with (mode 600), so that `sbctl token` in
+/// another terminal signs with the same one.
+pub(crate) const RUN_DIR_FILE: &str = "auth.secret";
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -88,13 +97,19 @@ pub(crate) fn mint(req: &Request<'_>) -> anyhow::Result<Minted> {
             req.exp.as_secs()
         );
     }
-    let Some(secret) = req.secret.map(str::to_owned).or(eco.secret) else {
-        bail!(
+    let saved = req.run_dir.join(RUN_DIR_FILE);
+    let secret = match req.secret.map(str::to_owned).or(eco.secret) {
+        Some(secret) => secret,
+        None if saved.exists() => {
+            switchboard_bus::svc::secret::read_file(&saved).map_err(anyhow::Error::msg)?
+        }
+        None => bail!(
             "the gateway has no client-token secret: set SB_AUTH_SECRET (or pass \
-             --auth-secret-file PATH) to the value the gateway runs with; to switch auth \
-             on, start the system with it: SB_AUTH_SECRET=$(openssl rand -hex 32) \
-             scripts/run-all.sh"
-        );
+             --auth-secret-file PATH) to the value the gateway runs with, or --run-dir to \
+             the run folder of a system started with auth on (its {}, not found); to \
+             switch auth on, start the system with SB_AUTH=1 scripts/run-all.sh",
+            saved.display()
+        ),
     };
     let iat = proto::now_ms() / 1000;
     let exp = iat + req.exp.as_secs().max(1);
@@ -232,6 +247,7 @@ env = { SB_TOKEN_ISSUER = "me" }
             iss: None,
             secret: Some("k"),
             ecosystem: Path::new("/nonexistent"),
+            run_dir: Path::new("/nonexistent"),
         };
         let hour = Duration::from_secs(3600);
         assert!(mint(&req("ada", hour)).is_ok());
