@@ -151,3 +151,44 @@ async fn a_bad_certificate_is_refused_at_start() {
     let (code, err) = run(&["--tls-cert", &one.cert]);
     assert_eq!(code, Some(2), "clap: a missing --tls-key: {err}");
 }
+
+/// `sbctl ws-send` speaks `wss://`: with `--ca-file` trusting the gateway's
+/// certificate the request goes through; without it the system's roots do not
+/// know a self-signed certificate, and the error says so (it used to be "TLS
+/// support not compiled in", exit 69, whatever the certificate).
+#[tokio::test]
+async fn sbctl_ws_send_speaks_wss() {
+    let cert = make_cert();
+    let system =
+        System::start_with(false, &["--tls-cert", &cert.cert, "--tls-key", &cert.key]).await;
+    let port = system
+        .ws
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/ws");
+    let url = format!("wss://localhost:{port}/ws");
+    let sbctl = |extra: &[&str]| {
+        std::process::Command::new(switchboard_testkit::bin_path("sbctl"))
+            .args([
+                "ws-send",
+                "chat",
+                "$echo",
+                r#"{"over":"tls"}"#,
+                "--url",
+                &url,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = sbctl(&["--ca-file", &cert.cert]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains(r#""over":"tls""#), "{stdout}");
+    let out = sbctl(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(!stderr.contains("not compiled in"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}

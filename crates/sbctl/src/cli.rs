@@ -208,6 +208,10 @@ pub(crate) enum Command {
         /// Also wait this long for events and print them (e.g. after a join).
         #[arg(long, default_value_t = 0)]
         listen_ms: u64,
+        /// For a `wss://` URL: trust the certificates in this PEM file (a private
+        /// CA, a self-signed gateway) instead of the system's roots.
+        #[arg(long, env = "SB_CA_FILE")]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// Benchmarks (see `sbctl bench --help`).
     #[command(subcommand)]

@@ -181,6 +181,7 @@ async fn run(mut args: Args) -> Result<(), Failure> {
             iss: iss.as_deref(),
             secret: secret.as_deref(),
             ecosystem,
+            run_dir: &args.run_dir,
         })
         .map_err(Failure::Usage)?;
         if args.json {
@@ -197,18 +198,15 @@ async fn run(mut args: Args) -> Result<(), Failure> {
         url,
         token,
         listen_ms,
+        ca_file,
     } = &args.command
     {
-        return ws_send(
-            service,
-            op,
-            data,
+        let gateway = ws::Gateway {
             url,
-            token.as_deref(),
-            *listen_ms,
-            args.timeout_ms,
-        )
-        .await;
+            token: token.as_deref(),
+            ca_file: ca_file.as_deref(),
+        };
+        return ws_send(service, op, data, &gateway, *listen_ms, args.timeout_ms).await;
     }
     // No SB_SECRET: the secret main made in its run folder, as a local
     // operator's `sbctl ls` needs no setup (a file only its owner can read).

@@ -2,18 +2,55 @@
 
 use crate::Failure;
 use anyhow::Context;
+use std::path::Path;
 use std::time::Duration;
 use switchboard_bus::proto::ErrorCode;
+
+/// Where `ws-send` connects, and how.
+pub(crate) struct Gateway<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) token: Option<&'a str>,
+    /// PEM certificates to trust for `wss://` instead of the system's roots.
+    pub(crate) ca_file: Option<&'a Path>,
+}
+
+/// The TLS connector for `wss://` with `--ca-file`: rustls (ring) trusting only
+/// the certificates in that file. Without it, tokio-tungstenite's own rustls
+/// connector with the system's roots.
+fn connector(ca_file: &Path) -> Result<tokio_tungstenite::Connector, Failure> {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    let usage = |e: String| Failure::Usage(anyhow::anyhow!("--ca-file {}: {e}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| usage(e.to_string()))?
+    {
+        roots
+            .add(cert.map_err(|e| usage(e.to_string()))?)
+            .map_err(|e| usage(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(usage("no certificate in it".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| usage(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+        config,
+    )))
+}
 
 pub(crate) async fn ws_send(
     service: &str,
     op: &str,
     data: &str,
-    url: &str,
-    token: Option<&str>,
+    gateway: &Gateway<'_>,
     listen_ms: u64,
     timeout_ms: u64,
 ) -> Result<(), Failure> {
+    let (url, token) = (gateway.url, gateway.token);
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let data: serde_json::Value = serde_json::from_str(data)
@@ -27,7 +64,9 @@ pub(crate) async fn ws_send(
         None => url.to_owned(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let (mut ws, _) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url))
+    let connector = gateway.ca_file.map(connector).transpose()?;
+    let connect = tokio_tungstenite::connect_async_tls_with_config(&url, None, false, connector);
+    let (mut ws, _) = tokio::time::timeout_at(deadline, connect)
         .await
         .map_err(|_| Failure::Unreachable(format!("no answer from {url}")))?
         .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
