@@ -147,3 +147,34 @@ async fn health_endpoint_and_sigterm_close_1001() {
         "receive exits 0"
     );
 }
+
+/// A new service's topics, opened by a policy file that extends the built-in
+/// policy (the docs' "Opening it to clients"): the new topic is open, the
+/// built-in entries stay (chat's topics open, db closed), and `user.…` stays
+/// closed whatever the file says. Before `extends`, a file replaced the whole
+/// policy, and without one `shouter.news` was forbidden.
+#[tokio::test]
+async fn a_policy_that_extends_the_built_in_one_opens_a_new_service_s_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "extends = \"builtin\"\n[services.shouter]\nsubscribe = [\"shouter.>\", \"user.>\"]\n",
+    )
+    .unwrap();
+    let system = System::start_with(false, &["--policy", policy.to_str().unwrap()]).await;
+    let mut ws = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    ws.ok_gateway("subscribe", json!({"topic": "shouter.news"}))
+        .await;
+    ws.ok_gateway("subscribe", json!({"topic": "chat.room.lobby"}))
+        .await;
+    assert_eq!(
+        ws.err(Some("db"), "chat.save", json!({})).await,
+        "forbidden"
+    );
+    assert_eq!(
+        ws.err(None, "subscribe", json!({"topic": "user.bob"}))
+            .await,
+        "forbidden"
+    );
+}

@@ -21,10 +21,18 @@ pub const ANY_SERVICE: &str = "*";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// `"builtin"`: this file adds to the built-in policy (a service it names
+    /// replaces the built-in entry of that name; the others stay) instead of
+    /// replacing it whole.
+    #[serde(default)]
+    pub extends: Option<String>,
     /// Per service; `"*"` is the fallback.
     #[serde(default)]
     pub services: HashMap<String, ServicePolicy>,
 }
+
+/// The value of `extends` that builds on the compiled-in policy.
+pub const EXTENDS_BUILTIN: &str = "builtin";
 
 /// What clients may do with one service.
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +76,7 @@ impl Default for Policy {
     fn default() -> Self {
         // The compiled-in file is checked by a test; a broken one cannot ship.
         Self::parse(DEFAULT_POLICY).unwrap_or_else(|_| Self {
+            extends: None,
             services: HashMap::new(),
         })
     }
@@ -81,7 +90,20 @@ impl Policy {
     /// The TOML error (naming an unknown key), or the first invalid pattern, op
     /// or field.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        match policy.extends.take().as_deref() {
+            None => {}
+            Some(EXTENDS_BUILTIN) => {
+                let mut services = Self::parse(DEFAULT_POLICY)?.services;
+                services.extend(policy.services);
+                policy.services = services;
+            }
+            Some(other) => {
+                return Err(format!(
+                    "extends = {other:?}: the only policy to extend is {EXTENDS_BUILTIN:?}"
+                ))
+            }
+        }
         for (name, svc) in &policy.services {
             if name != ANY_SERVICE {
                 proto::validate_name(name).map_err(|e| format!("service {name:?}: {e}"))?;
@@ -220,6 +242,24 @@ fn reserved(pattern: &str) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_that_extends_the_built_in_one_keeps_it_and_adds() {
+        let p = Policy::parse(
+            "extends = \"builtin\"\n[services.shouter]\nsubscribe = [\"shouter.>\"]\n",
+        )
+        .unwrap();
+        assert!(p.check_subscribe("shouter.news", "ada").is_ok());
+        // The built-in entries stay: chat's topics open, db closed.
+        assert!(p.check_subscribe("chat.room.lobby", "ada").is_ok());
+        assert!(p.check_call("db", "chat.save").is_err());
+        assert_eq!(p.key_field("chat"), Some("room"));
+        // Without `extends` the file replaces the built-in policy whole.
+        let alone = Policy::parse("[services.shouter]\nsubscribe = [\"shouter.>\"]\n").unwrap();
+        assert!(alone.check_subscribe("chat.room.lobby", "ada").is_err());
+        let err = Policy::parse("extends = \"/etc/other.toml\"\n").unwrap_err();
+        assert!(err.contains("builtin"), "{err}");
+    }
 
     #[test]
     fn the_built_in_policy_parses_and_reproduces_the_documented_defaults() {
