@@ -45,6 +45,12 @@ cargo build --workspace --bins --tests --locked
 # The service template, a crate outside the workspace (as a user's own would be),
 # built into the same target folder (it reuses the workspace's compiled crates).
 CARGO_TARGET_DIR="$PWD/target" cargo build --manifest-path templates/service/Cargo.toml --locked
+# A service made from it by scripts/new-service.sh, as a user would make one
+# (tests/e2e/template.rs pastes the entry the script printed, as printed).
+rm -rf target/new-service && mkdir -p target/new-service
+CARGO_TARGET_DIR="$PWD/target" scripts/new-service.sh shouter target/new-service/shouter \
+    >target/new-service/made.txt
+CARGO_TARGET_DIR="$PWD/target" cargo build --manifest-path target/new-service/shouter/Cargo.toml --locked
 
 if [ $# -eq 0 ]; then
     echo "== first run with a stock Debian MariaDB (root refused over TCP) and with none"

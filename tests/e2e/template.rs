@@ -57,3 +57,53 @@ async fn the_template_service_runs_under_main_and_answers() {
         ["$echo", "$health", "$info", "$metrics", "$trace", "hello"]
     );
 }
+
+/// A service made by `scripts/new-service.sh shouter` (scripts/test.sh runs it
+/// and builds the result, as a user would): the entry the script printed,
+/// pasted as printed into an ecosystem file in another folder, runs under main.
+/// (The template's own entry, `bin = "target/debug/greeter"`, failed once pasted:
+/// a relative bin is resolved from the folder of the file it is pasted into.)
+#[tokio::test]
+async fn a_service_made_by_new_service_sh_runs_from_its_printed_entry() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let made = std::fs::read_to_string(root.join("target/new-service/made.txt"))
+        .expect("scripts/test.sh runs scripts/new-service.sh shouter first");
+    let entry = made
+        .split_once("\n\n")
+        .map(|(_, entry)| entry.to_owned())
+        .expect("the script prints the entry after a blank line");
+    assert!(entry.contains("name = \"shouter\""), "{entry}");
+    let s = Supervised::start(&entry).await;
+    assert!(s.all_online(1).await, "{:?}", s.ls().await);
+    let body = proto::to_body(&serde_json::json!({"name": "ada"})).unwrap();
+    let reply = s
+        .bus
+        .call("shouter", "hello", body, CallOptions::default())
+        .await
+        .unwrap();
+    let reply: serde_json::Value = proto::from_body(&reply.body).unwrap();
+    assert_eq!(reply, serde_json::json!({"greeting": "hello, ada"}));
+}
+
+/// The script refuses a name that is not a bus name (or is one of ours) and a
+/// folder that exists, before it writes anything.
+#[test]
+fn new_service_sh_refuses_bad_names_and_existing_folders() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, to: &std::path::Path| {
+        Command::new(root.join("scripts/new-service.sh"))
+            .arg(name)
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    for bad in ["", "../x", "a b", "Shout", "x\"y", "-rf", "main", "chat"] {
+        let to = dir.path().join("made");
+        let out = run(bad, &to);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {out:?}");
+        assert!(!to.exists(), "{bad:?} wrote nothing");
+    }
+    let out = run("shouter", dir.path());
+    assert_eq!(out.status.code(), Some(73), "an existing folder: {out:?}");
+}
