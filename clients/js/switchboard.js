@@ -95,7 +95,9 @@ export class Client {
     this._refreshTimer = null;
     this._ready = null;
     this._closedByUser = false;
-    this._openSocket();
+    // The first attempt after the current task: listeners added right after
+    // connect() hear everything, from `connecting` on.
+    this._timer = setTimeout(() => this._openSocket(), 0);
   }
 
   // ---- public API --------------------------------------------------------
@@ -164,16 +166,25 @@ export class Client {
   }
 
   /**
-   * Listens to the client's own events: `state` (new state), `open` ({user,
+   * Listens to the client's own events: `state` (the current state at once,
+   * then each new one), `open` ({user,
    * reconnected}), `close` ({code, reason}), `event` (every pushed event, those
    * from grants such as chat `join` included: {topic, data}), `gap` ({room,
-   * from, to}: more was missed than `maxCatchUp`), `error`. Returns a function
+   * from, to}: more was missed than `maxCatchUp`), `error` (a failed getToken,
+   * an undecodable frame; printed with console.error when nobody listens). Returns a function
    * that stops listening.
    */
   on(name, fn) {
     let set = this._listeners.get(name);
     if (!set) { set = new Set(); this._listeners.set(name, set); }
     set.add(fn);
+    // A state listener hears the state it joins in (after the current task),
+    // then each change: `connecting` is never missed by a listener added
+    // right after connect().
+    if (name === 'state') {
+      const now = this.state;
+      queueMicrotask(() => { if (set.has(fn)) this._call(fn, now); });
+    }
     return () => set.delete(fn);
   }
 
@@ -297,7 +308,8 @@ export class Client {
       if (this._closedByUser) return;
       if (token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
     } catch (e) {
-      this._emit('error', e);
+      this._emit('error', new Error(`getToken failed: ${e && e.message ? e.message : e}`, { cause: e }));
+      this._setState('reconnecting');
       this._scheduleReconnect();
       return;
     }
@@ -306,6 +318,7 @@ export class Client {
       ws = new this._WebSocket(url);
     } catch (e) {
       this._emit('error', e);
+      this._setState('reconnecting');
       this._scheduleReconnect();
       return;
     }
@@ -439,7 +452,12 @@ export class Client {
 
   _emit(name, value) {
     const set = this._listeners.get(name);
-    if (!set) return;
+    if (!set || set.size === 0) {
+      // An error nobody listens for is still seen (as Node's EventEmitter
+      // would, without stopping the process): a failing getToken is not silent.
+      if (name === 'error') console.error('switchboard:', value);
+      return;
+    }
     for (const fn of set) this._call(fn, value);
   }
 

@@ -150,6 +150,65 @@ async fn the_js_client_suite_passes_against_the_real_gateway() {
         }
     }
     assert!(out.status.success(), "the Node suite failed (above)");
-    assert!(report.contains("ℹ pass 11"), "every test ran");
+    assert!(report.contains("ℹ pass 12"), "every test ran");
     assert!(report.contains("ℹ skipped 0"), "none skipped");
+}
+
+/// docs/clients.md's example, as a Node user runs it: `npm install` of
+/// clients/js into a project of their own, the block saved as `example.mjs`,
+/// `node --experimental-websocket example.mjs` against a running system (the
+/// block's `127.0.0.1:3000` is this test's gateway). It used to fail at its
+/// import, call functions it never defined (`show`, `moveDot`) and print
+/// nothing while a `getToken` failed.
+#[tokio::test]
+async fn the_docs_js_example_runs_in_node_as_written() {
+    let Some(node) = node() else {
+        eprintln!("skipped: Node 20+ is not installed");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("docs/clients.md")).unwrap();
+    let example = doc
+        .split("```js\n")
+        .find(|b| b.starts_with("import { connect, SwitchboardError } from '@switchboard/client';"))
+        .and_then(|b| b.split("```").next())
+        .expect("docs/clients.md's example")
+        .to_owned();
+    let system = crate::harness::System::start(false).await;
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("package.json"), "{\"private\": true}\n").unwrap();
+    let install = Command::new("npm")
+        .args(["install", "--offline", "--no-audit", "--no-fund"])
+        .arg(root.join("clients/js").canonicalize().unwrap())
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "npm install: {install:?}");
+    let port = system.ws.rsplit(':').next().unwrap();
+    std::fs::write(
+        project.path().join("example.mjs"),
+        example.replace("127.0.0.1:3000", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(&node)
+            .args(["--experimental-websocket", "example.mjs"])
+            .current_dir(project.path())
+            .output(),
+    )
+    .await
+    .expect("the example ends by itself")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for want in [
+        "connection connecting",
+        "connection open",
+        ": hi",
+        "moved",
+        "db is closed to clients: forbidden",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in:\n{stdout}");
+    }
 }

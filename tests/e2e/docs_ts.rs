@@ -67,12 +67,6 @@ fn every_js_block_in_the_docs_compiles_under_tsc_strict() {
         }
     }
     assert!(!names.is_empty(), "the README has an example");
-    // What the examples leave to the page: the app's own drawing functions.
-    std::fs::write(
-        dir.path().join("page.d.ts"),
-        "declare function show(...args: unknown[]): void;\ndeclare function moveDot(...args: unknown[]): void;\n",
-    )
-    .unwrap();
     let types = types.display();
     std::fs::write(
         dir.path().join("tsconfig.json"),

@@ -196,3 +196,19 @@ test('without getToken, a token past its end closes the connection (4002) and th
   assert.equal(c.state, 'reconnecting');
   c.close();
 });
+
+test('a failing getToken is seen: the first state, an error event, then reconnecting', async () => {
+  const states = [];
+  const errors = [];
+  const c = connect('ws://127.0.0.1:9/ws', {
+    getToken: () => Promise.reject(new Error('no /token here')),
+    backoff: { initial: 50, max: 100 },
+  });
+  c.on('state', (s) => states.push(s));
+  c.on('error', (e) => errors.push(e.message));
+  await until('an error', () => errors.length > 0);
+  assert.match(errors[0], /getToken failed: no \/token here/);
+  assert.equal(states[0], 'connecting', 'the state it started in is reported');
+  await until('reconnecting', () => states.includes('reconnecting'));
+  c.close();
+});
