@@ -17,6 +17,7 @@ mod faults;
 mod gateway;
 mod harness;
 mod hosts;
+mod import_pm2;
 mod membership;
 mod netns;
 mod node_apps;
