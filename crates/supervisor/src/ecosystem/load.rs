@@ -346,7 +346,7 @@ fn is_node(bin: &Path) -> bool {
 /// about 90 %, so that V8 collects harder before main's limit replaces the
 /// process (the heap is not all of a process's memory); at least 16 MiB.
 pub fn node_heap_mib(bytes: u64) -> u64 {
-    (bytes / 10 * 9 >> 20).max(16)
+    ((bytes / 10 * 9) >> 20).max(16)
 }
 
 /// `path` made absolute against main's working directory (as the kernel will
