@@ -694,7 +694,11 @@ mod tests {
         assert_eq!(apps[0]["env"]["K"].as_str(), Some(evil));
         assert_eq!(apps[0]["env"]["B\n[x]"].as_str(), Some("v"));
         assert!(apps[0]["env"].get("C=1").is_none());
-        assert!(out.notes.iter().any(|n| n.contains("C=1")), "{:?}", out.notes);
+        assert!(
+            out.notes.iter().any(|n| n.contains("C=1")),
+            "{:?}",
+            out.notes
+        );
         assert_eq!(t.len(), 1, "only [[apps]] at the top: {}", out.toml);
         // A name that is not a bus name is refused, not written.
         let err = convert(
