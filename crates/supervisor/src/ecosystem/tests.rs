@@ -310,3 +310,25 @@ fn node_heap_is_about_ninety_percent_in_mib() {
     assert_eq!(node_heap_mib(1 << 30), 921);
     assert_eq!(node_heap_mib(1 << 20), 16);
 }
+
+#[test]
+fn the_node_app_in_the_docs_loads_as_documented() {
+    let doc = include_str!("../../../../docs/ecosystem-node.md");
+    let block = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/ecosystem-node.md has a toml block");
+    let (dir, eco) = load_in_dir(block, &[("services/chat.js", "")]);
+    let app = &eco.unwrap().apps[0];
+    let script = dir.path().join("services/chat.js").display().to_string();
+    assert_eq!(
+        app.argv,
+        [
+            "--enable-source-maps",
+            "--max-old-space-size=180",
+            script.as_str(),
+            "--flag"
+        ]
+    );
+}
