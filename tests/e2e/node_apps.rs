@@ -13,11 +13,11 @@ use switchboard_testkit::{bin_path, client, eventually, Child};
 /// and exits on SIGTERM saying so. It does not join the bus (the bus for Node
 /// is clients/node): its app has `wait_ready = false`.
 const STAY_ALIVE_JS: &str = r#"
+process.on('SIGTERM', () => process.stdout.write('sigterm: exiting\n', () => process.exit(0)));
 console.log(JSON.stringify({
   given: { argv: process.argv.slice(1), execArgv: process.execArgv, cwd: process.cwd(),
            instance: process.env.SB_INSTANCE, greeting: process.env.GREETING },
 }));
-process.on('SIGTERM', () => { console.log('sigterm: exiting'); process.exit(0); });
 setInterval(() => {}, 1000);
 "#;
 
@@ -184,7 +184,16 @@ env = { GREETING = "hi there" }
     assert_eq!(proc_strings(again, "cmdline")[1..], cmdline[1..]);
     assert!(s.instance("nodeapp").await["restarts"].as_u64() >= Some(1));
 
-    // `sbctl stop`: SIGTERM, which the script handles and exits on.
+    // `sbctl stop`: SIGTERM, which the script handles and exits on (once it
+    // has started: its line, after its handler is set, is in the log twice).
+    let started_twice = || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("\"given\"")
+            .count()
+            >= 2
+    };
+    assert!(eventually(Duration::from_secs(10), started_twice).await);
     let out = s.sbctl(&["stop", "nodeapp"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
