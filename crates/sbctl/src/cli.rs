@@ -216,6 +216,22 @@ pub(crate) enum Command {
     /// Benchmarks (see `sbctl bench --help`).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Convert a PM2 ecosystem file (ecosystem.config.js; Node evaluates it)
+    /// to ecosystem.toml, and say on stderr what could not be carried over.
+    /// See docs/ecosystem-node.md.
+    ImportPm2 {
+        /// The PM2 file (.js, .cjs, .mjs or .json).
+        file: std::path::PathBuf,
+        /// Write the TOML here (default: stdout).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+        /// Overwrite --output when it exists.
+        #[arg(long)]
+        force: bool,
+        /// Node.js, which reads the file.
+        #[arg(long, env = "SB_NODE", default_value = "node")]
+        node: String,
+    },
     /// Which instance owns a key of a service.
     Owner {
         /// Service name.

@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod daily;
 mod hosts;
+mod import_pm2;
 mod print;
 mod token;
 mod ws;
@@ -149,6 +150,15 @@ async fn run(mut args: Args) -> Result<(), Failure> {
         let mut command = <Args as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "sbctl", &mut std::io::stdout());
         return Ok(());
+    }
+    if let Command::ImportPm2 {
+        file,
+        output,
+        force,
+        node,
+    } = &args.command
+    {
+        return import_pm2::run(file, output.as_deref(), *force, node).map_err(Failure::Usage);
     }
     if let Command::Token {
         sub,
@@ -422,7 +432,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                 }
             }
         }
-        Command::WsSend { .. } | Command::Token { .. } => {}
+        Command::WsSend { .. } | Command::Token { .. } | Command::ImportPm2 { .. } => {}
         Command::Completions { .. } => {}
         Command::Trace { trace } => daily::trace(bus, trace, args.json, options).await?,
         Command::Bench(b) => {

@@ -289,7 +289,7 @@ async fn adoptable_broker(
 ) -> Option<(String, proc::Proc, u32)> {
     let file = previous?;
     let row = file.instances.iter().find(|i| i.app == "broker")?;
-    let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base)?;
+    let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base).ok()?;
     let name = bin.file_name()?.to_string_lossy().into_owned();
     let exe = proc::exe_of(row.pid)?;
     // `/proc/PID/exe` reads "… (deleted)" once the binary was rebuilt: a prefix.
@@ -389,7 +389,7 @@ async fn start_broker(
     secret: Option<&str>,
 ) -> anyhow::Result<(String, proc::Proc)> {
     let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base)
-        .ok_or_else(|| anyhow::anyhow!("broker bin {:?} not found", eco.broker.bin))?;
+        .map_err(|e| anyhow::anyhow!("[broker] {e}"))?;
     let services: Vec<&str> = eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
     let mut args = vec![
         "--bind".to_owned(),
@@ -412,7 +412,7 @@ async fn start_broker(
         eco.main.log_max_bytes,
         eco.main.log_keep,
     )?);
-    let (proc, stdout) = proc::spawn_reporting(&bin, &args, &env, log.clone())?;
+    let (proc, stdout) = proc::spawn_reporting(&bin, &args, None, &env, log.clone())?;
     let stdout = stdout.ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())

@@ -41,12 +41,12 @@ async fn main() {
         match switchboard_supervisor::ecosystem::load(&args.config, args.env.as_deref()) {
             Ok(eco) => {
                 for app in &eco.apps {
-                    println!(
-                        "{:<12} {} {}",
-                        app.spec.name,
-                        app.bin.display(),
-                        app.instances.join(",")
-                    );
+                    // What runs: the binary, and the script it runs if any.
+                    let mut what = app.bin.display().to_string();
+                    if let Some(script) = app.script.as_ref().filter(|s| **s != app.bin) {
+                        what = format!("{what} {}", script.display());
+                    }
+                    println!("{:<12} {what} {}", app.spec.name, app.instances.join(","));
                 }
                 std::process::exit(0);
             }

@@ -60,8 +60,9 @@ pub fn base_env(pass: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Spawns `bin args` with `env` (and nothing else of main's environment: see
-/// [`base_env`]), stdout and stderr appended to `log`. The child
+/// Spawns `bin args` in `cwd` (main's own when `None`) with `env` (and nothing
+/// else of main's environment: see [`base_env`]), stdout and stderr appended
+/// to `log`. The child
 /// gets its own process group, so a Ctrl-C at the terminal reaches only the
 /// supervisor, which stops the apps in order.
 ///
@@ -71,10 +72,11 @@ pub fn base_env(pass: &[String]) -> Vec<(String, String)> {
 pub fn spawn(
     bin: &Path,
     args: &[String],
+    cwd: Option<&Path>,
     env: &[(String, String)],
     log: Arc<LogFile>,
 ) -> std::io::Result<Proc> {
-    let (proc, out) = spawn_reporting(bin, args, env, log.clone())?;
+    let (proc, out) = spawn_reporting(bin, args, cwd, env, log.clone())?;
     if let Some(out) = out {
         tokio::spawn(pump(out, log));
     }
@@ -90,10 +92,14 @@ pub fn spawn(
 pub fn spawn_reporting(
     bin: &Path,
     args: &[String],
+    cwd: Option<&Path>,
     env: &[(String, String)],
     log: Arc<LogFile>,
 ) -> std::io::Result<(Proc, Option<ChildStdout>)> {
     let mut cmd = Command::new(bin);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     cmd.args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -233,12 +233,6 @@ pub(super) fn check_app(
             "pass_env: {bad:?} is not a variable name (letters, digits and _)"
         )));
     }
-    let bin = resolve_bin(&spec.bin, base).ok_or_else(|| {
-        invalid(format!(
-            "bin {:?} not found (looked next to main and on PATH)",
-            spec.bin
-        ))
-    })?;
     let max_memory = match &spec.max_memory_restart {
         None => None,
         Some(v) => Some(parse_size(v).ok_or_else(|| {
@@ -247,13 +241,118 @@ pub(super) fn check_app(
             ))
         })?),
     };
+    let cwd = match &spec.cwd {
+        None => None,
+        Some(dir) => {
+            let path = absolute(&base.join(dir));
+            if !path.is_dir() {
+                return Err(invalid(format!(
+                    "cwd {dir:?}: no such folder ({})",
+                    path.display()
+                )));
+            }
+            Some(path)
+        }
+    };
+    let (bin, script, argv) = match &spec.script {
+        None => {
+            if spec.interpreter.is_some() || !spec.interpreter_args.is_empty() {
+                return Err(invalid(
+                    "interpreter and interpreter_args need a script".into(),
+                ));
+            }
+            let bin = spec
+                .bin
+                .as_deref()
+                .ok_or_else(|| invalid("missing bin (or script)".into()))?;
+            let bin = resolve_bin(bin, base).map_err(|e| invalid(e.to_string()))?;
+            (bin, None, spec.args.clone())
+        }
+        Some(script) => {
+            let path = absolute(&cwd.as_deref().unwrap_or(base).join(script));
+            if !path.is_file() {
+                return Err(invalid(format!(
+                    "script {script:?} not found at {}",
+                    path.display()
+                )));
+            }
+            let interpreter = interpreter_of(&spec, script).map_err(invalid)?;
+            if interpreter == "none" {
+                if !spec.interpreter_args.is_empty() {
+                    return Err(invalid(
+                        "interpreter_args with interpreter \"none\": nothing to give them to"
+                            .into(),
+                    ));
+                }
+                (path.clone(), Some(path), spec.args.clone())
+            } else {
+                let bin = resolve_bin(&interpreter, base)
+                    .map_err(|e| invalid(format!("interpreter of script {script:?}: {e}")))?;
+                let mut argv = spec.interpreter_args.clone();
+                if let Some(max) = max_memory.filter(|_| is_node(&bin)) {
+                    if !argv.iter().any(|a| a.starts_with("--max-old-space-size")) {
+                        argv.push(format!("--max-old-space-size={}", node_heap_mib(max)));
+                    }
+                }
+                argv.push(path.display().to_string());
+                argv.extend(spec.args.iter().cloned());
+                (bin, Some(path), argv)
+            }
+        }
+    };
     let instances = instance_names(&spec, host);
     Ok(App {
         spec,
         bin,
+        script,
+        cwd,
+        argv,
         max_memory,
         instances,
     })
+}
+
+/// What runs an app's `script`: its `interpreter`; else its `bin` (which may
+/// only name the interpreter); else, as PM2 does, `node` for JavaScript.
+fn interpreter_of(spec: &AppSpec, script: &str) -> Result<String, String> {
+    match (&spec.interpreter, &spec.bin) {
+        (Some(i), Some(b)) if i != b => Err(format!(
+            "bin {b:?} and script {script:?}: bin may only name the interpreter \
+             ({i:?} here); drop one of them"
+        )),
+        (Some(i), _) | (None, Some(i)) => Ok(i.clone()),
+        (None, None) => {
+            let ext = Path::new(script).extension().and_then(|e| e.to_str());
+            match ext {
+                Some("js" | "mjs" | "cjs") => Ok("node".into()),
+                _ => Err(format!(
+                    "script {script:?}: which interpreter runs it? Set interpreter \
+                     (\"python3\", …), or interpreter = \"none\" to run it as a program"
+                )),
+            }
+        }
+    }
+}
+
+/// Whether a resolved interpreter is Node.js (`node`, `nodejs`, `node20`…),
+/// which gets `--max-old-space-size` from `max_memory_restart`.
+fn is_node(bin: &Path) -> bool {
+    bin.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("node"))
+}
+
+/// Node's `--max-old-space-size` (MiB) for a `max_memory_restart` of `bytes`:
+/// about 90 %, so that V8 collects harder before main's limit replaces the
+/// process (the heap is not all of a process's memory); at least 16 MiB.
+pub fn node_heap_mib(bytes: u64) -> u64 {
+    ((bytes / 10 * 9) >> 20).max(16)
+}
+
+/// `path` made absolute against main's working directory (as the kernel will
+/// read it), for error messages and `argv`.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The instance names of an app: its name alone, or NAME01, NAME02… when it
@@ -295,26 +394,60 @@ pub fn check_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A `bin` (or interpreter) that is nowhere: the absolute paths tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinNotFound {
+    /// The name or path as given.
+    pub bin: String,
+    /// Every absolute path looked at, in order.
+    pub tried: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for BinNotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tried: Vec<String> = self.tried.iter().map(|p| p.display().to_string()).collect();
+        write!(
+            f,
+            "bin {:?} not found; tried {}",
+            self.bin,
+            tried.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for BinNotFound {}
+
 /// Resolves a `bin`: a path (relative to the ecosystem file's folder), or a bare
 /// name next to the running `main`, then on PATH.
-pub fn resolve_bin(bin: &str, base: &Path) -> Option<PathBuf> {
-    let is_file = |p: &Path| p.is_file();
-    if bin.contains('/') {
-        let p = if Path::new(bin).is_absolute() {
-            PathBuf::from(bin)
-        } else {
-            base.join(bin)
-        };
-        return is_file(&p).then_some(p);
-    }
-    let beside = std::env::current_exe().ok()?.parent()?.join(bin);
-    if is_file(&beside) {
-        return Some(beside);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(bin))
-            .find(|p| is_file(p))
+///
+/// # Errors
+///
+/// [`BinNotFound`], naming every absolute path tried.
+pub fn resolve_bin(bin: &str, base: &Path) -> Result<PathBuf, BinNotFound> {
+    let mut tried = Vec::new();
+    let mut found = |p: PathBuf| {
+        let p = absolute(&p);
+        let ok = p.is_file();
+        if !ok {
+            tried.push(p.clone());
+        }
+        ok.then_some(p)
+    };
+    let hit = if bin.contains('/') {
+        found(base.join(bin))
+    } else {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(bin)));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        beside
+            .into_iter()
+            .chain(std::env::split_paths(&path).map(|d| d.join(bin)))
+            .find_map(&mut found)
+    };
+    hit.ok_or_else(|| BinNotFound {
+        bin: bin.to_owned(),
+        tried,
     })
 }
 

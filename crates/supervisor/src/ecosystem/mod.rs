@@ -8,11 +8,19 @@
 //!
 //! Everything is checked before anything starts: an unknown key is an error that
 //! names the app and the key; so is a `depends_on` cycle, a dependency that does
-//! not exist, or a `bin` that cannot be found.
+//! not exist, or a `bin` or `script` that cannot be found (the error names the
+//! absolute paths tried).
+//!
+//! An app is a binary (`bin`) or, as in PM2, a script run by an interpreter
+//! (`script`, `interpreter`, `interpreter_args`): see [`App::argv`] for the
+//! command line main builds, and `docs/ecosystem-node.md`.
 
 mod load;
 
-pub use load::{instance_names, load, load_with_env, parse_size, resolve_bin, resolve_run_dir};
+pub use load::{
+    instance_names, load, load_with_env, node_heap_mib, parse_size, resolve_bin, resolve_run_dir,
+    BinNotFound,
+};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -54,6 +62,10 @@ pub enum EcosystemError {
 const APP_KEYS: &[&str] = &[
     "name",
     "bin",
+    "script",
+    "interpreter",
+    "interpreter_args",
+    "cwd",
     "args",
     "instances",
     "instance_var",
@@ -161,9 +173,28 @@ pub struct BrokerConf {
 pub struct AppSpec {
     /// App name; also its service name on the bus.
     pub name: String,
-    /// Binary: a path, or a name looked up next to `main` and then on PATH.
-    pub bin: String,
-    /// Arguments.
+    /// Binary: a path (relative: from the folder of the ecosystem file), or a
+    /// name looked up next to `main` and then on PATH. With `script`, it may
+    /// only name the interpreter.
+    #[serde(default)]
+    pub bin: Option<String>,
+    /// A script that an interpreter runs (PM2's `script`): a path, relative to
+    /// `cwd` when set, else to the folder of the ecosystem file.
+    #[serde(default)]
+    pub script: Option<String>,
+    /// What runs `script` (looked up as `bin` is): by default `node` for
+    /// `.js`, `.mjs` and `.cjs`; `"none"` runs the script itself.
+    #[serde(default)]
+    pub interpreter: Option<String>,
+    /// The interpreter's own arguments, before the script (PM2's
+    /// `interpreter_args` / `node_args`).
+    #[serde(default)]
+    pub interpreter_args: Vec<String>,
+    /// Working directory of the process (relative: from the folder of the
+    /// ecosystem file); main's own when unset.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Arguments (after the script, with `script`).
     #[serde(default)]
     pub args: Vec<String>,
     /// Processes to run (1 to 99).
@@ -219,10 +250,12 @@ pub struct AppSpec {
     /// "1G", "512K" or bytes).
     #[serde(default)]
     pub max_memory_restart: Option<Value>,
-    /// Reload (zero downtime) when the binary changes on disk.
+    /// Reload (zero downtime) when the binary (the script, with `script`)
+    /// changes on disk.
     #[serde(default)]
     pub watch: bool,
-    /// Paths never watched (accepted for PM2 compatibility; only `bin` is watched).
+    /// Paths never watched (accepted for PM2 compatibility; only `bin` or
+    /// `script` is watched).
     #[serde(default)]
     pub ignore_watch: Vec<String>,
 }
@@ -248,8 +281,17 @@ pub struct Ecosystem {
 pub struct App {
     /// The spec.
     pub spec: AppSpec,
-    /// The resolved binary.
+    /// The resolved binary: the interpreter, for a script (the script itself
+    /// with `interpreter = "none"`).
     pub bin: PathBuf,
+    /// The resolved script (absolute), for a script run by an interpreter.
+    pub script: Option<PathBuf>,
+    /// The resolved working directory (absolute), when `cwd` is set.
+    pub cwd: Option<PathBuf>,
+    /// The arguments `bin` is started with: for a script,
+    /// `<interpreter_args…> [--max-old-space-size=N] <script> <args…>`; else
+    /// `args`.
+    pub argv: Vec<String>,
     /// `max_memory_restart` in bytes.
     pub max_memory: Option<u64>,
     /// Instance names.
@@ -257,6 +299,11 @@ pub struct App {
 }
 
 impl App {
+    /// The file `watch` watches: the script, else the binary.
+    pub fn watched(&self) -> &Path {
+        self.script.as_deref().unwrap_or(&self.bin)
+    }
+
     /// What `describe` answers for this app, with its instances' `status` and
     /// `logs`.
     pub fn describe(
@@ -269,7 +316,7 @@ impl App {
         switchboard_bus::proto::admin::AppDescription {
             name: s.name.clone(),
             bin: self.bin.display().to_string(),
-            args: redact_args(&s.args),
+            args: redact_args(&self.argv),
             env: s
                 .env
                 .iter()

@@ -155,3 +155,180 @@ fn run_dir_is_absolute_or_under_the_state_directory_or_next_to_the_file() {
     let eco = load_text(OK, None, &[("SB_ECO__MAIN__RUN_DIR", "/tmp/sb-run")]).unwrap();
     assert_eq!(eco.run_dir, Path::new("/tmp/sb-run"));
 }
+
+/// An ecosystem file in a folder of its own, beside `files` (relative path,
+/// content), loaded.
+fn load_in_dir(
+    text: &str,
+    files: &[(&str, &str)],
+) -> (tempfile::TempDir, Result<Ecosystem, EcosystemError>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let file = dir.path().join("ecosystem.toml");
+    std::fs::write(&file, text).unwrap();
+    let loaded = load_with_env(&file, None, &HashMap::new());
+    (dir, loaded)
+}
+
+/// A `node` found on PATH: what the default interpreter resolves to.
+fn node() -> PathBuf {
+    resolve_bin("node", Path::new(".")).expect("node on PATH (Node 20 is on the machine)")
+}
+
+#[test]
+fn a_js_script_runs_under_node_with_its_arguments_in_order() {
+    let text = r#"
+        [[apps]]
+        name = "chat"
+        script = "services/chat.js"
+        interpreter_args = ["--enable-source-maps"]
+        args = ["--flag"]
+        max_memory_restart = "200M"
+    "#;
+    let (dir, eco) = load_in_dir(text, &[("services/chat.js", "")]);
+    let app = &eco.unwrap().apps[0];
+    let script = dir.path().join("services/chat.js");
+    assert_eq!(app.bin, node());
+    assert_eq!(app.script.as_deref(), Some(script.as_path()));
+    // 200 MiB: 90 % is 180 MiB.
+    assert_eq!(
+        app.argv,
+        [
+            "--enable-source-maps",
+            "--max-old-space-size=180",
+            &script.display().to_string(),
+            "--flag"
+        ]
+    );
+    assert_eq!(app.watched(), script);
+}
+
+#[test]
+fn bin_may_name_the_interpreter_and_an_explicit_heap_flag_wins() {
+    let text = r#"
+        [[apps]]
+        name = "chat"
+        bin = "node"
+        script = "chat.mjs"
+        interpreter_args = ["--max-old-space-size=64"]
+        max_memory_restart = "1G"
+    "#;
+    let (dir, eco) = load_in_dir(text, &[("chat.mjs", "")]);
+    let app = &eco.unwrap().apps[0];
+    assert_eq!(app.bin, node());
+    let script = dir.path().join("chat.mjs").display().to_string();
+    assert_eq!(app.argv, ["--max-old-space-size=64", script.as_str()]);
+}
+
+#[test]
+fn other_interpreters_get_no_heap_flag_and_none_runs_the_script() {
+    let text = r#"
+        [[apps]]
+        name = "py"
+        script = "job.py"
+        interpreter = "/bin/sh"
+        max_memory_restart = "200M"
+        cwd = "work"
+
+        [[apps]]
+        name = "direct"
+        script = "tool"
+        interpreter = "none"
+        args = ["-x"]
+    "#;
+    let (dir, eco) = load_in_dir(text, &[("work/job.py", ""), ("tool", "")]);
+    let eco = eco.unwrap();
+    let job = dir.path().join("work/job.py").display().to_string();
+    assert_eq!(eco.apps[0].bin, Path::new("/bin/sh"));
+    assert_eq!(eco.apps[0].argv, [job]);
+    assert_eq!(
+        eco.apps[0].cwd.as_deref(),
+        Some(dir.path().join("work").as_path())
+    );
+    assert_eq!(eco.apps[1].bin, dir.path().join("tool"));
+    assert_eq!(eco.apps[1].argv, ["-x"]);
+}
+
+#[test]
+fn script_errors_name_the_path_tried_and_the_conflict() {
+    let (dir, eco) = load_in_dir(
+        "[[apps]]\nname = \"chat\"\nscript = \"services/chat.js\"\n",
+        &[],
+    );
+    let err = eco.unwrap_err().to_string();
+    let tried = dir.path().join("services/chat.js");
+    assert!(
+        err.contains("chat") && err.contains(&tried.display().to_string()),
+        "{err}"
+    );
+    let conflict =
+        "[[apps]]\nname = \"c\"\nbin = \"/bin/sh\"\nscript = \"c.js\"\ninterpreter = \"node\"\n";
+    let err = load_in_dir(conflict, &[("c.js", "")])
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bin may only name the interpreter"), "{err}");
+    let unknown = "[[apps]]\nname = \"c\"\nscript = \"c.rb\"\n";
+    let err = load_in_dir(unknown, &[("c.rb", "")])
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("which interpreter"), "{err}");
+    let stray = "[[apps]]\nname = \"c\"\nbin = \"/bin/sh\"\ninterpreter_args = [\"-x\"]\n";
+    let err = load_in_dir(stray, &[]).1.unwrap_err().to_string();
+    assert!(err.contains("need a script"), "{err}");
+    let neither = "[[apps]]\nname = \"c\"\n";
+    let err = load_in_dir(neither, &[]).1.unwrap_err().to_string();
+    assert!(err.contains("missing bin"), "{err}");
+    let no_cwd = "[[apps]]\nname = \"c\"\nbin = \"/bin/sh\"\ncwd = \"nope\"\n";
+    let (dir, eco) = load_in_dir(no_cwd, &[]);
+    let err = eco.unwrap_err().to_string();
+    let tried = dir.path().join("nope").display().to_string();
+    assert!(err.contains("cwd") && err.contains(&tried), "{err}");
+}
+
+#[test]
+fn a_relative_bin_not_found_names_the_absolute_paths_tried() {
+    let (dir, eco) = load_in_dir("[[apps]]\nname = \"c\"\nbin = \"bin/svc\"\n", &[]);
+    let err = eco.unwrap_err().to_string();
+    let tried = dir.path().join("bin/svc").display().to_string();
+    assert!(err.contains(&format!("tried {tried}")), "{err}");
+    // A bare name: next to main, then each PATH folder, all absolute.
+    let err = resolve_bin("no-such-program-sb", Path::new(".")).unwrap_err();
+    assert!(err.tried.len() >= 2, "{err}");
+    assert!(err.tried.iter().all(|p| p.is_absolute()), "{err}");
+    assert!(err.to_string().contains("no-such-program-sb"), "{err}");
+}
+
+#[test]
+fn node_heap_is_about_ninety_percent_in_mib() {
+    assert_eq!(node_heap_mib(200 << 20), 180);
+    assert_eq!(node_heap_mib(1 << 30), 921);
+    assert_eq!(node_heap_mib(1 << 20), 16);
+}
+
+#[test]
+fn the_node_app_in_the_docs_loads_as_documented() {
+    let doc = include_str!("../../../../docs/ecosystem-node.md");
+    let block = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/ecosystem-node.md has a toml block");
+    let (dir, eco) = load_in_dir(block, &[("services/chat.js", "")]);
+    let app = &eco.unwrap().apps[0];
+    let script = dir.path().join("services/chat.js").display().to_string();
+    assert_eq!(
+        app.argv,
+        [
+            "--enable-source-maps",
+            "--max-old-space-size=180",
+            script.as_str(),
+            "--flag"
+        ]
+    );
+}

@@ -21,7 +21,7 @@ pub(super) struct Keeper {
 
 impl Keeper {
     pub(super) fn new(sup: Arc<Supervisor>, m: Arc<Managed>, bus: Handle) -> Self {
-        let bin_mtime = mtime(&m.app().bin);
+        let bin_mtime = mtime(m.app().watched());
         Self {
             sup,
             m,
@@ -310,7 +310,7 @@ impl Keeper {
             }
         }
         if self.spec().watch {
-            let now = mtime(&self.m.app().bin);
+            let now = mtime(self.m.app().watched());
             if now.is_some() && now != self.bin_mtime {
                 self.bin_mtime = now;
                 tracing::info!(instance = %self.m.instance, "binary changed: reloading");
@@ -372,9 +372,15 @@ impl Keeper {
             self.m.set_state(InstanceState::Starting);
         }
         let log_from = std::fs::metadata(self.m.log.path()).map_or(0, |m| m.len());
-        let bin = self.m.app().bin;
-        let mut p = proc::spawn(&bin, &spec.args, &env, self.m.log.clone())
-            .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))?;
+        let app = self.m.app();
+        let mut p = proc::spawn(
+            &app.bin,
+            &app.argv,
+            app.cwd.as_deref(),
+            &env,
+            self.m.log.clone(),
+        )
+        .map_err(|e| format!("cannot spawn {}: {e}", app.bin.display()))?;
         tracing::info!(instance = %self.m.instance, pid = p.pid, successor, "spawned");
         let ready = self.wait_ready(&mut p, &spec).await;
         if let Err(e) = ready {
