@@ -19,6 +19,7 @@ mod harness;
 mod hosts;
 mod membership;
 mod netns;
+mod node_bus;
 mod observe;
 mod prometheus;
 mod protocol_replies;
