@@ -60,6 +60,9 @@ if node_version=$(node --version 2>/dev/null); then
 else
     echo "node not found: the clients/js tests (tests/e2e/client_js.rs) are skipped; install Node 20+ to run them"
 fi
+# clients/node's npm dependencies (zeromq.js, @msgpack/msgpack, prom-client,
+# typescript) from its lock file: its suite runs from tests/e2e/node_bus.rs.
+scripts/node-bus-env.sh
 # The spec-only Python peer's environment (pyzmq, msgpack in target/py).
 SB_TEST_PYTHON=$(scripts/python-peer-env.sh)
 export SB_TEST_PYTHON
