@@ -108,6 +108,53 @@ fn pid(v: &Value) -> u32 {
     v["pid"].as_u64().unwrap_or(0) as u32
 }
 
+/// `clients/node` packs as an npm package with both entry points, their
+/// types and lib/, and without its tests and examples (offline: `npm pack
+/// --dry-run`).
+#[test]
+fn the_node_bus_packs_for_npm() {
+    let Ok(out) = Command::new("npm")
+        .current_dir(package())
+        .args(["pack", "--dry-run", "--json", "--offline"])
+        .output()
+    else {
+        eprintln!("skipped: npm is not installed");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<&str> = packed[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    for want in [
+        "index.js",
+        "index.d.ts",
+        "pm2.js",
+        "pm2.d.ts",
+        "lib/bus.js",
+        "lib/service.js",
+        "lib/wire.js",
+        "package.json",
+        "README.md",
+    ] {
+        assert!(files.contains(&want), "{want} in {files:?}");
+    }
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.starts_with("test/") || f.starts_with("examples/")),
+        "tests and examples stay out: {files:?}"
+    );
+    assert_eq!(packed[0]["name"], "@switchboard/bus");
+}
+
 #[test]
 fn the_node_bus_suite_passes_against_the_real_broker() {
     let node = node_or_skip!();
@@ -129,7 +176,7 @@ fn the_node_bus_suite_passes_against_the_real_broker() {
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the Node suite failed (above)");
-    assert!(report.contains("ℹ pass 12"), "every test ran");
+    assert!(report.contains("ℹ pass 14"), "every test ran");
     assert!(report.contains("ℹ skipped 0"), "none skipped");
 }
 

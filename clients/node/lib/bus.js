@@ -461,6 +461,8 @@ class Bus extends EventEmitter {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         if (this.pending.delete(id)) {
+          // Held and never sent: it no longer counts against the cap.
+          if (!this.up) this.held = this.held.filter((h) => h.id !== id);
           reject(new BusError(this.up ? 'timeout' : 'unavailable', `${service}.${op}: no answer before the deadline`));
         }
       }, Math.max(0, deadline - now) + DEADLINE_GRACE_MS);

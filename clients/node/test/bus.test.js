@@ -205,3 +205,31 @@ test('SIGTERM in a service process: it drains, says bye and exits 0', async (t) 
   assert.equal(await exited, 0);
   await eventually(async () => !(await client.broker('ls')).some((i) => i.instance === instance));
 });
+
+test('a broker pair: the first endpoint silent, the peer registers with the second', async (t) => {
+  const broker = await startBroker();
+  t.after(() => broker.stop());
+  // Nothing answers on port 1: after the liveness window the peer tries the other.
+  const svc = service({ name: 'greet', instance: name('greet'), broker: `tcp://127.0.0.1:1,${broker.endpoint}`, secret: SECRET, exit: false, log: quiet });
+  svc.handle('hello', () => 'hi');
+  await svc.start({ signals: false });
+  t.after(() => svc.stop());
+  const client = await connect({ broker: broker.endpoint, secret: SECRET, instance: name('cli'), log: quiet });
+  t.after(() => client.close());
+  assert.equal(await client.call('greet', 'hello'), 'hi');
+});
+
+test('messages held while no broker answers are bounded: past the cap, overloaded', async (t) => {
+  const { Bus, MAX_HELD } = require('../lib/bus');
+  const bus = new Bus({ broker: 'tcp://127.0.0.1:1', instance: name('cli'), log: quiet });
+  bus.start().catch(() => {});
+  t.after(() => bus.close());
+  const held = [];
+  for (let i = 0; i < MAX_HELD; i++) held.push(bus.call('greet', 'hello', {}, { timeoutMs: 200 }).catch((e) => e.code));
+  await assert.rejects(bus.call('greet', 'hello', {}, { timeoutMs: 200 }), { code: 'overloaded' });
+  // The held ones end at their deadline: unavailable (never reached a broker).
+  const codes = new Set(await Promise.all(held));
+  assert.deepEqual([...codes], ['unavailable']);
+  // Those that ended no longer take room: the next one is held again.
+  await assert.rejects(bus.call('greet', 'hello', {}, { timeoutMs: 100 }), { code: 'unavailable' });
+});
