@@ -151,7 +151,11 @@ class Service {
       }
       result = await this._dispatch(op, env);
     } catch (e) {
-      result = { error: e };
+      // Handlers' own failures are BusErrors by now; anything else (a built-in
+      // op that failed) is answered internal.
+      const typed = e instanceof BusError || (e && e.name === 'BusError' && typeof e.code === 'string');
+      if (!typed) this.bus.log('error', 'built-in op failed', { op, error: e && e.stack ? e.stack : String(e) });
+      result = { error: typed ? e : new BusError('internal', 'internal error') };
     }
     this.handled++;
     const known = this.handlers.has(op) || BUILTIN_OPS.includes(op);
