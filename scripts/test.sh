@@ -60,12 +60,16 @@ fi
 echo "== test"
 # The dashboard's and the demo's browser tests need Debian's chromium and chromedriver.
 scripts/install-chromium.sh
-# clients/js's suite runs on Node 20+ (tests/e2e/client_js.rs starts it).
+# clients/js's and clients/node's suites run on Node 20+ (tests/e2e/client_js.rs
+# and tests/e2e/node_bus.rs start them).
 if node_version=$(node --version 2>/dev/null); then
-    echo "node $node_version: clients/js tests run"
+    echo "node $node_version: clients/js and clients/node tests run"
 else
-    echo "node not found: the clients/js tests (tests/e2e/client_js.rs) are skipped; install Node 20+ to run them"
+    echo "node not found: the clients/js and clients/node tests (tests/e2e/client_js.rs, node_bus.rs) are skipped; install Node 20+ to run them"
 fi
+# clients/node's npm dependencies (zeromq.js, @msgpack/msgpack, prom-client,
+# typescript) from its lock file: its suite runs from tests/e2e/node_bus.rs.
+scripts/node-bus-env.sh
 # The spec-only Python peer's environment (pyzmq, msgpack in target/py).
 SB_TEST_PYTHON=$(scripts/python-peer-env.sh)
 export SB_TEST_PYTHON

@@ -21,6 +21,7 @@ mod import_pm2;
 mod membership;
 mod netns;
 mod node_apps;
+mod node_bus;
 mod observe;
 mod prometheus;
 mod protocol_replies;
