@@ -54,10 +54,10 @@ struct Mixed {
 }
 
 fn node_app(name: &str, script: &str, extra: &str) -> String {
-    // `bin = "node"` with the script as its argument (main looks node up on
-    // PATH); docs/migrating-from-pm2.md shows the `script =` form.
+    // As docs/migrating-from-pm2.md writes it: `script =` (node, the default
+    // interpreter for .js, looked up on PATH).
     format!(
-        "[[apps]]\nname = \"{name}\"\nbin = \"node\"\nargs = [\"{}\"]\ndepends_on = [\"db\"]\nrestart_delay_ms = 50\n{extra}\n",
+        "[[apps]]\nname = \"{name}\"\nscript = \"{}\"\ndepends_on = [\"db\"]\nrestart_delay_ms = 50\n{extra}\n",
         package().join("examples").join(script).display()
     )
 }
