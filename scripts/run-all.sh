@@ -54,7 +54,7 @@ case $build in
 given) bin=$SB_BIN_DIR ;;
 release)
     bin=target/release
-    echo "== build (release; the first build takes a few minutes)"
+    echo "== build (release; the first build takes about ten minutes on two cores, later ones seconds)"
     cargo build --release --workspace --bins --locked
     ;;
 debug)

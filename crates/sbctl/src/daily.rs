@@ -258,7 +258,20 @@ pub(crate) async fn scale(
     let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
     // An app on several hosts: N on each.
     let mains = Mains::load(bus, &options).await?;
+    // One instance is named as its app; several are APP01, APP02…: scaling
+    // out renames it, which a script addressing `chat` must know.
+    let was_single = mains
+        .all_rows()
+        .as_array()
+        .is_some_and(|rows| rows.iter().any(|r| r["app"] == app && r["instance"] == app));
     let reply = mains.call_owners(bus, app, "scale", body, &options).await?;
+    if was_single && instances > 1 && !json {
+        eprintln!(
+            "note: {app} now runs as {app}01…{app}{instances:02} (several instances are \
+             numbered); `{app}` still reaches the service, and its instances are addressed \
+             by those names"
+        );
+    }
     if mains.names().count() == 1 {
         print_apps_or_json(&crate::body_to_json(&reply.body), json);
     } else {
@@ -329,8 +342,9 @@ pub(crate) async fn trace(
         return Ok(());
     }
     let Some(first) = spans.first().map(|s| s.start_us) else {
-        return Err(Failure::Usage(anyhow::anyhow!(
-            "no process holds spans of trace {trace} (each keeps its last 8,192)"
+        return Err(Failure::NotFound(format!(
+            "no process holds spans of trace {trace} (each keeps its last 8,192; \
+             a trace id is the \"trace\" of a gateway reply)"
         )));
     };
     let end = spans

@@ -47,6 +47,9 @@ const EXIT_UNREACHABLE: i32 = 69;
 
 /// A reply that is not what the protocol says (sysexits' EX_PROTOCOL).
 const EXIT_MALFORMED_REPLY: i32 = 76;
+/// What was asked for is not there (a trace no process holds): sysexits'
+/// EX_NOINPUT, not bad usage.
+const EXIT_NOT_FOUND: i32 = 66;
 
 /// Exit status of a command whose reader went away (`sbctl logs | head`), as a
 /// process killed by SIGPIPE would have: 128 + 13.
@@ -96,6 +99,10 @@ async fn main() {
             eprintln!("error: {e}");
             EXIT_MALFORMED_REPLY
         }
+        Err(Failure::NotFound(e)) => {
+            eprintln!("error: {e}");
+            EXIT_NOT_FOUND
+        }
     };
     std::process::exit(code);
 }
@@ -106,6 +113,8 @@ enum Failure {
     Unreachable(String),
     /// A peer's reply that does not decode as the protocol says.
     Malformed(String),
+    /// Nothing holds what was asked for.
+    NotFound(String),
 }
 
 /// `reply`'s body decoded as `T`; a body that is not is the peer's fault.
