@@ -12,6 +12,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod deploy_run;
+mod docs;
 mod docs_ts;
 mod faults;
 mod gateway;
