@@ -299,6 +299,18 @@ async fn a_say_is_traced_from_the_frame_to_the_sql_statement() {
     }
     assert!(spans.iter().all(|s| s["duration_us"].as_u64().is_some()));
     assert!(spans.iter().all(|s| s["outcome"] == "ok"), "{spans:#?}");
+    // A trace no process holds (the docs' sample id, on another system) is
+    // not bad usage (64): it exits 66 and says what a trace id is.
+    let out = Command::new(bin_path("sbctl"))
+        .args(["trace", "f06ade1084543e02"])
+        .env("SB_BROKER", &system.broker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(66), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gateway reply"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
