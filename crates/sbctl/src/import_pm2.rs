@@ -150,6 +150,8 @@ struct AppOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     autorestart: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    autostart: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_restarts: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     min_uptime_ms: Option<u64>,
@@ -276,6 +278,7 @@ const MAPPED: &[&str] = &[
     "wait_ready",
     "listen_timeout",
     "autorestart",
+    "autostart",
     "max_restarts",
     "min_uptime",
     "restart_delay",
@@ -473,6 +476,7 @@ fn convert_app(
         .and_then(Value::as_u64)
         .map(|n| n.min(u64::from(u32::MAX)) as u32);
     out.autorestart = app.get("autorestart").and_then(Value::as_bool);
+    out.autostart = app.get("autostart").and_then(Value::as_bool);
     if let Some(ready) = app.get("wait_ready").and_then(Value::as_bool) {
         out.wait_ready = Some(ready);
         if !ready {
@@ -621,7 +625,7 @@ mod tests {
             "node_args": ["--enable-source-maps"], "instances": 2, "exec_mode": "fork",
             "env": {"PORT": 3000, "DEBUG": true, "MODE": "dev"},
             "env_production": {"MODE": "prod"},
-            "max_memory_restart": "300MB", "kill_timeout": 3000, "autorestart": true,
+            "max_memory_restart": "300MB", "kill_timeout": 3000, "autorestart": true, "autostart": false,
             "max_restarts": 5, "min_uptime": "10s", "restart_delay": 200,
             "exp_backoff_restart_delay": 100, "watch": false, "ignore_watch": ["node_modules"],
             "wait_ready": true, "listen_timeout": 8000,
@@ -654,6 +658,7 @@ mod tests {
         assert_eq!(app["wait_ready"].as_bool(), Some(true));
         assert_eq!(app["watch"].as_bool(), Some(false));
         assert_eq!(app["autorestart"].as_bool(), Some(true));
+        assert_eq!(app["autostart"].as_bool(), Some(false));
     }
 
     #[test]
