@@ -38,7 +38,8 @@ let client = null; // the bus this module talks through
 let lastList = [];
 
 /**
- * The service this process is: `SB_SERVICE`, else PM2's `name`, else the
+ * The service this process is: `SB_SERVICE` (main sets it to the app's
+ * name), else PM2's `name`, else the
  * instance's name without its trailing digits (main's `loc01` is an instance of
  * `loc`), else the script's file name.
  */

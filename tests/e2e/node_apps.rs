@@ -266,3 +266,37 @@ fn a_missing_script_or_bin_names_the_absolute_paths_tried() {
     );
     assert!(said.contains(&script.display().to_string()), "{said}");
 }
+
+/// main says which service each app is (`SB_SERVICE`, the app's name), so a
+/// process need not guess it from its instance name: the PM2 layer took
+/// `shout2` for an instance of `shout` and registered under that service, and
+/// requests to `shout2` found no instance. An app's own env may name another.
+#[tokio::test]
+async fn main_tells_each_app_its_service_name() {
+    let apps = r#"
+[[apps]]
+name = "shout2"
+script = "app.js"
+wait_ready = false
+
+[[apps]]
+name = "other"
+script = "app.js"
+wait_ready = false
+env = { SB_SERVICE = "custom" }
+"#;
+    let s = supervise_in_dir(apps, &[("app.js", STAY_ALIVE_JS)], &[]).await;
+    for (instance, want) in [("shout2", "SB_SERVICE=shout2"), ("other", "SB_SERVICE=custom")] {
+        let pid = online_pid(&s, instance, 0).await;
+        let environ = proc_strings(pid, "environ");
+        assert!(
+            environ.iter().any(|e| e == want),
+            "{instance}: {want} in {environ:?}"
+        );
+        assert_eq!(
+            environ.iter().filter(|e| e.starts_with("SB_SERVICE=")).count(),
+            1,
+            "{environ:?}"
+        );
+    }
+}

@@ -358,6 +358,13 @@ impl Keeper {
             .clone();
         env.push(("SB_BROKER".into(), broker));
         env.push(("SB_INSTANCE".into(), self.m.instance.clone()));
+        // The app's name is its service on the bus: said outright, so that a
+        // process need not guess it from its instance name (the PM2 layer's
+        // `shout2` is not an instance of `shout`). The app's own env may name
+        // another.
+        if !spec.env.contains_key("SB_SERVICE") {
+            env.push(("SB_SERVICE".into(), spec.name.clone()));
+        }
         if let Some(secret) = &self.sup.secret {
             env.push(("SB_SECRET".into(), secret.clone()));
         }
