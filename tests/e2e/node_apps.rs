@@ -286,7 +286,10 @@ wait_ready = false
 env = { SB_SERVICE = "custom" }
 "#;
     let s = supervise_in_dir(apps, &[("app.js", STAY_ALIVE_JS)], &[]).await;
-    for (instance, want) in [("shout2", "SB_SERVICE=shout2"), ("other", "SB_SERVICE=custom")] {
+    for (instance, want) in [
+        ("shout2", "SB_SERVICE=shout2"),
+        ("other", "SB_SERVICE=custom"),
+    ] {
         let pid = online_pid(&s, instance, 0).await;
         let environ = proc_strings(pid, "environ");
         assert!(
@@ -294,7 +297,10 @@ env = { SB_SERVICE = "custom" }
             "{instance}: {want} in {environ:?}"
         );
         assert_eq!(
-            environ.iter().filter(|e| e.starts_with("SB_SERVICE=")).count(),
+            environ
+                .iter()
+                .filter(|e| e.starts_with("SB_SERVICE="))
+                .count(),
             1,
             "{environ:?}"
         );

@@ -71,11 +71,16 @@ pub(crate) fn run(
 /// What Node runs to print a PM2 file as JSON: `require` for CommonJS and
 /// JSON, `import()` for ES modules; a function value (PM2 has none that
 /// survives into a process) becomes a marker the conversion reports. The
-/// file's path comes in the environment, never in the script's text.
+/// file's path comes in the environment, never in the script's text. What the
+/// file prints itself goes to stderr (stdout carries the JSON alone), and node
+/// exits once the JSON is written, whatever timers or sockets the file left
+/// open.
 const EVALUATE_JS: &str = r#"
 const path = require('path');
 const { pathToFileURL } = require('url');
 const file = path.resolve(process.env.SB_PM2_FILE);
+const out = process.stdout.write.bind(process.stdout);
+process.stdout.write = process.stderr.write.bind(process.stderr);
 (async () => {
   let m;
   try {
@@ -86,7 +91,7 @@ const file = path.resolve(process.env.SB_PM2_FILE);
   }
   if (m && m.default && !m.apps) m = m.default;
   const json = JSON.stringify(m, (k, v) => typeof v === 'function' ? '[function]' : v);
-  process.stdout.write(json === undefined ? 'null' : json);
+  out(json === undefined ? 'null' : json, () => process.exit(0));
 })().catch((e) => { console.error((e && e.stack) || String(e)); process.exit(1); });
 "#;
 
@@ -754,5 +759,46 @@ mod tests {
         assert_eq!(millis(&json!("1m")), Some(60_000));
         assert_eq!(millis(&json!("500")), Some(500));
         assert_eq!(millis(&json!(true)), None);
+    }
+
+    /// A PM2 file is a program: one that logs while it loads (`console.log`)
+    /// printed its line into the JSON, and one that leaves a timer or a socket
+    /// open (a config that reads a vault, say) kept node, and sbctl, waiting
+    /// for ever. Node is needed; without it the test says so and passes.
+    #[test]
+    fn a_file_that_logs_or_keeps_node_busy_still_evaluates() {
+        if std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: node is not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("sb-import-pm2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let apps = "module.exports = { apps: [{ name: 'api', script: 'api.js' }] };\n";
+        for (name, head) in [
+            (
+                "logs.config.js",
+                "console.log('loading the config'); process.stdout.write('x');\n",
+            ),
+            ("busy.config.js", "setInterval(() => {}, 1000);\n"),
+        ] {
+            let file = dir.join(name);
+            std::fs::write(&file, format!("{head}{apps}")).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let f = file.clone();
+            std::thread::spawn(move || tx.send(evaluate(&f, "node").map_err(|e| e.to_string())));
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{name}: node still running after 20 s"));
+            assert_eq!(
+                got.unwrap_or_else(|e| panic!("{name}: {e}")),
+                json!({"apps": [{"name": "api", "script": "api.js"}]}),
+                "{name}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
