@@ -49,6 +49,38 @@ if [ -e "$run/main.lock" ] && command -v flock >/dev/null && ! flock -n "$run/ma
     exit 1
 fi
 
+# Client tokens: the secret the gateway runs with is kept in $run/auth.secret
+# (mode 600), so that `sbctl token` in another terminal signs with it; SB_AUTH=1
+# makes one on the first run and keeps it across restarts (tokens stay valid).
+# The file is held to main's rule for bus.secret, before anything starts: a
+# regular file of this user's, closed to others. Never a symlink (written
+# through, it would overwrite and chmod its target) nor a file another user
+# made (its secret would be theirs, and so would every token).
+auth_file="$run/auth.secret"
+if [ -n "${SB_AUTH_SECRET:-}" ] || [ "${SB_AUTH:-0}" = 1 ]; then
+    if [ -L "$auth_file" ] || { [ -e "$auth_file" ] && { [ ! -f "$auth_file" ] ||
+        [ ! -O "$auth_file" ] || [ -n "$(find "$auth_file" -maxdepth 0 -perm /077)" ]; }; }; then
+        echo "run-all.sh: $auth_file is not a secret of this user's (a symlink, another" >&2
+        echo "  user's file, or open to others): delete it to have a new one made" >&2
+        exit 1
+    fi
+    if [ -n "${SB_AUTH_SECRET:-}" ] || [ ! -s "$auth_file" ]; then
+        mkdir -p "$run"
+        # mktemp: a new file of mode 600; mv replaces the name, never follows it.
+        tmp=$(mktemp "$run/.auth.secret.XXXXXX")
+        if [ -n "${SB_AUTH_SECRET:-}" ]; then
+            printf '%s\n' "$SB_AUTH_SECRET" >"$tmp"
+        else
+            { od -An -tx1 -N32 /dev/urandom | tr -d ' \n' && echo; } >"$tmp"
+        fi
+        mv -f "$tmp" "$auth_file"
+    fi
+    if [ -z "${SB_AUTH_SECRET:-}" ]; then
+        SB_AUTH_SECRET=$(cat "$auth_file")
+        export SB_AUTH_SECRET
+    fi
+fi
+
 [ -n "${SB_BIN_DIR:-}" ] && build=given
 case $build in
 given) bin=$SB_BIN_DIR ;;
@@ -104,21 +136,6 @@ scripts/ensure-mariadb.sh
 export DATABASE_URL="$SB_MYSQL/$db_name"
 
 mkdir -p "$run/logs"
-
-# Client tokens: the secret the gateway runs with is kept in $run/auth.secret
-# (mode 600), so that `sbctl token` in another terminal signs with it; SB_AUTH=1
-# makes one on the first run and keeps it across restarts (tokens stay valid).
-auth_file="$run/auth.secret"
-if [ -n "${SB_AUTH_SECRET:-}" ]; then
-    (umask 077 && printf '%s\n' "$SB_AUTH_SECRET" >"$auth_file" && chmod 600 "$auth_file")
-elif [ "${SB_AUTH:-0}" = 1 ]; then
-    if [ ! -s "$auth_file" ]; then
-        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$auth_file" && echo >>"$auth_file")
-    fi
-    chmod 600 "$auth_file"
-    SB_AUTH_SECRET=$(cat "$auth_file")
-    export SB_AUTH_SECRET
-fi
 
 profile=()
 [ -n "${SB_PROFILE:-}" ] && profile=(--env "$SB_PROFILE")

@@ -555,3 +555,72 @@ async fn pass_env_gives_an_app_only_what_it_names() {
         assert!(!dbish.contains_key(leaked), "dbish holds {leaked}");
     }
 }
+
+/// `scripts/run-all.sh` keeps the client-token secret in RUN_DIR/auth.secret.
+/// A local user who can make entries in the run folder (SB_RUN_DIR under
+/// /tmp, made by them first) pre-made that file: as a symlink, the script
+/// wrote the operator's SB_AUTH_SECRET through it and chmod-ed its target (any
+/// file the operator, often root, may write); as a file of their own, SB_AUTH=1
+/// took what it held for the secret, and they minted tokens the gateway took.
+/// The script now holds auth.secret to main's rule for bus.secret: ours, not a
+/// symlink, closed to others, or it stops before anything starts.
+#[test]
+fn run_all_refuses_an_auth_secret_it_did_not_make() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let secret_file = run.join("auth.secret");
+    let run_all = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(root.join("scripts/run-all.sh"));
+        cmd.env("SB_RUN_DIR", &run)
+            .env("SB_BIN_DIR", dir.path().join("no-binaries-here"))
+            .env(
+                "DATABASE_URL",
+                format!("{}/sb_rv_auth", switchboard_testkit::mysql_server_url()),
+            )
+            .env_remove("SB_AUTH")
+            .env_remove("SB_AUTH_SECRET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+
+    // A symlink to a file of the operator's: never written through.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&victim, &secret_file).unwrap();
+    for env in [
+        [("SB_AUTH_SECRET", "the-operators-secret")],
+        [("SB_AUTH", "1")],
+    ] {
+        let out = run_all(&env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?}: {out:?}");
+        assert!(err.contains("auth.secret"), "{env:?}: {err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "{env:?}: the target was chmod-ed");
+    }
+
+    // A file others may read (or that they wrote): not a secret.
+    std::fs::remove_file(&secret_file).unwrap();
+    std::fs::write(&secret_file, "known-to-others\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for env in [
+        [("SB_AUTH_SECRET", "the-operators-secret")],
+        [("SB_AUTH", "1")],
+    ] {
+        let out = run_all(&env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?}: {out:?}");
+        assert!(err.contains("auth.secret"), "{env:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&secret_file).unwrap(),
+            "known-to-others\n",
+            "{env:?}"
+        );
+    }
+}
