@@ -24,6 +24,11 @@ main | db | chat | loc | receive | broker | echo)
     echo "new-service.sh: $name is a service of Switchboard's own; choose another name" >&2
     exit 64
     ;;
+build | deps | examples | incremental)
+    # Cargo refuses a binary named as a folder of target/debug.
+    echo "new-service.sh: Cargo cannot build a binary named $name (a folder of target/debug); choose another name" >&2
+    exit 64
+    ;;
 esac
 dir=${2:-$here/../$name}
 if [ -e "$dir" ]; then

@@ -107,3 +107,23 @@ fn new_service_sh_refuses_bad_names_and_existing_folders() {
     let out = run("shouter", dir.path());
     assert_eq!(out.status.code(), Some(73), "an existing folder: {out:?}");
 }
+
+/// Names the script took that Cargo then refuses for the binary (`build`,
+/// `deps`, `examples`, `incremental`: the folders of target/debug), so the
+/// service it made never built. Refused up front, as Switchboard's own are,
+/// before anything is copied.
+#[test]
+fn new_service_sh_refuses_names_cargo_cannot_build() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["build", "deps", "examples", "incremental"] {
+        let to = dir.path().join(name);
+        let out = Command::new(root.join("scripts/new-service.sh"))
+            .arg(name)
+            .arg(&to)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{name}: {out:?}");
+        assert!(!to.exists(), "{name}: nothing is made");
+    }
+}
