@@ -514,3 +514,24 @@ fn every_module_of_a_crate_is_named_in_its_layout_doc() {
         missing.join("\n")
     );
 }
+
+/// The gateway takes any SB_AUTH_SECRET, however short: one pasted from the
+/// docs as written (`SB_AUTH_SECRET = "..."`) is one every reader knows, and
+/// with it anyone mints tokens for any user. The docs never give one to paste.
+#[test]
+fn no_doc_gives_a_client_token_secret_to_paste() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                if line.contains("SB_AUTH_SECRET = \"") {
+                    found.push(format!("{}:{}: {line}", path.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
