@@ -33,6 +33,29 @@ pub(crate) struct Imported {
 ///
 /// Node cannot evaluate the file, the file has no apps or an app cannot be
 /// named on the bus, or `output` exists (without `force`) or cannot be written.
+/// Writes `text` to `path` as a new file of mode 600 (a PM2 file's `env` often
+/// holds passwords), through a temporary file renamed over it, so a symlink at
+/// `path` is replaced, never followed.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".import-pm2.{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 pub(crate) fn run(
     file: &Path,
     output: Option<&Path>,
@@ -40,7 +63,8 @@ pub(crate) fn run(
     node: &str,
 ) -> anyhow::Result<()> {
     if let Some(out) = output {
-        if out.exists() && !force {
+        // symlink_metadata: a dangling link is there too (exists() follows it).
+        if out.symlink_metadata().is_ok() && !force {
             bail!("{} exists; --force to overwrite it", out.display());
         }
     }
@@ -58,7 +82,7 @@ pub(crate) fn run(
     };
     let imported = convert(&pm2, &from, &to, file)?;
     match output {
-        Some(out) => std::fs::write(out, &imported.toml)
+        Some(out) => write_private(out, &imported.toml)
             .with_context(|| format!("writing {}", out.display()))?,
         None => print!("{}", imported.toml),
     }
@@ -344,7 +368,7 @@ fn convert_app(
         match ext {
             "js" | "mjs" | "cjs" => "node",
             "sh" => "bash",
-            "py" => "python",
+            "py" => "python3",
             "rb" => "ruby",
             "php" => "php",
             "pl" => "perl",
@@ -616,6 +640,24 @@ fn millis(v: &Value) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_output_is_private_and_never_written_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sb-import-pm2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let out = dir.join("ecosystem.toml");
+        let _ = std::fs::remove_file(&out);
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        write_private(&out, "[[apps]]\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        let meta = std::fs::symlink_metadata(&out).unwrap();
+        assert!(meta.is_file(), "the link was replaced by a file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).ok();
+    }
     use serde_json::json;
 
     fn conv(pm2: Value) -> Imported {

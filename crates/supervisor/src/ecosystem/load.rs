@@ -336,10 +336,16 @@ fn interpreter_of(spec: &AppSpec, script: &str) -> Result<String, String> {
 
 /// Whether a resolved interpreter is Node.js (`node`, `nodejs`, `node20`…),
 /// which gets `--max-old-space-size` from `max_memory_restart`.
-fn is_node(bin: &Path) -> bool {
+pub(super) fn is_node(bin: &Path) -> bool {
     bin.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("node"))
+        // `node`, `nodejs`, `node20`: not `nodemon` and the like, which take no
+        // V8 flags.
+        .is_some_and(|n| {
+            n == "nodejs"
+                || n.strip_prefix("node")
+                    .is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// Node's `--max-old-space-size` (MiB) for a `max_memory_restart` of `bytes`:

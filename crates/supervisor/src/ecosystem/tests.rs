@@ -332,3 +332,13 @@ fn the_node_app_in_the_docs_loads_as_documented() {
         ]
     );
 }
+
+#[test]
+fn only_node_itself_gets_v8_flags() {
+    for yes in ["node", "/usr/bin/node", "nodejs", "node20"] {
+        assert!(load::is_node(Path::new(yes)), "{yes}");
+    }
+    for no in ["nodemon", "node-dev", "/usr/bin/nodenv", "deno"] {
+        assert!(!load::is_node(Path::new(no)), "{no}");
+    }
+}
