@@ -11,6 +11,7 @@
 //! # Layout
 //!
 //! - [`router`]: the state machine ([`router::Router`]); all routing decisions.
+//! - [`ha`]: a broker pair (primary and backup, the ZeroMQ guide's Binary Star).
 //! - this file: [`Settings`], [`bind`] and [`run`], the socket task.
 //!
 //! # Never blocking on a send

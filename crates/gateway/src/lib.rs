@@ -5,12 +5,18 @@
 //!
 //! - this file: [`Settings`], [`Gateway`], [`serve`] (the accept loop).
 //! - [`admission`]: the connection cap and the handshake table, at accept.
-//! - [`conn`]: one client connection: HTTP head, auth, reader, writer, requests.
+//! - [`http`]: a connection before it is a WebSocket: hyper reads the request
+//!   head; `/live`, `/ready`, `/health`, refusals, the upgrade.
+//! - [`tls`]: TLS on the same port (`wss://`, `https://`).
+//! - [`conn`]: one client connection after the upgrade: auth, reader, writer,
+//!   requests.
 //! - [`outbox`]: a connection's bounded send buffer and its slow-client policy.
 //! - [`hub`]: topic subscriptions shared by all clients.
 //! - [`shares`]: what one user or one address holds across its connections.
 //! - [`wire`]: the client protocol's frames (JSON text, MessagePack binary).
 //! - [`jwt`]: HS256 token verification.
+//! - [`static_files`]: the demo app and the JavaScript client, served at `/`.
+//! - `metrics`: the gateway's metrics, served on `GET /metrics` and `$metrics`.
 //!
 //! # Close codes
 //!

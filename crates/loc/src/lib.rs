@@ -24,6 +24,12 @@
 //! `save_interval_ms`, coalesced (latest wins), and a zone's last positions are
 //! loaded when the instance first touches it, so a restart loses at most one save
 //! interval. A user's position is dropped when the session that set it closes.
+//!
+//! # Layout
+//!
+//! - `zones`: an instance's zones: positions, what is still to be saved, the
+//!   checks on what clients send, loading, sessions ending.
+//! - this file: [`Settings`], the ops' handlers, the save loop, [`service`].
 
 mod zones;
 

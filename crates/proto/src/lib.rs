@@ -15,6 +15,9 @@
 //! - [`topic`]: topic and pattern syntax for pub/sub.
 //! - [`auth`]: the HMAC proof a peer gives in `hello`.
 //! - [`admin`]: what `$broker` and `main` take and answer, instance states.
+//! - [`api`]: payloads of the services' ops that services call each other with
+//!   (`chat.save`, `loc.load`, …).
+//! - [`text`]: which characters user-written text (messages, names) may not hold.
 //!
 //! # Framing on the ZeroMQ socket
 //!

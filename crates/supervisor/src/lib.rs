@@ -4,7 +4,7 @@
 //! It reads `ecosystem.toml` ([`ecosystem`]), starts the broker, then the apps in
 //! `depends_on` order, each counted as started once its instance is ready on the
 //! bus; health-checks every instance over the bus and restarts dead, hung or
-//! over-memory ones ([`supervisor`]); serves `ls`, `start`, `stop`, `restart`,
+//! over-memory ones ([`apps`]); serves `ls`, `start`, `stop`, `restart`,
 //! `reload` and `logs` as the bus service `main` (what `sbctl` talks to); writes
 //! each instance's output to its own rotated log file ([`logs`]). SIGTERM/SIGINT
 //! stops the apps in reverse dependency order, gracefully, then the broker.
@@ -12,16 +12,18 @@
 //! # Layout
 //!
 //! - [`ecosystem`]: the file, checked before anything starts.
-//! - [`supervisor`]: keepers (one per instance), start/stop order, `ls`.
+//! - [`apps`]: the process manager: keepers (one per instance), start/stop
+//!   order, `ls`, `scale`, `reload-config`.
 //! - [`proc`]: spawning, signals, /proc readings.
 //! - [`logs`]: log files.
+//! - [`http`]: main's HTTP server: the dashboard, `/metrics`, `/health`, `/ready`.
 //! - this file: [`Options`], [`run`], the `main` bus service.
 
 pub mod ecosystem;
 pub mod http;
 pub mod logs;
 pub mod proc;
-pub mod supervisor;
+pub mod apps;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use switchboard_bus::{svc, Config, Error, Request, Service};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
-use supervisor::{Cmd, InstanceState, InstanceStatus, Supervisor};
+use apps::{Cmd, InstanceState, InstanceStatus, Supervisor};
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -169,7 +171,7 @@ pub async fn run(options: Options) -> i32 {
         );
     }
     let shutdown = svc::shutdown_on_signal();
-    let previous = supervisor::read_status_file(&eco.run_dir);
+    let previous = apps::read_status_file(&eco.run_dir);
     // Another host's main runs the broker: connect to it, start none.
     let external = eco.broker.connect.clone();
     let adopted = if options.no_spawn || external.is_some() {
@@ -285,7 +287,7 @@ pub async fn run(options: Options) -> i32 {
 /// takes connections. Returns (endpoint, process, restarts so far).
 async fn adoptable_broker(
     eco: &ecosystem::Ecosystem,
-    previous: Option<&supervisor::StatusFile>,
+    previous: Option<&apps::StatusFile>,
 ) -> Option<(String, proc::Proc, u32)> {
     let file = previous?;
     let row = file.instances.iter().find(|i| i.app == "broker")?;
@@ -438,7 +440,7 @@ fn decode_name(req: &Request) -> Result<NameArg, Error> {
     req.decode::<NameArg>()
 }
 
-fn targets(sup: &Supervisor, name: &str) -> Result<Vec<Arc<supervisor::Managed>>, Error> {
+fn targets(sup: &Supervisor, name: &str) -> Result<Vec<Arc<apps::Managed>>, Error> {
     let found = sup.find(name);
     if found.is_empty() {
         let known: Vec<String> = sup.apps().into_iter().map(|a| a.spec.name).collect();

@@ -21,6 +21,13 @@
 //! takes itself out of rotation, waits for the broker's acknowledgement (after which
 //! nothing new arrives), finishes what is in flight within the grace period, says
 //! `bye` and returns.
+//!
+//! # Layout
+//!
+//! - `request`: what a handler sees and returns ([`Request`], [`Reply`]).
+//! - `serve`: one request's task: built-in ops, the handler under its
+//!   deadline, the counters, the reply.
+//! - this file: [`Service`], its builder and `run` (register, ready, drain).
 
 use std::collections::HashMap;
 use std::future::Future;

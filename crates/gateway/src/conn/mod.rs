@@ -42,11 +42,6 @@ pub const CLOSE_AWAY: u16 = 1001;
 /// Close code: try again later (a cap of the user's, or of the gateway's).
 pub const CLOSE_TRY_LATER: u16 = 1013;
 
-/// Initial read buffer of a connection (grown for larger frames).
-pub const READ_BUFFER: usize = 512;
-/// Bytes of queued frames gathered into one write to the socket.
-pub const WRITE_BATCH: usize = 16 * 1024;
-
 /// Serves one TCP connection to its end.
 pub async fn handle(
     gw: Arc<Gateway>,

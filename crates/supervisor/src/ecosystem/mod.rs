@@ -9,6 +9,13 @@
 //! Everything is checked before anything starts: an unknown key is an error that
 //! names the app and the key; so is a `depends_on` cycle, a dependency that does
 //! not exist, or a `bin` that cannot be found.
+//!
+//! # Layout
+//!
+//! - `load`: the file, the profile, environment overrides, every check, the
+//!   start order.
+//! - `tests`: the checks, one file each.
+//! - this file: the types of the file ([`Ecosystem`], [`App`], [`AppSpec`]).
 
 mod load;
 

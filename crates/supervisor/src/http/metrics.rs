@@ -19,7 +19,7 @@ use switchboard_bus::proto::{self, admin::InstanceStatus};
 use switchboard_bus::svc::metrics::{counter, gauge, render};
 use switchboard_bus::{CallOptions, Handle};
 
-use crate::supervisor::Supervisor;
+use crate::apps::Supervisor;
 
 /// How long an instance may take to answer `$metrics` before the scrape goes on
 /// without it.

@@ -22,6 +22,14 @@
 //! left alone until told to start. The delay is `restart_delay_ms`, or with
 //! `exp_backoff_restart_delay_ms` that value doubled per unstable restart (15 s at
 //! most).
+//!
+//! # Layout
+//!
+//! - `keeper`: one instance's task and state machine (idle, running, waiting).
+//! - `membership`: `scale` and `reload-config`: which instances run.
+//! - `report`: what main reports: `ls`, events, readiness, the status file.
+//! - `status`: reading the status file; which processes are instances to adopt.
+//! - this file: [`Supervisor`], the keepers' shared state, [`Cmd`], start/stop order.
 
 mod keeper;
 mod membership;
