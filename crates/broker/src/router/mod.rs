@@ -4,7 +4,8 @@
 //!
 //! - this file: the types, [`Router::on_message`] (what each kind does), sending.
 //! - `registry`: hello, challenge, register, states, peer loss.
-//! - `requests`: placing, picking, keyed ownership, replies, `$broker` ops.
+//! - `requests`: placing, picking, keyed ownership, replies.
+//! - `admin`: the `$broker` ops (`stats`, `ls`, `owner`, `metrics`, `trace`).
 //! - `pubsub`: subscriptions and publishing.
 //! - `time`: deadlines, heartbeats, silent peers.
 //!
@@ -19,6 +20,7 @@
 //! worker gets `[token, request]` and answers `[token, reply]`; the token maps back
 //! to the caller.
 
+mod admin;
 mod pubsub;
 mod registry;
 mod requests;
