@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use switchboard_bus::svc::Backoff;
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +52,9 @@ pub(crate) async fn adoptable_broker(
     })
 }
 
-/// Longest wait before restarting a broker that keeps exiting at once.
-const BROKER_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The wait before restarting a broker that keeps exiting at once: 100 ms
+/// doubling to 5 s (none after the first exit).
+const BROKER_RESTART: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Keeps the broker running: when it exits (killed, crashed) it is started again
 /// at once on the same endpoint (the one it bound first, so a port picked by the
@@ -85,8 +87,7 @@ pub(crate) async fn keep_broker(
         loop {
             let delay = match quick_exits {
                 0 => Duration::ZERO,
-                n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 1))
-                    .min(BROKER_MAX_BACKOFF),
+                n => BROKER_RESTART.delay(n - 1),
             };
             tokio::select! {
                 () = stop.cancelled() => {

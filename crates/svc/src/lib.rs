@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`backoff`]: [`Backoff`], the one shape of every retry loop's waits.
 //! - [`metrics`]: the process's Prometheus recorder and [`metrics::render`].
 //! - [`procinfo`]: what `/proc` says about a process (memory, CPU, state).
 //! - [`secret`]: secrets from the environment or a file, never the command line.
@@ -11,10 +12,13 @@
 //! - this file: tracing set-up, the shutdown signal, exit codes.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod metrics;
 pub mod procinfo;
 pub mod secret;
 pub mod trace;
+
+pub use backoff::Backoff;
 
 use tokio_util::sync::CancellationToken;
 

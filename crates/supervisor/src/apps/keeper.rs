@@ -172,10 +172,9 @@ impl Keeper {
             return Phase::Idle;
         }
         let delay = if spec.exp_backoff_restart_delay_ms > 0 {
-            let exp = self.unstable.saturating_sub(1).min(20);
-            spec.exp_backoff_restart_delay_ms
-                .saturating_mul(1 << exp)
-                .min(MAX_BACKOFF_MS)
+            let first = Duration::from_millis(spec.exp_backoff_restart_delay_ms);
+            let policy = Backoff::new(first, MAX_RESTART_BACKOFF);
+            policy.delay(self.unstable.saturating_sub(1)).as_millis() as u64
         } else {
             spec.restart_delay_ms
         };
