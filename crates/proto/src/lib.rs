@@ -37,7 +37,7 @@ pub mod error;
 pub mod text;
 pub mod topic;
 
-pub use control::{BrokerStats, Health, Hello, Info, InstanceInfo, Welcome};
+pub use control::{BrokerStats, Health, Hello, Info, InstanceInfo, PeerState, Welcome};
 pub use envelope::{decode, decode_head, encode, from_body, to_body, Envelope, Grants, Head, Kind};
 pub use error::{ErrorBody, ErrorCode, ProtoError};
 pub use serde_bytes::ByteBuf;

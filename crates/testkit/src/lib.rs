@@ -363,7 +363,7 @@ pub async fn wait_ready(bus: &Handle, instance: &str, timeout: Duration) -> bool
         broker_ls(bus)
             .await
             .iter()
-            .any(|i| i.instance == instance && i.state == "ready")
+            .any(|i| i.instance == instance && i.state == proto::PeerState::Ready)
     })
     .await
 }

@@ -77,11 +77,10 @@ impl Router {
                 instance: p.instance.clone(),
                 pid: p.pid,
                 state: if p.service.is_some() {
-                    p.state.as_str()
+                    p.state
                 } else {
-                    "client"
-                }
-                .to_owned(),
+                    PeerState::Client
+                },
                 inflight: p.inflight.len() as u32,
                 credit: p.credit,
                 handled: p.handled,

@@ -421,10 +421,11 @@ impl Keeper {
                 return Err(format!("exited before it was ready: {status}"));
             }
             if let Some(list) = broker_ls(&self.bus).await {
-                if let Some(info) = list
-                    .iter()
-                    .find(|i| i.instance == self.m.instance && i.pid == p.pid && i.state == "ready")
-                {
+                if let Some(info) = list.iter().find(|i| {
+                    i.instance == self.m.instance
+                        && i.pid == p.pid
+                        && i.state == proto::PeerState::Ready
+                }) {
                     let service = info.service.clone();
                     self.m.set(|s| {
                         s.service = if service == spec.name {
