@@ -78,10 +78,11 @@ async fn concurrent_saves_are_group_committed_and_stored_verbatim() {
         let db = db.clone();
         let text = format!("{} #{i}", nasty[i % nasty.len()]);
         tasks.push(tokio::spawn(async move {
-            let (seq, _) = db
+            let seq = db
                 .chat_save(msg("lobby", "ada", &text), "trace", soon())
                 .await
-                .unwrap();
+                .unwrap()
+                .seq;
             (seq, text)
         }));
     }
@@ -121,7 +122,7 @@ async fn history_is_paged_newest_first() {
             db.chat_save(msg("books", "bo", &format!("m{i}")), "t", soon())
                 .await
                 .unwrap()
-                .0,
+                .seq,
         );
         db.chat_save(msg("other", "bo", "elsewhere"), "t", soon())
             .await
@@ -392,8 +393,8 @@ async fn a_key_is_stored_once_however_often_it_is_retried() {
             let key = format!("k{}", i % 10);
             let mut m = msg("lobby", user, &format!("{user} {key}"));
             m.idempotency_key = Some(key.clone());
-            let (seq, dup) = db.chat_save(m, "t", soon()).await.unwrap();
-            (user, key, seq, dup)
+            let saved = db.chat_save(m, "t", soon()).await.unwrap();
+            (user, key, saved.seq, saved.duplicate)
         }));
     }
     let mut by_key = std::collections::HashMap::new();

@@ -32,12 +32,8 @@ struct SaveJob {
     msg: api::ChatSave,
     trace: String,
     deadline: u64,
-    tx: oneshot::Sender<Result<Saved, DbError>>,
+    tx: oneshot::Sender<Result<api::ChatSaved, DbError>>,
 }
-
-/// A stored message's `seq`, and whether it was stored before (same user and
-/// idempotency key).
-pub type Saved = (u64, bool);
 
 /// The database: a pool, the schema state, and the group-commit queue.
 pub struct Db {
