@@ -27,5 +27,5 @@ pub use client::{
     Subscription,
 };
 pub use error::Error;
-pub use service::{HandlerResult, Reply, Request, Service};
+pub use service::{HandlerResult, Reply, Request, Service, SessionsEnded};
 pub use switchboard_proto as proto;
