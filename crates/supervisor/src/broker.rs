@@ -10,10 +10,38 @@ use tokio_util::sync::CancellationToken;
 use crate::apps::{self, InstanceState, Supervisor};
 use crate::{ecosystem, logs, proc};
 
+/// The broker main uses: another host's (`[broker] connect`: start none), the
+/// `--no-spawn` endpoint, the one a killed main left running (adopted), or a
+/// new one. Returns its endpoint, the process to keep (`None` when it is not
+/// this main's) and its restarts so far.
+///
+/// # Errors
+///
+/// When a new broker cannot be started.
+pub(crate) async fn find_or_start(
+    eco: &ecosystem::Ecosystem,
+    options: &crate::Options,
+    secret: Option<&str>,
+) -> anyhow::Result<(String, Option<proc::Proc>, u32)> {
+    if let Some(endpoint) = &eco.broker.connect {
+        return Ok((endpoint.clone(), None, 0));
+    }
+    if options.no_spawn {
+        return Ok((options.broker.clone(), None, 0));
+    }
+    let previous = apps::read_status_file(&eco.run_dir);
+    if let Some((endpoint, proc, restarts)) = adoptable_broker(eco, previous.as_ref()).await {
+        tracing::info!(%endpoint, pid = proc.pid, "adopted the running broker");
+        return Ok((endpoint, Some(proc), restarts));
+    }
+    let (endpoint, proc) = start_broker(eco, &eco.broker.bind, secret).await?;
+    Ok((endpoint, Some(proc), 0))
+}
+
 /// The broker a previous main left running (it was killed, the broker was not):
 /// its pid from the status file still runs the broker binary, and its endpoint
 /// takes connections. Returns (endpoint, process, restarts so far).
-pub(crate) async fn adoptable_broker(
+async fn adoptable_broker(
     eco: &ecosystem::Ecosystem,
     previous: Option<&apps::StatusFile>,
 ) -> Option<(String, proc::Proc, u32)> {

@@ -173,29 +173,12 @@ pub async fn run(options: Options) -> i32 {
         );
     }
     let shutdown = svc::shutdown_on_signal();
-    let previous = apps::read_status_file(&eco.run_dir);
-    // Another host's main runs the broker: connect to it, start none.
-    let external = eco.broker.connect.clone();
-    let adopted = if options.no_spawn || external.is_some() {
-        None
-    } else {
-        broker::adoptable_broker(&eco, previous.as_ref()).await
-    };
-    let broker_restarts = adopted.as_ref().map_or(0, |(_, _, restarts)| *restarts);
-    let (endpoint, broker) = if let Some(endpoint) = external {
-        (endpoint, None)
-    } else if options.no_spawn {
-        (options.broker.clone(), None)
-    } else if let Some((endpoint, proc, _)) = adopted {
-        tracing::info!(%endpoint, pid = proc.pid, "adopted the running broker");
-        (endpoint, Some(proc))
-    } else {
-        match broker::start_broker(&eco, &eco.broker.bind, secret.as_deref()).await {
-            Ok((endpoint, proc)) => (endpoint, Some(proc)),
-            Err(e) => {
-                eprintln!("main: cannot start the broker: {e:#}");
-                return svc::EXIT_FAILURE;
-            }
+    let found = broker::find_or_start(&eco, &options, secret.as_deref()).await;
+    let (endpoint, broker, broker_restarts) = match found {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("main: cannot start the broker: {e:#}");
+            return svc::EXIT_FAILURE;
         }
     };
     // What main and its apps connect to: the pair's endpoints when there is a
@@ -206,33 +189,8 @@ pub async fn run(options: Options) -> i32 {
         eco.broker.pair.join(",")
     };
     println!("listening {endpoint}");
-    if eco.main.http_auth.is_none()
-        && !eco.main.http.is_empty()
-        && !http::is_loopback_bind(&eco.main.http)
-    {
-        tracing::warn!(http = %eco.main.http, "main's HTTP server listens beyond this host without http_auth: anyone who reaches it reads the dashboard, traces and metrics");
-    }
-    let http_auth = http::Access {
-        auth: eco.main.http_auth.clone(),
-        hosts: eco.main.http_hosts.clone(),
-    };
-    let http = http::bind(&eco.main.http).await;
-    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
-        println!("dashboard http://{addr}/");
-    }
-    let instance = match &eco.main.host {
-        Some(host) => format!("main.{host}"),
-        None => "main".to_owned(),
-    };
-    // A monitor is not the system's main: it answers as service `main` (so
-    // that `sbctl ls` works where it is the only one) under an instance name of
-    // its own, so it never takes the main's registration (the broker refuses a
-    // live instance's name to another process anyway).
-    let instance = if options.no_spawn {
-        format!("{instance}-monitor-{}", std::process::id()).replace('.', "-")
-    } else {
-        instance
-    };
+    let (http, http_auth) = http_server(&eco).await;
+    let instance = instance_name(&eco, options.no_spawn);
     let manages_broker = broker.is_some() || (!options.no_spawn && eco.broker.connect.is_none());
     let sup = match Supervisor::new(
         eco,
@@ -281,5 +239,44 @@ pub async fn run(options: Options) -> i32 {
             tracing::error!(error = %e, "main failed");
             svc::EXIT_FAILURE
         }
+    }
+}
+
+/// main's HTTP server, bound (`dashboard http://ADDR/` on stdout), and who may
+/// use it; a warning when it listens beyond this host without auth.
+async fn http_server(
+    eco: &ecosystem::Ecosystem,
+) -> (Option<tokio::net::TcpListener>, http::Access) {
+    if eco.main.http_auth.is_none()
+        && !eco.main.http.is_empty()
+        && !http::is_loopback_bind(&eco.main.http)
+    {
+        tracing::warn!(http = %eco.main.http, "main's HTTP server listens beyond this host without http_auth: anyone who reaches it reads the dashboard, traces and metrics");
+    }
+    let http_auth = http::Access {
+        auth: eco.main.http_auth.clone(),
+        hosts: eco.main.http_hosts.clone(),
+    };
+    let http = http::bind(&eco.main.http).await;
+    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("dashboard http://{addr}/");
+    }
+    (http, http_auth)
+}
+
+/// main's instance name on the bus: `main`, or `main.HOST` on several hosts.
+/// A monitor is not the system's main: it answers as service `main` (so
+/// that `sbctl ls` works where it is the only one) under an instance name of
+/// its own, so it never takes the main's registration (the broker refuses a
+/// live instance's name to another process anyway).
+fn instance_name(eco: &ecosystem::Ecosystem, no_spawn: bool) -> String {
+    let instance = match &eco.main.host {
+        Some(host) => format!("main.{host}"),
+        None => "main".to_owned(),
+    };
+    if no_spawn {
+        format!("{instance}-monitor-{}", std::process::id()).replace('.', "-")
+    } else {
+        instance
     }
 }
