@@ -149,6 +149,7 @@ pub fn is_local(endpoint: &str) -> bool {
 /// current_thread runtime (the zeromq crate is 2.5x slower on multi_thread).
 ///
 /// Returns the final counters.
+#[allow(clippy::too_many_lines)] // split in the next commits (issue 24 edits it)
 pub async fn run(
     settings: Settings,
     mut socket: RouterSocket,
