@@ -145,11 +145,45 @@ pub fn is_local(endpoint: &str) -> bool {
     switchboard_proto::is_local_endpoint(endpoint)
 }
 
+/// The partner's address (a broker pair's), looked up off the loop (a name
+/// that does not resolve yet, a Service not created yet, must never hold up
+/// routing): every heartbeat until it resolves, then every 30 s in case it
+/// moves. `None` (no pair): never an address.
+fn resolve_partner(
+    peer: Option<String>,
+    heartbeat: Duration,
+) -> tokio::sync::watch::Receiver<Option<std::net::SocketAddr>> {
+    let (addr_tx, peer_addr) = tokio::sync::watch::channel(None::<std::net::SocketAddr>);
+    if let Some(peer) = peer {
+        tokio::spawn(async move {
+            loop {
+                match tokio::net::lookup_host(peer.as_str()).await {
+                    Ok(mut found) => {
+                        if let Some(addr) = found.next() {
+                            addr_tx.send_replace(Some(addr));
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "partner not resolved yet"),
+                }
+                let wait = if addr_tx.borrow().is_some() {
+                    Duration::from_secs(30)
+                } else {
+                    heartbeat
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = addr_tx.closed() => return,
+                }
+            }
+        });
+    }
+    peer_addr
+}
+
 /// Runs the broker on a bound socket until `shutdown` is cancelled. Must run on a
 /// current_thread runtime (the zeromq crate is 2.5x slower on multi_thread).
 ///
 /// Returns the final counters.
-#[allow(clippy::too_many_lines)] // split in the next commits (issue 24 edits it)
 pub async fn run(
     settings: Settings,
     mut socket: RouterSocket,
@@ -186,34 +220,7 @@ pub async fn run(
         None => None,
     };
     let mut state_tick = tokio::time::interval(heartbeat);
-    // The partner's address, looked up off the loop (a name that does not
-    // resolve yet, a Service not created yet, must never hold up routing):
-    // every heartbeat until it resolves, then every 30 s in case it moves.
-    let (addr_tx, peer_addr) = tokio::sync::watch::channel(None::<std::net::SocketAddr>);
-    if let Some((_, peer)) = &pair {
-        let peer = peer.clone();
-        tokio::spawn(async move {
-            loop {
-                match tokio::net::lookup_host(peer.as_str()).await {
-                    Ok(mut found) => {
-                        if let Some(addr) = found.next() {
-                            addr_tx.send_replace(Some(addr));
-                        }
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "partner not resolved yet"),
-                }
-                let wait = if addr_tx.borrow().is_some() {
-                    Duration::from_secs(30)
-                } else {
-                    heartbeat
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = addr_tx.closed() => return,
-                }
-            }
-        });
-    }
+    let peer_addr = resolve_partner(pair.as_ref().map(|(_, peer)| peer.clone()), heartbeat);
     let mut datagram = [0u8; 128];
     let mut ha_wrong_source_logged = false;
     let mut tick = tokio::time::interval(TICK);
