@@ -14,7 +14,7 @@ use crate::{admission, listen, Gateway, Settings};
 
 /// The Switchboard WebSocket gateway.
 #[derive(clap::Parser, Debug)]
-#[command(name = "receive", version, about)]
+#[command(version, about)]
 pub struct Cli {
     #[command(flatten)]
     bus: BusArgs,
@@ -153,6 +153,9 @@ mod tests {
     #[test]
     fn command_line_is_well_formed() {
         Cli::command().debug_assert();
+        // `--version` prints the package's name, as it did before the
+        // command line moved into the library.
+        assert_eq!(Cli::command().get_name(), env!("CARGO_PKG_NAME"));
     }
 
     #[test]
