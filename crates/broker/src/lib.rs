@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the `broker` binary's command line.
 //! - [`router`]: the state machine ([`router::Router`]); all routing decisions.
 //! - [`ha`]: a broker pair (primary and backup, the ZeroMQ guide's Binary Star).
 //! - this file: [`Settings`], [`bind`] and [`run`], the socket task.
@@ -25,6 +26,7 @@
 //! a caller never has more than `max_inflight_per_client` replies owed. Events to a
 //! slow subscriber are what gets dropped (`events_dropped`).
 
+pub mod cli;
 pub mod ha;
 pub mod router;
 
