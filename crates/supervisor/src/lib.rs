@@ -127,6 +127,28 @@ pub fn lock_run_dir(run_dir: &std::path::Path) -> anyhow::Result<std::fs::File> 
 
 pub use switchboard_bus::proto::admin::{LogsReply, NameArg};
 
+/// `main --check`: loads the ecosystem file and prints the start order (app,
+/// binary, instances), or what is wrong with it; returns the exit code.
+pub fn check(config: &std::path::Path, env: Option<&str>) -> i32 {
+    match ecosystem::load(config, env) {
+        Ok(eco) => {
+            for app in &eco.apps {
+                println!(
+                    "{:<12} {} {}",
+                    app.spec.name,
+                    app.bin.display(),
+                    app.instances.join(",")
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("main: {}: {e}", config.display());
+            svc::EXIT_USAGE
+        }
+    }
+}
+
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(options: Options) -> i32 {
     let eco = match ecosystem::load(&options.config, options.env.as_deref()) {

@@ -38,23 +38,10 @@ async fn main() {
     svc::init_tracing();
     let args = Args::parse();
     if args.check {
-        match switchboard_supervisor::ecosystem::load(&args.config, args.env.as_deref()) {
-            Ok(eco) => {
-                for app in &eco.apps {
-                    println!(
-                        "{:<12} {} {}",
-                        app.spec.name,
-                        app.bin.display(),
-                        app.instances.join(",")
-                    );
-                }
-                std::process::exit(0);
-            }
-            Err(e) => {
-                eprintln!("main: {}: {e}", args.config.display());
-                std::process::exit(svc::EXIT_USAGE);
-            }
-        }
+        std::process::exit(switchboard_supervisor::check(
+            &args.config,
+            args.env.as_deref(),
+        ));
     }
     let code = switchboard_supervisor::run(switchboard_supervisor::Options {
         config: args.config,
