@@ -138,7 +138,7 @@ struct Running {
     run: tempfile::TempDir,
     ws: String,
     broker: String,
-    pid: i32,
+    child: std::process::Child,
     _db: TestDatabase,
 }
 
@@ -171,7 +171,7 @@ impl Running {
             .spawn()
             .unwrap();
         let running = Self {
-            pid: child.id() as i32,
+            child,
             run,
             ws,
             broker,
@@ -257,16 +257,16 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        // run-all.sh, in a session of its own: SIGTERM stops main and every
+        // app gracefully.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
         let until = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < until
-            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), None).is_ok()
-        {
+        while Instant::now() < until && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

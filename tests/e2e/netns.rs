@@ -294,7 +294,7 @@ async fn three_hosts_one_system_across_real_links() {
         broker_ls(&bus)
             .await
             .iter()
-            .any(|i| i.instance == "svc.c" && i.state == "ready")
+            .any(|i| i.instance == "svc.c" && i.state == proto::PeerState::Ready)
     })
     .await;
     assert!(rejoined, "svc.c rejoins");

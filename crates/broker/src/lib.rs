@@ -10,7 +10,9 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the `broker` binary's command line.
 //! - [`router`]: the state machine ([`router::Router`]); all routing decisions.
+//! - [`ha`]: a broker pair (primary and backup, the ZeroMQ guide's Binary Star).
 //! - this file: [`Settings`], [`bind`] and [`run`], the socket task.
 //!
 //! # Never blocking on a send
@@ -24,6 +26,7 @@
 //! a caller never has more than `max_inflight_per_client` replies owed. Events to a
 //! slow subscriber are what gets dropped (`events_dropped`).
 
+pub mod cli;
 pub mod ha;
 pub mod router;
 
@@ -144,6 +147,41 @@ pub fn is_local(endpoint: &str) -> bool {
     switchboard_proto::is_local_endpoint(endpoint)
 }
 
+/// The partner's address (a broker pair's), looked up off the loop (a name
+/// that does not resolve yet, a Service not created yet, must never hold up
+/// routing): every heartbeat until it resolves, then every 30 s in case it
+/// moves. `None` (no pair): never an address.
+fn resolve_partner(
+    peer: Option<String>,
+    heartbeat: Duration,
+) -> tokio::sync::watch::Receiver<Option<std::net::SocketAddr>> {
+    let (addr_tx, peer_addr) = tokio::sync::watch::channel(None::<std::net::SocketAddr>);
+    if let Some(peer) = peer {
+        tokio::spawn(async move {
+            loop {
+                match tokio::net::lookup_host(peer.as_str()).await {
+                    Ok(mut found) => {
+                        if let Some(addr) = found.next() {
+                            addr_tx.send_replace(Some(addr));
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "partner not resolved yet"),
+                }
+                let wait = if addr_tx.borrow().is_some() {
+                    Duration::from_secs(30)
+                } else {
+                    heartbeat
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = addr_tx.closed() => return,
+                }
+            }
+        });
+    }
+    peer_addr
+}
+
 /// Runs the broker on a bound socket until `shutdown` is cancelled. Must run on a
 /// current_thread runtime (the zeromq crate is 2.5x slower on multi_thread).
 ///
@@ -184,34 +222,7 @@ pub async fn run(
         None => None,
     };
     let mut state_tick = tokio::time::interval(heartbeat);
-    // The partner's address, looked up off the loop (a name that does not
-    // resolve yet, a Service not created yet, must never hold up routing):
-    // every heartbeat until it resolves, then every 30 s in case it moves.
-    let (addr_tx, peer_addr) = tokio::sync::watch::channel(None::<std::net::SocketAddr>);
-    if let Some((_, peer)) = &pair {
-        let peer = peer.clone();
-        tokio::spawn(async move {
-            loop {
-                match tokio::net::lookup_host(peer.as_str()).await {
-                    Ok(mut found) => {
-                        if let Some(addr) = found.next() {
-                            addr_tx.send_replace(Some(addr));
-                        }
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "partner not resolved yet"),
-                }
-                let wait = if addr_tx.borrow().is_some() {
-                    Duration::from_secs(30)
-                } else {
-                    heartbeat
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = addr_tx.closed() => return,
-                }
-            }
-        });
-    }
+    let peer_addr = resolve_partner(pair.as_ref().map(|(_, peer)| peer.clone()), heartbeat);
     let mut datagram = [0u8; 128];
     let mut ha_wrong_source_logged = false;
     let mut tick = tokio::time::interval(TICK);

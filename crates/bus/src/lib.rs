@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`client`]: [`connect`] → [`Handle`]: requests, publish/subscribe, reconnect,
-//!   heartbeats and authentication over one DEALER socket on its own thread.
+//!   heartbeats and authentication over one DEALER socket, owned by one task on the
+//!   caller's current_thread runtime (or on a thread of its own otherwise).
 //! - [`service`]: [`Service`]: a name, handlers for its ops, `run()`; built-in
 //!   `$echo` and `$health`; drain on shutdown.
 //! - [`secret_file`]: the bus secret main makes on its first run (`RUN_DIR/bus.secret`).
@@ -26,5 +27,5 @@ pub use client::{
     Subscription,
 };
 pub use error::Error;
-pub use service::{HandlerResult, Reply, Request, Service};
+pub use service::{HandlerResult, Reply, Request, Service, SessionsEnded};
 pub use switchboard_proto as proto;

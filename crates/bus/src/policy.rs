@@ -39,7 +39,7 @@ pub const EXTENDS_BUILTIN: &str = "builtin";
 #[serde(deny_unknown_fields)]
 pub struct ServicePolicy {
     /// Clients may call it at all.
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub open: bool,
     /// Ops clients may call: `"*"` is every op not starting with `$`; `$` ops by name.
     #[serde(default = "default_ops")]
@@ -61,7 +61,7 @@ pub struct ServicePolicy {
     pub coalesce: Option<String>,
 }
 
-fn yes() -> bool {
+fn default_true() -> bool {
     true
 }
 

@@ -7,6 +7,14 @@
 //!
 //! `scripts/chaos.sh` builds and runs it; `--quick` (a few faults, about a minute)
 //! runs in `scripts/test.sh`.
+//!
+//! # Layout
+//!
+//! - `system`: the system under test (main, its ecosystem, the database relay)
+//!   and the faults done to it.
+//! - `load`: the steady WebSocket load and what became of each request.
+//! - `soak`: clients churning while every process's memory is sampled.
+//! - this file: the options, the fault list, the table of results.
 
 mod load;
 mod soak;

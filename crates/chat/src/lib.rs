@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use switchboard_bus::policy::Policy;
 use switchboard_bus::proto::{self, api};
-use switchboard_bus::{Error, HandlerResult, Reply, Request, Service};
+use switchboard_bus::{Error, HandlerResult, Reply, Request, Service, SessionsEnded};
 
 /// The limits chat holds clients to (defined with the types they limit).
 pub use api::{HISTORY_DEFAULT, HISTORY_MAX, MAX_TEXT_CHARS};
@@ -80,14 +80,14 @@ impl Rooms {
             .unwrap_or_default()
     }
 
-    /// Forgets every session of a lost gateway instance; returns how many.
-    fn close_gateway(&self, gateway: &str) -> usize {
+    /// Forgets every session `ended` covers (a lost gateway's); returns how many.
+    fn close_covered(&self, ended: &SessionsEnded) -> usize {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = 0;
         rooms.retain(|_, members| {
             members.retain(|_, sessions| {
                 let before = sessions.len();
-                sessions.retain(|s| api::session_gateway(s) != Some(gateway));
+                sessions.retain(|s| !ended.covers(s));
                 closed += before - sessions.len();
                 !sessions.is_empty()
             });
@@ -256,10 +256,17 @@ pub fn service_with(policy: Policy) -> Service {
         })
         .handle("dm", dm)
         .handle_with("relay", &policy, relay)
-        .on_event_with(api::SESSION_CLOSE, &rooms, |event, _bus, rooms| async move {
-            match proto::from_body::<api::Session>(&event.body) {
-                Ok(s) => rooms.close_session(&s.user, &s.session),
-                Err(e) => tracing::warn!(error = %e, "bad session.close event"),
+        // A closed connection; or a gateway that died (or was cut off) and
+        // sent no session.close for its clients.
+        .on_sessions_ended_with(&rooms, |ended, _bus, rooms| async move {
+            match &ended {
+                SessionsEnded::One { user, session } => rooms.close_session(user, session),
+                SessionsEnded::Gateway(gateway) => {
+                    let closed = rooms.close_covered(&ended);
+                    if closed > 0 {
+                        tracing::info!(%gateway, sessions = closed, "sessions of a lost gateway closed");
+                    }
+                }
             }
         })
         // The gateway could not subscribe the client to a room it joined (its
@@ -276,16 +283,6 @@ pub fn service_with(policy: Policy) -> Service {
             for topic in &failed.topics {
                 if let Some(room) = topic.strip_prefix("chat.room.") {
                     rooms.leave(room, &failed.user, &failed.session);
-                }
-            }
-        })
-        // A gateway that died (or was cut off) sent no session.close for its
-        // clients: the broker's peer-lost event stands in for all of them.
-        .on_event_with(api::PEER_LOST, &rooms, |event, _bus, rooms| async move {
-            if let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) {
-                let closed = rooms.close_gateway(&lost.instance);
-                if closed > 0 {
-                    tracing::info!(gateway = %lost.instance, sessions = closed, "sessions of a lost gateway closed");
                 }
             }
         })
@@ -447,7 +444,10 @@ mod tests {
         rooms.join("lobby", "ada", &api::session_id("receive-2", 1));
         rooms.join("lobby", "bob", &api::session_id("receive-1", 2));
         rooms.join("den", "cy", &api::session_id("receive-1", 3));
-        assert_eq!(rooms.close_gateway("receive-1"), 3);
+        assert_eq!(
+            rooms.close_covered(&SessionsEnded::Gateway("receive-1".into())),
+            3
+        );
         assert_eq!(rooms.who("lobby"), vec!["ada"], "ada is still on receive-2");
         assert!(rooms.who("den").is_empty());
     }

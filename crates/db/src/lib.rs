@@ -31,7 +31,7 @@ pub struct Settings {
     pub database_url: String,
     /// Connections in the pool at most.
     pub pool_max: usize,
-    /// Messages committed in one transaction at most (group commit).
+    /// Messages stored by one multi-row `INSERT` at most (group commit).
     pub max_batch: usize,
 }
 

@@ -219,6 +219,36 @@ impl Drop for Admission {
     }
 }
 
+/// Connections at most: at start the soft file limit is raised to the hard one,
+/// and the cap is what it leaves after a reserve for everything else the
+/// process opens (the bus, logs, handshakes in flight): 64 + 1/16 of it. An
+/// explicit `--max-connections` over that is cut to it (the process would
+/// otherwise fail at accept instead of answering 503).
+pub fn connection_cap(asked: Option<usize>) -> usize {
+    let files = usize::try_from(switchboard_bus::svc::raise_file_limit()).unwrap_or(usize::MAX);
+    let fits = files.saturating_sub(64 + files / 16).max(1);
+    match asked {
+        Some(asked) if asked > fits => {
+            tracing::warn!(
+                asked,
+                fits,
+                files,
+                "--max-connections is more than the file limit allows; cut"
+            );
+            fits
+        }
+        Some(asked) => asked,
+        None => {
+            tracing::info!(
+                files,
+                max_connections = fits,
+                "connections at most, from the file limit"
+            );
+            fits
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,11 @@ use tokio_tungstenite::WebSocketStream;
 use crate::admission::Admission;
 use crate::{jwt, Gateway};
 
+/// Initial read buffer of a connection (grown for larger frames).
+pub const READ_BUFFER: usize = 512;
+/// Bytes of queued frames gathered into one write to the socket.
+pub const WRITE_BATCH: usize = 16 * 1024;
+
 /// The upgraded connection a WebSocket runs on.
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -157,8 +162,8 @@ where
     // was a send(2) of its own, a third of the gateway's CPU under load. It grows
     // only as far as a connection's largest batch needs (an idle one stays tiny).
     let config = WebSocketConfig::default()
-        .read_buffer_size(crate::conn::READ_BUFFER)
-        .write_buffer_size(crate::conn::WRITE_BATCH)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BATCH)
         .max_message_size(Some(gw.settings.max_frame_bytes))
         .max_frame_size(Some(gw.settings.max_frame_bytes));
     let ws =

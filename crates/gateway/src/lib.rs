@@ -4,13 +4,21 @@
 //! # Layout
 //!
 //! - this file: [`Settings`], [`Gateway`], [`serve`] (the accept loop).
+//! - [`cli`]: the `receive` binary's command line ([`Settings`] flattened in).
+//! - [`listen`]: binding the port, shared only with this same binary.
 //! - [`admission`]: the connection cap and the handshake table, at accept.
-//! - [`conn`]: one client connection: HTTP head, auth, reader, writer, requests.
+//! - [`http`]: a connection before it is a WebSocket: hyper reads the request
+//!   head; `/live`, `/ready`, `/health`, refusals, the upgrade.
+//! - [`tls`]: TLS on the same port (`wss://`, `https://`).
+//! - [`conn`]: one client connection after the upgrade: auth, reader, writer,
+//!   requests.
 //! - [`outbox`]: a connection's bounded send buffer and its slow-client policy.
 //! - [`hub`]: topic subscriptions shared by all clients.
 //! - [`shares`]: what one user or one address holds across its connections.
 //! - [`wire`]: the client protocol's frames (JSON text, MessagePack binary).
 //! - [`jwt`]: HS256 token verification.
+//! - [`static_files`]: the demo app and the JavaScript client, served at `/`.
+//! - `metrics`: the gateway's metrics, served on `GET /metrics` and `$metrics`.
 //!
 //! # Close codes
 //!
@@ -33,10 +41,12 @@
 //! [`admission`]), is dropped without an answer.
 
 pub mod admission;
+pub mod cli;
 pub mod conn;
 pub mod http;
 pub mod hub;
 pub mod jwt;
+pub mod listen;
 pub(crate) mod metrics;
 pub mod outbox;
 pub mod shares;
@@ -55,89 +65,126 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Gateway settings. Defaults are in docs/services.md with the reasons for them.
-#[derive(Debug, Clone)]
+/// Gateway settings, and the command-line flags of each (`receive --help`; each
+/// also read from `SB_<NAME>`). Defaults are in docs/services.md with the reasons for them.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Largest client frame; a larger one closes the connection with 1009.
+    #[arg(long, env = "SB_MAX_FRAME_BYTES", default_value_t = DEFAULTS.max_frame_bytes)]
     pub max_frame_bytes: usize,
     /// No frame (or pong) for this long closes the connection with 4000.
+    #[arg(long, env = "SB_IDLE_TIMEOUT_MS", default_value_t = DEFAULTS.idle_timeout_ms)]
     pub idle_timeout_ms: u64,
     /// How often the gateway pings each client.
+    #[arg(long, env = "SB_PING_INTERVAL_MS", default_value_t = DEFAULTS.ping_interval_ms)]
     pub ping_interval_ms: u64,
     /// Messages queued for a client before events are dropped or coalesced.
+    #[arg(long, env = "SB_SEND_BUFFER", default_value_t = DEFAULTS.send_buffer)]
     pub send_buffer: usize,
     /// Messages queued for a client before it is closed with 4001.
+    #[arg(long, env = "SB_SEND_BUFFER_HARD", default_value_t = DEFAULTS.send_buffer_hard)]
     pub send_buffer_hard: usize,
     /// Bytes queued for a client before events are dropped or coalesced.
+    #[arg(long, env = "SB_SEND_BUFFER_BYTES", default_value_t = DEFAULTS.send_buffer_bytes)]
     pub send_buffer_bytes: usize,
     /// Bytes queued for a client (replies included) before it is closed with 4001.
+    #[arg(long, env = "SB_SEND_BUFFER_HARD_BYTES", default_value_t = DEFAULTS.send_buffer_hard_bytes)]
     pub send_buffer_hard_bytes: usize,
     /// Requests per second a connection may send (token bucket rate).
+    #[arg(long, env = "SB_RATE_PER_SEC", default_value_t = DEFAULTS.rate_per_sec)]
     pub rate_per_sec: u32,
     /// Bucket size: the burst a connection may send at once.
+    #[arg(long, env = "SB_RATE_BURST", default_value_t = DEFAULTS.rate_burst)]
     pub rate_burst: u32,
     /// TCP connections at once, counted from accept (handshakes included); more
     /// get HTTP 503.
+    #[arg(skip = DEFAULTS.max_connections)]
     pub max_connections: usize,
     /// Connections still in the HTTP handshake at once; past it, the oldest
     /// handshake of the busiest source is closed to admit the new one.
+    #[arg(long, env = "SB_MAX_HANDSHAKES", default_value_t = DEFAULTS.max_handshakes)]
     pub max_handshakes: usize,
     /// Connections from one source (IPv4 address, IPv6 /64) still in the
     /// handshake at once; past it, that source's oldest handshake is closed.
+    #[arg(long, env = "SB_MAX_HANDSHAKES_PER_IP", default_value_t = DEFAULTS.max_handshakes_per_ip)]
     pub max_handshakes_per_ip: usize,
     /// Time a client has to send its HTTP request head (and get the upgrade).
+    #[arg(long, env = "SB_HANDSHAKE_TIMEOUT_MS", default_value_t = DEFAULTS.handshake_timeout_ms)]
     pub handshake_timeout_ms: u64,
     /// With an auth secret: time a connection without a token has to `auth`
     /// before it is closed with 4003.
+    #[arg(long, env = "SB_AUTH_TIMEOUT_MS", default_value_t = DEFAULTS.auth_timeout_ms)]
     pub auth_timeout_ms: u64,
     /// Topics one connection may be subscribed to; more get `overloaded`.
+    #[arg(long, env = "SB_MAX_SUBSCRIPTIONS", default_value_t = DEFAULTS.max_subscriptions)]
     pub max_subscriptions: usize,
     /// Requests in flight per connection; more get `overloaded`.
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_CONN", default_value_t = DEFAULTS.max_inflight_per_conn)]
     pub max_inflight_per_conn: usize,
     /// Requests in flight per user, all its connections together; more get
     /// `overloaded`.
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_USER", default_value_t = DEFAULTS.max_inflight_per_user)]
     pub max_inflight_per_user: usize,
     /// Requests in flight per address (IPv4, or IPv6 /64); more get `overloaded`.
     /// Every client of the gateway shares one budget at the broker
     /// (`max_inflight_per_client`, 10,000): keep this well under it.
+    #[arg(long, env = "SB_MAX_INFLIGHT_PER_IP", default_value_t = DEFAULTS.max_inflight_per_ip)]
     pub max_inflight_per_ip: usize,
     /// Connections one user may hold at once; more are closed with 1013.
+    #[arg(long, env = "SB_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULTS.max_connections_per_user)]
     pub max_connections_per_user: usize,
     /// WebSocket connections from one address (IPv4, IPv6 /64; behind a trusted
     /// proxy, the forwarded client) at once; more are closed with 1013.
+    #[arg(long, env = "SB_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULTS.max_connections_per_ip)]
     pub max_connections_per_ip: usize,
     /// Distinct topics the gateway holds on the bus for all its clients; a
     /// subscription (or grant) that would add one more gets `overloaded`. The
     /// broker holds at most `max_subs_per_peer` (100,000) for the gateway: keep
     /// this under it, and raise both together.
+    #[arg(long, env = "SB_MAX_TOPICS", default_value_t = DEFAULTS.max_topics)]
     pub max_topics: usize,
     /// Of those, topics that clients of one address brought in (subscribed
     /// first) and that are still held.
+    #[arg(long, env = "SB_MAX_TOPICS_PER_IP", default_value_t = DEFAULTS.max_topics_per_ip)]
     pub max_topics_per_ip: usize,
     /// Deadline of each request.
+    #[arg(long, env = "SB_REQUEST_TIMEOUT_MS", default_value_t = DEFAULTS.request_timeout_ms)]
     pub request_timeout_ms: u64,
     /// Client tokens; `None` runs open (anonymous users).
+    #[arg(skip)]
     pub tokens: Option<jwt::TokenRules>,
     /// TLS on the port (`wss://`, `https://`); `None`: plain TCP.
+    #[arg(skip)]
     pub tls: Option<tls::Tls>,
     /// Serve the demo app and `clients/js` at `/` (`--demo false` turns it off).
+    #[arg(long, env = "SB_DEMO", default_value_t = true, action = clap::ArgAction::Set)]
     pub demo: bool,
     /// Browser origins allowed to connect (the `Origin` header) besides the
     /// gateway's own (its scheme and the `Host` it was reached at); `*` allows
-    /// any. A request without `Origin` (not a browser) is always allowed.
+    /// any; `null` allows pages opened from files. A request without `Origin`
+    /// (not a browser) is always allowed. Comma-separated on the command line.
+    #[arg(long, env = "SB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Proxies (load balancers) whose `X-Forwarded-For` is believed: a client
     /// behind one is counted (shares of requests in flight and topics) and
-    /// logged under the address the proxy forwards. Empty: none.
+    /// logged under the address the proxy forwards. Empty: none. CIDRs,
+    /// comma-separated on the command line.
+    #[arg(long, env = "SB_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// What clients may call, subscribe to and be granted.
+    #[arg(skip)]
     pub policy: policy::Policy,
     /// How long a shutdown waits for in-flight replies.
+    #[arg(skip = DEFAULTS.shutdown_grace_ms)]
     pub shutdown_grace_ms: u64,
     /// On shutdown: how long a client is still served after its `goaway` notice
     /// (frames it sent before it saw the notice are answered).
+    #[arg(long, env = "SB_GOAWAY_MS", default_value_t = DEFAULTS.goaway_ms)]
     pub goaway_ms: u64,
 }
+
+/// The defaults, shown by `--help`.
+static DEFAULTS: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(Settings::default);
 
 impl Default for Settings {
     fn default() -> Self {

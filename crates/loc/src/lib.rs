@@ -24,6 +24,12 @@
 //! `save_interval_ms`, coalesced (latest wins), and a zone's last positions are
 //! loaded when the instance first touches it, so a restart loses at most one save
 //! interval. A user's position is dropped when the session that set it closes.
+//!
+//! # Layout
+//!
+//! - `zones`: an instance's zones: positions, what is still to be saved, the
+//!   checks on what clients send, loading, sessions ending.
+//! - this file: [`Settings`], the ops' handlers, the save loop, [`service`].
 
 mod zones;
 
@@ -34,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_bus::proto::{self, api};
-use switchboard_bus::{Error, Handle, HandlerResult, Request, Service};
+use switchboard_bus::{Error, Handle, HandlerResult, Request, Service, SessionsEnded};
 
 /// loc settings.
 #[derive(Debug, Clone)]
@@ -212,21 +218,18 @@ pub fn service(settings: Settings) -> Service {
             }
             Request::encode(&Empty {})
         })
-        .on_event_with(api::SESSION_CLOSE, &loc, |event, bus, loc| async move {
-            let Ok(s) = proto::from_body::<api::Session>(&event.body) else {
-                tracing::warn!("bad session.close event");
-                return;
+        // A closed connection; or a gateway that died and sent no
+        // session.close: drop what its clients set.
+        .on_sessions_ended_with(&loc, |ended, bus, loc| async move {
+            let left: Vec<(String, String)> = match &ended {
+                SessionsEnded::One { user, session } => loc
+                    .close_session(user, session)
+                    .into_iter()
+                    .map(|zone| (zone, user.clone()))
+                    .collect(),
+                SessionsEnded::Gateway(_) => loc.close_covered(&ended),
             };
-            for zone in loc.close_session(&s.user, &s.session) {
-                publish_left(&bus, &zone, &s.user).await;
-            }
-        })
-        // A gateway that died sent no session.close: drop what its clients set.
-        .on_event_with(api::PEER_LOST, &loc, |event, bus, loc| async move {
-            let Ok(lost) = proto::from_body::<api::PeerLost>(&event.body) else {
-                return;
-            };
-            for (zone, user) in loc.close_gateway(&lost.instance) {
+            for (zone, user) in left {
                 publish_left(&bus, &zone, &user).await;
             }
         })

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 use switchboard_bus::proto::{self, api};
-use switchboard_bus::{CallOptions, Error, Handle, Request};
+use switchboard_bus::{CallOptions, Error, Handle, Request, SessionsEnded};
 
 use crate::Settings;
 
@@ -357,12 +357,11 @@ impl Loc {
         removed.into_iter().map(|(zone, _)| zone).collect()
     }
 
-    /// Drops every position set through a lost gateway instance; returns the
-    /// (zone, user) pairs removed.
-    pub(crate) fn close_gateway(&self, gateway: &str) -> Vec<(String, String)> {
-        let mut removed =
-            self.remove_where(|_, p| api::session_gateway(&p.session) == Some(gateway));
-        removed.extend(self.forget_sessions(|s| api::session_gateway(s) == Some(gateway)));
+    /// Drops every position set through a session `ended` covers (a lost
+    /// gateway's); returns the (zone, user) pairs removed.
+    pub(crate) fn close_covered(&self, ended: &SessionsEnded) -> Vec<(String, String)> {
+        let mut removed = self.remove_where(|_, p| ended.covers(&p.session));
+        removed.extend(self.forget_sessions(|s| ended.covers(s)));
         removed
     }
 

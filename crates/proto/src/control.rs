@@ -108,6 +108,45 @@ pub struct Info {
     pub events: Vec<String>,
 }
 
+/// The state of a peer as the broker sees it. Encoded as its snake_case name
+/// (`ready`), as it was when this was a string.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// Registered, not taking requests (yet).
+    #[default]
+    Registered,
+    /// Taking requests.
+    Ready,
+    /// Finishing what it has; takes nothing new.
+    Draining,
+    /// A pure client: registered no service.
+    Client,
+    /// A state this build does not know (from a newer broker).
+    #[serde(other)]
+    Unknown,
+}
+
+impl PeerState {
+    /// Its name on the wire (`ready`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Client => "client",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One registered instance, as `$broker` `ls` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct InstanceInfo {
@@ -117,8 +156,8 @@ pub struct InstanceInfo {
     pub instance: String,
     /// OS process id the peer reported.
     pub pid: u32,
-    /// `ready`, `registered` (not ready yet), `draining`, or `client` for a pure client.
-    pub state: String,
+    /// Where it is in its life on the bus (`client` for a pure client).
+    pub state: PeerState,
     /// Requests the broker has in flight to it.
     pub inflight: u32,
     /// Its credit (maximum in flight).
@@ -190,4 +229,32 @@ pub struct BrokerStats {
     /// (a request too large to forward, a `$broker` reply too large to send).
     #[serde(default)]
     pub too_large: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `InstanceInfo::state` was a string: the enum must travel as the same
+    /// names, so an older sbctl or testkit reads a newer broker's `ls` (and the
+    /// other way), and a state from a newer broker decodes as `Unknown`.
+    #[test]
+    fn peer_states_are_the_old_strings_on_the_wire() {
+        for (state, name) in [
+            (PeerState::Registered, "registered"),
+            (PeerState::Ready, "ready"),
+            (PeerState::Draining, "draining"),
+            (PeerState::Client, "client"),
+        ] {
+            let body = crate::to_body(&state).unwrap();
+            assert_eq!(crate::from_body::<String>(&body).unwrap(), name);
+            assert_eq!(crate::from_body::<PeerState>(&body).unwrap(), state);
+            assert_eq!(state.as_str(), name);
+        }
+        let newer = crate::to_body(&"hibernating").unwrap();
+        assert_eq!(
+            crate::from_body::<PeerState>(&newer).unwrap(),
+            PeerState::Unknown
+        );
+    }
 }

@@ -15,6 +15,9 @@
 //! - [`topic`]: topic and pattern syntax for pub/sub.
 //! - [`auth`]: the HMAC proof a peer gives in `hello`.
 //! - [`admin`]: what `$broker` and `main` take and answer, instance states.
+//! - [`api`]: payloads of the services' ops that services call each other with
+//!   (`chat.save`, `loc.load`, …).
+//! - [`text`]: which characters user-written text (messages, names) may not hold.
 //!
 //! # Framing on the ZeroMQ socket
 //!
@@ -34,7 +37,7 @@ pub mod error;
 pub mod text;
 pub mod topic;
 
-pub use control::{BrokerStats, Health, Hello, Info, InstanceInfo, Welcome};
+pub use control::{BrokerStats, Health, Hello, Info, InstanceInfo, PeerState, Welcome};
 pub use envelope::{decode, decode_head, encode, from_body, to_body, Envelope, Grants, Head, Kind};
 pub use error::{ErrorBody, ErrorCode, ProtoError};
 pub use serde_bytes::ByteBuf;

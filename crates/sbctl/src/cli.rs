@@ -127,31 +127,7 @@ pub(crate) enum Command {
     /// environment the gateway reads (SB_AUTH_SECRET or SB_AUTH_SECRET_FILE,
     /// SB_TOKEN_AUDIENCE, SB_TOKEN_ISSUER), else from the `receive` app in the
     /// ecosystem file.
-    Token {
-        /// The user: the token's `sub` (1-128 of A-Z a-z 0-9 _ - @ : + = |).
-        #[arg(long)]
-        sub: String,
-        /// Lifetime (`30m`, `1h`; at most what the gateway accepts: its
-        /// --token-max-lifetime-s, 24 h by default).
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        exp: std::time::Duration,
-        /// Audience (`aud`), when the gateway requires one.
-        #[arg(long, env = "SB_TOKEN_AUDIENCE")]
-        aud: Option<String>,
-        /// Issuer (`iss`), when the gateway requires one.
-        #[arg(long, env = "SB_TOKEN_ISSUER")]
-        iss: Option<String>,
-        /// Refused (exit 64): a secret in the arguments is visible to every
-        /// local user. Use SB_AUTH_SECRET or --auth-secret-file.
-        #[arg(long, hide = true)]
-        auth_secret: Option<String>,
-        /// File holding the gateway's client-token secret (else SB_AUTH_SECRET).
-        #[arg(long, env = "SB_AUTH_SECRET_FILE")]
-        auth_secret_file: Option<std::path::PathBuf>,
-        /// The ecosystem file to read the gateway's settings from.
-        #[arg(long, default_value = "ecosystem.toml")]
-        ecosystem: std::path::PathBuf,
-    },
+    Token(TokenArgs),
     /// The broker's counters.
     Stats,
     /// Send one request (a test packet) and print the reply's data as JSON.
@@ -374,6 +350,34 @@ pub(crate) enum BenchCmd {
         #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+// No `///` here: the `Token` variant's doc is the command's help.
+#[derive(clap::Args, Debug)]
+pub(crate) struct TokenArgs {
+    /// The user: the token's `sub` (1-128 of A-Z a-z 0-9 _ - @ : + = |).
+    #[arg(long)]
+    pub(crate) sub: String,
+    /// Lifetime (`30m`, `1h`; at most what the gateway accepts: its
+    /// --token-max-lifetime-s, 24 h by default).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) exp: std::time::Duration,
+    /// Audience (`aud`), when the gateway requires one.
+    #[arg(long, env = "SB_TOKEN_AUDIENCE")]
+    pub(crate) aud: Option<String>,
+    /// Issuer (`iss`), when the gateway requires one.
+    #[arg(long, env = "SB_TOKEN_ISSUER")]
+    pub(crate) iss: Option<String>,
+    /// Refused (exit 64): a secret in the arguments is visible to every
+    /// local user. Use SB_AUTH_SECRET or --auth-secret-file.
+    #[arg(long, hide = true)]
+    pub(crate) auth_secret: Option<String>,
+    /// File holding the gateway's client-token secret (else SB_AUTH_SECRET).
+    #[arg(long, env = "SB_AUTH_SECRET_FILE")]
+    pub(crate) auth_secret_file: Option<std::path::PathBuf>,
+    /// The ecosystem file to read the gateway's settings from.
+    #[arg(long, default_value = "ecosystem.toml")]
+    pub(crate) ecosystem: std::path::PathBuf,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! for an app on several hosts, each main) that runs it.
 
 use switchboard_bus::proto::Envelope;
-use switchboard_bus::proto::{self, ErrorCode, InstanceInfo};
+use switchboard_bus::proto::{self, ErrorCode, InstanceInfo, PeerState};
 use switchboard_bus::{CallOptions, Error, Handle};
 
 /// Every main on the bus with its `ls` rows.
@@ -30,7 +30,7 @@ impl Mains {
         let list: Vec<InstanceInfo> = bus.broker("ls", Vec::new(), options.clone()).await?;
         let mut mains: Vec<String> = list
             .into_iter()
-            .filter(|i| i.service == "main" && i.state == "ready")
+            .filter(|i| i.service == "main" && i.state == PeerState::Ready)
             .map(|i| i.instance)
             .collect();
         mains.sort();

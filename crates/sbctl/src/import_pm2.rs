@@ -423,7 +423,42 @@ fn convert_app(
         }
     }
 
-    // --- instances ---
+    convert_instances(app, &mut out, &mut note);
+
+    // --- environment ---
+    out.env = env_table(app.get("env"), "env", &mut note);
+    for (key, value) in app {
+        if let Some(profile) = key.strip_prefix("env_").filter(|p| !p.is_empty()) {
+            let table = env_table(Some(value), key, &mut note);
+            out.profiles.insert(format!("env_{profile}"), table);
+        }
+    }
+
+    convert_timings(app, &mut out, &mut note);
+
+    // --- watch ---
+    match app.get("watch") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => out.watch = Some(*b),
+        Some(paths) => {
+            out.watch = Some(true);
+            note(format!(
+                "watch {paths}: watch = true, which watches the script only (not these paths)"
+            ));
+        }
+    }
+    out.ignore_watch = string_list(app.get("ignore_watch"), "ignore_watch", &mut note);
+
+    for key in app.keys() {
+        if !MAPPED.contains(&key.as_str()) && !key.starts_with("env_") {
+            note(format!("`{key}` not carried over: {}", not_carried(key)));
+        }
+    }
+    Ok(out)
+}
+
+/// PM2's `instances`, `exec_mode` and `increment_var`.
+fn convert_instances(app: &Map<String, Value>, out: &mut AppOut, note: &mut impl FnMut(String)) {
     if let Some(v) = app.get("instances") {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as i64);
         let n = match v {
@@ -468,17 +503,10 @@ fn convert_app(
              not a number"
         ));
     }
+}
 
-    // --- environment ---
-    out.env = env_table(app.get("env"), "env", &mut note);
-    for (key, value) in app {
-        if let Some(profile) = key.strip_prefix("env_").filter(|p| !p.is_empty()) {
-            let table = env_table(Some(value), key, &mut note);
-            out.profiles.insert(format!("env_{profile}"), table);
-        }
-    }
-
-    // --- memory and timings ---
+/// `max_memory_restart` and the restart and stop timings.
+fn convert_timings(app: &Map<String, Value>, out: &mut AppOut, note: &mut impl FnMut(String)) {
     if let Some(v) = app.get("max_memory_restart") {
         match size(v) {
             Some(s) => out.max_memory_restart = Some(s),
@@ -516,26 +544,6 @@ fn convert_app(
             );
         }
     }
-
-    // --- watch ---
-    match app.get("watch") {
-        None | Some(Value::Null) => {}
-        Some(Value::Bool(b)) => out.watch = Some(*b),
-        Some(paths) => {
-            out.watch = Some(true);
-            note(format!(
-                "watch {paths}: watch = true, which watches the script only (not these paths)"
-            ));
-        }
-    }
-    out.ignore_watch = string_list(app.get("ignore_watch"), "ignore_watch", &mut note);
-
-    for key in app.keys() {
-        if !MAPPED.contains(&key.as_str()) && !key.starts_with("env_") {
-            note(format!("`{key}` not carried over: {}", not_carried(key)));
-        }
-    }
-    Ok(out)
 }
 
 /// A list of strings: an array, or a string split as a shell would (PM2

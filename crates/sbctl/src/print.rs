@@ -65,7 +65,7 @@ pub(crate) fn print_table(list: &[InstanceInfo]) {
         t.add_row(vec![
             Cell::new(service),
             Cell::new(&i.instance),
-            state_cell(&i.state, i.state.clone()),
+            state_cell(i.state.as_str(), i.state.to_string()),
             Cell::new(i.pid),
             Cell::new(format_age(i.age_ms)),
             Cell::new(format!("{}/{}", i.inflight, i.credit)),

@@ -19,6 +19,9 @@ use std::path::Path;
 use std::time::Duration;
 use switchboard_bus::proto;
 
+use crate::cli::TokenArgs;
+use crate::Failure;
+
 /// What `sbctl token` was asked for.
 pub(crate) struct Request<'a> {
     pub(crate) sub: &'a str,
@@ -70,6 +73,41 @@ const GATEWAY_MAX_LIFETIME_S: u64 = 24 * 3600;
 /// Longest lifetime `--exp` accepts: a year. A token is a bearer credential;
 /// one that never ends cannot be taken back short of changing the secret.
 const MAX_EXP: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// `sbctl token`: checks where the secret comes from, mints, prints the
+/// token (with `--json`, the token, its user and its end).
+pub(crate) fn run(args: &TokenArgs, json: bool, run_dir: &Path) -> Result<(), Failure> {
+    if args.auth_secret.is_some() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            switchboard_bus::svc::secret::refused_arg(
+                "--auth-secret",
+                "SB_AUTH_SECRET",
+                "--auth-secret-file"
+            )
+        )));
+    }
+    let secret = switchboard_bus::svc::secret::from_env_or_file(
+        "SB_AUTH_SECRET",
+        args.auth_secret_file.as_deref(),
+    )
+    .map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+    let minted = mint(&Request {
+        sub: &args.sub,
+        exp: args.exp,
+        aud: args.aud.as_deref(),
+        iss: args.iss.as_deref(),
+        secret: secret.as_deref(),
+        ecosystem: &args.ecosystem,
+        run_dir,
+    })
+    .map_err(Failure::Usage)?;
+    if json {
+        println!("{}", serde_json::to_string(&minted).unwrap_or_default());
+    } else {
+        println!("{}", minted.token);
+    }
+    Ok(())
+}
 
 /// Mints the token.
 ///

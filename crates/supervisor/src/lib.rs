@@ -4,7 +4,7 @@
 //! It reads `ecosystem.toml` ([`ecosystem`]), starts the broker, then the apps in
 //! `depends_on` order, each counted as started once its instance is ready on the
 //! bus; health-checks every instance over the bus and restarts dead, hung or
-//! over-memory ones ([`supervisor`]); serves `ls`, `start`, `stop`, `restart`,
+//! over-memory ones ([`apps`]); serves `ls`, `start`, `stop`, `restart`,
 //! `reload` and `logs` as the bus service `main` (what `sbctl` talks to); writes
 //! each instance's output to its own rotated log file ([`logs`]). SIGTERM/SIGINT
 //! stops the apps in reverse dependency order, gracefully, then the broker.
@@ -12,25 +12,29 @@
 //! # Layout
 //!
 //! - [`ecosystem`]: the file, checked before anything starts.
-//! - [`supervisor`]: keepers (one per instance), start/stop order, `ls`.
+//! - [`apps`]: the process manager: keepers (one per instance), start/stop
+//!   order, `ls`, `scale`, `reload-config`.
 //! - [`proc`]: spawning, signals, /proc readings.
 //! - [`logs`]: log files.
-//! - this file: [`Options`], [`run`], the `main` bus service.
+//! - [`http`]: main's HTTP server: the dashboard, `/metrics`, `/health`, `/ready`.
+//! - `broker`: keeping the broker: adopt, start, restart, stop it last.
+//! - `service`: the `main` bus service (what `sbctl` talks to).
+//! - this file: [`Options`], [`run`]: the run folder's lock, the bus secret,
+//!   the broker, then the service until SIGTERM/SIGINT.
 
+pub mod apps;
+mod broker;
 pub mod ecosystem;
 pub mod http;
 pub mod logs;
 pub mod proc;
-pub mod supervisor;
+mod service;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-use switchboard_bus::{svc, Config, Error, Request, Service};
-use tokio::io::AsyncBufReadExt;
+use switchboard_bus::{svc, Config};
 use tokio_util::sync::CancellationToken;
 
-use supervisor::{Cmd, InstanceState, InstanceStatus, Supervisor};
+use apps::Supervisor;
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -123,6 +127,28 @@ pub fn lock_run_dir(run_dir: &std::path::Path) -> anyhow::Result<std::fs::File> 
 
 pub use switchboard_bus::proto::admin::{LogsReply, NameArg};
 
+/// `main --check`: loads the ecosystem file and prints the start order (app,
+/// binary, instances), or what is wrong with it; returns the exit code.
+pub fn check(config: &std::path::Path, env: Option<&str>) -> i32 {
+    match ecosystem::load(config, env) {
+        Ok(eco) => {
+            for app in &eco.apps {
+                // What runs: the binary, and the script it runs if any.
+                let mut what = app.bin.display().to_string();
+                if let Some(script) = app.script.as_ref().filter(|s| **s != app.bin) {
+                    what = format!("{what} {}", script.display());
+                }
+                println!("{:<12} {what} {}", app.spec.name, app.instances.join(","));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("main: {}: {e}", config.display());
+            svc::EXIT_USAGE
+        }
+    }
+}
+
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(options: Options) -> i32 {
     let eco = match ecosystem::load(&options.config, options.env.as_deref()) {
@@ -169,29 +195,12 @@ pub async fn run(options: Options) -> i32 {
         );
     }
     let shutdown = svc::shutdown_on_signal();
-    let previous = supervisor::read_status_file(&eco.run_dir);
-    // Another host's main runs the broker: connect to it, start none.
-    let external = eco.broker.connect.clone();
-    let adopted = if options.no_spawn || external.is_some() {
-        None
-    } else {
-        adoptable_broker(&eco, previous.as_ref()).await
-    };
-    let broker_restarts = adopted.as_ref().map_or(0, |(_, _, restarts)| *restarts);
-    let (endpoint, broker) = if let Some(endpoint) = external {
-        (endpoint, None)
-    } else if options.no_spawn {
-        (options.broker.clone(), None)
-    } else if let Some((endpoint, proc, _)) = adopted {
-        tracing::info!(%endpoint, pid = proc.pid, "adopted the running broker");
-        (endpoint, Some(proc))
-    } else {
-        match start_broker(&eco, &eco.broker.bind, secret.as_deref()).await {
-            Ok((endpoint, proc)) => (endpoint, Some(proc)),
-            Err(e) => {
-                eprintln!("main: cannot start the broker: {e:#}");
-                return svc::EXIT_FAILURE;
-            }
+    let found = broker::find_or_start(&eco, &options, secret.as_deref()).await;
+    let (endpoint, broker, broker_restarts) = match found {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("main: cannot start the broker: {e:#}");
+            return svc::EXIT_FAILURE;
         }
     };
     // What main and its apps connect to: the pair's endpoints when there is a
@@ -202,33 +211,8 @@ pub async fn run(options: Options) -> i32 {
         eco.broker.pair.join(",")
     };
     println!("listening {endpoint}");
-    if eco.main.http_auth.is_none()
-        && !eco.main.http.is_empty()
-        && !http::is_loopback_bind(&eco.main.http)
-    {
-        tracing::warn!(http = %eco.main.http, "main's HTTP server listens beyond this host without http_auth: anyone who reaches it reads the dashboard, traces and metrics");
-    }
-    let http_auth = http::Access {
-        auth: eco.main.http_auth.clone(),
-        hosts: eco.main.http_hosts.clone(),
-    };
-    let http = http::bind(&eco.main.http).await;
-    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
-        println!("dashboard http://{addr}/");
-    }
-    let instance = match &eco.main.host {
-        Some(host) => format!("main.{host}"),
-        None => "main".to_owned(),
-    };
-    // A monitor is not the system's main: it answers as service `main` (so
-    // that `sbctl ls` works where it is the only one) under an instance name of
-    // its own, so it never takes the main's registration (the broker refuses a
-    // live instance's name to another process anyway).
-    let instance = if options.no_spawn {
-        format!("{instance}-monitor-{}", std::process::id()).replace('.', "-")
-    } else {
-        instance
-    };
+    let (http, http_auth) = http_server(&eco).await;
+    let instance = instance_name(&eco, options.no_spawn);
     let manages_broker = broker.is_some() || (!options.no_spawn && eco.broker.connect.is_none());
     let sup = match Supervisor::new(
         eco,
@@ -257,14 +241,14 @@ pub async fn run(options: Options) -> i32 {
     // The broker is supervised like an app, but stops last: after the apps.
     let stop_broker = CancellationToken::new();
     let keeper = broker.map(|proc| {
-        tokio::spawn(keep_broker(
+        tokio::spawn(broker::keep_broker(
             sup.clone(),
             endpoint.clone(),
             proc,
             stop_broker.clone(),
         ))
     });
-    let result = service(sup.clone(), shutdown.clone(), http, http_auth)
+    let result = service::service(sup.clone(), shutdown.clone(), http, http_auth)
         .run(config, shutdown)
         .await;
     stop_broker.cancel();
@@ -280,343 +264,41 @@ pub async fn run(options: Options) -> i32 {
     }
 }
 
-/// The broker a previous main left running (it was killed, the broker was not):
-/// its pid from the status file still runs the broker binary, and its endpoint
-/// takes connections. Returns (endpoint, process, restarts so far).
-async fn adoptable_broker(
+/// main's HTTP server, bound (`dashboard http://ADDR/` on stdout), and who may
+/// use it; a warning when it listens beyond this host without auth.
+async fn http_server(
     eco: &ecosystem::Ecosystem,
-    previous: Option<&supervisor::StatusFile>,
-) -> Option<(String, proc::Proc, u32)> {
-    let file = previous?;
-    let row = file.instances.iter().find(|i| i.app == "broker")?;
-    let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base).ok()?;
-    let name = bin.file_name()?.to_string_lossy().into_owned();
-    let exe = proc::exe_of(row.pid)?;
-    // `/proc/PID/exe` reads "… (deleted)" once the binary was rebuilt: a prefix.
-    let runs_broker = exe
-        .file_name()
-        .is_some_and(|f| f.to_string_lossy().starts_with(&name));
-    if !proc::alive(row.pid) || !runs_broker {
-        return None;
+) -> (Option<tokio::net::TcpListener>, http::Access) {
+    if eco.main.http_auth.is_none()
+        && !eco.main.http.is_empty()
+        && !http::is_loopback_bind(&eco.main.http)
+    {
+        tracing::warn!(http = %eco.main.http, "main's HTTP server listens beyond this host without http_auth: anyone who reaches it reads the dashboard, traces and metrics");
     }
-    // In a pair, the status file holds both endpoints; this host's broker is
-    // the one `bind` names (a pair's addresses are fixed, never port 0).
-    let local = if eco.broker.pair.is_empty() {
-        file.broker_endpoint.clone()
-    } else {
-        eco.broker.bind.clone()
+    let http_auth = http::Access {
+        auth: eco.main.http_auth.clone(),
+        hosts: eco.main.http_hosts.clone(),
     };
-    let addr = local.strip_prefix("tcp://")?;
-    let answers = tokio::time::timeout(
-        Duration::from_millis(500),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .is_ok_and(|c| c.is_ok());
-    answers.then(|| {
-        (
-            local.clone(),
-            proc::Proc::adopt(row.pid, row.started_at_ms),
-            row.restarts,
-        )
-    })
-}
-
-/// Longest wait before restarting a broker that keeps exiting at once.
-const BROKER_MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Keeps the broker running: when it exits (killed, crashed) it is started again
-/// at once on the same endpoint (the one it bound first, so a port picked by the
-/// OS stays), with a growing delay (100 ms doubling to 5 s) only while it keeps
-/// exiting within a second of its start. Services, gateways and sbctl reconnect by
-/// themselves. Stops it (gracefully) when `stop` is cancelled.
-async fn keep_broker(
-    sup: Arc<Supervisor>,
-    endpoint: String,
-    mut proc: proc::Proc,
-    stop: CancellationToken,
-) {
-    let mut quick_exits: u32 = 0;
-    loop {
-        sup.broker_online(proc.pid, proc.started_ms);
-        tokio::select! {
-            () = stop.cancelled() => {
-                tracing::info!("stopping the broker");
-                proc.stop(Duration::from_secs(5)).await;
-                sup.broker_state(InstanceState::Stopped);
-                return;
-            }
-            status = proc.wait() => {
-                let uptime = proc.started.elapsed();
-                tracing::error!(pid = proc.pid, %status, uptime_ms = uptime.as_millis() as u64, "the broker exited; restarting it");
-                quick_exits = if uptime < Duration::from_secs(1) { quick_exits + 1 } else { 0 };
-            }
-        }
-        sup.broker_state(InstanceState::Restarting);
-        loop {
-            let delay = match quick_exits {
-                0 => Duration::ZERO,
-                n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 1))
-                    .min(BROKER_MAX_BACKOFF),
-            };
-            tokio::select! {
-                () = stop.cancelled() => {
-                    sup.broker_state(InstanceState::Stopped);
-                    return;
-                }
-                () = tokio::time::sleep(delay) => {}
-            }
-            match start_broker(&sup.eco, &endpoint, sup.secret.as_deref()).await {
-                Ok((_, new)) => {
-                    proc = new;
-                    sup.broker_restarted();
-                    tracing::info!(pid = proc.pid, %endpoint, "broker restarted");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "broker restart failed; retrying");
-                    quick_exits += 1;
-                }
-            }
-        }
+    let http = http::bind(&eco.main.http).await;
+    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("dashboard http://{addr}/");
     }
+    (http, http_auth)
 }
 
-/// Spawns the broker bound to `bind` and reads the endpoint it bound.
-async fn start_broker(
-    eco: &ecosystem::Ecosystem,
-    bind: &str,
-    secret: Option<&str>,
-) -> anyhow::Result<(String, proc::Proc)> {
-    let bin = ecosystem::resolve_bin(&eco.broker.bin, &eco.base)
-        .map_err(|e| anyhow::anyhow!("[broker] {e}"))?;
-    let services: Vec<&str> = eco.apps.iter().map(|a| a.spec.name.as_str()).collect();
-    let mut args = vec![
-        "--bind".to_owned(),
-        bind.to_owned(),
-        "--services".to_owned(),
-        services.join(","),
-    ];
-    args.extend(eco.broker.args.iter().cloned());
-    let mut env = proc::base_env(&[]);
-    env.extend(eco.broker.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    // The secret goes in the environment, never in args (`ps` shows args).
-    match secret {
-        Some(secret) => env.push(("SB_SECRET".into(), secret.into())),
-        None => env.push(("SB_INSECURE".into(), "1".into())),
+/// main's instance name on the bus: `main`, or `main.HOST` on several hosts.
+/// A monitor is not the system's main: it answers as service `main` (so
+/// that `sbctl ls` works where it is the only one) under an instance name of
+/// its own, so it never takes the main's registration (the broker refuses a
+/// live instance's name to another process anyway).
+fn instance_name(eco: &ecosystem::Ecosystem, no_spawn: bool) -> String {
+    let instance = match &eco.main.host {
+        Some(host) => format!("main.{host}"),
+        None => "main".to_owned(),
+    };
+    if no_spawn {
+        format!("{instance}-monitor-{}", std::process::id()).replace('.', "-")
+    } else {
+        instance
     }
-    let log_dir = eco.run_dir.join("logs");
-    let log = Arc::new(logs::LogFile::open(
-        &log_dir,
-        "broker",
-        eco.main.log_max_bytes,
-        eco.main.log_keep,
-    )?);
-    let (proc, stdout) = proc::spawn_reporting(&bin, &args, None, &env, log.clone())?;
-    let stdout = stdout.ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .map_err(|_| anyhow::anyhow!("the broker did not report its endpoint within 10 s"))??
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "the broker exited at start (see {}/broker.log)",
-                log_dir.display()
-            )
-        })?;
-    let endpoint = first
-        .strip_prefix("listening ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected broker output: {first}"))?
-        .to_owned();
-    // Anything it prints later goes to its log, like every app's output.
-    tokio::spawn(proc::pump(lines.into_inner(), log));
-    tracing::info!(%endpoint, pid = proc.pid, "broker started");
-    Ok((endpoint, proc))
-}
-
-fn decode_name(req: &Request) -> Result<NameArg, Error> {
-    req.decode::<NameArg>()
-}
-
-fn targets(sup: &Supervisor, name: &str) -> Result<Vec<Arc<supervisor::Managed>>, Error> {
-    let found = sup.find(name);
-    if found.is_empty() {
-        let known: Vec<String> = sup.apps().into_iter().map(|a| a.spec.name).collect();
-        return Err(Error::bad_request(format!(
-            "no app or instance {name:?} (apps: {})",
-            known.join(", ")
-        )));
-    }
-    Ok(found)
-}
-
-async fn order(sup: Arc<Supervisor>, req: Request, cmd: Cmd) -> switchboard_bus::HandlerResult {
-    let arg = decode_name(&req)?;
-    let found = targets(&sup, &arg.name)?;
-    let results = futures::future::join_all(found.iter().map(|m| m.order(cmd))).await;
-    let failures: Vec<String> = found
-        .iter()
-        .zip(&results)
-        .filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{}: {e}", m.instance)))
-        .collect();
-    if !failures.is_empty() {
-        return Err(Error::new(
-            switchboard_bus::proto::ErrorCode::Unavailable,
-            failures.join("; "),
-        ));
-    }
-    let statuses: Vec<InstanceStatus> = found.iter().map(|m| m.status()).collect();
-    Request::encode(&statuses)
-}
-
-/// The `main` bus service over `sup`.
-fn service(
-    sup: Arc<Supervisor>,
-    shutdown: CancellationToken,
-    http: Option<tokio::net::TcpListener>,
-    http_auth: http::Access,
-) -> Service {
-    let shutdown = Arc::new(shutdown);
-    let s_task = sup.clone();
-    Service::new("main")
-        .version(env!("CARGO_PKG_VERSION"))
-        .concurrency(64)
-        .handle_with("ls", &sup, |req: Request, sup| async move {
-            Request::encode(&sup.ls(&req.bus).await)
-        })
-        .handle_with("start", &sup, |req: Request, sup| {
-            order(sup, req, Cmd::Start)
-        })
-        .handle_with("stop", &sup, |req: Request, sup| order(sup, req, Cmd::Stop))
-        .handle_with("restart", &sup, |req: Request, sup| {
-            order(sup, req, Cmd::Restart)
-        })
-        .handle_with("reload", &sup, |req: Request, sup| {
-            order(sup, req, Cmd::Reload)
-        })
-        .handle_with("describe", &sup, |req: Request, sup| async move {
-            let arg = decode_name(&req)?;
-            let apps = sup.apps();
-            let app = apps
-                .iter()
-                .find(|a| a.spec.name == arg.name)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = apps.iter().map(|a| a.spec.name.as_str()).collect();
-                    Error::bad_request(format!(
-                        "no app {:?} (apps: {})",
-                        arg.name,
-                        known.join(", ")
-                    ))
-                })?;
-            let found = sup.find(&app.spec.name);
-            Request::encode(
-                &app.describe(
-                    found.iter().map(|m| m.status()).collect(),
-                    found
-                        .iter()
-                        .map(|m| m.log_path().display().to_string())
-                        .collect(),
-                ),
-            )
-        })
-        .handle_with("scale", &sup, |req: Request, sup| async move {
-            let arg: switchboard_bus::proto::admin::ScaleArg = req.decode()?;
-            sup.scale(&arg.app, arg.instances).await?;
-            let statuses: Vec<InstanceStatus> =
-                sup.find(&arg.app).iter().map(|m| m.status()).collect();
-            Request::encode(&statuses)
-        })
-        .handle_with("reload-config", &sup, |_req: Request, sup| async move {
-            Request::encode(&sup.reload_config().await?)
-        })
-        .handle_with(
-            "shutdown",
-            &shutdown,
-            |_req: Request, shutdown| async move {
-                tracing::warn!("shutdown asked over the bus: stopping every app, then main");
-                // After the reply has gone out.
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    shutdown.cancel();
-                });
-                Request::encode(&std::collections::BTreeMap::<String, u8>::new())
-            },
-        )
-        .handle_with("logs", &sup, |req: Request, sup| async move {
-            let arg = decode_name(&req)?;
-            let (instance, path) = if arg.name == "broker" {
-                ("broker".to_owned(), sup.log_dir().join("broker.log"))
-            } else {
-                let found = targets(&sup, &arg.name)?;
-                if found.len() > 1 {
-                    let names: Vec<&str> = found.iter().map(|m| m.instance.as_str()).collect();
-                    return Err(Error::bad_request(format!(
-                        "{} has several instances: {}",
-                        arg.name,
-                        names.join(", ")
-                    )));
-                }
-                (found[0].instance.clone(), found[0].log_path())
-            };
-            let read = match arg.offset {
-                Some(offset) => logs::since(&path, offset),
-                None => {
-                    logs::tail(&path, arg.lines.unwrap_or(50).min(10_000)).map(|(lines, size)| {
-                        let mut text = lines.join("\n");
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        (text, size)
-                    })
-                }
-            };
-            let (text, offset) = read.map_err(|e| {
-                Error::new(
-                    switchboard_bus::proto::ErrorCode::Unavailable,
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
-            Request::encode(&LogsReply {
-                instance,
-                path: path.display().to_string(),
-                text,
-                offset,
-            })
-        })
-        .task(move |bus, shutdown| async move {
-            let sup = s_task;
-            if let Some(listener) = http {
-                tokio::spawn(http::serve(
-                    listener,
-                    sup.clone(),
-                    bus.clone(),
-                    http_auth,
-                    shutdown.clone(),
-                ));
-            }
-            sup.spawn_keepers(&bus, &shutdown);
-            tokio::spawn({
-                let sup = sup.clone();
-                let bus = bus.clone();
-                let shutdown = shutdown.clone();
-                async move { sup.watch_broker(bus, shutdown).await }
-            });
-            if !sup.no_spawn {
-                tokio::select! {
-                    failed = sup.start_all() => {
-                        if failed.is_empty() {
-                            tracing::info!("every app started");
-                            println!("ready");
-                        } else {
-                            tracing::error!(failed = failed.len(), "some apps did not start");
-                            println!("not-ready {}", failed.len());
-                        }
-                    }
-                    () = shutdown.cancelled() => {}
-                }
-            }
-            shutdown.cancelled().await;
-            tracing::info!("stopping the apps in reverse dependency order");
-            sup.stop_all().await;
-        })
 }

@@ -38,23 +38,10 @@ async fn main() {
     svc::init_tracing();
     let args = Args::parse();
     if args.check {
-        match switchboard_supervisor::ecosystem::load(&args.config, args.env.as_deref()) {
-            Ok(eco) => {
-                for app in &eco.apps {
-                    // What runs: the binary, and the script it runs if any.
-                    let mut what = app.bin.display().to_string();
-                    if let Some(script) = app.script.as_ref().filter(|s| **s != app.bin) {
-                        what = format!("{what} {}", script.display());
-                    }
-                    println!("{:<12} {what} {}", app.spec.name, app.instances.join(","));
-                }
-                std::process::exit(0);
-            }
-            Err(e) => {
-                eprintln!("main: {}: {e}", args.config.display());
-                std::process::exit(svc::EXIT_USAGE);
-            }
-        }
+        std::process::exit(switchboard_supervisor::check(
+            &args.config,
+            args.env.as_deref(),
+        ));
     }
     let code = switchboard_supervisor::run(switchboard_supervisor::Options {
         config: args.config,

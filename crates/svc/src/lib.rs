@@ -1,12 +1,24 @@
 //! What every Switchboard binary shares, broker and supervisor included: tracing
-//! set-up, the shutdown signal, exit codes, and [`procinfo`]: what `/proc` says
-//! about a process. No bus: the broker links this, not the bus client.
+//! set-up, the shutdown signal, exit codes. No bus: the broker links this, not
+//! the bus client.
+//!
+//! # Layout
+//!
+//! - [`backoff`]: [`Backoff`], the one shape of every retry loop's waits.
+//! - [`metrics`]: the process's Prometheus recorder and [`metrics::render`].
+//! - [`procinfo`]: what `/proc` says about a process (memory, CPU, state).
+//! - [`secret`]: secrets from the environment or a file, never the command line.
+//! - [`trace`]: the spans of recent requests, found by trace id (`$trace`).
+//! - this file: tracing set-up, the shutdown signal, exit codes.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod metrics;
 pub mod procinfo;
 pub mod secret;
 pub mod trace;
+
+pub use backoff::Backoff;
 
 use tokio_util::sync::CancellationToken;
 

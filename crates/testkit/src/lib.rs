@@ -7,6 +7,14 @@
 //! - [`client`]: a connected bus client; [`broker_stats`], [`broker_ls`]: the
 //!   broker's own view; [`eventually`]: poll a condition until a deadline.
 //! - [`trace_init`]: test logging, shown when `TEST_LOG` is set.
+//!
+//! # Layout
+//!
+//! - `database`: a MariaDB database of its own for each test, dropped after.
+//! - [`netns`]: hosts made of Linux network namespaces, for multi-host tests.
+//! - `peer`: raw DEALER peers that misbehave on purpose.
+//! - `relay`: a TCP relay that can cut a connection (outages).
+//! - this file: [`TestBroker`], [`Child`], the helpers above.
 
 mod database;
 pub mod netns;
@@ -355,7 +363,7 @@ pub async fn wait_ready(bus: &Handle, instance: &str, timeout: Duration) -> bool
         broker_ls(bus)
             .await
             .iter()
-            .any(|i| i.instance == instance && i.state == "ready")
+            .any(|i| i.instance == instance && i.state == proto::PeerState::Ready)
     })
     .await
 }

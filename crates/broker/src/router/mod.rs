@@ -4,7 +4,8 @@
 //!
 //! - this file: the types, [`Router::on_message`] (what each kind does), sending.
 //! - `registry`: hello, challenge, register, states, peer loss.
-//! - `requests`: placing, picking, keyed ownership, replies, `$broker` ops.
+//! - `requests`: placing, picking, keyed ownership, replies.
+//! - `admin`: the `$broker` ops (`stats`, `ls`, `owner`, `metrics`, `trace`).
 //! - `pubsub`: subscriptions and publishing.
 //! - `time`: deadlines, heartbeats, silent peers.
 //!
@@ -19,6 +20,7 @@
 //! worker gets `[token, request]` and answers `[token, reply]`; the token maps back
 //! to the caller.
 
+mod admin;
 mod pubsub;
 mod registry;
 mod requests;
@@ -31,7 +33,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use switchboard_proto::{
     self as proto, auth, topic, BrokerStats, Envelope, ErrorBody, ErrorCode, Head, Hello,
-    InstanceInfo, Kind, Welcome, BROKER_SERVICE,
+    InstanceInfo, Kind, PeerState, Welcome, BROKER_SERVICE,
 };
 use zeromq::ZmqMessage;
 
@@ -50,26 +52,6 @@ pub struct Outgoing {
     pub msg: ZmqMessage,
     /// True for pub/sub deliveries.
     pub event: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PeerState {
-    /// Registered, not taking requests (yet).
-    Registered,
-    /// Taking requests.
-    Ready,
-    /// Finishing what it has; takes nothing new.
-    Draining,
-}
-
-impl PeerState {
-    fn as_str(self) -> &'static str {
-        match self {
-            PeerState::Registered => "registered",
-            PeerState::Ready => "ready",
-            PeerState::Draining => "draining",
-        }
-    }
 }
 
 #[derive(Debug)]

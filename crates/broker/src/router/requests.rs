@@ -1,4 +1,4 @@
-//! Requests: validation, caps, placing (dispatch or hold), picking an instance, keyed ownership, replies, failures, and the `$broker` admin ops.
+//! Requests: validation, caps, placing (dispatch or hold), picking an instance, keyed ownership, replies, failures.
 
 use super::*;
 
@@ -306,41 +306,6 @@ impl Router {
         }
     }
 
-    /// The broker's metrics: what it counts as it goes, and its state now.
-    fn metrics(&self, now: u64) -> String {
-        use switchboard_svc::metrics::{counter, gauge};
-        let held: Vec<u64> = self
-            .reqs
-            .values()
-            .filter(|r| r.worker.is_none())
-            .map(|r| now.saturating_sub(r.received))
-            .collect();
-        gauge!("sb_broker_inflight").set(self.reqs.len() as f64);
-        gauge!("sb_broker_held").set(held.len() as f64);
-        gauge!("sb_broker_held_oldest_seconds")
-            .set(held.iter().max().copied().unwrap_or(0) as f64 / 1000.0);
-        gauge!("sb_broker_peers").set(self.peers.len() as f64);
-        let s = &self.stats;
-        for (name, value) in [
-            ("sb_broker_late_replies_total", s.late_replies),
-            ("sb_broker_malformed_total", s.malformed),
-            ("sb_broker_unauthenticated_total", s.unauthenticated),
-            ("sb_broker_auth_failures_total", s.auth_failures),
-            ("sb_broker_retried_total", s.retried),
-            ("sb_broker_events_total", s.events),
-            ("sb_broker_events_dropped_total", s.events_dropped),
-            ("sb_broker_send_dropped_total", s.send_dropped),
-            ("sb_broker_peers_lost_total", s.peers_lost),
-            ("sb_broker_rogue_replies_total", s.rogue_replies),
-            ("sb_broker_subs_refused_total", s.subs_refused),
-            ("sb_broker_names_refused_total", s.names_refused),
-            ("sb_broker_too_large_total", s.too_large),
-        ] {
-            counter!(name).absolute(value);
-        }
-        switchboard_svc::metrics::render()
-    }
-
     /// Ends a request with an error reply from the broker.
     pub(super) fn fail(&mut self, token: Token, code: ErrorCode, message: String) {
         let Some(req) = self.reqs.remove(&token) else {
@@ -359,92 +324,5 @@ impl Router {
             caller.outstanding = caller.outstanding.saturating_sub(1);
         }
         self.send_to_peer(req.caller, &env);
-    }
-
-    pub(super) fn broker_op(&mut self, caller: PeerId, head: &Head<'_>, now: u64) {
-        let body = match head.op {
-            "stats" => {
-                self.stats.inflight = self.reqs.len() as u64;
-                proto::to_body(&self.stats)
-            }
-            "ls" => proto::to_body(&self.list(now)),
-            "owner" => match proto::from_body::<OwnerQuery>(head.body) {
-                Ok(q) => {
-                    let instance = self
-                        .service_idx
-                        .get(&q.service)
-                        .and_then(|&svc| self.owner(svc, &q.key))
-                        .and_then(|pid| self.peers.get(&pid))
-                        .map(|p| p.instance.clone());
-                    proto::to_body(&OwnerReply { instance })
-                }
-                Err(e) => {
-                    let env = Envelope::error_reply(
-                        head.id,
-                        head.trace,
-                        ErrorBody::new(
-                            ErrorCode::BadRequest,
-                            format!("owner wants {{service, key}}: {e}"),
-                        ),
-                    );
-                    return self.send_to_peer(caller, &env);
-                }
-            },
-            "$echo" => Ok(head.body.to_vec()),
-            "metrics" | "$metrics" => proto::to_body(&self.metrics(now)),
-            "trace" | "$trace" => match proto::from_body::<proto::admin::TraceQuery>(head.body) {
-                Ok(q) => proto::to_body(&switchboard_svc::trace::spans_of(&q.trace)),
-                Err(e) => Err(e),
-            },
-            op => {
-                let env = Envelope::error_reply(
-                    head.id,
-                    head.trace,
-                    ErrorBody::new(
-                        ErrorCode::UnknownOp,
-                        format!(
-                            "$broker has no op {op:?} (stats, ls, owner, metrics, trace, $echo)"
-                        ),
-                    ),
-                );
-                return self.send_to_peer(caller, &env);
-            }
-        };
-        let env = match body {
-            Ok(body) => Envelope::reply_to(head.id, head.trace, body),
-            Err(e) => Envelope::error_reply(
-                head.id,
-                head.trace,
-                ErrorBody::new(ErrorCode::Internal, e.to_string()),
-            ),
-        };
-        self.send_to_peer(caller, &env);
-    }
-
-    pub(super) fn list(&self, now: u64) -> Vec<InstanceInfo> {
-        let mut list: Vec<InstanceInfo> = self
-            .peers
-            .values()
-            .map(|p| InstanceInfo {
-                service: p
-                    .service
-                    .map(|s| self.services[s].name.clone())
-                    .unwrap_or_default(),
-                instance: p.instance.clone(),
-                pid: p.pid,
-                state: if p.service.is_some() {
-                    p.state.as_str()
-                } else {
-                    "client"
-                }
-                .to_owned(),
-                inflight: p.inflight.len() as u32,
-                credit: p.credit,
-                handled: p.handled,
-                age_ms: now.saturating_sub(p.registered_at),
-            })
-            .collect();
-        list.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
-        list
     }
 }

@@ -2,7 +2,7 @@
 //! and a successor that takes over an instance name during a reload.
 
 use std::time::Duration;
-use switchboard_bus::proto::{self, ErrorCode};
+use switchboard_bus::proto::{self, ErrorCode, PeerState};
 use switchboard_bus::CallOptions;
 use switchboard_testkit::{
     broker_ls, broker_stats, client, eventually, health, sleep_in_flight, spawn_echo, trace_init,
@@ -103,7 +103,7 @@ async fn drain_finishes_in_flight_work_and_takes_no_new_requests() {
             broker_ls(&bus)
                 .await
                 .iter()
-                .any(|i| i.instance == "echo-a" && i.state == "draining")
+                .any(|i| i.instance == "echo-a" && i.state == PeerState::Draining)
         })
         .await
     );
@@ -152,10 +152,10 @@ async fn a_successor_takes_over_while_the_old_process_finishes_its_work() {
         eventually(READY, || async {
             let ls = broker_ls(&bus).await;
             ls.iter()
-                .any(|i| i.instance == "echo-1" && i.state == "draining")
+                .any(|i| i.instance == "echo-1" && i.state == PeerState::Draining)
                 && ls
                     .iter()
-                    .any(|i| i.instance == "echo-1" && i.state == "ready")
+                    .any(|i| i.instance == "echo-1" && i.state == PeerState::Ready)
         })
         .await
     );

@@ -2,6 +2,12 @@
 
 use super::handshake::*;
 use super::*;
+use crate::svc::Backoff;
+
+/// The wait after a whole round of failed connects (every endpoint tried):
+/// 50 ms doubling to 1 s. A failed endpoint with others left to try moves on
+/// after 10 ms.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 pub(super) struct Pending {
     frame: Bytes,
@@ -143,7 +149,7 @@ impl Actor {
     }
 
     pub(super) async fn run(mut self) {
-        let mut backoff_ms = 50;
+        let mut failed_rounds = 0;
         // A broker pair: both endpoints, the primary first. A failed attempt
         // (refused, silent, or a passive broker's no) moves to the next one at
         // once; a whole round of failures backs off.
@@ -172,17 +178,21 @@ impl Actor {
             let Some((mut socket, welcome)) = connected else {
                 at = (at + 1) % endpoints.len();
                 let round_done = at == 0;
-                let wait = if round_done { backoff_ms } else { 10 };
+                let wait = if round_done {
+                    RECONNECT.delay(failed_rounds).as_millis() as u64
+                } else {
+                    10
+                };
                 if let End::Closed = self.wait_while_disconnected(wait).await {
                     return;
                 }
                 if round_done {
-                    backoff_ms = (backoff_ms * 2).min(1_000);
+                    failed_rounds += 1;
                 }
                 continue;
             };
             self.connected_to.clone_from(&endpoints[at]);
-            backoff_ms = 50;
+            failed_rounds = 0;
             self.heartbeat_ms = u64::from(welcome.heartbeat_ms).max(10);
             self.liveness = welcome.liveness.max(1);
             // Send under the smaller of our cap and the broker's: what the

@@ -1,8 +1,9 @@
-//! The bus client: one DEALER socket owned by one task on its own thread.
+//! The bus client: one DEALER socket owned by one task.
 //!
-//! [`connect`] starts a thread running a current_thread runtime (the zeromq crate
-//! is 2.5x faster there than on a multi_thread runtime) with the socket actor on it,
-//! and returns a cloneable [`Handle`] that any runtime can use. The actor:
+//! [`connect`] runs the socket actor on a current_thread runtime (the zeromq crate
+//! is 2.5x faster there than on a multi_thread runtime): the caller's, when it is
+//! one (every service binary), else a thread of its own ([`Config::io_thread`]);
+//! it returns a cloneable [`Handle`] that any runtime can use. The actor:
 //!
 //! - connects with a short timeout and retries with backoff (the crate's own
 //!   `connect` would wait 30 s on a peer that accepts but never handshakes);
@@ -18,6 +19,13 @@
 //! `unavailable`, except idempotent ones, which are sent again after reconnecting
 //! if their deadline allows. A request made while disconnected waits for the
 //! connection until its deadline.
+//!
+//! # Layout
+//!
+//! - `actor`: the socket actor: reconnects, heartbeats, requests, subscriptions.
+//! - `handle`: [`Handle`], what every task holds to use the bus.
+//! - `handshake`: one connection attempt, the `hello` and its challenge.
+//! - this file: [`Config`], [`connect`], the shared state.
 
 mod actor;
 mod handle;

@@ -21,6 +21,14 @@
 //! takes itself out of rotation, waits for the broker's acknowledgement (after which
 //! nothing new arrives), finishes what is in flight within the grace period, says
 //! `bye` and returns.
+//!
+//! # Layout
+//!
+//! - `request`: what a handler sees and returns ([`Request`], [`Reply`]).
+//! - `serve`: one request's task: built-in ops, the handler under its
+//!   deadline, the counters, the reply.
+//! - `sessions`: the "these sessions ended" hook ([`SessionsEnded`]).
+//! - this file: [`Service`], its builder and `run` (register, ready, drain).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,10 +44,12 @@ use crate::client::{connect, Config, Handle, Incoming};
 
 mod request;
 mod serve;
+mod sessions;
 
 use crate::Error;
 pub use request::{HandlerResult, Reply, Request};
 use serve::{serve_one, Counters, Ctx};
+pub use sessions::SessionsEnded;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Error>> + Send>>;
 type Handler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;

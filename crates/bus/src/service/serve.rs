@@ -51,7 +51,6 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
     let id = env.id;
     let trace = env.trace.clone();
     let op = env.op.clone();
-    let deadline = env.deadline;
     // Every log line of this request, in any service, carries its trace id.
     let span = tracing::debug_span!(
         "request",
@@ -74,50 +73,13 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
             Ok(q) => Request::encode(&crate::svc::trace::spans_of(&q.trace)).map(Reply::new),
             Err(e) => Err(Error::bad_request(e.to_string())),
         },
-        "$health" => {
-            let status = match health {
-                Some(check) => check().await,
-                None => "ok".to_owned(),
-            };
-            Request::encode(&Health {
-                service: name.to_owned(),
-                instance: handle.instance().to_owned(),
-                status,
-                pid: std::process::id(),
-                uptime_ms: started.elapsed().as_millis() as u64,
-                rss_bytes: crate::svc::rss_bytes(),
-                inflight: counters.inflight.load(Ordering::Relaxed).saturating_sub(1),
-                handled: counters.handled.load(Ordering::Relaxed),
-                errors: counters.errors.load(Ordering::Relaxed),
-            })
-            .map(Reply::new)
-        }
+        "$health" => health_reply(name, &handle, started, health, counters).await,
         _ => match handlers.get(&op) {
             None => Err(Error::new(
                 ErrorCode::UnknownOp,
                 format!("{name} has no op {op:?}"),
             )),
-            Some(handler) => {
-                let fut = tracing::Instrument::instrument(
-                    handler(Request {
-                        env,
-                        bus: handle.clone(),
-                    }),
-                    span.clone(),
-                );
-                let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
-                match tokio::time::timeout(left, AssertUnwindSafe(fut).catch_unwind()).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(_)) => {
-                        tracing::error!(parent: &span, "handler panicked");
-                        Err(Error::internal("handler panicked"))
-                    }
-                    Err(_) => Err(Error::new(
-                        ErrorCode::Timeout,
-                        "handler did not finish before the deadline",
-                    )),
-                }
-            }
+            Some(handler) => call(handler, env, &handle, &span).await,
         },
     };
     // `handled` counts requests: main's own health checks and the other built-in
@@ -173,4 +135,60 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
         Err(e) => tracing::debug!(error = %e, "reply not sent"),
     }
     counters.inflight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The `$health` answer: the service's own check (or `ok`) and its counters.
+async fn health_reply(
+    name: &str,
+    handle: &Handle,
+    started: Instant,
+    health: Option<&HealthFn>,
+    counters: &Counters,
+) -> Result<Reply, Error> {
+    let status = match health {
+        Some(check) => check().await,
+        None => "ok".to_owned(),
+    };
+    Request::encode(&Health {
+        service: name.to_owned(),
+        instance: handle.instance().to_owned(),
+        status,
+        pid: std::process::id(),
+        uptime_ms: started.elapsed().as_millis() as u64,
+        rss_bytes: crate::svc::rss_bytes(),
+        inflight: counters.inflight.load(Ordering::Relaxed).saturating_sub(1),
+        handled: counters.handled.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+    })
+    .map(Reply::new)
+}
+
+/// Runs `handler` on the request under its deadline, a panic becoming
+/// `internal` and the deadline `timeout`.
+async fn call(
+    handler: &Handler,
+    env: Envelope,
+    handle: &Handle,
+    span: &tracing::Span,
+) -> Result<Reply, Error> {
+    let deadline = env.deadline;
+    let fut = tracing::Instrument::instrument(
+        handler(Request {
+            env,
+            bus: handle.clone(),
+        }),
+        span.clone(),
+    );
+    let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
+    match tokio::time::timeout(left, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            tracing::error!(parent: span, "handler panicked");
+            Err(Error::internal("handler panicked"))
+        }
+        Err(_) => Err(Error::new(
+            ErrorCode::Timeout,
+            "handler did not finish before the deadline",
+        )),
+    }
 }

@@ -11,8 +11,8 @@ pub fn ops(service: Service, db: &Arc<Db>) -> Service {
     service
         .handle_with(db_ops::CHAT_SAVE, db, |req: Request, db| async move {
             let msg: api::ChatSave = req.decode()?;
-            let (seq, duplicate) = db.chat_save(msg, req.trace(), req.env.deadline).await?;
-            Request::encode(&api::ChatSaved { seq, duplicate })
+            let saved = db.chat_save(msg, req.trace(), req.env.deadline).await?;
+            Request::encode(&saved)
         })
         .handle_with(db_ops::CHAT_HISTORY, db, |req: Request, db| async move {
             let q: api::ChatHistory = req.decode()?;
@@ -34,7 +34,7 @@ impl Db {
         msg: api::ChatSave,
         trace: &str,
         deadline: u64,
-    ) -> Result<Saved, DbError> {
+    ) -> Result<api::ChatSaved, DbError> {
         check_name("room", &msg.room)?;
         if let Some(key) = &msg.idempotency_key {
             if key.is_empty() || key.len() > api::MAX_IDEMPOTENCY_KEY {
@@ -146,7 +146,7 @@ pub(super) async fn group_commit(
             .record(timer.elapsed().as_secs_f64());
         switchboard_bus::svc::metrics::histogram!("sb_db_commit_rows").record(batch.len() as f64);
         match result {
-            Ok(seqs) if seqs.len() == batch.len() && seqs.iter().all(|(seq, _)| *seq > 0) => {
+            Ok(seqs) if seqs.len() == batch.len() && seqs.iter().all(|saved| saved.seq > 0) => {
                 for (job, saved) in batch.drain(..).zip(seqs) {
                     let _ = job.tx.send(Ok(saved));
                 }
@@ -186,7 +186,7 @@ pub(super) async fn group_commit(
 pub(super) async fn insert_messages(
     pool: &Pool,
     batch: &[SaveJob],
-) -> Result<Vec<Saved>, mysql_async::Error> {
+) -> Result<Vec<api::ChatSaved>, mysql_async::Error> {
     let mut conn = pool.get_conn().await?;
     let keyed: Vec<(&str, &str)> = batch
         .iter()
@@ -258,13 +258,14 @@ pub(super) async fn insert_messages(
         seqs = conn.exec(sql, params).await?;
     }
     let mut inserted = seqs.into_iter();
-    let mut out: Vec<Saved> = Vec::with_capacity(batch.len());
+    let mut out: Vec<api::ChatSaved> = Vec::with_capacity(batch.len());
     for plan in &plans {
-        let saved = match plan {
+        let (seq, duplicate) = match plan {
             Plan::Insert => (inserted.next().unwrap_or(0), false),
             Plan::Stored(seq) => (*seq, true),
-            Plan::SameAs(at) => (out[*at].0, true),
+            Plan::SameAs(at) => (out[*at].seq, true),
         };
+        let saved = api::ChatSaved { seq, duplicate };
         out.push(saved);
     }
     Ok(out)

@@ -16,6 +16,7 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Va
 use std::future::Future;
 use std::time::Duration;
 use switchboard_bus::proto::{self, api};
+use switchboard_bus::svc::Backoff;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::{is_transient, DbError};
@@ -31,12 +32,8 @@ struct SaveJob {
     msg: api::ChatSave,
     trace: String,
     deadline: u64,
-    tx: oneshot::Sender<Result<Saved, DbError>>,
+    tx: oneshot::Sender<Result<api::ChatSaved, DbError>>,
 }
-
-/// A stored message's `seq`, and whether it was stored before (same user and
-/// idempotency key).
-pub type Saved = (u64, bool);
 
 /// The database: a pool, the schema state, and the group-commit queue.
 pub struct Db {
@@ -159,14 +156,16 @@ impl Db {
     }
 }
 
+/// The waits between tries of a transient failure: 20 ms doubling to 500 ms.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+
 /// Runs `op` until it succeeds, fails for good, or `deadline` (ms since the epoch)
-/// passes; transient failures are retried with backoff (20 ms doubling to 500 ms).
+/// passes; transient failures are retried with backoff ([`RETRY`]).
 pub(super) async fn retry<T, F, Fut>(deadline: u64, what: &str, mut op: F) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, mysql_async::Error>>,
 {
-    let mut backoff = Duration::from_millis(20);
     let mut last = String::from("no attempt before the deadline");
     for attempt in 0u32.. {
         let left = Duration::from_millis(deadline.saturating_sub(proto::now_ms()));
@@ -184,8 +183,7 @@ where
                     tracing::warn!(op = what, error = %e, "transient database error; retrying within the deadline");
                 }
                 last = e.to_string();
-                tokio::time::sleep(backoff.min(left)).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                tokio::time::sleep(RETRY.delay(attempt).min(left)).await;
             }
             Ok(Err(e)) => {
                 tracing::error!(op = what, error = %e, "database error");

@@ -42,11 +42,6 @@ pub const CLOSE_AWAY: u16 = 1001;
 /// Close code: try again later (a cap of the user's, or of the gateway's).
 pub const CLOSE_TRY_LATER: u16 = 1013;
 
-/// Initial read buffer of a connection (grown for larger frames).
-pub const READ_BUFFER: usize = 512;
-/// Bytes of queued frames gathered into one write to the socket.
-pub const WRITE_BATCH: usize = 16 * 1024;
-
 /// Serves one TCP connection to its end.
 pub async fn handle(
     gw: Arc<Gateway>,
@@ -143,10 +138,13 @@ pub async fn handle(
     drop(admission);
 }
 
-/// Why the reader stopped.
-enum Why {
+/// How the read loop ended, which decides the goodbye.
+enum ReadEnd {
+    /// The client closed or its socket failed: answer its close (1000).
     ClientGone,
+    /// The gateway is shutting down: close with 1001 after the go-away.
     Shutdown,
+    /// The connection is already being closed (a close code was queued).
     Closing,
 }
 
@@ -201,7 +199,7 @@ impl Bucket {
 // === impl Client ===
 
 impl Client {
-    async fn read_loop<S>(self: Arc<Self>, mut stream: S, shutdown: &CancellationToken) -> Why
+    async fn read_loop<S>(self: Arc<Self>, mut stream: S, shutdown: &CancellationToken) -> ReadEnd
     where
         S: futures::Stream<Item = Result<Message, WsError>> + Unpin,
     {
@@ -255,13 +253,13 @@ impl Client {
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
                     if goaway_at.is_some_and(|g| g <= now) {
-                        return Why::Shutdown;
+                        return ReadEnd::Shutdown;
                     }
                     if next_ping <= now && expires_at > now {
                         next_ping = now + ping_every;
                         if last_seen.elapsed() >= idle {
                             self.out.outbox.close(CLOSE_IDLE, "idle timeout: no frame or pong");
-                            return Why::Closing;
+                            return ReadEnd::Closing;
                         }
                         self.out.outbox.reply(Message::Ping(bytes::Bytes::from_static(b"sb")));
                         continue;
@@ -271,20 +269,20 @@ impl Client {
                     } else {
                         self.out.outbox.close(CLOSE_AUTH_TIMEOUT, "not authenticated in time");
                     }
-                    return Why::Closing;
+                    return ReadEnd::Closing;
                 }
-                () = self.out.outbox.closing.cancelled() => return Why::Closing,
+                () = self.out.outbox.closing.cancelled() => return ReadEnd::Closing,
                 frame = stream.next() => {
                     let msg = match frame {
-                        None => return Why::ClientGone,
+                        None => return ReadEnd::ClientGone,
                         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                             tracing::debug!(session = %self.session, size, max_size, "frame too large");
                             self.out.outbox.close(CLOSE_TOO_BIG, &format!("frame of {size} bytes exceeds {max_size}"));
-                            return Why::Closing;
+                            return ReadEnd::Closing;
                         }
                         Some(Err(e)) => {
                             tracing::debug!(session = %self.session, error = %e, "read error");
-                            return Why::ClientGone;
+                            return ReadEnd::ClientGone;
                         }
                         Some(Ok(msg)) => msg,
                     };
@@ -300,7 +298,7 @@ impl Client {
                             if !bucket.take() {
                                 if bucket.refused > settings.rate_burst {
                                     self.out.outbox.close(CLOSE_POLICY, "flooding past the rate limit");
-                                    return Why::Closing;
+                                    return ReadEnd::Closing;
                                 }
                                 let id = wire::parse(&msg).map(|m| m.id).unwrap_or_default();
                                 let text = format!("rate limit: {} requests/s", settings.rate_per_sec);
@@ -309,7 +307,7 @@ impl Client {
                             }
                             self.on_frame(&msg, binary).await;
                         }
-                        Message::Close(_) => return Why::ClientGone,
+                        Message::Close(_) => return ReadEnd::ClientGone,
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }

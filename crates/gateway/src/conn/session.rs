@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_bus::proto::{self, api, ErrorCode};
 
-use super::{Client, Why, CLOSE_AWAY, CLOSE_TRY_LATER};
+use super::{Client, ReadEnd, CLOSE_AWAY, CLOSE_TRY_LATER};
 use crate::jwt;
 
 impl Client {
@@ -128,8 +128,8 @@ impl Client {
 
     /// Stops the connection: waits (within the grace period) for in-flight replies
     /// to be queued, closes with the right code, tells the services.
-    pub(super) async fn finish(self: Arc<Self>, why: Why, writer: tokio::task::JoinHandle<()>) {
-        if matches!(why, Why::Shutdown | Why::ClientGone) {
+    pub(super) async fn finish(self: Arc<Self>, why: ReadEnd, writer: tokio::task::JoinHandle<()>) {
+        if matches!(why, ReadEnd::Shutdown | ReadEnd::ClientGone) {
             let until = Instant::now() + Duration::from_millis(self.gw.settings.shutdown_grace_ms);
             while self.inflight.load(Ordering::Relaxed) > 0
                 && Instant::now() < until
@@ -142,9 +142,9 @@ impl Client {
             self.gw.stats.closed_slow.fetch_add(1, Ordering::Relaxed);
         }
         match why {
-            Why::Shutdown => self.out.outbox.close(CLOSE_AWAY, "server shutting down"),
-            Why::ClientGone => self.out.outbox.close(1000, ""),
-            Why::Closing => {}
+            ReadEnd::Shutdown => self.out.outbox.close(CLOSE_AWAY, "server shutting down"),
+            ReadEnd::ClientGone => self.out.outbox.close(1000, ""),
+            ReadEnd::Closing => {}
         }
         // The writer sends what is queued and the close frame; a client that does
         // not read gets a second, then the socket is dropped.

@@ -14,6 +14,13 @@
 //! An app is a binary (`bin`) or, as in PM2, a script run by an interpreter
 //! (`script`, `interpreter`, `interpreter_args`): see [`App::argv`] for the
 //! command line main builds, and `docs/ecosystem-node.md`.
+//!
+//! # Layout
+//!
+//! - `load`: the file, the profile, environment overrides, every check, the
+//!   start order.
+//! - `tests`: the checks, one file each.
+//! - this file: the types of the file ([`Ecosystem`], [`App`], [`AppSpec`]).
 
 mod load;
 
@@ -198,7 +205,7 @@ pub struct AppSpec {
     #[serde(default)]
     pub args: Vec<String>,
     /// Processes to run (1 to 99).
-    #[serde(default = "one")]
+    #[serde(default = "default_instances")]
     pub instances: u32,
     /// Like PM2's `increment_var`: instance n is named NAME01, NAME02… and this
     /// environment variable carries the name (SB_INSTANCE always does).
@@ -217,7 +224,7 @@ pub struct AppSpec {
     #[serde(default)]
     pub depends_on: Vec<String>,
     /// Started means registered and ready on the bus (true), or just spawned.
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub wait_ready: bool,
     /// How long readiness may take before the start counts as failed.
     #[serde(default = "default_ready_timeout_ms")]
@@ -226,12 +233,12 @@ pub struct AppSpec {
     #[serde(default = "default_kill_timeout_ms")]
     pub kill_timeout_ms: u64,
     /// Restart when the process exits or hangs.
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub autorestart: bool,
     /// Start with the system (PM2's `autostart`); `false`: defined, shown as
     /// `stopped`, started by `sbctl start NAME` (the demo `echo` in
     /// ecosystem.toml).
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub autostart: bool,
     /// Unstable restarts (uptime under `min_uptime_ms`) in a row before `errored`.
     #[serde(default = "default_max_restarts")]
@@ -343,10 +350,10 @@ impl App {
     }
 }
 
-fn one() -> u32 {
+fn default_instances() -> u32 {
     1
 }
-fn yes() -> bool {
+fn default_true() -> bool {
     true
 }
 fn default_run_dir() -> String {

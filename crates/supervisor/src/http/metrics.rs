@@ -15,11 +15,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_bus::proto::{self, admin::InstanceStatus};
+use switchboard_bus::proto;
+use switchboard_bus::proto::admin::{InstanceState, InstanceStatus};
 use switchboard_bus::svc::metrics::{counter, gauge, render};
 use switchboard_bus::{CallOptions, Handle};
 
-use crate::supervisor::Supervisor;
+use crate::apps::Supervisor;
 
 /// How long an instance may take to answer `$metrics` before the scrape goes on
 /// without it.
@@ -37,18 +38,18 @@ fn record_instances(list: &[InstanceStatus]) {
     for i in list.iter().filter(|i| i.managed) {
         let labels = [("app", i.app.clone()), (INSTANCE_LABEL, i.instance.clone())];
         for state in [
-            "online",
-            "degraded",
-            "starting",
-            "stopping",
-            "stopped",
-            "waiting",
-            "errored",
-            "restarting",
+            InstanceState::Online,
+            InstanceState::Degraded,
+            InstanceState::Starting,
+            InstanceState::Stopping,
+            InstanceState::Stopped,
+            InstanceState::Waiting,
+            InstanceState::Errored,
+            InstanceState::Restarting,
         ] {
             let mut l = labels.to_vec();
-            l.push(("state", state.to_owned()));
-            gauge!("sb_instance_state", &l).set(if i.state.as_str() == state { 1.0 } else { 0.0 });
+            l.push(("state", state.as_str().to_owned()));
+            gauge!("sb_instance_state", &l).set(if i.state == state { 1.0 } else { 0.0 });
         }
         counter!("sb_instance_restarts_total", &labels).absolute(u64::from(i.restarts));
         gauge!("sb_instance_resident_memory_bytes", &labels).set(i.rss_bytes as f64);

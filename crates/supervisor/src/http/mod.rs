@@ -26,6 +26,13 @@
 //! paths answer only a `Host` that is an IP address, `localhost`, or one of
 //! `http_hosts` (421 otherwise): a web page whose name was rebound to
 //! 127.0.0.1 (DNS rebinding) cannot read the dashboard's data.
+//!
+//! # Layout
+//!
+//! - `admission`: which connections the server holds, and which one gives way.
+//! - `metrics`: `/metrics` for the whole system, merged from every instance.
+//! - `status`: the dashboard's JSON, read from the merged metrics.
+//! - this file: the server, its routes, auth and `Host` checks.
 
 mod admission;
 pub(crate) mod metrics;
@@ -46,7 +53,7 @@ use switchboard_bus::Handle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::Supervisor;
+use crate::apps::Supervisor;
 
 type Body = BoxBody<Bytes, Infallible>;
 

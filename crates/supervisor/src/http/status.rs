@@ -12,7 +12,7 @@ use switchboard_bus::proto::{self, BrokerStats};
 use switchboard_bus::{CallOptions, Handle};
 
 use super::metrics::scrape;
-use crate::supervisor::Supervisor;
+use crate::apps::Supervisor;
 
 /// One service, from its instances' metrics (since they started).
 #[derive(Debug, Default, Serialize)]

@@ -172,10 +172,9 @@ impl Keeper {
             return Phase::Idle;
         }
         let delay = if spec.exp_backoff_restart_delay_ms > 0 {
-            let exp = self.unstable.saturating_sub(1).min(20);
-            spec.exp_backoff_restart_delay_ms
-                .saturating_mul(1 << exp)
-                .min(MAX_BACKOFF_MS)
+            let first = Duration::from_millis(spec.exp_backoff_restart_delay_ms);
+            let policy = Backoff::new(first, MAX_RESTART_BACKOFF);
+            policy.delay(self.unstable.saturating_sub(1)).as_millis() as u64
         } else {
             spec.restart_delay_ms
         };
@@ -435,10 +434,11 @@ impl Keeper {
                 return Err(format!("exited before it was ready: {status}"));
             }
             if let Some(list) = broker_ls(&self.bus).await {
-                if let Some(info) = list
-                    .iter()
-                    .find(|i| i.instance == self.m.instance && i.pid == p.pid && i.state == "ready")
-                {
+                if let Some(info) = list.iter().find(|i| {
+                    i.instance == self.m.instance
+                        && i.pid == p.pid
+                        && i.state == proto::PeerState::Ready
+                }) {
                     let service = info.service.clone();
                     self.m.set(|s| {
                         s.service = if service == spec.name {

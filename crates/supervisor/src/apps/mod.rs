@@ -22,6 +22,14 @@
 //! left alone until told to start. The delay is `restart_delay_ms`, or with
 //! `exp_backoff_restart_delay_ms` that value doubled per unstable restart (15 s at
 //! most).
+//!
+//! # Layout
+//!
+//! - `keeper`: one instance's task and state machine (idle, running, waiting).
+//! - `membership`: `scale` and `reload-config`: which instances run.
+//! - `report`: what main reports: `ls`, events, readiness, the status file.
+//! - `status`: reading the status file; which processes are instances to adopt.
+//! - this file: [`Supervisor`], the keepers' shared state, [`Cmd`], start/stop order.
 
 mod keeper;
 mod membership;
@@ -40,6 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use switchboard_bus::proto::{self, Health, InstanceInfo};
+use switchboard_bus::svc::Backoff;
 use switchboard_bus::{CallOptions, Handle};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -51,8 +60,9 @@ use crate::proc::{self, Proc};
 /// Events main keeps for the dashboard.
 const EVENTS_KEPT: usize = 100;
 
-/// Longest exponential restart delay.
-const MAX_BACKOFF_MS: u64 = 15_000;
+/// Longest exponential restart delay (`exp_backoff_restart_delay_ms` is the
+/// first).
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(15);
 
 /// Orders a keeper takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

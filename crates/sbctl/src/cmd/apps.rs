@@ -1,20 +1,123 @@
-//! PM2's daily commands: `logs` of every app, `ls --watch`, `describe`,
-//! `shutdown`, `scale`, `reload-config`; and `trace`.
+//! The apps under main, PM2's daily commands: `ls` (and `ls --watch`),
+//! `start`, `stop`, `restart`, `reload`, `logs` of one or every app,
+//! `describe`, `shutdown`, `scale`, `reload-config`.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 use switchboard_bus::proto::admin::{
     AppDescription, ConfigChange, InstanceStatus, LogsReply, NameArg, ScaleArg,
 };
-use switchboard_bus::proto::{self};
+use switchboard_bus::proto::{self, BrokerStats, ErrorCode, InstanceInfo};
 use switchboard_bus::{svc, CallOptions, Handle};
 
+use crate::cli::{Args, Command};
 use crate::hosts::{to, Mains};
-use crate::print::print_apps_or_json;
-use crate::Failure;
+use crate::print::{print_apps_or_json, print_table};
+use crate::{body_to_json, Failure};
 
 /// How often `logs -f` and `ls --watch` ask again.
 const POLL: Duration = Duration::from_millis(300);
+
+/// Runs one of the group's commands.
+pub(crate) async fn run(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), Failure> {
+    let json = args.json;
+    match &args.command {
+        Command::Ls { watch: true } => watch(bus, json, options).await,
+        Command::Ls { watch: false } => ls(bus, json, options).await,
+        Command::Start { name } => order(bus, args, "start", name, options).await,
+        Command::Stop { name } => order(bus, args, "stop", name, options).await,
+        Command::Restart { name } => order(bus, args, "restart", name, options).await,
+        Command::Reload { name } => order(bus, args, "reload", name, options).await,
+        Command::Logs {
+            name,
+            lines,
+            err,
+            follow,
+        } => {
+            let view = LogsView { err: *err, json };
+            logs(bus, name.as_deref(), *lines, view, *follow, options).await
+        }
+        Command::Describe { app } => describe(bus, app, json, options).await,
+        Command::Shutdown => shutdown(bus, json, options).await,
+        Command::Scale { app, instances } => {
+            scale(bus, app, *instances, json, long(args, options)).await
+        }
+        Command::ReloadConfig => reload_config(bus, json, long(args, options)).await,
+        _ => unreachable!("not an apps command"),
+    }
+}
+
+/// Options for an order that waits for apps to start (each up to its
+/// ready_timeout_ms): at least a minute.
+fn long(args: &Args, options: CallOptions) -> CallOptions {
+    CallOptions {
+        timeout: Some(Duration::from_millis(args.timeout_ms.max(60_000))),
+        ..options
+    }
+}
+
+/// `ls`: every main's instances; the broker's view when no main is on the bus.
+async fn ls(bus: &Handle, json: bool, options: CallOptions) -> Result<(), Failure> {
+    match Mains::load(bus, &options).await {
+        Ok(mains) => {
+            print_apps_or_json(&mains.all_rows(), json);
+            // With a broker pair: which one is active (the one that
+            // answers is; it knows what its partner last said).
+            if !json {
+                if let Ok(stats) = bus
+                    .broker::<BrokerStats>("stats", Vec::new(), options)
+                    .await
+                {
+                    if !stats.ha.is_empty() {
+                        println!("broker pair: {}", stats.ha);
+                    }
+                }
+            }
+        }
+        Err(e) if matches!(e.code, ErrorCode::UnknownService | ErrorCode::Unavailable) => {
+            let list: Vec<InstanceInfo> = bus.broker("ls", Vec::new(), options).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                eprintln!("(no supervisor on the bus: the broker's view)");
+                print_table(&list);
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// `start`, `stop`, `restart`, `reload` NAME: the order goes to the main (or
+/// mains) that run NAME; prints the table after it.
+async fn order(
+    bus: &Handle,
+    args: &Args,
+    op: &str,
+    name: &str,
+    options: CallOptions,
+) -> Result<(), Failure> {
+    let arg = NameArg {
+        name: name.to_owned(),
+        ..NameArg::default()
+    };
+    let body = proto::to_body(&arg).map_err(|e| Failure::Usage(e.into()))?;
+    // Starting waits for readiness (up to each app's ready_timeout_ms).
+    let options = long(args, options);
+    let mains = Mains::load(bus, &options).await?;
+    let reply = mains.call_owners(bus, name, op, body, &options).await?;
+    if mains.names().count() == 1 {
+        print_apps_or_json(&body_to_json(&reply.body), args.json);
+    } else {
+        // Every host's table after the order.
+        let after = Mains::load(bus, &options).await?;
+        print_apps_or_json(&after.all_rows(), args.json);
+    }
+    Ok(())
+}
 
 async fn logs_of(
     bus: &Handle,
@@ -72,7 +175,7 @@ fn log_targets(mains: &Mains, name: Option<&str>) -> Result<Vec<(String, String)
 
 /// How `logs` prints.
 #[derive(Clone, Copy)]
-pub(crate) struct LogsView {
+struct LogsView {
     /// Only WARN and ERROR lines.
     pub(crate) err: bool,
     /// One JSON object a line: `{"instance", "line"}`.
@@ -104,7 +207,7 @@ fn print_lines(text: &str, instance: &str, prefixed: bool, width: usize, view: L
 
 /// `logs [NAME]`: one instance's log, or every instance's (and the broker's)
 /// prefixed with its name; `-f` follows.
-pub(crate) async fn logs(
+async fn logs(
     bus: &Handle,
     name: Option<&str>,
     lines: usize,
@@ -142,7 +245,7 @@ pub(crate) async fn logs(
 
 /// `ls --watch`: the table redrawn every second (a JSON line a second in a pipe
 /// or with `--json`), until Ctrl-C.
-pub(crate) async fn watch(bus: &Handle, json: bool, options: CallOptions) -> Result<(), Failure> {
+async fn watch(bus: &Handle, json: bool, options: CallOptions) -> Result<(), Failure> {
     let terminal = std::io::stdout().is_terminal() && !json;
     let shutdown = svc::shutdown_on_signal();
     loop {
@@ -164,7 +267,7 @@ pub(crate) async fn watch(bus: &Handle, json: bool, options: CallOptions) -> Res
 }
 
 /// `describe APP`.
-pub(crate) async fn describe(
+async fn describe(
     bus: &Handle,
     app: &str,
     json: bool,
@@ -225,11 +328,7 @@ pub(crate) async fn describe(
 }
 
 /// `shutdown`: main stops every app, then itself.
-pub(crate) async fn shutdown(
-    bus: &Handle,
-    json: bool,
-    options: CallOptions,
-) -> Result<(), Failure> {
+async fn shutdown(bus: &Handle, json: bool, options: CallOptions) -> Result<(), Failure> {
     // The whole system: every host's main.
     Mains::load(bus, &options)
         .await?
@@ -244,7 +343,7 @@ pub(crate) async fn shutdown(
 }
 
 /// `scale APP N`.
-pub(crate) async fn scale(
+async fn scale(
     bus: &Handle,
     app: &str,
     instances: u32,
@@ -273,7 +372,7 @@ pub(crate) async fn scale(
         );
     }
     if mains.names().count() == 1 {
-        print_apps_or_json(&crate::body_to_json(&reply.body), json);
+        print_apps_or_json(&body_to_json(&reply.body), json);
     } else {
         print_apps_or_json(&Mains::load(bus, &options).await?.all_rows(), json);
     }
@@ -281,11 +380,7 @@ pub(crate) async fn scale(
 }
 
 /// `reload-config`.
-pub(crate) async fn reload_config(
-    bus: &Handle,
-    json: bool,
-    options: CallOptions,
-) -> Result<(), Failure> {
+async fn reload_config(bus: &Handle, json: bool, options: CallOptions) -> Result<(), Failure> {
     // Each host's main re-reads its own file (the last host's change is shown).
     let reply = Mains::load(bus, &options)
         .await?
@@ -314,57 +409,6 @@ pub(crate) async fn reload_config(
             "{:<10} {} changed: restart main to apply",
             "pending",
             change.needs_restart.join(" and ")
-        );
-    }
-    Ok(())
-}
-
-/// `trace TRACE_ID`: asks every instance on the bus (and the broker) for its
-/// spans of the trace and prints them in order.
-pub(crate) async fn trace(
-    bus: &Handle,
-    trace: &str,
-    json: bool,
-    options: CallOptions,
-) -> Result<(), Failure> {
-    use switchboard_bus::proto::admin::TraceQuery;
-    let query = TraceQuery {
-        trace: trace.to_owned(),
-        slowest: 0,
-    };
-    let each = options.timeout.unwrap_or(Duration::from_secs(2));
-    let spans = bus.collect_spans(&query, each).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&spans).unwrap_or_default()
-        );
-        return Ok(());
-    }
-    let Some(first) = spans.first().map(|s| s.start_us) else {
-        return Err(Failure::NotFound(format!(
-            "no process holds spans of trace {trace} (each keeps its last 8,192; \
-             a trace id is the \"trace\" of a gateway reply)"
-        )));
-    };
-    let end = spans
-        .iter()
-        .map(|s| s.start_us + s.duration_us)
-        .max()
-        .unwrap_or(first);
-    println!(
-        "trace {trace}: {} spans, {:.3} ms",
-        spans.len(),
-        (end - first) as f64 / 1000.0
-    );
-    for s in &spans {
-        println!(
-            "  +{:>9.3} ms {:>9.3} ms  {:<10} {:<60} {}",
-            (s.start_us - first) as f64 / 1000.0,
-            s.duration_us as f64 / 1000.0,
-            s.instance,
-            s.name,
-            s.outcome
         );
     }
     Ok(())

@@ -1,0 +1,125 @@
+//! `bench …`: each benchmark's options handed to its load generator in
+//! [`crate::bench`], and its report printed.
+
+use anyhow::Context;
+use switchboard_bus::Handle;
+
+use crate::cli::{Args, BenchCmd};
+use crate::Failure;
+
+/// Runs the benchmark `which` names and prints its report.
+pub(crate) async fn run(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(), Failure> {
+    let report = match which {
+        BenchCmd::Rr {
+            service,
+            op,
+            size,
+            window,
+            connections,
+            duration_ms,
+            warmup_ms,
+        } => {
+            crate::bench::rr(crate::bench::RrArgs {
+                broker: args.broker.clone(),
+                secret: args.secret.clone(),
+                service: service.clone(),
+                op: op.clone(),
+                size: *size,
+                window: *window,
+                connections: *connections,
+                duration_ms: *duration_ms,
+                warmup_ms: *warmup_ms,
+            })
+            .await
+        }
+        BenchCmd::Ws {
+            url,
+            service,
+            op,
+            data,
+            connections,
+            window,
+            duration_ms,
+            warmup_ms,
+            token,
+        } => {
+            let data: serde_json::Value = serde_json::from_str(data)
+                .with_context(|| format!("data is not JSON: {data}"))
+                .map_err(Failure::Usage)?;
+            crate::bench::ws(crate::bench::WsArgs {
+                url: url.clone(),
+                service: service.clone(),
+                op: op.clone(),
+                data,
+                connections: *connections,
+                window: *window,
+                duration_ms: *duration_ms,
+                warmup_ms: *warmup_ms,
+                token: token.clone(),
+            })
+            .await
+        }
+        BenchCmd::Slowloris {
+            url,
+            sockets,
+            sources,
+            pings,
+            duration_ms,
+            token,
+            pid,
+        } => {
+            crate::bench::slowloris(crate::bench::SlowlorisArgs {
+                url: url.clone(),
+                sockets: *sockets,
+                sources: *sources,
+                pings: *pings,
+                duration_ms: *duration_ms,
+                token: token.clone(),
+                pid: *pid,
+            })
+            .await
+        }
+        BenchCmd::Fanout {
+            url,
+            topic,
+            subscribers,
+            rate,
+            size,
+            duration_ms,
+            warmup_ms,
+            token,
+        } => {
+            crate::bench::fanout(crate::bench::FanoutArgs {
+                url: url.clone(),
+                topic: topic.clone(),
+                subscribers: *subscribers,
+                rate: *rate,
+                size: *size,
+                duration_ms: *duration_ms,
+                warmup_ms: *warmup_ms,
+                token: token.clone(),
+                bus: bus.clone(),
+            })
+            .await
+        }
+        BenchCmd::Idle {
+            url,
+            connections,
+            hold_ms,
+            sources,
+            token,
+        } => {
+            crate::bench::idle(crate::bench::IdleArgs {
+                url: url.clone(),
+                connections: *connections,
+                hold_ms: *hold_ms,
+                sources: *sources,
+                token: token.clone(),
+                bus: bus.clone(),
+            })
+            .await
+        }
+    };
+    report.map_err(Failure::Usage)?.print(args.json);
+    Ok(())
+}
