@@ -31,6 +31,15 @@ build | deps | examples | incremental)
     ;;
 esac
 dir=${2:-$here/../$name}
+# Both paths are written into TOML strings and sed expressions: refuse the
+# characters that would end either (a quote, a backslash, | and &, a control
+# character) rather than escape them.
+for path in "$dir" "$here"; do
+    if [[ $path == *[\"\\\|\&]* || $path == *[[:cntrl:]]* ]]; then
+        echo "new-service.sh: the path $path has a character this script will not write into TOML (\" \\ | & or a control character); choose another folder" >&2
+        exit 64
+    fi
+done
 if [ -e "$dir" ]; then
     echo "new-service.sh: $dir exists; give a DIR that does not" >&2
     exit 73
@@ -40,7 +49,9 @@ cp -r "$here/templates/service" "$dir"
 rm -rf "$dir/target"
 dir=$(cd "$dir" && pwd)
 target=${CARGO_TARGET_DIR:-$dir/target}
-case $target in /*) ;; *) target=$PWD/$target ;; esac
+# A relative CARGO_TARGET_DIR is cargo's working folder's: the service's, where
+# it is built ("cd DIR && cargo build").
+case $target in /*) ;; *) target=$dir/$target ;; esac
 
 sed -i -e "s|^name = \"greeter\"|name = \"$name\"|" \
     -e "s|path = \"../../crates/bus\"|path = \"$here/crates/bus\"|" \

@@ -259,10 +259,26 @@ async fn a_greedy_clients_large_replies_never_cost_the_gateway_its_bus_connectio
             }
         }
     }
-    // The gateway's registration is older than the hog (the test's own bus
-    // client, on the busy test runtime, may have been dropped and back).
-    let receive = switchboard_testkit::broker_ls(&system.bus)
-        .await
+    // The gateway's registration is older than the hog. The test's own bus
+    // client, on the busy test runtime, may have been dropped by the broker's
+    // heartbeat and be reconnecting: a request in flight then fails with
+    // `unavailable`, which says nothing of the gateway; ask again.
+    let mut registry = None;
+    for _ in 0..50 {
+        match system
+            .bus
+            .broker::<Vec<proto::InstanceInfo>>("ls", Vec::new(), CallOptions::default())
+            .await
+        {
+            Ok(ls) => {
+                registry = Some(ls);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let receive = registry
+        .expect("$broker ls answers once the test's client is back")
         .into_iter()
         .find(|i| i.instance == "receive")
         .expect("receive registered");

@@ -106,6 +106,13 @@ fn new_service_sh_refuses_bad_names_and_existing_folders() {
     }
     let out = run("shouter", dir.path());
     assert_eq!(out.status.code(), Some(73), "an existing folder: {out:?}");
+    // A folder whose path would end a TOML string or a sed expression.
+    for bad in ["a\"b", "a\\b", "a|b", "a&b", "a\nb"] {
+        let to = dir.path().join(bad);
+        let out = run("shouter", &to);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {out:?}");
+        assert!(!to.exists(), "{bad:?} wrote nothing");
+    }
 }
 
 /// Names the script took that Cargo then refuses for the binary (`build`,

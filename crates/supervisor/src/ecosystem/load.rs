@@ -224,13 +224,21 @@ pub(super) fn check_app(
             spec.instances
         )));
     }
-    if let Some(bad) = spec.pass_env.iter().find(|name| {
+    let not_a_variable = |name: &&String| {
         name.is_empty()
             || name.starts_with(|c: char| c.is_ascii_digit())
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    }) {
+    };
+    if let Some(bad) = spec.pass_env.iter().find(not_a_variable) {
         return Err(invalid(format!(
             "pass_env: {bad:?} is not a variable name (letters, digits and _)"
+        )));
+    }
+    // An `env` key with `=` or a newline (a PM2 file imported as is) would
+    // reach the child as another variable, or none.
+    if let Some(bad) = spec.env.keys().find(not_a_variable) {
+        return Err(invalid(format!(
+            "env: {bad:?} is not a variable name (letters, digits and _)"
         )));
     }
     let max_memory = match &spec.max_memory_restart {

@@ -342,3 +342,17 @@ fn only_node_itself_gets_v8_flags() {
         assert!(!load::is_node(Path::new(no)), "{no}");
     }
 }
+
+#[test]
+fn an_env_key_that_is_not_a_variable_name_is_refused() {
+    for key in ["\"A\\nB\"", "\"A=B\"", "\"1X\"", "\"\""] {
+        let text = format!("[[apps]]\nname = \"a\"\nbin = \"sh\"\nenv = {{ {key} = \"v\" }}\n");
+        let err = load_text(&text, None, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("env:") && err.contains("not a variable name"),
+            "{key}: {err}"
+        );
+    }
+    let ok = "[[apps]]\nname = \"a\"\nbin = \"sh\"\nenv = { RUST_LOG = \"info\", _X1 = \"v\" }\n";
+    assert!(load_text(ok, None, &[]).is_ok());
+}
