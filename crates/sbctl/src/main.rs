@@ -437,7 +437,11 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                     connections,
                     duration_ms,
                     warmup_ms,
+                    cpu,
                 } => {
+                    let cpu = bench::cpu::watch(bus, &args.broker, cpu.cpu, cpu.cpu_db_port)
+                        .await
+                        .map_err(Failure::Usage)?;
                     bench::rr(bench::RrArgs {
                         broker: args.broker.clone(),
                         secret: args.secret.clone(),
@@ -448,6 +452,7 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                         connections: *connections,
                         duration_ms: *duration_ms,
                         warmup_ms: *warmup_ms,
+                        cpu,
                     })
                     .await
                 }
@@ -461,7 +466,11 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                     duration_ms,
                     warmup_ms,
                     token,
+                    cpu,
                 } => {
+                    let cpu = bench::cpu::watch(bus, &args.broker, cpu.cpu, cpu.cpu_db_port)
+                        .await
+                        .map_err(Failure::Usage)?;
                     let data: serde_json::Value = serde_json::from_str(data)
                         .with_context(|| format!("data is not JSON: {data}"))
                         .map_err(Failure::Usage)?;
@@ -475,6 +484,34 @@ async fn command(bus: &Handle, args: &Args, options: CallOptions) -> Result<(), 
                         duration_ms: *duration_ms,
                         warmup_ms: *warmup_ms,
                         token: token.clone(),
+                        cpu,
+                    })
+                    .await
+                }
+                BenchCmd::Say {
+                    url,
+                    room,
+                    connections,
+                    window,
+                    duration_ms,
+                    warmup_ms,
+                    token,
+                    cpu,
+                } => {
+                    let cpu = bench::cpu::watch(bus, &args.broker, cpu.cpu, cpu.cpu_db_port)
+                        .await
+                        .map_err(Failure::Usage)?;
+                    bench::ws(bench::WsArgs {
+                        url: url.clone(),
+                        service: "chat".into(),
+                        op: "say".into(),
+                        data: serde_json::json!({"room": room, "text": "hello, this is a benchmark message"}),
+                        connections: *connections,
+                        window: *window,
+                        duration_ms: *duration_ms,
+                        warmup_ms: *warmup_ms,
+                        token: token.clone(),
+                        cpu,
                     })
                     .await
                 }
