@@ -19,6 +19,9 @@ sbctl=target/release/sbctl
 out=target/profile${TAG:+-$TAG}; mkdir -p "$out"
 secs=${SECONDS_RECORDED:-5}
 ep=tcp://127.0.0.1:5720
+# One bus secret for the processes this script starts (the broker refuses to
+# run without one, and a loopback bus is no reason to bench an insecure one).
+export SB_SECRET=${SB_SECRET:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 pids=()
 stop() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap stop EXIT
@@ -41,12 +44,12 @@ if [ "$mode" = ws ] || [ "$mode" = say ]; then
     pids+=($!); pid_of[receive]=$!
     sleep 1
     op=('$echo'); [ "$mode" = say ] && op=(say)
-    load=("$sbctl" --broker $ep bench ws --url ws://127.0.0.1:5722/ws --connections 50 --window 8 --op "${op[@]}" --duration-ms $((secs * 1000 + 2000)))
+    load=("$sbctl" --broker $ep bench ws --cpu --url ws://127.0.0.1:5722/ws --connections 50 --window 8 --op "${op[@]}" --duration-ms $((secs * 1000 + 2000)))
 else
     RUST_LOG=warn "$bin/echo" --broker $ep --service echo >/dev/null 2>&1 &
     pids+=($!); pid_of[echo]=$!
     sleep 1
-    load=("$sbctl" --broker $ep bench rr --window 256 --duration-ms $((secs * 1000 + 2000)))
+    load=("$sbctl" --broker $ep bench rr --cpu --window 256 --duration-ms $((secs * 1000 + 2000)))
 fi
 "${load[@]}" >"$out/$mode-load.txt" 2>&1 &
 load_pid=$!

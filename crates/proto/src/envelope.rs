@@ -330,7 +330,11 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, ProtoError> {
 /// As [`decode`].
 pub fn decode_head(bytes: &[u8]) -> Result<Head<'_>, ProtoError> {
     check_len(bytes)?;
-    let head: Head<'_> = rmp_serde::from_slice(bytes).map_err(decode_error)?;
+    // The common shape read directly; anything else through serde (`head.rs`).
+    let head: Head<'_> = match crate::head::fast(bytes) {
+        Some(head) => head,
+        None => rmp_serde::from_slice(bytes).map_err(decode_error)?,
+    };
     check_version(head.v)?;
     Ok(head)
 }

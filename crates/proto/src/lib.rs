@@ -9,6 +9,8 @@
 //!
 //! - [`envelope`]: [`Envelope`], its [`Kind`]s, the borrowed [`Head`] the broker
 //!   routes on, [`encode`]/[`decode`].
+//! - `head`: the fast path of [`decode_head`] (the shape our encoder writes,
+//!   read without serde; anything else goes through serde as before).
 //! - [`error`]: [`ProtoError`] (what decoding can say) and [`ErrorCode`]/[`ErrorBody`]
 //!   (what a reply can say).
 //! - [`control`]: bodies of the control kinds (`hello`, `$health`, broker stats).
@@ -34,6 +36,7 @@ pub mod auth;
 pub mod control;
 pub mod envelope;
 pub mod error;
+mod head;
 pub mod text;
 pub mod topic;
 

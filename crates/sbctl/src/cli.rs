@@ -217,6 +217,19 @@ pub(crate) enum Command {
     },
 }
 
+/// `--cpu` for `bench rr`, `ws` and `say`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(crate) struct CpuOpts {
+    /// Report each process's CPU per request over the measured period (from
+    /// `/proc`: the bus's peers, the broker and the database server, where
+    /// they run on this host).
+    #[arg(long)]
+    pub(crate) cpu: bool,
+    /// The database server's TCP port, to find its process (0: leave it out).
+    #[arg(long, default_value_t = 3306)]
+    pub(crate) cpu_db_port: u16,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCmd {
     /// A real client's ping round trips without and with a slowloris attacker,
@@ -268,6 +281,8 @@ pub(crate) enum BenchCmd {
         /// Warm-up, ms.
         #[arg(long, default_value_t = 1_000)]
         warmup_ms: u64,
+        #[command(flatten)]
+        cpu: CpuOpts,
     },
     /// WebSocket clients through the gateway (the path a real client takes).
     Ws {
@@ -301,6 +316,35 @@ pub(crate) enum BenchCmd {
         /// Client token.
         #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        cpu: CpuOpts,
+    },
+    /// `ws` with chat's `say`: every request committed to MariaDB before its
+    /// reply (exactly once).
+    Say {
+        /// Gateway URL.
+        #[arg(long, env = "SB_WS_URL", default_value = "ws://127.0.0.1:3000/ws")]
+        url: String,
+        /// Room the messages go to.
+        #[arg(long, default_value = "bench")]
+        room: String,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Measured time, ms.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+        /// Warm-up, ms.
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+        /// Client token.
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        cpu: CpuOpts,
     },
     /// One publisher, one topic, N WebSocket subscribers: deliveries per second
     /// and delivery latency (`bench/`'s `compare fanout` runs NATS beside it).

@@ -22,6 +22,19 @@ pub use backoff::Backoff;
 
 use tokio_util::sync::CancellationToken;
 
+// Every binary's allocator. glibc's malloc and free are among the largest
+// items in the profile of every process on the request path (BENCHMARKS.md,
+// issues 15 and 24); mimalloc's thread-local free lists take most of that away.
+// What it costs in idle memory is measured beside what it saves per request
+// (BENCHMARKS.md, issue 24). Built without transparent huge pages (the
+// `no_thp` feature of the workspace dependency): with them, mimalloc's arenas
+// more than doubled every process's idle RSS (the broker's 6.6 -> 14.9 MiB),
+// which is why round 2 had reverted it; without, the broker idles at 7.4 MiB.
+// A library user who wants their own allocator turns the `mimalloc` feature off.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad configuration or usage (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 /// Exit code for a runtime failure.

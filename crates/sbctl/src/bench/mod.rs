@@ -10,10 +10,14 @@
 //! - `slowloris` (its own module): a real client's pings and the gateway's CPU while
 //!   an attacker holds sockets in the HTTP handshake.
 //!
+//! `rr` and `ws` (and `say`, `ws` with chat's `say`) take `--cpu`: each local
+//! process's CPU time per answered request beside the throughput (module `cpu`).
+//!
 //! Every run is bounded: a warm-up, then a measured duration; a request that does
 //! not come back within its deadline counts as an error. Latency is measured per
 //! request from send to reply.
 
+pub mod cpu;
 mod fanout;
 mod slowloris;
 
@@ -59,6 +63,9 @@ pub struct Report {
     /// Extra figures (idle: memory per connection).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub extra: serde_json::Value,
+    /// With `--cpu`: each process's CPU over the measured period.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<cpu::CpuRow>,
 }
 
 impl Report {
@@ -89,6 +96,7 @@ impl Report {
             p99_us: pct(0.99),
             max_us: lat.last().copied().map(u64::from).unwrap_or(0),
             extra: serde_json::Value::Null,
+            cpu: Vec::new(),
         }
     }
 
@@ -115,6 +123,18 @@ impl Report {
         );
         if !self.extra.is_null() {
             println!("  {}", self.extra);
+        }
+        if !self.cpu.is_empty() {
+            println!(
+                "  {:<16} {:>8} {:>8} {:>8} {:>10}",
+                "process", "pid", "cpu s", "% core", "µs/req"
+            );
+            for row in &self.cpu {
+                println!(
+                    "  {:<16} {:>8} {:>8.3} {:>8.1} {:>10.2}",
+                    row.name, row.pid, row.cpu_s, row.core_pct, row.us_per_req
+                );
+            }
         }
     }
 }
@@ -145,6 +165,24 @@ impl Clock {
     fn done(&self) -> bool {
         Instant::now() >= self.end
     }
+
+    /// Starts sampling the watched processes' CPU over the measured period.
+    fn watch(&self, cpu: Option<cpu::Watch>) -> Option<tokio::task::JoinHandle<cpu::Taken>> {
+        cpu.map(|w| w.spawn(self.start + self.warmup, self.end))
+    }
+}
+
+/// Puts the CPU rows of a run into its report.
+async fn with_cpu(
+    mut report: Report,
+    watch: Option<tokio::task::JoinHandle<cpu::Taken>>,
+) -> Report {
+    if let Some(watch) = watch {
+        if let Ok(taken) = watch.await {
+            report.cpu = taken.rows(report.requests);
+        }
+    }
+    report
 }
 
 /// `bench rr` parameters.
@@ -167,6 +205,8 @@ pub struct RrArgs {
     pub duration_ms: u64,
     /// Warm-up time.
     pub warmup_ms: u64,
+    /// Processes whose CPU to report (`--cpu`).
+    pub cpu: Option<cpu::Watch>,
 }
 
 /// Request/reply through the broker.
@@ -189,6 +229,7 @@ pub async fn rr(a: RrArgs) -> anyhow::Result<Report> {
     // The body: MessagePack binary of `size` bytes (what `$echo` sends back).
     let body = proto::to_body(&proto::ByteBuf::from(vec![0x5au8; a.size]))?;
     let clock = Clock::new(a.warmup_ms, a.duration_ms);
+    let watch = clock.watch(a.cpu);
     let mut tasks = Vec::new();
     for bus in &handles {
         for _ in 0..a.window.max(1) {
@@ -225,13 +266,8 @@ pub async fn rr(a: RrArgs) -> anyhow::Result<Report> {
         "service": a.service, "op": a.op, "size": a.size, "window": a.window,
         "connections": a.connections, "duration_ms": a.duration_ms,
     });
-    Ok(Report::new(
-        "rr",
-        params,
-        lat,
-        errors,
-        a.duration_ms as f64 / 1000.0,
-    ))
+    let report = Report::new("rr", params, lat, errors, a.duration_ms as f64 / 1000.0);
+    Ok(with_cpu(report, watch).await)
 }
 
 async fn collect(tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>) -> (Vec<u32>, u64) {
@@ -266,6 +302,8 @@ pub struct WsArgs {
     pub warmup_ms: u64,
     /// Client token.
     pub token: Option<String>,
+    /// Processes whose CPU to report (`--cpu`).
+    pub cpu: Option<cpu::Watch>,
 }
 
 /// WebSocket clients through the gateway: each connection keeps `window`
@@ -277,6 +315,7 @@ pub struct WsArgs {
 pub async fn ws(a: WsArgs) -> anyhow::Result<Report> {
     let url = with_token(&a.url, a.token.as_deref());
     let clock = Clock::new(a.warmup_ms, a.duration_ms);
+    let watch = clock.watch(a.cpu);
     let mut tasks = Vec::new();
     for _ in 0..a.connections.max(1) {
         let (ws, _) = tokio_tungstenite::connect_async(&url).await?;
@@ -349,13 +388,8 @@ pub async fn ws(a: WsArgs) -> anyhow::Result<Report> {
         "service": a.service, "op": a.op, "connections": a.connections, "window": a.window,
         "duration_ms": a.duration_ms,
     });
-    Ok(Report::new(
-        "ws",
-        params,
-        lat,
-        errors,
-        a.duration_ms as f64 / 1000.0,
-    ))
+    let report = Report::new("ws", params, lat, errors, a.duration_ms as f64 / 1000.0);
+    Ok(with_cpu(report, watch).await)
 }
 
 /// A WebSocket client connection to `url` (`ws://IP:PORT/…`) from `source`.

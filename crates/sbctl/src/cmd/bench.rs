@@ -18,7 +18,9 @@ pub(crate) async fn run(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(
             connections,
             duration_ms,
             warmup_ms,
+            cpu,
         } => {
+            let cpu = cpu_watch(bus, args, cpu).await?;
             crate::bench::rr(crate::bench::RrArgs {
                 broker: args.broker.clone(),
                 secret: args.secret.clone(),
@@ -29,6 +31,7 @@ pub(crate) async fn run(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(
                 connections: *connections,
                 duration_ms: *duration_ms,
                 warmup_ms: *warmup_ms,
+                cpu,
             })
             .await
         }
@@ -42,6 +45,7 @@ pub(crate) async fn run(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(
             duration_ms,
             warmup_ms,
             token,
+            cpu,
         } => {
             let data: serde_json::Value = serde_json::from_str(data)
                 .with_context(|| format!("data is not JSON: {data}"))
@@ -56,9 +60,52 @@ pub(crate) async fn run(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(
                 duration_ms: *duration_ms,
                 warmup_ms: *warmup_ms,
                 token: token.clone(),
+                cpu: cpu_watch(bus, args, cpu).await?,
             })
             .await
         }
+        BenchCmd::Say {
+            url,
+            room,
+            connections,
+            window,
+            duration_ms,
+            warmup_ms,
+            token,
+            cpu,
+        } => crate::bench::ws(crate::bench::WsArgs {
+            url: url.clone(),
+            service: "chat".into(),
+            op: "say".into(),
+            data: serde_json::json!({"room": room, "text": "hello, this is a benchmark message"}),
+            connections: *connections,
+            window: *window,
+            duration_ms: *duration_ms,
+            warmup_ms: *warmup_ms,
+            token: token.clone(),
+            cpu: cpu_watch(bus, args, cpu).await?,
+        })
+        .await,
+        other => return attacks_and_fanout(bus, args, other).await,
+    };
+    report.map_err(Failure::Usage)?.print(args.json);
+    Ok(())
+}
+
+/// `--cpu`: each process's CPU over the run, from /proc (see [`crate::bench::cpu`]).
+async fn cpu_watch(
+    bus: &Handle,
+    args: &Args,
+    cpu: &crate::cli::CpuOpts,
+) -> Result<Option<crate::bench::cpu::Watch>, Failure> {
+    crate::bench::cpu::watch(bus, &args.broker, cpu.cpu, cpu.cpu_db_port)
+        .await
+        .map_err(Failure::Usage)
+}
+
+/// The benchmarks without `--cpu`: slowloris, fan-out, idle connections.
+async fn attacks_and_fanout(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(), Failure> {
+    let report = match which {
         BenchCmd::Slowloris {
             url,
             sockets,
@@ -118,6 +165,9 @@ pub(crate) async fn run(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(
                 bus: bus.clone(),
             })
             .await
+        }
+        BenchCmd::Rr { .. } | BenchCmd::Ws { .. } | BenchCmd::Say { .. } => {
+            unreachable!("run() measures these")
         }
     };
     report.map_err(Failure::Usage)?.print(args.json);
