@@ -1,16 +1,7 @@
 //! The chat service: rooms, messages, history, presence, direct messages, relay.
 //!
-//! Ops (a client's `data` → the reply's `data`):
-//!
-//! | op | data | reply |
-//! |---|---|---|
-//! | `join` | `{room}` | `{room, members}`; the client is subscribed to `chat.room.<room>` |
-//! | `leave` | `{room}` | `{room, members}`; and unsubscribed |
-//! | `say` | `{room, text, idempotency_key?}` | `{seq}` after the db service committed it; then `{room, seq, user, text, ts}` on `chat.room.<room>`. A retry with the same key gets `{seq, duplicate: true}` and stores nothing |
-//! | `history` | `{room, limit?, before?}` or `{room, after, limit?}` | `{messages: [{seq, user, text, ts}…]}` newest first; with `after`, the messages newer than that `seq`, oldest first (a client catching up after a reconnect) |
-//! | `who` | `{room}` | `{users}` |
-//! | `dm` | `{user, text}` | `{}`; `{from, text, ts}` on `user.<user>` |
-//! | `relay` | `{to, op, data}` | the other service's reply data |
+//! Its ops, what each takes and answers, are one table in docs/services.md
+//! (chat); the handlers below are named after them.
 //!
 //! `relay` calls another service on the caller's behalf, so it applies the same
 //! client policy as the gateway ([`switchboard_bus::policy`], `--policy`: give chat
