@@ -652,7 +652,7 @@ mod tests {
     #[test]
     fn the_output_is_private_and_never_written_through_a_link() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("sb-import-pm2-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sb-import-pm2-output-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let victim = dir.join("victim");
         std::fs::write(&victim, "keep").unwrap();
