@@ -326,7 +326,12 @@ class Bus extends EventEmitter {
                 end(registered);
                 return;
               case 'request':
-                if (frames.length === 2 && this.onRequest) this.onRequest(frames[0], env);
+                if (frames.length === 2 && this.onRequest) {
+                  // A request that fails past its own error handling is logged,
+                  // never an unhandled rejection (which ends a Node process).
+                  Promise.resolve(this.onRequest(frames[0], env)).catch((e) =>
+                    this.log('error', 'request failed', { error: e && e.stack ? e.stack : String(e) }));
+                }
                 break;
               case 'reply':
                 this._onReply(env);

@@ -138,8 +138,9 @@ class Service {
   // === one request ===
 
   async _serve(token, env) {
-    const op = env.op || '';
-    const trace = env.trace || '';
+    // The broker checks the head's types; a peer's odd ones are not trusted.
+    const op = typeof env.op === 'string' ? env.op : '';
+    const trace = typeof env.trace === 'string' ? env.trace : '';
     const t0 = performance.now();
     const startUs = wire.nowUs();
     this.inflight++;
@@ -157,7 +158,18 @@ class Service {
       if (!typed) this.bus.log('error', 'built-in op failed', { op, error: e && e.stack ? e.stack : String(e) });
       result = { error: typed ? e : new BusError('internal', 'internal error') };
     }
-    this.handled++;
+    try {
+      this._answer(token, env, op, trace, result, t0, startUs);
+    } finally {
+      this.inflight--;
+    }
+  }
+
+  // The reply, its metrics and its span.
+  _answer(token, env, op, trace, result, t0, startUs) {
+    // Requests only: main's health checks and the other `$` ops are not
+    // counted, as in the Rust services' `handled`.
+    if (!op.startsWith('$')) this.handled++;
     const known = this.handlers.has(op) || BUILTIN_OPS.includes(op);
     const opLabel = known ? op : 'other';
     const code = result.error ? result.error.code : 'ok';
@@ -173,7 +185,6 @@ class Service {
       const grants = result.grants && (result.grants.subscribe.length || result.grants.unsubscribe.length) ? result.grants : undefined;
       this.bus.reply(token, { id: env.id, trace, body: result.body, grants });
     }
-    this.inflight--;
   }
 
   async _dispatch(op, env) {
