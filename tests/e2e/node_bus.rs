@@ -176,7 +176,7 @@ fn the_node_bus_suite_passes_against_the_real_broker() {
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the Node suite failed (above)");
-    assert!(report.contains("ℹ pass 15"), "every test ran");
+    assert!(report.contains("ℹ pass 16"), "every test ran");
     assert!(report.contains("ℹ skipped 0"), "none skipped");
 }
 

@@ -470,7 +470,7 @@ class Bus extends EventEmitter {
           if (!this.up) this.held = this.held.filter((h) => h.id !== id);
           reject(new BusError(this.up ? 'timeout' : 'unavailable', `${service}.${op}: no answer before the deadline`));
         }
-      }, Math.max(0, deadline - now) + DEADLINE_GRACE_MS);
+      }, wire.timerMs(deadline - now + DEADLINE_GRACE_MS));
       this.pending.set(id, { resolve, reject, timer, raw: !!opts.raw, session: 0 });
       try {
         this._send({ id, bytes });

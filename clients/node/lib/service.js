@@ -262,7 +262,7 @@ class Service {
       timer = setTimeout(() => {
         controller.abort();
         reject(new BusError('timeout', 'handler did not finish before the deadline'));
-      }, Math.max(0, deadline - Date.now()));
+      }, wire.timerMs(deadline - Date.now()));
     });
     let value;
     try {

@@ -99,6 +99,14 @@ function nowUs() {
   return Math.round((performance.timeOrigin + performance.now()) * 1000);
 }
 
+/**
+ * A delay setTimeout keeps: 0 to 2^31-1 ms. Node fires a longer one (or NaN)
+ * after 1 ms, which would end a far deadline at once.
+ */
+function timerMs(ms) {
+  return Number.isFinite(ms) ? Math.min(Math.max(0, ms), 2 ** 31 - 1) : 2 ** 31 - 1;
+}
+
 const NAME_RE = /^[A-Za-z0-9_.$-]{1,64}$/;
 
 module.exports = {
@@ -115,5 +123,6 @@ module.exports = {
   sameBytes,
   newTraceId,
   nowUs,
+  timerMs,
   NAME_RE,
 };

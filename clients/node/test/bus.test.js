@@ -235,3 +235,13 @@ test('messages held while no broker answers are bounded: past the cap, overloade
   // Those that ended no longer take room: the next one is held again.
   await assert.rejects(bus.call('greet', 'hello', {}, { timeoutMs: 100 }), { code: 'unavailable' });
 });
+
+test('a far deadline is not a timer that fires at once', () => {
+  // setTimeout fires a delay over 2^31-1 ms after 1 ms; calls and handlers
+  // clamp theirs.
+  const { timerMs } = require('../lib/wire');
+  assert.equal(timerMs(3e9), 2 ** 31 - 1);
+  assert.equal(timerMs(-5), 0);
+  assert.equal(timerMs(Number.NaN), 2 ** 31 - 1);
+  assert.equal(timerMs(250), 250);
+});

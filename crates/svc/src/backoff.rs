@@ -46,7 +46,8 @@ impl Backoff {
             .checked_pow(n)
             .and_then(|factor| self.min.checked_mul(factor))
             .map_or(self.max, |d| d.min(self.max));
-        if self.jitter <= 0.0 {
+        // A NaN jitter is no jitter (mul_f64 would panic on it).
+        if self.jitter.is_nan() || self.jitter <= 0.0 {
             return base;
         }
         let extra = base.mul_f64(self.jitter.min(1.0) * rand::random::<f64>());
@@ -66,6 +67,13 @@ mod tests {
         let waits: Vec<u64> = (0..7).map(|n| policy.delay(n).as_millis() as u64).collect();
         assert_eq!(waits, [50, 100, 200, 400, 800, 1_000, 1_000]);
         assert_eq!(policy.delay(u32::MAX), MS * 1_000);
+    }
+
+    #[test]
+    fn a_nan_jitter_is_no_jitter() {
+        let b =
+            Backoff::new(Duration::from_millis(10), Duration::from_secs(1)).with_jitter(f64::NAN);
+        assert_eq!(b.delay(2), Duration::from_millis(40));
     }
 
     #[test]
