@@ -293,15 +293,21 @@ impl Router {
             )
         });
         requests.increment(1);
-        latency.record(req.timer.elapsed().as_secs_f64());
+        let elapsed = req.timer.elapsed();
+        latency.record(elapsed.as_secs_f64());
         if let Ok(head) = proto::decode_head(&req.frame) {
             if !head.trace.is_empty() {
                 let worker = req
                     .worker
                     .and_then(|w| self.peers.get(&w))
                     .map_or("-", |p| p.instance.as_str());
-                let name = format!("dispatch {service}.{} → {worker}", head.op);
-                req.timer.finish(head.trace, "broker", name, outcome);
+                req.timer.finish_after(
+                    elapsed,
+                    head.trace,
+                    "broker",
+                    format_args!("dispatch {service}.{} → {worker}", head.op),
+                    outcome,
+                );
             }
         }
     }

@@ -140,13 +140,18 @@ impl Handle {
         let Some(timer) = timed else {
             return self.request(env).await;
         };
-        let (trace, name) = (env.trace.clone(), format!("call {service}.{op}"));
+        let trace = env.trace.clone();
         let result = self.request(env).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
         };
-        timer.finish(&trace, &self.shared.instance, name, outcome);
+        timer.finish(
+            &trace,
+            &self.shared.instance,
+            format_args!("call {service}.{op}"),
+            outcome,
+        );
         result
     }
 

@@ -60,7 +60,6 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
         user = env.user.as_deref().unwrap_or("")
     );
     let timer = crate::svc::trace::Timer::start();
-    let started_at = Instant::now();
     let result: Result<Reply, Error> = match op.as_str() {
         "$echo" => Ok(Reply::new(env.body.into_vec())),
         "$info" => Ok(Reply::new(info.to_vec())),
@@ -105,12 +104,15 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
         )
     });
     requests.increment(1);
-    latency.record(started_at.elapsed().as_secs_f64());
+    // One clock read for the histogram and the span.
+    let elapsed = timer.elapsed();
+    latency.record(elapsed.as_secs_f64());
     if !op.starts_with('$') {
-        timer.finish(
+        timer.finish_after(
+            elapsed,
             &trace,
             handle.instance(),
-            format!("handle {name}.{op_label}"),
+            format_args!("handle {name}.{op_label}"),
             code,
         );
     }

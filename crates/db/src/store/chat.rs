@@ -134,16 +134,17 @@ pub(super) async fn group_commit(
         let result = retry(deadline, "chat.save", || insert_messages(&db.pool, &batch)).await;
         // One span per message: its share of the statement is the whole of it.
         let outcome = if result.is_ok() { "ok" } else { "unavailable" };
+        let elapsed = timer.elapsed();
         let name = format!(
             "sql INSERT INTO messages … RETURNING seq ({} row{}, one statement)",
             batch.len(),
             if batch.len() == 1 { "" } else { "s" }
         );
         for job in &batch {
-            timer.finish(&job.trace, "db", name.clone(), outcome);
+            timer.finish_after(elapsed, &job.trace, "db", format_args!("{name}"), outcome);
         }
         switchboard_bus::svc::metrics::histogram!("sb_db_commit_duration_seconds")
-            .record(timer.elapsed().as_secs_f64());
+            .record(elapsed.as_secs_f64());
         switchboard_bus::svc::metrics::histogram!("sb_db_commit_rows").record(batch.len() as f64);
         match result {
             Ok(seqs) if seqs.len() == batch.len() && seqs.iter().all(|saved| saved.seq > 0) => {

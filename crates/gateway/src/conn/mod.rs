@@ -417,11 +417,14 @@ impl Client {
             conn.give_shares();
             // Labelled by the policy's names only (made-up names are "other").
             let label = conn.gw.settings.policy.metric_label(&to);
-            crate::metrics::request_done(label, code, timer.elapsed());
-            timer.finish(
+            // One clock read for the histogram and the span.
+            let elapsed = timer.elapsed();
+            crate::metrics::request_done(label, code, elapsed);
+            timer.finish_after(
+                elapsed,
                 &trace,
                 conn.gw.bus.instance(),
-                format!("ws {to}.{op}"),
+                format_args!("ws {to}.{op}"),
                 code,
             );
         });
