@@ -4,6 +4,7 @@
 // Test code is exempt from the workspace's 120-line function limit.
 #![allow(clippy::too_many_lines)]
 
+mod call_then;
 mod handover;
 mod hostile;
 mod liveness;

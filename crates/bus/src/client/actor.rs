@@ -16,17 +16,55 @@ pub(super) struct Pending {
     /// Whether it went out on the socket (a request made offline waits for the
     /// connection).
     sent: bool,
-    tx: oneshot::Sender<Result<Envelope, Error>>,
+    tx: Answer,
+}
+
+/// Where a request's outcome goes: exactly once, whichever way it ends
+/// (reply, error reply, deadline, lost connection, full send queue, or the
+/// socket task gone: dropped unanswered, it answers `unavailable`).
+pub(super) struct Answer(Option<Way>);
+
+enum Way {
+    /// To a task awaiting it ([`Handle::call`]).
+    Wait(oneshot::Sender<Result<Envelope, Error>>),
+    /// To a callback run on the socket task ([`Handle::call_then`]): no task
+    /// and no channel per request.
+    Then(Box<dyn FnOnce(Result<Envelope, Error>) + Send + Sync>),
+}
+
+impl Answer {
+    pub(super) fn wait(tx: oneshot::Sender<Result<Envelope, Error>>) -> Self {
+        Self(Some(Way::Wait(tx)))
+    }
+
+    pub(super) fn then(f: Box<dyn FnOnce(Result<Envelope, Error>) + Send + Sync>) -> Self {
+        Self(Some(Way::Then(f)))
+    }
+
+    pub(super) fn send(mut self, result: Result<Envelope, Error>) {
+        match self.0.take() {
+            Some(Way::Wait(tx)) => {
+                let _ = tx.send(result);
+            }
+            Some(Way::Then(then)) => then(result),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        // A waiting task sees its sender dropped as `closed`; a callback is
+        // told the same, so that it runs exactly once.
+        if let Some(Way::Then(then)) = self.0.take() {
+            then(Err(closed()));
+        }
+    }
 }
 
 impl Pending {
     /// A request not yet sent.
-    pub(super) fn new(
-        frame: Bytes,
-        deadline: u64,
-        idem: bool,
-        tx: oneshot::Sender<Result<Envelope, Error>>,
-    ) -> Self {
+    pub(super) fn new(frame: Bytes, deadline: u64, idem: bool, tx: Answer) -> Self {
         Self {
             frame,
             deadline,
@@ -381,7 +419,7 @@ impl Actor {
                     pending.sent = true;
                     self.pending.insert(id, pending);
                 } else {
-                    let _ = pending.tx.send(Err(Error::new(
+                    pending.tx.send(Err(Error::new(
                         ErrorCode::Overloaded,
                         "bus send queue full",
                     )));
@@ -472,7 +510,7 @@ impl Actor {
                         Some(error) => Err(error.into()),
                         None => Ok(env),
                     };
-                    let _ = p.tx.send(result);
+                    p.tx.send(result);
                 }
             }
             (Kind::Event, None) => {
@@ -582,7 +620,7 @@ impl Actor {
                         "no broker connection before the deadline",
                     )
                 };
-                let _ = p.tx.send(Err(error));
+                p.tx.send(Err(error));
             }
         }
     }
@@ -598,7 +636,7 @@ impl Actor {
             .collect();
         for id in lost {
             if let Some(p) = self.pending.remove(&id) {
-                let _ = p.tx.send(Err(Error::new(
+                p.tx.send(Err(Error::new(
                     ErrorCode::Unavailable,
                     "broker connection lost with the request in flight",
                 )));

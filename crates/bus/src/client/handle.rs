@@ -1,6 +1,6 @@
 //! [`Handle`]: what every task holds to use the bus.
 
-use super::actor::Pending;
+use super::actor::{Answer, Pending};
 use super::*;
 
 impl Handle {
@@ -115,6 +115,57 @@ impl Handle {
         body: Vec<u8>,
         options: CallOptions,
     ) -> Result<Envelope, Error> {
+        let (env, timed) = self.request_for(service, op, body, options);
+        let Some(timer) = timed else {
+            return self.request(env).await;
+        };
+        let trace = env.trace.clone();
+        let result = self.request(env).await;
+        call_span(&self.shared, timer, &trace, service, op, &result);
+        result
+    }
+
+    /// As [`Handle::call`], with the outcome handed to `then` instead of
+    /// awaited: no task and no channel per request, for a caller with many
+    /// requests in flight (the gateway). `then` runs exactly once, on the bus
+    /// socket's task (or this one's, for a request refused before it is sent):
+    /// it must be short and must not block. What follows the wait for room in
+    /// the socket task's queue is not awaited.
+    pub async fn call_then(
+        &self,
+        service: &str,
+        op: &str,
+        body: Vec<u8>,
+        options: CallOptions,
+        then: impl FnOnce(Result<Envelope, Error>) + Send + Sync + 'static,
+    ) {
+        let (env, timed) = self.request_for(service, op, body, options);
+        let answer = match timed {
+            None => Answer::then(Box::new(then)),
+            Some(timer) => {
+                // The shared state, not a handle: a handle held by a pending
+                // request would keep the socket task from seeing the last
+                // handle go.
+                let (shared, trace) = (self.shared.clone(), env.trace.clone());
+                let (service, op) = (service.to_owned(), op.to_owned());
+                Answer::then(Box::new(move |result: Result<Envelope, Error>| {
+                    call_span(&shared, timer, &trace, &service, &op, &result);
+                    then(result);
+                }))
+            }
+        };
+        self.send_request(env, answer).await;
+    }
+
+    /// The request envelope of a call, and its span's timer when the call is
+    /// a span of a trace (an onward call from a handler, or the gateway's).
+    fn request_for(
+        &self,
+        service: &str,
+        op: &str,
+        body: Vec<u8>,
+        options: CallOptions,
+    ) -> (Envelope, Option<crate::svc::trace::Timer>) {
         let timeout_ms = options
             .timeout
             .map(|t| t.as_millis() as u64)
@@ -128,8 +179,6 @@ impl Handle {
         env.user = options.user;
         env.session = options.session;
         env.idem = options.idem;
-        // A call that carries a trace (an onward call from a handler, or the
-        // gateway's) is a span of that trace's timeline.
         let timed =
             (!options.trace.is_empty() && !options.no_span).then(crate::svc::trace::Timer::start);
         env.trace = if options.trace.is_empty() {
@@ -137,22 +186,7 @@ impl Handle {
         } else {
             options.trace
         };
-        let Some(timer) = timed else {
-            return self.request(env).await;
-        };
-        let trace = env.trace.clone();
-        let result = self.request(env).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.code.as_str(),
-        };
-        timer.finish(
-            &trace,
-            &self.shared.instance,
-            format_args!("call {service}.{op}"),
-            outcome,
-        );
-        result
+        (env, timed)
     }
 
     /// Sends a fully built request envelope (its `id` and `from` are set here).
@@ -160,35 +194,51 @@ impl Handle {
     /// # Errors
     ///
     /// As [`Handle::call`].
-    pub async fn request(&self, mut env: Envelope) -> Result<Envelope, Error> {
-        env.kind = Kind::Request;
-        env.id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        env.from.clone_from(&self.shared.instance);
-        if env.deadline == 0 {
-            env.deadline = proto::now_ms() + self.shared.default_timeout_ms;
-        }
-        // The broker would drop it as malformed and the caller would wait for its
-        // deadline: refuse it here, at once.
-        env.check_lengths()
-            .map_err(|e| Error::bad_request(e.to_string()))?;
-        let frame =
-            proto::encode(&env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
-        check_size(&self.shared, Kind::Request, frame.len())?;
+    pub async fn request(&self, env: Envelope) -> Result<Envelope, Error> {
         let (tx, rx) = oneshot::channel();
-        let deadline = env.deadline;
-        self.tx
-            .send(Cmd::Request {
-                id: env.id,
-                pending: Pending::new(Bytes::from(frame), deadline, env.idem, tx),
-            })
-            .await
-            .map_err(|_| closed())?;
+        self.send_request(env, Answer::wait(tx)).await;
         // The socket task answers every request by its deadline (plus grace) and
         // drops the sender if it stops, so this wait ends without a timer of its own.
         match rx.await {
             Ok(result) => result,
             Err(_) => Err(closed()),
         }
+    }
+
+    /// Hands `env` to the socket task, its outcome to go to `answer`; a request
+    /// refused here is answered at once.
+    async fn send_request(&self, mut env: Envelope, answer: Answer) {
+        env.kind = Kind::Request;
+        env.id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        env.from.clone_from(&self.shared.instance);
+        if env.deadline == 0 {
+            env.deadline = proto::now_ms() + self.shared.default_timeout_ms;
+        }
+        let frame = match self.frame_of(&env) {
+            Ok(frame) => frame,
+            Err(e) => return answer.send(Err(e)),
+        };
+        let pending = Pending::new(Bytes::from(frame), env.deadline, env.idem, answer);
+        // A send that fails drops the command, and with it the answer, which
+        // then says `unavailable`.
+        let _ = self
+            .tx
+            .send(Cmd::Request {
+                id: env.id,
+                pending,
+            })
+            .await;
+    }
+
+    fn frame_of(&self, env: &Envelope) -> Result<Vec<u8>, Error> {
+        // The broker would drop it as malformed and the caller would wait for its
+        // deadline: refuse it here, at once.
+        env.check_lengths()
+            .map_err(|e| Error::bad_request(e.to_string()))?;
+        let frame =
+            proto::encode(env).map_err(|e| Error::new(ErrorCode::TooLarge, e.to_string()))?;
+        check_size(&self.shared, Kind::Request, frame.len())?;
+        Ok(frame)
     }
 
     /// Publishes an event on `topic`.
@@ -355,4 +405,25 @@ impl Handle {
             .await
             .map_err(|_| closed())
     }
+}
+
+/// Records the span of a call made within a trace.
+fn call_span(
+    shared: &Shared,
+    timer: crate::svc::trace::Timer,
+    trace: &str,
+    service: &str,
+    op: &str,
+    result: &Result<Envelope, Error>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    timer.finish(
+        trace,
+        &shared.instance,
+        format_args!("call {service}.{op}"),
+        outcome,
+    );
 }
