@@ -4,9 +4,11 @@
 //! - this file: the path of a request: the read loop (rate limit, pings, token
 //!   expiry, go-away), one frame → a bus call, the reply's grants, the writer;
 //! - [`session`]: who the client is, its topics, and the goodbye;
-//! - [`ops`]: the gateway's own ops (`ping`, `subscribe`, `unsubscribe`, `auth`).
+//! - [`ops`]: the gateway's own ops (`ping`, `subscribe`, `unsubscribe`, `auth`);
+//! - [`reply`]: a request's reply, from the bus socket's task to the outbox.
 
 mod ops;
+mod reply;
 mod session;
 
 use futures::{SinkExt, StreamExt};
@@ -382,52 +384,21 @@ impl Client {
         };
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.gw.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let conn = self.clone();
-        let (to, id) = (to.to_owned(), m.id);
-        let op = op.to_owned();
-        tokio::spawn(async move {
-            let result = match conn.gw.bus.call(&to, &op, body, options).await {
-                Ok(env) if env.grants.is_none() => Ok(env),
-                // Boxed: rare, and it would make every request's task larger.
-                Ok(env) => Box::pin(conn.apply_grants(&to, env.grants.as_ref()))
-                    .await
-                    .map(|()| env),
-                Err(e) => Err(e),
-            };
-            let (reply, code) = match result {
-                // A large body is transcoded off the runtime thread, which
-                // the bus socket (and its heartbeats) shares.
-                Ok(env) => (
-                    wire::ok_body_off_thread(
-                        id.clone(),
-                        env.body.into_vec(),
-                        trace.clone(),
-                        binary,
-                    )
-                    .await,
-                    "ok",
-                ),
-                Err(e) => (
-                    wire::error_traced(&id, e.code, &e.message, &trace, binary),
-                    e.code.as_str(),
-                ),
-            };
-            conn.out.outbox.reply(reply);
-            conn.inflight.fetch_sub(1, Ordering::Relaxed);
-            conn.give_shares();
-            // Labelled by the policy's names only (made-up names are "other").
-            let label = conn.gw.settings.policy.metric_label(&to);
-            // One clock read for the histogram and the span.
-            let elapsed = timer.elapsed();
-            crate::metrics::request_done(label, code, elapsed);
-            timer.finish_after(
-                elapsed,
-                &trace,
-                conn.gw.bus.instance(),
-                format_args!("ws {to}.{op}"),
-                code,
-            );
-        });
+        let asked = reply::Asked {
+            conn: self.clone(),
+            to: to.to_owned(),
+            op: op.to_owned(),
+            id: m.id,
+            trace,
+            binary,
+            timer,
+        };
+        // The reply is answered from the bus socket's task: no task and no
+        // channel per request (see `reply`).
+        self.gw
+            .bus
+            .call_then(to, op, body, options, move |result| asked.answered(result))
+            .await;
     }
 
     /// Counts a request in flight against the user's and the address's shares.

@@ -1,0 +1,91 @@
+//! A request's reply, from the bus to the client's outbox.
+//!
+//! The bus hands the outcome to [`Asked::answered`] on its socket task
+//! ([`switchboard_bus::Handle::call_then`]): the usual reply is encoded and
+//! queued right there, with no task, channel or future per request (each of
+//! those was an item of the gateway's profile, issue 24). The rare reply that
+//! needs to wait — one carrying grants (subscribing awaits the hub and the
+//! bus), or a body large enough to be transcoded off the runtime thread —
+//! moves to a task of its own.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use switchboard_bus::proto::Envelope;
+use switchboard_bus::svc::trace::Timer;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::Client;
+use crate::wire;
+
+/// What the reply of one request needs to know of it.
+pub(super) struct Asked {
+    pub(super) conn: Arc<Client>,
+    pub(super) to: String,
+    pub(super) op: String,
+    pub(super) id: wire::Raw,
+    pub(super) trace: String,
+    pub(super) binary: bool,
+    pub(super) timer: Timer,
+}
+
+impl Asked {
+    /// The outcome of the bus call: runs on the bus socket's task, so it never
+    /// waits; what would wait goes to a task.
+    pub(super) fn answered(self, result: Result<Envelope, switchboard_bus::Error>) {
+        match result {
+            Ok(env) if env.grants.is_some() || env.body.len() >= wire::OFF_THREAD_BYTES => {
+                tokio::spawn(self.answered_later(env));
+            }
+            Ok(env) => {
+                let reply = wire::ok_body(&self.id, &env.body, &self.trace, self.binary);
+                self.done(reply, "ok");
+            }
+            Err(e) => {
+                let reply =
+                    wire::error_traced(&self.id, e.code, &e.message, &self.trace, self.binary);
+                self.done(reply, e.code.as_str());
+            }
+        }
+    }
+
+    /// A reply with grants to apply first, or a large body to transcode.
+    async fn answered_later(self, env: Envelope) {
+        if env.grants.is_some() {
+            // Boxed: it would make this future larger for the other replies.
+            let applied = Box::pin(self.conn.apply_grants(&self.to, env.grants.as_ref())).await;
+            if let Err(e) = applied {
+                let reply =
+                    wire::error_traced(&self.id, e.code, &e.message, &self.trace, self.binary);
+                return self.done(reply, e.code.as_str());
+            }
+        }
+        let reply = wire::ok_body_off_thread(
+            self.id.clone(),
+            env.body.into_vec(),
+            self.trace.clone(),
+            self.binary,
+        )
+        .await;
+        self.done(reply, "ok");
+    }
+
+    /// Queues the reply and lets go of what the request held.
+    fn done(self, reply: Message, code: &'static str) {
+        let conn = &self.conn;
+        conn.out.outbox.reply(reply);
+        conn.inflight.fetch_sub(1, Ordering::Relaxed);
+        conn.give_shares();
+        // Labelled by the policy's names only (made-up names are "other").
+        let label = conn.gw.settings.policy.metric_label(&self.to);
+        // One clock read for the histogram and the span.
+        let elapsed = self.timer.elapsed();
+        crate::metrics::request_done(label, code, elapsed);
+        self.timer.finish_after(
+            elapsed,
+            &self.trace,
+            conn.gw.bus.instance(),
+            format_args!("ws {}.{}", self.to, self.op),
+            code,
+        );
+    }
+}
