@@ -9,6 +9,8 @@
 //! - Every relative link resolves (the file, and the heading an anchor names).
 //! - Every `sbctl` subcommand and every `ecosystem.toml` key is in the docs, and
 //!   every module of a crate is named in its layout doc (the crate root's `//!`).
+//! - Metrics are recorded as `crates/svc/src/metrics.rs` and
+//!   docs/observability.md say: only in a crate's own `src/metrics.rs`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -512,6 +514,48 @@ fn every_module_of_a_crate_is_named_in_its_layout_doc() {
         missing.is_empty(),
         "modules the crate's layout doc (its //! lines) does not name:\n{}",
         missing.join("\n")
+    );
+}
+
+/// One way to record metrics: a crate's metric names and label sets live in its
+/// `src/metrics.rs`, and the rest of the crate calls that module's functions.
+/// A `counter!(`, `gauge!(` or `histogram!(` anywhere else under `crates/*/src`
+/// is a second way.
+#[test]
+fn metrics_are_recorded_only_in_a_crates_metrics_rs() {
+    let mut found = Vec::new();
+    for krate in std::fs::read_dir(root().join("crates")).unwrap().flatten() {
+        let src = krate.path().join("src");
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path == src.join("metrics.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    if ["counter!(", "gauge!(", "histogram!("]
+                        .iter()
+                        .any(|m| line.contains(m))
+                    {
+                        found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "metrics recorded outside a crate's src/metrics.rs (add a function there):\n{}",
+        found.join("\n")
     );
 }
 

@@ -13,6 +13,7 @@
 //! - [`cli`]: the `broker` binary's command line.
 //! - [`router`]: the state machine ([`router::Router`]); all routing decisions.
 //! - [`ha`]: a broker pair (primary and backup, the ZeroMQ guide's Binary Star).
+//! - `metrics`: every metric the broker records (`sb_broker_*`).
 //! - this file: [`Settings`], [`bind`] and [`run`], the socket task.
 //!
 //! # Never blocking on a send
@@ -28,6 +29,7 @@
 
 pub mod cli;
 pub mod ha;
+mod metrics;
 pub mod router;
 
 use bytes::Bytes;

@@ -10,6 +10,8 @@
 //! - [`secret_file`]: the bus secret main makes on its first run (`RUN_DIR/bus.secret`).
 //! - [`svc`]: tracing, the SIGTERM/SIGINT token, exit codes, RSS.
 //! - [`error`]: [`Error`], a contract error code plus a message.
+//! - `metrics`: every metric the bus and the service framework record
+//!   (`sb_service_*`, `sb_bus_too_large_total`).
 //! - [`policy`]: the client policy (what WebSocket clients may call, subscribe
 //!   to and be granted), shared by the gateway and by any service that calls on
 //!   a client's behalf (chat `relay`).
@@ -17,6 +19,7 @@
 
 pub mod client;
 pub mod error;
+mod metrics;
 pub mod policy;
 pub mod secret_file;
 pub mod service;

@@ -12,9 +12,11 @@
 //!   ops and its SQL (`store::chat`: group commit, idempotency; `store::loc`).
 //! - [`migrations`]: the schema, versioned.
 //! - [`error`]: [`error::DbError`] and what counts as transient.
+//! - `metrics`: the db's own metrics (`sb_db_commit_*`).
 //! - this file: [`Settings`] and [`service`], the bus service.
 
 pub mod error;
+mod metrics;
 pub mod migrations;
 pub mod store;
 

@@ -17,6 +17,8 @@
 //! - [`proc`]: spawning, signals, /proc readings.
 //! - [`logs`]: log files.
 //! - [`http`]: main's HTTP server: the dashboard, `/metrics`, `/health`, `/ready`.
+//! - `metrics`: every metric main records itself (`sb_instance_*`,
+//!   `sb_metrics_answers_dropped_total`); `http` serves and merges them.
 //! - `broker`: keeping the broker: adopt, start, restart, stop it last.
 //! - `service`: the `main` bus service (what `sbctl` talks to).
 //! - this file: [`Options`], [`run`]: the run folder's lock, the bus secret,
@@ -27,6 +29,7 @@ mod broker;
 pub mod ecosystem;
 pub mod http;
 pub mod logs;
+mod metrics;
 pub mod proc;
 mod service;
 

@@ -1,12 +1,29 @@
 //! The process's metrics: one Prometheus recorder per process (the `metrics`
-//! facade, rendered by `metrics-exporter-prometheus`), installed on first use.
-//! Code anywhere records with the `metrics` macros; [`render`] gives the text
-//! exposition format. Latency histograms have buckets in seconds from 100 µs to
-//! 10 s.
+//! facade, rendered by `metrics-exporter-prometheus`), installed on first use;
+//! [`render`] gives the text exposition format. Latency histograms have buckets
+//! in seconds from 100 µs to 10 s.
 //!
 //! Names follow Prometheus conventions: `sb_` prefix, `_total` for counters,
 //! `_seconds` and `_bytes` base units; label values are bounded (services, ops
 //! and codes, never users, rooms or trace ids).
+//!
+//! # One way to record
+//!
+//! Each crate that records metrics does it in one module, its `src/metrics.rs`
+//! (`bus`: every service's `sb_service_*`; `broker`, `gateway`, `db`,
+//! `supervisor`). That module owns every metric name and label set of its
+//! crate and offers small named functions (`metrics::commit(rows, elapsed)`,
+//! `metrics::rejected(code)`); the rest of the crate calls those, never the
+//! [`counter!`], [`gauge!`] or [`histogram!`] macros (`tests/e2e/docs.rs`
+//! fails on one anywhere else under `crates/*/src`). Recording on a
+//! per-request path goes through handles registered once: a [`Cache`] keyed
+//! by the bounded labels, or a `static` handle for a label set known at
+//! compile time. What a crate keeps as plain counters (its `Stats`) or knows
+//! only as state is copied into the recorder at scrape time, by a function of
+//! the same module.
+//!
+//! A new metric: a function in its crate's `metrics.rs`, its `# HELP` line in
+//! [`HELP`], and its row in `docs/observability.md`.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;

@@ -93,36 +93,18 @@ impl Router {
 
     /// The broker's metrics: what it counts as it goes, and its state now.
     fn metrics(&self, now: u64) -> String {
-        use switchboard_svc::metrics::{counter, gauge};
         let held: Vec<u64> = self
             .reqs
             .values()
             .filter(|r| r.worker.is_none())
             .map(|r| now.saturating_sub(r.received))
             .collect();
-        gauge!("sb_broker_inflight").set(self.reqs.len() as f64);
-        gauge!("sb_broker_held").set(held.len() as f64);
-        gauge!("sb_broker_held_oldest_seconds")
-            .set(held.iter().max().copied().unwrap_or(0) as f64 / 1000.0);
-        gauge!("sb_broker_peers").set(self.peers.len() as f64);
-        let s = &self.stats;
-        for (name, value) in [
-            ("sb_broker_late_replies_total", s.late_replies),
-            ("sb_broker_malformed_total", s.malformed),
-            ("sb_broker_unauthenticated_total", s.unauthenticated),
-            ("sb_broker_auth_failures_total", s.auth_failures),
-            ("sb_broker_retried_total", s.retried),
-            ("sb_broker_events_total", s.events),
-            ("sb_broker_events_dropped_total", s.events_dropped),
-            ("sb_broker_send_dropped_total", s.send_dropped),
-            ("sb_broker_peers_lost_total", s.peers_lost),
-            ("sb_broker_rogue_replies_total", s.rogue_replies),
-            ("sb_broker_subs_refused_total", s.subs_refused),
-            ("sb_broker_names_refused_total", s.names_refused),
-            ("sb_broker_too_large_total", s.too_large),
-        ] {
-            counter!(name).absolute(value);
-        }
-        switchboard_svc::metrics::render()
+        let state = crate::metrics::Now {
+            inflight: self.reqs.len(),
+            held: held.len(),
+            held_oldest_ms: held.iter().max().copied().unwrap_or(0),
+            peers: self.peers.len(),
+        };
+        crate::metrics::text(&state, &self.stats)
     }
 }

@@ -155,7 +155,7 @@ pub struct Router {
     /// When `on_tick` last ran, ms since the epoch (0: never).
     last_tick: u64,
     /// Request metrics by (service index, outcome).
-    metrics: switchboard_svc::metrics::Cache<(usize, &'static str)>,
+    metrics: crate::metrics::Requests,
     reported_malformed: u64,
     /// Counters since start.
     pub stats: BrokerStats,
@@ -212,7 +212,7 @@ impl Router {
             next_peer: 1,
             next_heartbeat: 0,
             last_tick: 0,
-            metrics: switchboard_svc::metrics::Cache::default(),
+            metrics: crate::metrics::Requests::default(),
             reported_malformed: 0,
             stats: BrokerStats::default(),
             out: Vec::new(),

@@ -286,15 +286,9 @@ impl Router {
     /// error code) and records its span: received → answered.
     fn finished(&self, req: &Req, outcome: &'static str) {
         let service = &self.services[req.service].name;
-        let (requests, latency) = self.metrics.get((req.service, outcome), |_| {
-            (
-                switchboard_svc::metrics::counter!("sb_broker_requests_total", "service" => service.clone(), "outcome" => outcome),
-                switchboard_svc::metrics::histogram!("sb_broker_request_duration_seconds", "service" => service.clone()),
-            )
-        });
-        requests.increment(1);
+        // One clock read for the histogram and the span.
         let elapsed = req.timer.elapsed();
-        latency.record(elapsed.as_secs_f64());
+        self.metrics.done(req.service, service, outcome, elapsed);
         if let Ok(head) = proto::decode_head(&req.frame) {
             if !head.trace.is_empty() {
                 let worker = req

@@ -381,7 +381,7 @@ fn check_size(shared: &Shared, kind: Kind, len: usize) -> Result<(), Error> {
         Kind::Event => "event",
         _ => "message",
     };
-    crate::svc::metrics::counter!("sb_bus_too_large_total", "kind" => what).increment(1);
+    crate::metrics::too_large(what);
     warn_too_large(what, len, max);
     Err(Error::new(
         ErrorCode::TooLarge,

@@ -19,7 +19,7 @@ pub(super) struct Counters {
     pub(super) handled: AtomicU64,
     pub(super) errors: AtomicU64,
     /// `sb_service_requests_total` and `…_duration_seconds` by (op, code).
-    pub(super) metrics: crate::svc::metrics::Cache<(String, &'static str)>,
+    pub(super) metrics: crate::metrics::ServiceRequests,
 }
 
 /// What one request's task needs from the service.
@@ -96,17 +96,9 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
     } else {
         "other".to_owned()
     };
-    let (requests, latency) = counters.metrics.get((op_label.clone(), code), |(op, code)| {
-        let (service, op) = (name.to_owned(), op.clone());
-        (
-            crate::svc::metrics::counter!("sb_service_requests_total", "service" => service.clone(), "op" => op.clone(), "code" => *code),
-            crate::svc::metrics::histogram!("sb_service_request_duration_seconds", "service" => service, "op" => op),
-        )
-    });
-    requests.increment(1);
     // One clock read for the histogram and the span.
     let elapsed = timer.elapsed();
-    latency.record(elapsed.as_secs_f64());
+    counters.metrics.done(name, &op_label, code, elapsed);
     if !op.starts_with('$') {
         timer.finish_after(
             elapsed,

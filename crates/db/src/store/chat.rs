@@ -143,9 +143,7 @@ pub(super) async fn group_commit(
         for job in &batch {
             timer.finish_after(elapsed, &job.trace, "db", format_args!("{name}"), outcome);
         }
-        switchboard_bus::svc::metrics::histogram!("sb_db_commit_duration_seconds")
-            .record(elapsed.as_secs_f64());
-        switchboard_bus::svc::metrics::histogram!("sb_db_commit_rows").record(batch.len() as f64);
+        crate::metrics::commit(batch.len(), elapsed);
         match result {
             Ok(seqs) if seqs.len() == batch.len() && seqs.iter().all(|saved| saved.seq > 0) => {
                 for (job, saved) in batch.drain(..).zip(seqs) {

@@ -16,11 +16,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_bus::proto;
-use switchboard_bus::proto::admin::{InstanceState, InstanceStatus};
-use switchboard_bus::svc::metrics::{counter, gauge, render};
+use switchboard_bus::svc::metrics::render;
 use switchboard_bus::{CallOptions, Handle};
 
 use crate::apps::Supervisor;
+use crate::metrics::INSTANCE_LABEL;
 
 /// How long an instance may take to answer `$metrics` before the scrape goes on
 /// without it.
@@ -30,38 +30,10 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 /// to some tens (bounded labels); 256 KiB is ten times the largest seen here.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
-/// The label main adds to every merged sample: the process it came from.
-pub const INSTANCE_LABEL: &str = "sb_instance";
-
-/// main's own gauges, from what `ls` says.
-fn record_instances(list: &[InstanceStatus]) {
-    for i in list.iter().filter(|i| i.managed) {
-        let labels = [("app", i.app.clone()), (INSTANCE_LABEL, i.instance.clone())];
-        for state in [
-            InstanceState::Online,
-            InstanceState::Degraded,
-            InstanceState::Starting,
-            InstanceState::Stopping,
-            InstanceState::Stopped,
-            InstanceState::Waiting,
-            InstanceState::Errored,
-            InstanceState::Restarting,
-        ] {
-            let mut l = labels.to_vec();
-            l.push(("state", state.as_str().to_owned()));
-            gauge!("sb_instance_state", &l).set(if i.state == state { 1.0 } else { 0.0 });
-        }
-        counter!("sb_instance_restarts_total", &labels).absolute(u64::from(i.restarts));
-        gauge!("sb_instance_resident_memory_bytes", &labels).set(i.rss_bytes as f64);
-        gauge!("sb_instance_cpu_ratio", &labels).set(i.cpu_percent / 100.0);
-        gauge!("sb_instance_uptime_seconds", &labels).set(i.uptime_ms as f64 / 1000.0);
-    }
-}
-
 /// The merged exposition.
 pub(crate) async fn scrape(sup: &Arc<Supervisor>, bus: &Handle) -> String {
     let list = sup.ls(bus).await;
-    record_instances(&list);
+    crate::metrics::instances(&list);
     let options = CallOptions {
         timeout: Some(ASK_TIMEOUT),
         ..CallOptions::default()
@@ -101,7 +73,7 @@ pub(crate) async fn scrape(sup: &Arc<Supervisor>, bus: &Handle) -> String {
             Ok(()) => texts.push((instance, text)),
             Err(reason) => {
                 tracing::warn!(%instance, reason, bytes = text.len(), "$metrics answer left out of the scrape");
-                counter!("sb_metrics_answers_dropped_total", "reason" => reason).increment(1);
+                crate::metrics::answer_dropped(reason);
             }
         }
     }
