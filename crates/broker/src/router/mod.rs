@@ -31,6 +31,15 @@ use rand::RngCore;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+
+/// The broker's tables are hashed several times for every message routed.
+/// With std's SipHash that was ~6% of the broker's CPU per request (issue 24's
+/// profile); foldhash (in the tree already, through hashbrown) is several times
+/// cheaper. Its `quality` flavour, seeded at random per process: keys a peer
+/// chooses (identities, names) go into these tables, each of them capped.
+type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+/// See [`Map`].
+type Set<K> = HashSet<K, foldhash::quality::RandomState>;
 use switchboard_proto::{
     self as proto, auth, topic, BrokerStats, Envelope, ErrorBody, ErrorCode, Head, Hello,
     InstanceInfo, Kind, PeerState, Welcome, BROKER_SERVICE,
@@ -63,13 +72,13 @@ struct Peer {
     state: PeerState,
     credit: u32,
     /// Requests dispatched to this peer and not answered yet.
-    inflight: HashSet<Token>,
+    inflight: Set<Token>,
     /// Requests this peer sent as a caller and has not had answered yet.
     outstanding: u32,
     handled: u64,
     last_seen: u64,
     registered_at: u64,
-    subs: HashSet<String>,
+    subs: Set<String>,
 }
 
 #[derive(Debug)]
@@ -137,17 +146,17 @@ const MAX_QUEUE_SCAN: usize = 256;
 pub struct Router {
     settings: Settings,
     secret: Option<Vec<u8>>,
-    peers: HashMap<PeerId, Peer>,
-    by_identity: HashMap<Bytes, PeerId>,
-    by_instance: HashMap<String, PeerId>,
+    peers: Map<PeerId, Peer>,
+    by_identity: Map<Bytes, PeerId>,
+    by_instance: Map<String, PeerId>,
     services: Vec<ServiceEntry>,
-    service_idx: HashMap<String, usize>,
-    reqs: HashMap<Token, Req>,
+    service_idx: Map<String, usize>,
+    reqs: Map<Token, Req>,
     expiry: BinaryHeap<Reverse<(u64, Token)>>,
-    challenges: HashMap<Bytes, ([u8; auth::NONCE_LEN], u64)>,
+    challenges: Map<Bytes, ([u8; auth::NONCE_LEN], u64)>,
     /// Every peer's subscriptions, looked up by topic without a scan.
     subs: topic::Index<PeerId>,
-    told_bye: HashSet<Bytes>,
+    told_bye: Set<Bytes>,
     heartbeat_frame: Bytes,
     next_token: Token,
     next_peer: PeerId,
@@ -197,16 +206,16 @@ impl Router {
             .map(|s| s.as_bytes().to_vec());
         let mut router = Self {
             secret,
-            peers: HashMap::new(),
-            by_identity: HashMap::new(),
-            by_instance: HashMap::new(),
+            peers: Map::default(),
+            by_identity: Map::default(),
+            by_instance: Map::default(),
             services: Vec::new(),
-            service_idx: HashMap::new(),
-            reqs: HashMap::new(),
+            service_idx: Map::default(),
+            reqs: Map::default(),
             expiry: BinaryHeap::new(),
-            challenges: HashMap::new(),
+            challenges: Map::default(),
             subs: topic::Index::default(),
-            told_bye: HashSet::new(),
+            told_bye: Set::default(),
             heartbeat_frame,
             next_token: 1,
             next_peer: 1,

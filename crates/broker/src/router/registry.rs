@@ -182,12 +182,12 @@ impl Router {
                 pid: hello.pid,
                 state: PeerState::Registered,
                 credit: credit.min(self.settings.max_credit),
-                inflight: HashSet::new(),
+                inflight: Set::default(),
                 outstanding: 0,
                 handled: 0,
                 last_seen: now,
                 registered_at: now,
-                subs: HashSet::new(),
+                subs: Set::default(),
             },
         );
         self.stats.peers = self.peers.len() as u64;
