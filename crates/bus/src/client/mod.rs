@@ -25,11 +25,13 @@
 //! - `actor`: the socket actor: reconnects, heartbeats, requests, subscriptions.
 //! - `handle`: [`Handle`], what every task holds to use the bus.
 //! - `handshake`: one connection attempt, the `hello` and its challenge.
+//! - `subs`: the local subscriptions, each with its queue, matched by topic.
 //! - this file: [`Config`], [`connect`], the shared state.
 
 mod actor;
 mod handle;
 mod handshake;
+mod subs;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -298,7 +300,7 @@ const DEADLINE_GRACE_MS: u64 = 250;
 /// When the configuration is invalid or the thread cannot be started.
 pub fn connect(config: Config) -> Result<Connection, Error> {
     let has_secret = config.secret.as_ref().is_some_and(|s| !s.is_empty());
-    let remote = actor::endpoints(&config.broker)
+    let remote = endpoints(&config.broker)
         .iter()
         .any(|e| !proto::is_local_endpoint(e));
     if !has_secret && !config.insecure && remote {
@@ -426,4 +428,19 @@ fn closed() -> Error {
 /// A fresh random trace id (16 hex digits).
 pub fn new_trace_id() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// The endpoints in a `broker` setting: one, or a pair separated by a comma.
+fn endpoints(broker: &str) -> Vec<String> {
+    let list: Vec<String> = broker
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        vec![broker.to_owned()]
+    } else {
+        list
+    }
 }
