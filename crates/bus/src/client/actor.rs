@@ -1,6 +1,7 @@
 //! The socket actor: one task owns the DEALER; reconnects, heartbeats, requests, subscriptions.
 
 use super::handshake::*;
+use super::pending::Pending;
 use super::subs::Subs;
 use super::*;
 use crate::svc::Backoff;
@@ -9,72 +10,6 @@ use crate::svc::Backoff;
 /// 50 ms doubling to 1 s. A failed endpoint with others left to try moves on
 /// after 10 ms.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-
-pub(super) struct Pending {
-    frame: Bytes,
-    deadline: u64,
-    idem: bool,
-    /// Whether it went out on the socket (a request made offline waits for the
-    /// connection).
-    sent: bool,
-    tx: Answer,
-}
-
-/// Where a request's outcome goes: exactly once, whichever way it ends
-/// (reply, error reply, deadline, lost connection, full send queue, or the
-/// socket task gone: dropped unanswered, it answers `unavailable`).
-pub(super) struct Answer(Option<Way>);
-
-enum Way {
-    /// To a task awaiting it ([`Handle::call`]).
-    Wait(oneshot::Sender<Result<Envelope, Error>>),
-    /// To a callback run on the socket task ([`Handle::call_then`]): no task
-    /// and no channel per request.
-    Then(Box<dyn FnOnce(Result<Envelope, Error>) + Send + Sync>),
-}
-
-impl Answer {
-    pub(super) fn wait(tx: oneshot::Sender<Result<Envelope, Error>>) -> Self {
-        Self(Some(Way::Wait(tx)))
-    }
-
-    pub(super) fn then(f: Box<dyn FnOnce(Result<Envelope, Error>) + Send + Sync>) -> Self {
-        Self(Some(Way::Then(f)))
-    }
-
-    pub(super) fn send(mut self, result: Result<Envelope, Error>) {
-        match self.0.take() {
-            Some(Way::Wait(tx)) => {
-                let _ = tx.send(result);
-            }
-            Some(Way::Then(then)) => then(result),
-            None => {}
-        }
-    }
-}
-
-impl Drop for Answer {
-    fn drop(&mut self) {
-        // A waiting task sees its sender dropped as `closed`; a callback is
-        // told the same, so that it runs exactly once.
-        if let Some(Way::Then(then)) = self.0.take() {
-            then(Err(closed()));
-        }
-    }
-}
-
-impl Pending {
-    /// A request not yet sent.
-    pub(super) fn new(frame: Bytes, deadline: u64, idem: bool, tx: Answer) -> Self {
-        Self {
-            frame,
-            deadline,
-            idem,
-            sent: false,
-            tx,
-        }
-    }
-}
 
 /// The socket task's state.
 pub(super) struct Actor {

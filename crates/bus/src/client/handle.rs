@@ -1,6 +1,6 @@
 //! [`Handle`]: what every task holds to use the bus.
 
-use super::actor::{Answer, Pending};
+use super::pending::{Answer, Pending};
 use super::*;
 
 impl Handle {

@@ -25,12 +25,15 @@
 //! - `actor`: the socket actor: reconnects, heartbeats, requests, subscriptions.
 //! - `handle`: [`Handle`], what every task holds to use the bus.
 //! - `handshake`: one connection attempt, the `hello` and its challenge.
+//! - `pending`: a request in flight, and where its outcome goes (a waiting
+//!   task, or a callback).
 //! - `subs`: the local subscriptions, each with its queue, matched by topic.
 //! - this file: [`Config`], [`connect`], the shared state.
 
 mod actor;
 mod handle;
 mod handshake;
+mod pending;
 mod subs;
 
 use bytes::Bytes;
@@ -162,7 +165,7 @@ enum Cmd {
     /// A request to send, kept (by id) until its reply or its deadline.
     Request {
         id: u64,
-        pending: actor::Pending,
+        pending: pending::Pending,
     },
     /// Frames to send as they are (replies, events, control).
     Send(ZmqMessage),
