@@ -120,3 +120,31 @@ async fn a_request_that_ends_unanswered_reaches_the_callback_once() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
 }
+
+#[tokio::test]
+async fn a_callback_that_panics_leaves_the_bus_serving() {
+    trace_init();
+    let broker = TestBroker::start();
+    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "echo-1", READY).await);
+    bus.call_then(
+        "echo",
+        "$echo",
+        b"x".to_vec(),
+        CallOptions::default(),
+        |_| {
+            panic!("a callback's bug");
+        },
+    )
+    .await;
+    // The panic ran on the socket task; the next calls are served all the same.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let reply = bus
+            .call("echo", "$echo", b"y".to_vec(), CallOptions::default())
+            .await
+            .expect("the bus still serves");
+        assert_eq!(&reply.body[..], b"y");
+    }
+}

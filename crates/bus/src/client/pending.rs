@@ -40,9 +40,22 @@ impl Answer {
             Some(Way::Wait(tx)) => {
                 let _ = tx.send(result);
             }
-            Some(Way::Then(then)) => then(result),
+            Some(Way::Then(then)) => run(then, result),
             None => {}
         }
+    }
+}
+
+/// Runs a callback on the socket task. A callback that panics ends there, as
+/// a panic in a task of its own would end that task: never the socket task,
+/// which every request of the process depends on.
+fn run(
+    then: Box<dyn FnOnce(Result<Envelope, Error>) + Send + Sync>,
+    result: Result<Envelope, Error>,
+) {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || then(result)));
+    if ran.is_err() {
+        tracing::error!("a request's reply callback panicked; the bus carries on");
     }
 }
 
@@ -51,7 +64,7 @@ impl Drop for Answer {
         // A waiting task sees its sender dropped as `closed`; a callback is
         // told the same, so that it runs exactly once.
         if let Some(Way::Then(then)) = self.0.take() {
-            then(Err(closed()));
+            run(then, Err(closed()));
         }
     }
 }
