@@ -17,6 +17,7 @@ mod demo;
 mod deploy;
 mod deploy_run;
 mod docs;
+mod docs_metrics;
 mod docs_ts;
 mod faults;
 mod gateway;

@@ -204,6 +204,22 @@ pub const HELP: &[(&str, &str)] = &[
         "Replies from an instance the request was not dispatched to.",
     ),
     (
+        "sb_broker_subs_refused_total",
+        "Subscriptions the broker refused past its per-peer cap.",
+    ),
+    (
+        "sb_broker_names_refused_total",
+        "Registrations refused: the instance name is held by a live process.",
+    ),
+    (
+        "sb_broker_too_large_total",
+        "Messages over a peer's size cap the broker answered too_large instead of sending.",
+    ),
+    (
+        "sb_bus_too_large_total",
+        "Messages over the bus limit refused before they were sent, by kind.",
+    ),
+    (
         "sb_gateway_requests_total",
         "Client requests through the gateway, by service and outcome.",
     ),
