@@ -178,3 +178,44 @@ async fn a_policy_that_extends_the_built_in_one_opens_a_new_service_s_topics() {
         "forbidden"
     );
 }
+
+/// With `--threads 2` the bus runs on a thread of its own and the gateway
+/// answers each reply on its own runtime (conn/reply.rs): every kind of reply
+/// — plain, error, with grants, large — still arrives, many in flight at once,
+/// and what each request held is given back.
+#[tokio::test]
+async fn a_gateway_on_several_threads_answers_every_kind_of_reply() {
+    let system =
+        System::start_with(false, &["--threads", "2", "--max-frame-bytes", "300000"]).await;
+    let mut ws = Ws::connect(&format!("{}/ws", system.ws)).await.unwrap();
+    // With grants: join subscribes the connection to the room.
+    ws.ok("chat", "join", json!({"room": "threads"})).await;
+    ws.ok("chat", "say", json!({"room": "threads", "text": "hi"}))
+        .await;
+    let said = ws
+        .event("chat.room.threads")
+        .await
+        .expect("the room's event");
+    assert_eq!(said["text"], json!("hi"), "{said}");
+    // An error reply.
+    assert_eq!(ws.err(Some("chat"), "nope", json!({})).await, "unknown_op");
+    // Large: transcoded off the runtime thread.
+    let big = "x".repeat(100_000);
+    let echoed = ws.ok("chat", "$echo", json!({ "big": big })).await;
+    assert_eq!(echoed["big"].as_str().map(str::len), Some(100_000));
+    // Many in flight at once, answered each under its own id.
+    for round in 0..3 {
+        for i in 0..60 {
+            let frame = json!({"id": i, "to": "chat", "op": "$echo", "data": {"n": i}});
+            ws.send_text(&frame.to_string()).await;
+        }
+        for i in 0..60 {
+            let reply = ws.reply_for(&json!(i)).await;
+            assert_eq!(reply["data"]["n"], json!(i), "round {round}: {reply}");
+        }
+    }
+    // Nothing is still held: a request past the in-flight cap would be refused.
+    assert_eq!(ws.ok_gateway("ping", json!({})).await, json!({}));
+    ws.ok("chat", "say", json!({"room": "threads", "text": "still"}))
+        .await;
+}

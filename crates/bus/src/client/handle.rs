@@ -126,12 +126,18 @@ impl Handle {
     }
 
     /// As [`Handle::call`], with the outcome handed to `then` instead of
-    /// awaited: no task and no channel per request, for a caller with many
-    /// requests in flight (the gateway). `then` runs exactly once, on the bus
-    /// socket's task (or this one's, for a request refused before it is sent):
-    /// it must be short and must not block. What follows the wait for room in
-    /// the socket task's queue is not awaited.
-    pub async fn call_then(
+    /// awaited: no task, no channel and no future per request, for a caller
+    /// with many requests in flight (the gateway). `then` runs exactly once: on
+    /// the bus socket's task (the caller's runtime thread when they share a
+    /// current_thread runtime, else the bus's own thread), or on the caller's
+    /// for a request refused before it is queued, or wherever the socket task
+    /// is dropped. It must be short and must not block; a panic in it ends
+    /// there.
+    ///
+    /// Never waits: when the socket task's queue is full, the request waits
+    /// for room on a task of its own (on the caller's runtime; with none, it
+    /// is answered `overloaded`).
+    pub fn call_then(
         &self,
         service: &str,
         op: &str,
@@ -154,7 +160,34 @@ impl Handle {
                 }))
             }
         };
-        self.send_request(env, answer).await;
+        let Some(cmd) = self.request_cmd(env, answer) else {
+            return;
+        };
+        match self.tx.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let tx = self.tx.clone();
+                        // A send that fails drops the command: its answer then
+                        // says `unavailable`.
+                        rt.spawn(async move {
+                            let _ = tx.send(cmd).await;
+                        });
+                    }
+                    Err(_) => {
+                        if let Cmd::Request { pending, .. } = cmd {
+                            pending.tx.send(Err(Error::new(
+                                ErrorCode::Overloaded,
+                                "bus send queue full",
+                            )));
+                        }
+                    }
+                }
+            }
+            // Dropped: its answer says `unavailable`.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
     /// The request envelope of a call, and its span's timer when the call is
@@ -207,7 +240,17 @@ impl Handle {
 
     /// Hands `env` to the socket task, its outcome to go to `answer`; a request
     /// refused here is answered at once.
-    async fn send_request(&self, mut env: Envelope, answer: Answer) {
+    async fn send_request(&self, env: Envelope, answer: Answer) {
+        if let Some(cmd) = self.request_cmd(env, answer) {
+            // A send that fails drops the command, and with it the answer,
+            // which then says `unavailable`.
+            let _ = self.tx.send(cmd).await;
+        }
+    }
+
+    /// The command that sends `env`, its outcome to go to `answer`; `None`
+    /// for a request refused here (answered at once).
+    fn request_cmd(&self, mut env: Envelope, answer: Answer) -> Option<Cmd> {
         env.kind = Kind::Request;
         env.id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         env.from.clone_from(&self.shared.instance);
@@ -216,18 +259,15 @@ impl Handle {
         }
         let frame = match self.frame_of(&env) {
             Ok(frame) => frame,
-            Err(e) => return answer.send(Err(e)),
+            Err(e) => {
+                answer.send(Err(e));
+                return None;
+            }
         };
-        let pending = Pending::new(Bytes::from(frame), env.deadline, env.idem, answer);
-        // A send that fails drops the command, and with it the answer, which
-        // then says `unavailable`.
-        let _ = self
-            .tx
-            .send(Cmd::Request {
-                id: env.id,
-                pending,
-            })
-            .await;
+        Some(Cmd::Request {
+            id: env.id,
+            pending: Pending::new(Bytes::from(frame), env.deadline, env.idem, answer),
+        })
     }
 
     fn frame_of(&self, env: &Envelope) -> Result<Vec<u8>, Error> {

@@ -22,7 +22,9 @@ enum Way {
     /// To a task awaiting it ([`Handle::call`]).
     Wait(oneshot::Sender<Result<Envelope, Error>>),
     /// To a callback run on the socket task ([`Handle::call_then`]): no task
-    /// and no channel per request.
+    /// and no channel per request. `Sync` though only ever moved: a future
+    /// that holds an [`Answer`] (`Handle::request`'s) must be `Sync` for the
+    /// callers that need it (the supervisor's HTTP bodies).
     Then(Box<dyn FnOnce(Result<Envelope, Error>) + Send + Sync>),
 }
 

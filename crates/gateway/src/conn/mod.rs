@@ -106,6 +106,7 @@ pub async fn handle(
         inflight: AtomicUsize::new(0),
         address,
         user_share: OnceLock::new(),
+        rt: tokio::runtime::Handle::current(),
     };
     let conn = Arc::new(conn);
     match (&gw.settings.tokens, upgrade.token) {
@@ -169,6 +170,9 @@ struct Client {
     address: Member,
     /// The share of its user, once it has one.
     user_share: OnceLock<Member>,
+    /// The gateway's runtime: replies that wait, and with `--threads` > 1 every
+    /// reply, are answered on it rather than on the bus's thread (`reply`).
+    rt: tokio::runtime::Handle,
 }
 
 /// Token bucket for the per-connection request rate.
@@ -392,13 +396,13 @@ impl Client {
             trace,
             binary,
             timer,
+            answered: false,
         };
-        // The reply is answered from the bus socket's task: no task and no
-        // channel per request (see `reply`).
+        // The reply is answered from the bus socket's task: no task, channel
+        // or future per request (see `reply`). Never waits.
         self.gw
             .bus
-            .call_then(to, op, body, options, move |result| asked.answered(result))
-            .await;
+            .call_then(to, op, body, options, move |result| asked.answered(result));
     }
 
     /// Counts a request in flight against the user's and the address's shares.

@@ -1,16 +1,24 @@
 //! A request's reply, from the bus to the client's outbox.
 //!
 //! The bus hands the outcome to [`Asked::answered`] on its socket task
-//! ([`switchboard_bus::Handle::call_then`]): the usual reply is encoded and
-//! queued right there, with no task, channel or future per request (each of
-//! those was an item of the gateway's profile, issue 24). The rare reply that
-//! needs to wait — one carrying grants (subscribing awaits the hub and the
-//! bus), or a body large enough to be transcoded off the runtime thread —
-//! moves to a task of its own.
+//! ([`switchboard_bus::Handle::call_then`]). With the default single thread
+//! the bus shares the gateway's current_thread runtime, and the usual reply is
+//! encoded and queued right there, with no task, channel or future per request
+//! (each of those was an item of the gateway's profile, issue 24). With
+//! `--threads` > 1 the bus runs on a thread of its own, which should do
+//! nothing but the socket: each reply is then encoded on a task of the
+//! gateway's runtime. Either way the rare reply that needs to wait — one
+//! carrying grants (subscribing awaits the hub and the bus), or a body large
+//! enough to be transcoded off the runtime thread — moves to a task on the
+//! gateway's runtime.
+//!
+//! An [`Asked`] dropped unanswered (a panic while answering, or its task
+//! dropped with the runtime) still answers the client (`internal`) and gives
+//! back what the request held: the in-flight count and the shares.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use switchboard_bus::proto::Envelope;
+use switchboard_bus::proto::{Envelope, ErrorCode};
 use switchboard_bus::svc::trace::Timer;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -26,16 +34,29 @@ pub(super) struct Asked {
     pub(super) trace: String,
     pub(super) binary: bool,
     pub(super) timer: Timer,
+    /// Set once the reply is queued and the request's hold given back.
+    pub(super) answered: bool,
 }
 
 impl Asked {
     /// The outcome of the bus call: runs on the bus socket's task, so it never
     /// waits; what would wait goes to a task.
     pub(super) fn answered(self, result: Result<Envelope, switchboard_bus::Error>) {
+        let rt = &self.conn.rt;
         match result {
             Ok(env) if env.grants.is_some() || env.body.len() >= wire::OFF_THREAD_BYTES => {
-                tokio::spawn(self.answered_later(env));
+                rt.clone().spawn(self.answered_later(env));
             }
+            result if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread => {
+                rt.clone().spawn(async move { self.answer_now(result) });
+            }
+            result => self.answer_now(result),
+        }
+    }
+
+    /// Encodes and queues the reply.
+    fn answer_now(self, result: Result<Envelope, switchboard_bus::Error>) {
+        match result {
             Ok(env) => {
                 let reply = wire::ok_body(&self.id, &env.body, &self.trace, self.binary);
                 self.done(reply, "ok");
@@ -70,11 +91,13 @@ impl Asked {
     }
 
     /// Queues the reply and lets go of what the request held.
-    fn done(self, reply: Message, code: &'static str) {
+    fn done(mut self, reply: Message, code: &'static str) {
         let conn = &self.conn;
         conn.out.outbox.reply(reply);
         conn.inflight.fetch_sub(1, Ordering::Relaxed);
         conn.give_shares();
+        self.answered = true;
+        let conn = &self.conn;
         // Labelled by the policy's names only (made-up names are "other").
         let label = conn.gw.settings.policy.metric_label(&self.to);
         // One clock read for the histogram and the span.
@@ -87,5 +110,24 @@ impl Asked {
             format_args!("ws {}.{}", self.to, self.op),
             code,
         );
+    }
+}
+
+impl Drop for Asked {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let conn = &self.conn;
+        let reply = wire::error_traced(
+            &self.id,
+            ErrorCode::Internal,
+            "the gateway lost this reply",
+            &self.trace,
+            self.binary,
+        );
+        conn.out.outbox.reply(reply);
+        conn.inflight.fetch_sub(1, Ordering::Relaxed);
+        conn.give_shares();
     }
 }
