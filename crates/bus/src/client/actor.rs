@@ -65,6 +65,9 @@ impl Actor {
     }
 
     pub(super) async fn run(mut self) {
+        // However this task ends, a panic included, handles stop saying
+        // "connected" (health, `sb_gateway_bus_connected`).
+        let _disconnected = Disconnected(self.shared.clone());
         let mut failed_rounds = 0;
         // A broker pair: both endpoints, the primary first. A failed attempt
         // (refused, silent, or a passive broker's no) moves to the next one at
@@ -523,5 +526,14 @@ impl Actor {
         for p in self.pending.values_mut() {
             p.sent = false;
         }
+    }
+}
+
+/// Clears `connected` when the socket task ends.
+struct Disconnected(Arc<Shared>);
+
+impl Drop for Disconnected {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Ordering::Release);
     }
 }
