@@ -35,11 +35,36 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 /// The broker's tables are hashed several times for every message routed.
 /// With std's SipHash that was ~6% of the broker's CPU per request (issue 24's
 /// profile); foldhash (in the tree already, through hashbrown) is several times
-/// cheaper. Its `quality` flavour, seeded at random per process: keys a peer
-/// chooses (identities, names) go into these tables, each of them capped.
-type Map<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+/// cheaper. Peers choose some keys (identities, names, before they prove the
+/// secret too), so the seed comes from the OS's random source ([`Seeded`]),
+/// not foldhash's own (addresses and the time), and every such table is capped.
+type Map<K, V> = HashMap<K, V, Seeded>;
 /// See [`Map`].
-type Set<K> = HashSet<K, foldhash::quality::RandomState>;
+type Set<K> = HashSet<K, Seeded>;
+
+/// foldhash's `quality` hasher with a process seed and a per-table seed, both
+/// from the OS's random source.
+#[derive(Clone, Debug)]
+struct Seeded(foldhash::quality::SeedableRandomState);
+
+impl Default for Seeded {
+    fn default() -> Self {
+        static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+        let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(rand::random()));
+        Self(foldhash::quality::SeedableRandomState::with_seed(
+            rand::random(),
+            shared,
+        ))
+    }
+}
+
+impl std::hash::BuildHasher for Seeded {
+    type Hasher = foldhash::quality::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 use switchboard_proto::{
     self as proto, auth, topic, BrokerStats, Envelope, ErrorBody, ErrorCode, Head, Hello,
     InstanceInfo, Kind, PeerState, Welcome, BROKER_SERVICE,
