@@ -42,39 +42,72 @@ use std::time::Duration;
 use switchboard_bus::proto::{self, api};
 use switchboard_bus::{Error, Handle, HandlerResult, Request, Service, SessionsEnded};
 
-/// loc settings.
-#[derive(Debug, Clone)]
+/// loc settings: also its command line and environment (the binary flattens
+/// them), checked by [`Settings::check`].
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// An allow-list of zones; empty: any valid name (a zone exists from its
-    /// first use).
+    /// An allow-list of zones (comma-separated); none: any valid name, each
+    /// created on first use.
+    #[arg(long, env = "SB_LOC_ZONES", value_delimiter = ',')]
     pub zones: Vec<String>,
-    /// Live zones one instance holds at most (the least recently used is
-    /// evicted for a new one).
+    /// Live zones this instance holds at most; a new one past it evicts the
+    /// least recently used (its positions saved).
+    #[arg(long, env = "SB_LOC_MAX_ZONES", default_value_t = DEFAULTS.max_zones)]
     pub max_zones: usize,
-    /// Users one zone holds at most.
+    /// Users one zone holds at most (`overloaded` for a new one past it).
+    #[arg(long, env = "SB_LOC_MAX_ZONE_USERS", default_value_t = DEFAULTS.max_zone_users)]
     pub max_zone_users: usize,
     /// A zone no request named for this long is evicted from memory (its
     /// positions stay saved and come back on its next use), ms.
+    #[arg(long, env = "SB_LOC_ZONE_IDLE_MS", default_value_t = DEFAULTS.zone_idle_ms)]
     pub zone_idle_ms: u64,
     /// Largest |x| or |y|.
+    #[arg(long, env = "SB_LOC_MAX_COORD", default_value_t = DEFAULTS.max_coord)]
     pub max_coord: f64,
     /// Largest `nearby` radius.
+    #[arg(long, env = "SB_LOC_MAX_RADIUS", default_value_t = DEFAULTS.max_radius)]
     pub max_radius: f64,
-    /// How often positions are saved.
+    /// How often positions are saved, ms.
+    #[arg(long, env = "SB_LOC_SAVE_INTERVAL_MS", default_value_t = DEFAULTS.save_interval_ms)]
     pub save_interval_ms: u64,
 }
 
+/// The defaults, one table for [`Default`] and the command line.
+const DEFAULTS: Settings = Settings {
+    zones: Vec::new(),
+    max_zones: 10_000,
+    max_zone_users: 100_000,
+    zone_idle_ms: 10 * 60 * 1000,
+    max_coord: 1_000_000.0,
+    max_radius: 100_000.0,
+    save_interval_ms: 500,
+};
+
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            zones: Vec::new(),
-            max_zones: 10_000,
-            max_zone_users: 100_000,
-            zone_idle_ms: 10 * 60 * 1000,
-            max_coord: 1_000_000.0,
-            max_radius: 100_000.0,
-            save_interval_ms: 500,
+        DEFAULTS
+    }
+}
+
+impl Settings {
+    /// Refuses an invalid zone name in the allow-list; a cap of 0 is taken as 1.
+    ///
+    /// # Errors
+    ///
+    /// The first invalid zone name, said.
+    pub fn check(mut self) -> Result<Self, String> {
+        if let Some(bad) = self
+            .zones
+            .iter()
+            .find(|z| proto::validate_token(z).is_err())
+        {
+            return Err(format!(
+                "invalid zone name {bad:?} (letters, digits, _ and - only)"
+            ));
         }
+        self.max_zones = self.max_zones.max(1);
+        self.max_zone_users = self.max_zone_users.max(1);
+        Ok(self)
     }
 }
 
@@ -419,4 +452,32 @@ async fn zone_page(loc: &Loc, req: Request) -> HandlerResult {
         .collect();
     drop(state);
     Request::encode(&ZoneReply { users, more })
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::Settings;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        loc: Settings,
+    }
+
+    #[test]
+    fn the_command_line_s_defaults_are_the_library_s() {
+        let parsed = Cli::parse_from(["loc"]).loc;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Settings::default()));
+    }
+
+    #[test]
+    fn check_refuses_a_bad_zone_and_lifts_a_zero_cap() {
+        let bad = Cli::parse_from(["loc", "--zones", "lobby,no.dots"]).loc;
+        let why = bad.check().unwrap_err();
+        assert!(why.contains("\"no.dots\""), "{why}");
+        let zero = Cli::parse_from(["loc", "--max-zones", "0", "--max-zone-users", "0"]).loc;
+        let checked = zero.check().unwrap();
+        assert_eq!((checked.max_zones, checked.max_zone_users), (1, 1));
+    }
 }
