@@ -207,6 +207,9 @@ pub(crate) enum Command {
         /// Node.js, which reads the file.
         #[arg(long, env = "SB_NODE", default_value = "node")]
         node: String,
+        /// Give up on a file Node has not finished reading after this long.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
     },
     /// Which instance owns a key of a service.
     Owner {

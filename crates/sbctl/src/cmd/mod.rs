@@ -56,9 +56,11 @@ pub(crate) async fn run(mut args: Args) -> Result<(), Failure> {
             output,
             force,
             node,
+            timeout_secs,
         } => {
-            return crate::import_pm2::run(file, output.as_deref(), *force, node)
-                .map_err(Failure::Usage)
+            let limit = std::time::Duration::from_secs(*timeout_secs);
+            return crate::import_pm2::run(file, output.as_deref(), *force, node, limit)
+                .map_err(Failure::Usage);
         }
         _ => {}
     }

@@ -3,7 +3,9 @@
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use std::io::Read;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// What Node runs to print a PM2 file as JSON: `require` for CommonJS and
 /// JSON, `import()` for ES modules; a function value (PM2 has none that
@@ -23,7 +25,9 @@ process.stdout.write = process.stderr.write.bind(process.stderr);
   try {
     m = require(file);
   } catch (e) {
-    if (e.code !== 'ERR_REQUIRE_ESM') throw e;
+    // An ES module: refused by require() (or, where require() loads ES
+    // modules, one with a top-level await).
+    if (e.code !== 'ERR_REQUIRE_ESM' && e.code !== 'ERR_REQUIRE_ASYNC_MODULE') throw e;
     m = (await import(pathToFileURL(file).href)).default;
   }
   if (m && m.default && !m.apps) m = m.default;
@@ -34,29 +38,77 @@ process.stdout.write = process.stderr.write.bind(process.stderr);
 
 /// Node's reading of a PM2 ecosystem file (`.js`, `.cjs`, `.mjs`, `.json`).
 /// Evaluating it runs its code, as `pm2 start` does: it is the operator's own
-/// file.
+/// file. A file that has not finished loading after `limit` (a top-level
+/// `await` that never settles, a loop) is given up on: node is killed.
 ///
 /// # Errors
 ///
-/// Node cannot be run, or fails on the file; its output is not JSON.
-pub(crate) fn evaluate(file: &Path, node: &str) -> anyhow::Result<Value> {
+/// Node cannot be run, fails on the file, or runs past `limit`; its output is
+/// not JSON.
+pub(crate) fn evaluate(file: &Path, node: &str, limit: Duration) -> anyhow::Result<Value> {
+    use std::process::{Command, Stdio};
     if !file.is_file() {
         bail!("{}: no such file", file.display());
     }
-    let out = std::process::Command::new(node)
+    let mut child = Command::new(node)
         .arg("-e")
         .arg(EVALUATE_JS)
         .env("SB_PM2_FILE", file)
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {node} to read {} (Node.js is needed: PM2 files are JavaScript; --node PATH)", file.display()))?;
-    if !out.status.success() {
+    // Both pipes read to their end on threads of their own, so that a file
+    // printing a lot never blocks node on a full pipe while we wait.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{node} had not finished reading {} after {} s: a file that never finishes loading (a top-level await that never settles, a loop)? --timeout-secs to wait longer",
+                file.display(),
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    if !status.success() {
         bail!(
             "{node} could not evaluate {}: {}",
             file.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&stderr).trim()
         );
     }
-    serde_json::from_slice(&out.stdout)
+    serde_json::from_slice(&stdout)
         .with_context(|| format!("{node} printed no JSON for {}", file.display()))
 }

@@ -75,6 +75,7 @@ pub(crate) fn run(
     output: Option<&Path>,
     force: bool,
     node: &str,
+    limit: std::time::Duration,
 ) -> anyhow::Result<()> {
     if let Some(out) = output {
         // symlink_metadata: a dangling link is there too (exists() follows it).
@@ -82,7 +83,7 @@ pub(crate) fn run(
             bail!("{} exists; --force to overwrite it", out.display());
         }
     }
-    let pm2 = evaluate(file, node)?;
+    let pm2 = evaluate(file, node, limit)?;
     let from = std::path::absolute(file)?
         .parent()
         .map(Path::to_path_buf)

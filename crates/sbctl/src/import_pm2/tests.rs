@@ -192,7 +192,11 @@ fn a_file_that_logs_or_keeps_node_busy_still_evaluates() {
         std::fs::write(&file, format!("{head}{apps}")).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let f = file.clone();
-        std::thread::spawn(move || tx.send(evaluate(&f, "node").map_err(|e| e.to_string())));
+        std::thread::spawn(move || {
+            tx.send(
+                evaluate(&f, "node", std::time::Duration::from_secs(30)).map_err(|e| e.to_string()),
+            )
+        });
         let got = rx
             .recv_timeout(std::time::Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("{name}: node still running after 20 s"));
@@ -202,5 +206,47 @@ fn a_file_that_logs_or_keeps_node_busy_still_evaluates() {
             "{name}"
         );
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_file_that_never_finishes_loading_is_given_up_on() {
+    let dir = std::env::temp_dir().join(format!("sb-import-pm2-hang-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hangs.config.mjs");
+    // The interval keeps node's loop alive; the await never settles.
+    std::fs::write(
+        &file,
+        "setInterval(() => {}, 1000);\nawait new Promise(() => {});\nexport default { apps: [] };\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = evaluate(&file, "node", std::time::Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("had not finished reading"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_es_module_with_a_top_level_await_evaluates() {
+    let dir = std::env::temp_dir().join(format!("sb-import-pm2-tla-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("awaits.config.mjs");
+    std::fs::write(
+        &file,
+        "const port = await Promise.resolve(3000);\nexport default { apps: [{ name: 'api', script: 'api.js', env: { PORT: port } }] };\n",
+    )
+    .unwrap();
+    let got = evaluate(&file, "node", std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        got,
+        json!({"apps": [{"name": "api", "script": "api.js", "env": {"PORT": 3000}}]})
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
