@@ -68,6 +68,7 @@ pub(crate) fn text(now: &Now, s: &BrokerStats) -> String {
         ("sb_broker_subs_refused_total", s.subs_refused),
         ("sb_broker_names_refused_total", s.names_refused),
         ("sb_broker_too_large_total", s.too_large),
+        ("sb_broker_events_refused_total", s.events_refused),
     ] {
         counter!(name).absolute(value);
     }

@@ -229,6 +229,10 @@ pub struct BrokerStats {
     /// (a request too large to forward, a `$broker` reply too large to send).
     #[serde(default)]
     pub too_large: u64,
+    /// Events a peer sent as another's: on the broker's `bus.*` topics, or a
+    /// gateway's `session.*` event for a session of another instance. Dropped.
+    #[serde(default)]
+    pub events_refused: u64,
 }
 
 #[cfg(test)]

@@ -216,6 +216,10 @@ pub const HELP: &[(&str, &str)] = &[
         "Messages over a peer's size cap the broker answered too_large instead of sending.",
     ),
     (
+        "sb_broker_events_refused_total",
+        "Events a peer sent as another's (bus.*, or another gateway's session events), dropped.",
+    ),
+    (
         "sb_bus_too_large_total",
         "Messages over the bus limit refused before they were sent, by kind.",
     ),

@@ -376,7 +376,12 @@ impl Router {
             (Kind::Bye, None) => self.peer_lost(pid, Loss::Bye, now),
             (Kind::Subscribe, None) => self.subscribe(pid, head.to, head.id, &identity),
             (Kind::Unsubscribe, None) => self.unsubscribe(pid, head.to),
-            (Kind::Event, None) => self.publish(head.to, payload.clone(), &identity),
+            (Kind::Event, None) => {
+                if let Some(why) = self.forged_event(pid, head.to, &payload) {
+                    return self.event_refused(pid, head.to, why);
+                }
+                self.publish(head.to, payload.clone(), &identity);
+            }
             (Kind::Hello, None) => {}
         }
     }

@@ -94,6 +94,59 @@ impl Router {
         }
     }
 
+    /// Why peer `pid` may not send this event, if it may not. Services act on
+    /// the broker's `bus.peer_lost` and on the gateway's `session.*` events
+    /// (chat and loc drop what a session held), so a peer holding the bus
+    /// secret could otherwise end other gateways' sessions: `bus.*` is the
+    /// broker's alone, and a `session.*` event must be about a session of the
+    /// publishing instance (session ids start with their gateway's instance
+    /// name, which only one live peer holds). Only these topics are decoded.
+    pub(super) fn forged_event(
+        &self,
+        pid: PeerId,
+        topic_name: &str,
+        payload: &Bytes,
+    ) -> Option<&'static str> {
+        if topic_name == "bus" || topic_name.starts_with("bus.") {
+            return Some("bus.* events are the broker's");
+        }
+        if !topic_name.starts_with("session.") {
+            return None;
+        }
+        let instance = self.peers.get(&pid).map_or("", |p| p.instance.as_str());
+        let Ok(env) = proto::decode(payload) else {
+            return Some("undecodable session event");
+        };
+        let ours = |session: &str| proto::api::session_gateway(session) == Some(instance);
+        let fine = match topic_name {
+            proto::api::SESSION_OPEN | proto::api::SESSION_CLOSE => {
+                proto::from_body::<proto::api::Session>(&env.body)
+                    .is_ok_and(|s| s.gateway == instance && ours(&s.session))
+            }
+            proto::api::GRANT_FAILED => proto::from_body::<proto::api::GrantFailed>(&env.body)
+                .is_ok_and(|g| ours(&g.session)),
+            // No service acts on another session.* topic.
+            _ => true,
+        };
+        (!fine).then_some("a session event about another instance's session")
+    }
+
+    /// Counts and logs (the first) an event refused by [`Router::forged_event`].
+    pub(super) fn event_refused(&mut self, pid: PeerId, topic_name: &str, why: &str) {
+        self.stats.events_refused += 1;
+        let instance = self.peers.get(&pid).map_or("", |p| p.instance.as_str());
+        if self.stats.events_refused == 1 {
+            tracing::warn!(
+                instance,
+                topic = topic_name,
+                why,
+                "event refused (further ones are counted)"
+            );
+        } else {
+            tracing::debug!(instance, topic = topic_name, why, "event refused");
+        }
+    }
+
     /// Publishes an event of the broker's own to the subscribers of `topic`.
     pub(super) fn announce<T: Serialize>(&mut self, topic_name: &str, body: &T) {
         let mut env = Envelope::new(Kind::Event);

@@ -195,3 +195,71 @@ async fn a_refused_subscription_is_an_error_for_its_caller() {
         1
     );
 }
+
+/// Services drop what a session held on `session.close` and what a gateway's
+/// sessions held on `bus.peer_lost`: a peer may not send either for another.
+#[tokio::test]
+async fn a_peer_cannot_end_another_gateway_s_sessions() {
+    use switchboard_bus::proto::{api, to_body};
+    trace_init();
+    let broker = TestBroker::start();
+    let listener = client(&broker.endpoint, "t-listener", None).await;
+    let mut close = listener.subscribe(api::SESSION_CLOSE).await.unwrap();
+    let mut lost = listener.subscribe(api::PEER_LOST).await.unwrap();
+    let gateway = client(&broker.endpoint, "receive-7", None).await;
+    let impostor = client(&broker.endpoint, "impostor", None).await;
+    sync_with_broker(&listener).await;
+    let session = |gateway: &str, n: u64| api::Session {
+        user: "ada".into(),
+        session: api::session_id(gateway, n),
+        gateway: gateway.into(),
+    };
+    // Another gateway's session, claimed as its own or not: refused.
+    for forged in [session("receive-7", 1), {
+        let mut s = session("receive-7", 2);
+        s.gateway = "impostor".into();
+        s
+    }] {
+        impostor
+            .publish(api::SESSION_CLOSE, to_body(&forged).unwrap())
+            .await
+            .unwrap();
+    }
+    let grant = api::GrantFailed {
+        user: "ada".into(),
+        session: api::session_id("receive-7", 3),
+        service: "chat".into(),
+        topics: vec!["chat.room.x".into()],
+    };
+    impostor
+        .publish(api::GRANT_FAILED, to_body(&grant).unwrap())
+        .await
+        .unwrap();
+    let peer = api::PeerLost {
+        service: "receive".into(),
+        instance: "receive-7".into(),
+    };
+    impostor
+        .publish(api::PEER_LOST, to_body(&peer).unwrap())
+        .await
+        .unwrap();
+    sync_with_broker(&impostor).await;
+    assert_eq!(next_topic(&mut close).await, None, "a forged session.close");
+    assert_eq!(next_topic(&mut lost).await, None, "a forged bus.peer_lost");
+    assert_eq!(broker_stats(&listener).await.events_refused, 4);
+    // The gateway itself, about its own session: delivered.
+    gateway
+        .publish(
+            api::SESSION_CLOSE,
+            to_body(&session("receive-7", 1)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next_topic(&mut close).await.as_deref(),
+        Some(api::SESSION_CLOSE)
+    );
+    // The broker's own bus.peer_lost does not pass this check (it is
+    // published directly): faults::* and the chat and loc tests that kill a
+    // gateway see it arrive.
+}
