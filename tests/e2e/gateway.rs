@@ -214,7 +214,13 @@ async fn a_gateway_on_several_threads_answers_every_kind_of_reply() {
             assert_eq!(reply["data"]["n"], json!(i), "round {round}: {reply}");
         }
     }
-    // Nothing is still held: a request past the in-flight cap would be refused.
+    // Nothing is still held: more error replies and grants than the
+    // connection's in-flight cap (64), one after another, then a request.
+    for i in 0..100 {
+        assert_eq!(ws.err(Some("chat"), "nope", json!({})).await, "unknown_op");
+        ws.ok("chat", "join", json!({"room": format!("t{}", i % 8)}))
+            .await;
+    }
     assert_eq!(ws.ok_gateway("ping", json!({})).await, json!({}));
     ws.ok("chat", "say", json!({"room": "threads", "text": "still"}))
         .await;

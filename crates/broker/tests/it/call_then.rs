@@ -146,3 +146,151 @@ async fn a_callback_that_panics_leaves_the_bus_serving() {
         assert_eq!(&reply.body[..], b"y");
     }
 }
+
+/// Counts of outcomes: ok, overloaded, anything else, and callback runs.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    overloaded: AtomicUsize,
+    other: AtomicUsize,
+    runs: AtomicUsize,
+}
+
+impl Tally {
+    fn callback(self: &Arc<Self>) -> impl FnOnce(Result<Envelope, Error>) + Send + Sync + 'static {
+        let tally = self.clone();
+        move |result| {
+            tally.runs.fetch_add(1, Ordering::SeqCst);
+            let slot = match result {
+                Ok(_) => &tally.ok,
+                Err(e) if e.code == ErrorCode::Overloaded => &tally.overloaded,
+                Err(_) => &tally.other,
+            };
+            slot.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn settled(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.runs.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Any late second run would show here.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// More requests at once than the socket task's queue holds (4,096): those
+/// past it wait for room on tasks of their own, and each is answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_past_the_queue_is_answered_once_each() {
+    trace_init();
+    let broker = TestBroker::start();
+    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "echo-1", READY).await);
+    let tally = Arc::new(Tally::default());
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let (bus, tally) = (bus.clone(), tally.clone());
+        floods.push(tokio::spawn(async move {
+            for _ in 0..3_000 {
+                bus.call_then(
+                    "echo",
+                    "$echo",
+                    b"x".to_vec(),
+                    timeout(20_000),
+                    tally.callback(),
+                );
+            }
+        }));
+    }
+    for flood in floods {
+        flood.await.unwrap();
+    }
+    tally.settled(12_000).await;
+    assert_eq!(tally.runs.load(Ordering::SeqCst), 12_000);
+    assert_eq!(tally.ok.load(Ordering::SeqCst), 12_000);
+}
+
+/// From a thread with no runtime, while the socket task cannot run (its
+/// runtime's one thread is busy): past the queue there is nothing to wait
+/// on, and the rest are answered `overloaded` at once, each once.
+#[tokio::test]
+async fn past_the_queue_with_no_runtime_the_rest_are_overloaded() {
+    trace_init();
+    let broker = TestBroker::start();
+    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "echo-1", READY).await);
+    let tally = Arc::new(Tally::default());
+    let (flood_bus, flood_tally) = (bus.clone(), tally.clone());
+    // Joined without awaiting: this runtime's thread (the socket task's too)
+    // is held until the flood is done.
+    std::thread::spawn(move || {
+        for _ in 0..6_000 {
+            flood_bus.call_then(
+                "echo",
+                "$echo",
+                b"x".to_vec(),
+                timeout(20_000),
+                flood_tally.callback(),
+            );
+        }
+    })
+    .join()
+    .unwrap();
+    let overloaded = tally.overloaded.load(Ordering::SeqCst);
+    assert!(overloaded >= 1_000, "overloaded {overloaded}");
+    tally.settled(6_000).await;
+    assert_eq!(tally.runs.load(Ordering::SeqCst), 6_000);
+    assert_eq!(
+        tally.ok.load(Ordering::SeqCst) + tally.overloaded.load(Ordering::SeqCst),
+        6_000,
+        "other: {}",
+        tally.other.load(Ordering::SeqCst)
+    );
+}
+
+/// Where a callback runs is what `has_own_thread` says: on the caller's
+/// current_thread runtime, or on `bus-io` when the caller's runtime is a
+/// multi_thread one (the gateway with `--threads` > 1 then moves the work off
+/// it).
+#[test]
+fn has_own_thread_says_where_callbacks_run() {
+    trace_init();
+    let broker = TestBroker::start();
+    for multi in [false, true] {
+        let rt = if multi {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .unwrap();
+        let endpoint = broker.endpoint.clone();
+        let (own, thread) = rt.block_on(async move {
+            let _svc = spawn_echo(&endpoint, "echo", "echo-1", None);
+            let bus = client(&endpoint, "t-client", None).await;
+            assert!(wait_ready(&bus, "echo-1", READY).await);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            bus.call_then(
+                "echo",
+                "$echo",
+                Vec::new(),
+                CallOptions::default(),
+                move |_| {
+                    let _ = tx.send(std::thread::current().name().map(str::to_owned));
+                },
+            );
+            let thread = rx.recv().await.unwrap();
+            (bus.has_own_thread(), thread)
+        });
+        assert_eq!(own, multi);
+        assert_eq!(thread.as_deref() == Some("bus-io"), multi, "{thread:?}");
+    }
+}

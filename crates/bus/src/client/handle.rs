@@ -14,6 +14,12 @@ impl Handle {
         &self.shared.service
     }
 
+    /// Whether the socket task runs on a thread of its own (`bus-io`), not on
+    /// the runtime that connected: [`Handle::call_then`]'s callbacks run there.
+    pub fn has_own_thread(&self) -> bool {
+        self.shared.own_thread
+    }
+
     /// Whether the client is registered with a broker now.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
@@ -136,7 +142,10 @@ impl Handle {
     ///
     /// Never waits: when the socket task's queue is full, the request waits
     /// for room on a task of its own (on the caller's runtime; with none, it
-    /// is answered `overloaded`).
+    /// is answered `overloaded`). Requests waiting so may go out in another
+    /// order than they were made; nothing on the bus orders a caller's
+    /// requests (a service handles many at once), and the caller's own caps
+    /// on what it has in flight bound how many wait.
     pub fn call_then(
         &self,
         service: &str,

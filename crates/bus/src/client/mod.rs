@@ -159,6 +159,9 @@ struct Shared {
     /// The message cap this client sends under: its own `max_message_bytes`,
     /// lowered to the broker's when its welcome announces a smaller one.
     max_message: AtomicUsize,
+    /// Whether the socket task runs on a thread of its own (`bus-io`) rather
+    /// than on the caller's runtime.
+    own_thread: bool,
 }
 
 enum Cmd {
@@ -320,7 +323,17 @@ pub fn connect(config: Config) -> Result<Connection, Error> {
     }
     let (tx, rx) = mpsc::channel(CMD_CAPACITY);
     let (in_tx, in_rx) = mpsc::channel(config.credit.max(1) as usize + 64);
+    // ZeroMQ I/O belongs on a current_thread runtime. When the caller runs one
+    // (every service binary does), the socket task joins it: no thread hop
+    // between handlers and the socket. Otherwise (a multi_thread runtime, or no
+    // runtime) it gets a thread of its own with a current_thread runtime.
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    let same_runtime = match config.io_thread {
+        Some(thread) => !thread && flavor.is_ok(),
+        None => matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)),
+    };
     let shared = Arc::new(Shared {
+        own_thread: !same_runtime,
         instance: config.instance.clone(),
         service: config.service.clone(),
         default_timeout_ms: config.default_timeout_ms,
@@ -332,17 +345,7 @@ pub fn connect(config: Config) -> Result<Connection, Error> {
         stats: ClientStats::default(),
         max_message: AtomicUsize::new(config.max_message_bytes),
     });
-    let io_thread = config.io_thread;
     let actor = actor::Actor::new(config, rx, in_tx, shared.clone());
-    // ZeroMQ I/O belongs on a current_thread runtime. When the caller runs one
-    // (every service binary does), the socket task joins it: no thread hop
-    // between handlers and the socket. Otherwise (a multi_thread runtime, or no
-    // runtime) it gets a thread of its own with a current_thread runtime.
-    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-    let same_runtime = match io_thread {
-        Some(thread) => !thread && flavor.is_ok(),
-        None => matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)),
-    };
     if same_runtime {
         tokio::spawn(actor.run());
     } else {

@@ -4,10 +4,9 @@
 //! ([`switchboard_bus::Handle::call_then`]). With the default single thread
 //! the bus shares the gateway's current_thread runtime, and the usual reply is
 //! encoded and queued right there, with no task, channel or future per request
-//! (each of those was an item of the gateway's profile, issue 24). With
-//! `--threads` > 1 the bus runs on a thread of its own, which should do
-//! nothing but the socket: each reply is then encoded on a task of the
-//! gateway's runtime. Either way the rare reply that needs to wait — one
+//! (each of those was an item of the gateway's profile, issue 24). When the
+//! bus runs on a thread of its own (`--threads` > 1), which should do nothing
+//! but the socket, each reply is encoded on a task of the gateway's runtime. Either way the rare reply that needs to wait — one
 //! carrying grants (subscribing awaits the hub and the bus), or a body large
 //! enough to be transcoded off the runtime thread — moves to a task on the
 //! gateway's runtime.
@@ -47,7 +46,7 @@ impl Asked {
             Ok(env) if env.grants.is_some() || env.body.len() >= wire::OFF_THREAD_BYTES => {
                 rt.clone().spawn(self.answered_later(env));
             }
-            result if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread => {
+            result if self.conn.gw.bus.has_own_thread() => {
                 rt.clone().spawn(async move { self.answer_now(result) });
             }
             result => self.answer_now(result),
@@ -92,12 +91,13 @@ impl Asked {
 
     /// Queues the reply and lets go of what the request held.
     fn done(mut self, reply: Message, code: &'static str) {
-        let conn = &self.conn;
-        conn.out.outbox.reply(reply);
-        conn.inflight.fetch_sub(1, Ordering::Relaxed);
-        conn.give_shares();
+        // Marked first: whatever happens below, `Drop` never answers again
+        // nor gives the counts back twice.
         self.answered = true;
         let conn = &self.conn;
+        conn.inflight.fetch_sub(1, Ordering::Relaxed);
+        conn.give_shares();
+        conn.out.outbox.reply(reply);
         // Labelled by the policy's names only (made-up names are "other").
         let label = conn.gw.settings.policy.metric_label(&self.to);
         // One clock read for the histogram and the span.
