@@ -21,7 +21,7 @@ async fn main() {
     let settings = match args.loc.check() {
         Ok(settings) => settings,
         Err(why) => {
-            tracing::error!("{why}");
+            tracing::error!(error = %why, "bad settings");
             std::process::exit(svc::EXIT_USAGE);
         }
     };
