@@ -532,3 +532,62 @@ async fn one_address_cannot_hold_every_connection() {
         .await
     );
 }
+
+/// An address's requests in flight are its own until they end, whatever
+/// becomes of the connection that sent them: a client that fills its share
+/// with slow requests and then has itself closed (an over-size frame: a
+/// close that does not wait for them) finds the share still full when it
+/// reconnects. Before, the address's entry went with its last connection,
+/// and each reconnect brought a fresh share: round after round, one address
+/// could hold the gateway's whole budget at the broker.
+#[tokio::test]
+async fn reconnecting_does_not_renew_an_address_s_share_of_requests() {
+    use switchboard_testkit::Sig;
+    let mut system = System::start_with(
+        false,
+        &["--max-inflight-per-ip", "3", "--request-timeout-ms", "4000"],
+    )
+    .await;
+    let url = format!("{}/ws", system.ws);
+    // loc stops answering: its requests stay in flight until their deadline.
+    for loc in ["loc01", "loc02"] {
+        system.proc(loc).signal(Sig::SIGSTOP).unwrap();
+    }
+    let mut first = Ws::connect(&url).await.unwrap();
+    for id in 0..3 {
+        let frame =
+            json!({"id": id, "to": "loc", "op": "move", "data": {"zone": "z", "x": 1, "y": 1}});
+        first.send_text(&frame.to_string()).await;
+    }
+    // Past its share, at once.
+    assert_eq!(
+        first
+            .err(Some("loc"), "move", json!({"zone": "z", "x": 1, "y": 1}))
+            .await,
+        "overloaded"
+    );
+    first
+        .send_text(&json!({"id": 9, "to": "chat", "op": "say", "data": {"room": "r", "text": "x".repeat(5000)}}).to_string())
+        .await;
+    assert_eq!(first.close_code().await, Some(1009));
+    let mut again = Ws::connect(&url).await.unwrap();
+    assert_eq!(
+        again.err(Some("chat"), "$echo", json!({})).await,
+        "overloaded",
+        "a new connection from the address, its three requests still in flight"
+    );
+    for loc in ["loc01", "loc02"] {
+        system.proc(loc).signal(Sig::SIGCONT).unwrap();
+    }
+    // Once they end (their deadline, 4 s), the share is back.
+    let mut answered = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let reply = again.request(Some("chat"), "$echo", json!({"n": 1})).await;
+        if reply["ok"] == json!(true) {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the share came back when the requests ended");
+}

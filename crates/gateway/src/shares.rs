@@ -34,13 +34,20 @@ impl Share {
             .is_ok()
     }
 
-    /// Gives one of `counter` back.
+    /// Gives one of `counter` back. SeqCst, as the reads of [`Share::idle`]:
+    /// a request ending as its connection closes must not have each side see
+    /// the other's count still held, or the entry would never be forgotten.
     pub fn give(counter: &AtomicUsize) {
-        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
+    /// Nothing held: no connection, no topic, no request in flight. A key
+    /// whose last connection closed with requests still in flight keeps its
+    /// entry until they end, so that reconnecting does not start it afresh.
     fn idle(&self) -> bool {
-        self.conns.load(Ordering::Acquire) == 0 && self.topics.load(Ordering::Acquire) == 0
+        self.conns.load(Ordering::SeqCst) == 0
+            && self.topics.load(Ordering::SeqCst) == 0
+            && self.inflight.load(Ordering::SeqCst) == 0
     }
 }
 
@@ -53,8 +60,8 @@ pub struct Member {
     pub share: Arc<Share>,
 }
 
-/// The shares of every key with a connection or a topic (bounded by them: an
-/// entry goes with its key's last connection and last topic).
+/// The shares of every key with a connection, a topic or a request in flight
+/// (bounded by them: an entry goes with the last of them).
 #[derive(Debug, Default)]
 pub struct Shares {
     map: Mutex<HashMap<Arc<str>, Arc<Share>>>,
@@ -94,6 +101,15 @@ impl Shares {
     pub fn topic_gone(&self, member: &Member) {
         Share::give(&member.share.topics);
         self.forget_if_idle(member);
+    }
+
+    /// A request `member` counted ended after its connection closed: the
+    /// entry goes if that was the last thing it held. (While a connection is
+    /// open, this costs the caller one atomic read.)
+    pub fn request_gone(&self, member: &Member) {
+        if member.share.conns.load(Ordering::SeqCst) == 0 {
+            self.forget_if_idle(member);
+        }
     }
 
     fn forget_if_idle(&self, member: &Member) {
@@ -158,6 +174,31 @@ mod tests {
         shares.topic_gone(&a);
         shares.leave(&again);
         assert!(shares.is_empty());
+    }
+
+    /// A connection that closes with requests in flight (a close it asked for
+    /// does not wait for them) leaves them counted: reconnecting does not
+    /// start the address afresh, and the entry goes with the last of them.
+    #[test]
+    fn requests_in_flight_outlive_their_connection() {
+        let shares = Shares::default();
+        let a = shares.join("10.0.0.2", 8).unwrap();
+        assert!(Share::take(&a.share.inflight, 2));
+        assert!(Share::take(&a.share.inflight, 2));
+        shares.leave(&a);
+        assert_eq!(shares.len(), 1, "its requests still count");
+        let again = shares.join("10.0.0.2", 8).unwrap();
+        assert!(
+            !Share::take(&again.share.inflight, 2),
+            "reconnecting resets nothing"
+        );
+        shares.leave(&again);
+        Share::give(&a.share.inflight);
+        shares.request_gone(&a);
+        assert_eq!(shares.len(), 1, "one still in flight");
+        Share::give(&a.share.inflight);
+        shares.request_gone(&a);
+        assert!(shares.is_empty(), "the last request took the entry with it");
     }
 
     #[test]

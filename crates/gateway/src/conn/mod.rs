@@ -431,8 +431,10 @@ impl Client {
     fn give_shares(&self) {
         if let Some(user) = self.user_share.get() {
             Share::give(&user.share.inflight);
+            self.gw.users.request_gone(user);
         }
         Share::give(&self.address.share.inflight);
+        self.gw.addresses.request_gone(&self.address);
     }
 
     /// Applies the typed grants of `service`'s reply, each only inside what the
