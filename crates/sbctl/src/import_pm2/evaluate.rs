@@ -38,14 +38,18 @@ process.stdout.write = process.stderr.write.bind(process.stderr);
 
 /// Node's reading of a PM2 ecosystem file (`.js`, `.cjs`, `.mjs`, `.json`).
 /// Evaluating it runs its code, as `pm2 start` does: it is the operator's own
-/// file. A file that has not finished loading after `limit` (a top-level
-/// `await` that never settles, a loop) is given up on: node is killed.
+/// file. Node runs in a process group of its own, ended (with whatever the
+/// file started in it) once Node is done or `limit` has passed: a file that
+/// never finishes loading (a top-level `await` that never settles, a loop) is
+/// given up on, and so is one that leaves a process holding Node's output
+/// open.
 ///
 /// # Errors
 ///
 /// Node cannot be run, fails on the file, or runs past `limit`; its output is
 /// not JSON.
 pub(crate) fn evaluate(file: &Path, node: &str, limit: Duration) -> anyhow::Result<Value> {
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     if !file.is_file() {
         bail!("{}: no such file", file.display());
@@ -57,18 +61,25 @@ pub(crate) fn evaluate(file: &Path, node: &str, limit: Duration) -> anyhow::Resu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .with_context(|| format!("running {node} to read {} (Node.js is needed: PM2 files are JavaScript; --node PATH)", file.display()))?;
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let end_group = || {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    };
     // Both pipes read to their end on threads of their own, so that a file
     // printing a lot never blocks node on a full pipe while we wait.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(mut pipe) = pipe {
                 let _ = pipe.read_to_end(&mut buf);
             }
-            buf
-        })
+            let _ = tx.send(buf);
+        });
+        rx
     };
     let stdout = drain(
         child
@@ -83,25 +94,30 @@ pub(crate) fn evaluate(file: &Path, node: &str, limit: Duration) -> anyhow::Resu
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     let deadline = Instant::now() + limit;
+    let too_long = || {
+        anyhow::anyhow!(
+            "{node} had not finished reading {} after {} s: a file that never finishes loading (a top-level await that never settles, a loop), or that leaves a process holding Node's output? --timeout-secs to wait longer",
+            file.display(),
+            limit.as_secs()
+        )
+    };
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            end_group();
             let _ = child.wait();
-            bail!(
-                "{node} had not finished reading {} after {} s: a file that never finishes loading (a top-level await that never settles, a loop)? --timeout-secs to wait longer",
-                file.display(),
-                limit.as_secs()
-            );
+            return Err(too_long());
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
+    // What the file started in Node's group goes with it; one that left the
+    // group and kept the pipes open is waited for until the limit at most.
+    end_group();
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let stdout = stdout.recv_timeout(left()).map_err(|_| too_long())?;
+    let stderr = stderr.recv_timeout(left()).unwrap_or_default();
     if !status.success() {
         bail!(
             "{node} could not evaluate {}: {}",

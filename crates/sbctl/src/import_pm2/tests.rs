@@ -250,3 +250,45 @@ fn an_es_module_with_a_top_level_await_evaluates() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A file that starts a process holding Node's output open: it goes with
+/// Node's process group, and the import is not held up by it; one that
+/// also never finishes loading is given up on at the limit, its child ended.
+#[test]
+fn what_a_file_starts_does_not_hold_the_import() {
+    let dir = std::env::temp_dir().join(format!("sb-import-pm2-child-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spawn =
+        "require('child_process').spawn('sleep', ['1000'], { stdio: 'inherit' }).unref();\n";
+    let file = dir.join("spawns.config.js");
+    std::fs::write(
+        &file,
+        format!("{spawn}module.exports = {{ apps: [{{ name: 'api', script: 'api.js' }}] }};\n"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let got = evaluate(&file, "node", std::time::Duration::from_secs(20)).unwrap();
+    assert_eq!(got, json!({"apps": [{"name": "api", "script": "api.js"}]}));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let hangs = dir.join("spawns-and-hangs.config.js");
+    std::fs::write(
+        &hangs,
+        format!("{spawn}setInterval(() => {{}}, 1000);\nwhile (true) {{}}\n"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = evaluate(&hangs, "node", std::time::Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("had not finished reading"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
