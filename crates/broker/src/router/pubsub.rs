@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The largest `session.*` event the broker decodes to check who it is about.
+const SESSION_EVENT_MAX: usize = 64 * 1024;
+
 impl Router {
     // --- pub/sub ---
 
@@ -110,8 +113,15 @@ impl Router {
         if topic_name == "bus" || topic_name.starts_with("bus.") {
             return Some("bus.* events are the broker's");
         }
-        if !topic_name.starts_with("session.") {
+        use proto::api::{GRANT_FAILED, SESSION_CLOSE, SESSION_OPEN};
+        // No service acts on another session.* topic: nothing to decode.
+        if ![SESSION_OPEN, SESSION_CLOSE, GRANT_FAILED].contains(&topic_name) {
             return None;
+        }
+        // A gateway's session event is a few hundred bytes (a grant_failed
+        // lists at most a connection's topics): a large one is not decoded.
+        if payload.len() > SESSION_EVENT_MAX {
+            return Some("a session event over 64 KiB");
         }
         let instance = self.peers.get(&pid).map_or("", |p| p.instance.as_str());
         let Ok(env) = proto::decode(payload) else {
@@ -119,14 +129,10 @@ impl Router {
         };
         let ours = |session: &str| proto::api::session_gateway(session) == Some(instance);
         let fine = match topic_name {
-            proto::api::SESSION_OPEN | proto::api::SESSION_CLOSE => {
-                proto::from_body::<proto::api::Session>(&env.body)
-                    .is_ok_and(|s| s.gateway == instance && ours(&s.session))
-            }
-            proto::api::GRANT_FAILED => proto::from_body::<proto::api::GrantFailed>(&env.body)
+            SESSION_OPEN | SESSION_CLOSE => proto::from_body::<proto::api::Session>(&env.body)
+                .is_ok_and(|s| s.gateway == instance && ours(&s.session)),
+            _ => proto::from_body::<proto::api::GrantFailed>(&env.body)
                 .is_ok_and(|g| ours(&g.session)),
-            // No service acts on another session.* topic.
-            _ => true,
         };
         (!fine).then_some("a session event about another instance's session")
     }

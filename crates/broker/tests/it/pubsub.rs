@@ -259,6 +259,16 @@ async fn a_peer_cannot_end_another_gateway_s_sessions() {
         next_topic(&mut close).await.as_deref(),
         Some(api::SESSION_CLOSE)
     );
+    // A session event too large to be one is not even decoded.
+    let mut huge = session("receive-7", 4);
+    huge.user = "u".repeat(70_000);
+    gateway
+        .publish(api::SESSION_CLOSE, to_body(&huge).unwrap())
+        .await
+        .unwrap();
+    sync_with_broker(&gateway).await;
+    assert_eq!(next_topic(&mut close).await, None, "a 70 KB session.close");
+    assert_eq!(broker_stats(&listener).await.events_refused, 5);
     // The broker's own bus.peer_lost does not pass this check (it is
     // published directly): faults::* and the chat and loc tests that kill a
     // gateway see it arrive.
