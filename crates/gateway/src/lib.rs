@@ -287,7 +287,7 @@ impl Gateway {
             bus,
             stats: Stats::default(),
             handshaking: std::sync::Mutex::new(admission::Handshaking::default()),
-            next_conn: AtomicU64::new(1),
+            next_conn: AtomicU64::new(first_conn_id()),
             started: Instant::now(),
         })
     }
@@ -360,4 +360,29 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: Cance
         tracing::warn!("connections still open after the grace period");
     }
     tracing::info!("gateway stopped");
+}
+
+/// Where this process's connection ids (and so its session ids,
+/// `INSTANCE-ID`) start: at a random point, so that two processes under
+/// one instance name — the old and the new one of `sbctl reload receive` —
+/// never give two clients the same session id. Counting from 1 in each, the
+/// old process's `session.close` for its first client (sent as it drains)
+/// could end what chat and loc hold for the new process's first client.
+fn first_conn_id() -> u64 {
+    // 2^32 starting points, 2^24 connections apart: far more connections
+    // than one process makes before another start could come near it.
+    (u64::from(rand::random::<u32>()) << 24) | 1
+}
+
+#[cfg(test)]
+mod conn_id_tests {
+    /// Two processes (two calls) start far apart: counting from 1 in each was
+    /// the collision this prevents (a 2^-32 chance of a false failure).
+    #[test]
+    fn each_process_starts_its_connection_ids_elsewhere() {
+        let (a, b) = (super::first_conn_id(), super::first_conn_id());
+        assert_ne!(a, b);
+        assert_ne!(a, 1);
+        assert!(a.abs_diff(b) >= 1 << 24, "{a} {b}");
+    }
 }
