@@ -34,6 +34,15 @@ async fn call_then(
     (rx, runs)
 }
 
+/// A broker, an echo service on it, and a client that sees it ready.
+async fn echo_bus() -> (TestBroker, switchboard_testkit::ServiceGuard, Handle) {
+    let broker = TestBroker::start();
+    let svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
+    let bus = client(&broker.endpoint, "t-client", None).await;
+    assert!(wait_ready(&bus, "echo-1", READY).await);
+    (broker, svc, bus)
+}
+
 /// The one outcome, within `within`; then no second one.
 async fn one_outcome(
     mut rx: mpsc::UnboundedReceiver<Result<Envelope, Error>>,
@@ -53,10 +62,7 @@ async fn one_outcome(
 #[tokio::test]
 async fn a_reply_reaches_the_callback_once() {
     trace_init();
-    let broker = TestBroker::start();
-    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
-    let bus = client(&broker.endpoint, "t-client", None).await;
-    assert!(wait_ready(&bus, "echo-1", READY).await);
+    let (_broker, _svc, bus) = echo_bus().await;
     for i in 0..100u32 {
         let body = i.to_be_bytes().to_vec();
         let (rx, runs) =
@@ -123,10 +129,7 @@ async fn a_request_that_ends_unanswered_reaches_the_callback_once() {
 #[tokio::test]
 async fn a_callback_that_panics_leaves_the_bus_serving() {
     trace_init();
-    let broker = TestBroker::start();
-    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
-    let bus = client(&broker.endpoint, "t-client", None).await;
-    assert!(wait_ready(&bus, "echo-1", READY).await);
+    let (_broker, _svc, bus) = echo_bus().await;
     bus.call_then(
         "echo",
         "$echo",
@@ -185,10 +188,7 @@ impl Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_past_the_queue_is_answered_once_each() {
     trace_init();
-    let broker = TestBroker::start();
-    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
-    let bus = client(&broker.endpoint, "t-client", None).await;
-    assert!(wait_ready(&bus, "echo-1", READY).await);
+    let (_broker, _svc, bus) = echo_bus().await;
     let tally = Arc::new(Tally::default());
     let mut floods = Vec::new();
     for _ in 0..4 {
@@ -219,10 +219,7 @@ async fn a_flood_past_the_queue_is_answered_once_each() {
 #[tokio::test]
 async fn past_the_queue_with_no_runtime_the_rest_are_overloaded() {
     trace_init();
-    let broker = TestBroker::start();
-    let _svc = spawn_echo(&broker.endpoint, "echo", "echo-1", None);
-    let bus = client(&broker.endpoint, "t-client", None).await;
-    assert!(wait_ready(&bus, "echo-1", READY).await);
+    let (_broker, _svc, bus) = echo_bus().await;
     let tally = Arc::new(Tally::default());
     let (flood_bus, flood_tally) = (bus.clone(), tally.clone());
     // Joined without awaiting: this runtime's thread (the socket task's too)

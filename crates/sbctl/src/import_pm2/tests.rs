@@ -2,11 +2,17 @@ use super::values::{millis, size};
 use super::*;
 use serde_json::Value;
 
+/// A folder of this test's own (tests run in parallel; each removes its own).
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-import-pm2-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn the_output_is_private_and_never_written_through_a_link() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("sb-import-pm2-output-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("output");
     let victim = dir.join("victim");
     std::fs::write(&victim, "keep").unwrap();
     let out = dir.join("ecosystem.toml");
@@ -178,8 +184,7 @@ fn a_file_that_logs_or_keeps_node_busy_still_evaluates() {
         eprintln!("skipped: node is not installed");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("sb-import-pm2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("eval");
     let apps = "module.exports = { apps: [{ name: 'api', script: 'api.js' }] };\n";
     for (name, head) in [
         (
@@ -211,8 +216,7 @@ fn a_file_that_logs_or_keeps_node_busy_still_evaluates() {
 
 #[test]
 fn a_file_that_never_finishes_loading_is_given_up_on() {
-    let dir = std::env::temp_dir().join(format!("sb-import-pm2-hang-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hang");
     let file = dir.join("hangs.config.mjs");
     // The interval keeps node's loop alive; the await never settles.
     std::fs::write(
@@ -235,8 +239,7 @@ fn a_file_that_never_finishes_loading_is_given_up_on() {
 
 #[test]
 fn an_es_module_with_a_top_level_await_evaluates() {
-    let dir = std::env::temp_dir().join(format!("sb-import-pm2-tla-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("tla");
     let file = dir.join("awaits.config.mjs");
     std::fs::write(
         &file,
@@ -256,8 +259,7 @@ fn an_es_module_with_a_top_level_await_evaluates() {
 /// also never finishes loading is given up on at the limit, its child ended.
 #[test]
 fn what_a_file_starts_does_not_hold_the_import() {
-    let dir = std::env::temp_dir().join(format!("sb-import-pm2-child-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("child");
     let spawn =
         "require('child_process').spawn('sleep', ['1000'], { stdio: 'inherit' }).unref();\n";
     let file = dir.join("spawns.config.js");
