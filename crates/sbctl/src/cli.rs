@@ -220,6 +220,29 @@ pub(crate) enum Command {
     },
 }
 
+/// The load of `bench ws` and `bench say`: WebSocket clients, each with
+/// requests in flight, for a measured time.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct WsLoad {
+    /// Connections.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) window: usize,
+    /// Measured time, ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) duration_ms: u64,
+    /// Warm-up, ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) warmup_ms: u64,
+    /// Client token.
+    #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) cpu: CpuOpts,
+}
+
 /// `--cpu` for `bench rr`, `ws` and `say`.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub(crate) struct CpuOpts {
@@ -304,23 +327,8 @@ pub(crate) enum BenchCmd {
             default_value = r#"{"room":"bench","text":"hello, this is a benchmark message"}"#
         )]
         data: String,
-        /// Connections.
-        #[arg(long, default_value_t = 50)]
-        connections: usize,
-        /// Requests in flight per connection.
-        #[arg(long, default_value_t = 8)]
-        window: usize,
-        /// Measured time, ms.
-        #[arg(long, default_value_t = 5_000)]
-        duration_ms: u64,
-        /// Warm-up, ms.
-        #[arg(long, default_value_t = 1_000)]
-        warmup_ms: u64,
-        /// Client token.
-        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         #[command(flatten)]
-        cpu: CpuOpts,
+        load: WsLoad,
     },
     /// `ws` with chat's `say`: every request committed to MariaDB before its
     /// reply (exactly once).
@@ -331,23 +339,8 @@ pub(crate) enum BenchCmd {
         /// Room the messages go to.
         #[arg(long, default_value = "bench")]
         room: String,
-        /// Connections.
-        #[arg(long, default_value_t = 50)]
-        connections: usize,
-        /// Requests in flight per connection.
-        #[arg(long, default_value_t = 8)]
-        window: usize,
-        /// Measured time, ms.
-        #[arg(long, default_value_t = 5_000)]
-        duration_ms: u64,
-        /// Warm-up, ms.
-        #[arg(long, default_value_t = 1_000)]
-        warmup_ms: u64,
-        /// Client token.
-        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         #[command(flatten)]
-        cpu: CpuOpts,
+        load: WsLoad,
     },
     /// One publisher, one topic, N WebSocket subscribers: deliveries per second
     /// and delivery latency (`bench/`'s `compare fanout` runs NATS beside it).

@@ -40,52 +40,20 @@ pub(crate) async fn run(bus: &Handle, args: &Args, which: &BenchCmd) -> Result<(
             service,
             op,
             data,
-            connections,
-            window,
-            duration_ms,
-            warmup_ms,
-            token,
-            cpu,
+            load,
         } => {
             let data: serde_json::Value = serde_json::from_str(data)
                 .with_context(|| format!("data is not JSON: {data}"))
                 .map_err(Failure::Usage)?;
-            crate::bench::ws(crate::bench::WsArgs {
-                url: url.clone(),
-                service: service.clone(),
-                op: op.clone(),
-                data,
-                connections: *connections,
-                window: *window,
-                duration_ms: *duration_ms,
-                warmup_ms: *warmup_ms,
-                token: token.clone(),
-                cpu: cpu_watch(bus, args, cpu).await?,
-            })
-            .await
+            let cpu = cpu_watch(bus, args, &load.cpu).await?;
+            ws_load(url, service, op, data, load, cpu).await
         }
-        BenchCmd::Say {
-            url,
-            room,
-            connections,
-            window,
-            duration_ms,
-            warmup_ms,
-            token,
-            cpu,
-        } => crate::bench::ws(crate::bench::WsArgs {
-            url: url.clone(),
-            service: "chat".into(),
-            op: "say".into(),
-            data: serde_json::json!({"room": room, "text": "hello, this is a benchmark message"}),
-            connections: *connections,
-            window: *window,
-            duration_ms: *duration_ms,
-            warmup_ms: *warmup_ms,
-            token: token.clone(),
-            cpu: cpu_watch(bus, args, cpu).await?,
-        })
-        .await,
+        BenchCmd::Say { url, room, load } => {
+            let data =
+                serde_json::json!({"room": room, "text": "hello, this is a benchmark message"});
+            let cpu = cpu_watch(bus, args, &load.cpu).await?;
+            ws_load(url, "chat", "say", data, load, cpu).await
+        }
         other => return attacks_and_fanout(bus, args, other).await,
     };
     report.map_err(Failure::Usage)?.print(args.json);
@@ -172,4 +140,28 @@ async fn attacks_and_fanout(bus: &Handle, args: &Args, which: &BenchCmd) -> Resu
     };
     report.map_err(Failure::Usage)?.print(args.json);
     Ok(())
+}
+
+/// `bench ws` (and `say`, which is `ws` with chat's `say`).
+async fn ws_load(
+    url: &str,
+    service: &str,
+    op: &str,
+    data: serde_json::Value,
+    load: &crate::cli::WsLoad,
+    cpu: Option<crate::bench::cpu::Watch>,
+) -> anyhow::Result<crate::bench::Report> {
+    crate::bench::ws(crate::bench::WsArgs {
+        url: url.to_owned(),
+        service: service.to_owned(),
+        op: op.to_owned(),
+        data,
+        connections: load.connections,
+        window: load.window,
+        duration_ms: load.duration_ms,
+        warmup_ms: load.warmup_ms,
+        token: load.token.clone(),
+        cpu,
+    })
+    .await
 }
