@@ -141,8 +141,22 @@ struct Req {
     received: u64,
     deadline: u64,
     idem: bool,
+    /// Its trace id and op: slices of `frame`, kept from the head decoded on
+    /// arrival so that ending it does not decode the frame again.
+    trace: Bytes,
+    op: Bytes,
     /// Times the request for its span and the latency histogram.
     timer: switchboard_svc::trace::Timer,
+}
+
+impl Req {
+    fn trace(&self) -> &str {
+        std::str::from_utf8(&self.trace).unwrap_or_default()
+    }
+
+    fn op(&self) -> &str {
+        std::str::from_utf8(&self.op).unwrap_or_default()
+    }
 }
 
 /// Why a peer is being removed.
@@ -377,7 +391,7 @@ impl Router {
             (Kind::Subscribe, None) => self.subscribe(pid, head.to, head.id, &identity),
             (Kind::Unsubscribe, None) => self.unsubscribe(pid, head.to),
             (Kind::Event, None) => {
-                if let Some(why) = self.forged_event(pid, head.to, &payload) {
+                if let Some(why) = self.forged_event(pid, head.to, head.body) {
                     return self.event_refused(pid, head.to, why);
                 }
                 self.publish(head.to, payload.clone(), &identity);

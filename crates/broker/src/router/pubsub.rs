@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// The largest `session.*` event the broker decodes to check who it is about.
+/// The largest `session.*` event body the broker decodes to check who it is about.
 const SESSION_EVENT_MAX: usize = 64 * 1024;
 
 impl Router {
@@ -108,7 +108,7 @@ impl Router {
         &self,
         pid: PeerId,
         topic_name: &str,
-        payload: &Bytes,
+        body: &[u8],
     ) -> Option<&'static str> {
         if topic_name == "bus" || topic_name.starts_with("bus.") {
             return Some("bus.* events are the broker's");
@@ -120,19 +120,16 @@ impl Router {
         }
         // A gateway's session event is a few hundred bytes (a grant_failed
         // lists at most a connection's topics): a large one is not decoded.
-        if payload.len() > SESSION_EVENT_MAX {
+        // The head, body included, was decoded on arrival.
+        if body.len() > SESSION_EVENT_MAX {
             return Some("a session event over 64 KiB");
         }
         let instance = self.peers.get(&pid).map_or("", |p| p.instance.as_str());
-        let Ok(env) = proto::decode(payload) else {
-            return Some("undecodable session event");
-        };
         let ours = |session: &str| proto::api::session_gateway(session) == Some(instance);
         let fine = match topic_name {
-            SESSION_OPEN | SESSION_CLOSE => proto::from_body::<proto::api::Session>(&env.body)
+            SESSION_OPEN | SESSION_CLOSE => proto::from_body::<proto::api::Session>(body)
                 .is_ok_and(|s| s.gateway == instance && ours(&s.session)),
-            _ => proto::from_body::<proto::api::GrantFailed>(&env.body)
-                .is_ok_and(|g| ours(&g.session)),
+            _ => proto::from_body::<proto::api::GrantFailed>(body).is_ok_and(|g| ours(&g.session)),
         };
         (!fine).then_some("a session event about another instance's session")
     }

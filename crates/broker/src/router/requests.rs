@@ -106,6 +106,9 @@ impl Router {
                 received: now,
                 deadline,
                 idem: head.idem,
+                // The head was decoded from `payload`: its strings are slices of it.
+                trace: payload.slice_ref(head.trace.as_bytes()),
+                op: payload.slice_ref(head.op.as_bytes()),
                 timer: switchboard_svc::trace::Timer::start(),
             },
         );
@@ -289,20 +292,18 @@ impl Router {
         // One clock read for the histogram and the span.
         let elapsed = req.timer.elapsed();
         self.metrics.done(req.service, service, outcome, elapsed);
-        if let Ok(head) = proto::decode_head(&req.frame) {
-            if !head.trace.is_empty() {
-                let worker = req
-                    .worker
-                    .and_then(|w| self.peers.get(&w))
-                    .map_or("-", |p| p.instance.as_str());
-                req.timer.finish_after(
-                    elapsed,
-                    head.trace,
-                    "broker",
-                    format_args!("dispatch {service}.{} → {worker}", head.op),
-                    outcome,
-                );
-            }
+        if !req.trace.is_empty() {
+            let worker = req
+                .worker
+                .and_then(|w| self.peers.get(&w))
+                .map_or("-", |p| p.instance.as_str());
+            req.timer.finish_after(
+                elapsed,
+                req.trace(),
+                "broker",
+                format_args!("dispatch {service}.{} → {worker}", req.op()),
+                outcome,
+            );
         }
     }
 
@@ -316,10 +317,7 @@ impl Router {
             worker.inflight.remove(&token);
         }
         self.stats.errors += 1;
-        let trace = proto::decode_head(&req.frame)
-            .map(|h| h.trace.to_owned())
-            .unwrap_or_default();
-        let env = Envelope::error_reply(req.id, &trace, ErrorBody::new(code, message));
+        let env = Envelope::error_reply(req.id, req.trace(), ErrorBody::new(code, message));
         if let Some(caller) = self.peers.get_mut(&req.caller) {
             caller.outstanding = caller.outstanding.saturating_sub(1);
         }
