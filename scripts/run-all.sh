@@ -58,6 +58,11 @@ fi
 # made (its secret would be theirs, and so would every token).
 auth_file="$run/auth.secret"
 if [ -n "${SB_AUTH_SECRET:-}" ] || [ "${SB_AUTH:-0}" = 1 ]; then
+    # A run folder another user owns is theirs to swap files in.
+    if [ -d "$run" ] && [ ! -O "$run" ]; then
+        echo "run-all.sh: $run belongs to another user: its auth.secret would be theirs to choose" >&2
+        exit 1
+    fi
     if [ -L "$auth_file" ] || { [ -e "$auth_file" ] && { [ ! -f "$auth_file" ] ||
         [ ! -O "$auth_file" ] || [ -n "$(find "$auth_file" -maxdepth 0 -perm /077)" ]; }; }; then
         echo "run-all.sh: $auth_file is not a secret of this user's (a symlink, another" >&2
@@ -76,7 +81,17 @@ if [ -n "${SB_AUTH_SECRET:-}" ] || [ "${SB_AUTH:-0}" = 1 ]; then
         mv -f "$tmp" "$auth_file"
     fi
     if [ -z "${SB_AUTH_SECRET:-}" ]; then
-        SB_AUTH_SECRET=$(cat "$auth_file")
+        # Read from the file judged, not from its name again: opened once and
+        # checked through the open descriptor, so a file swapped in after the
+        # checks above (by whoever may write to the run folder) is not read.
+        exec 3<"$auth_file"
+        read -r owner mode kind <<<"$(stat -L -c '%u %a %F' /dev/fd/3)"
+        if [ "$owner" != "$(id -u)" ] || [ $((8#$mode & 8#077)) -ne 0 ] || [ "$kind" != "regular file" ]; then
+            echo "run-all.sh: $auth_file changed under us (not a secret of this user's): delete it" >&2
+            exit 1
+        fi
+        SB_AUTH_SECRET=$(cat <&3)
+        exec 3<&-
         export SB_AUTH_SECRET
     fi
 fi
