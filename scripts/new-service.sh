@@ -34,7 +34,7 @@ dir=${2:-$here/../$name}
 # Both paths are written into TOML strings and sed expressions: refuse the
 # characters that would end either (a quote, a backslash, | and &, a control
 # character) rather than escape them.
-for path in "$dir" "$here"; do
+for path in "$dir" "$here" "${CARGO_TARGET_DIR:-}"; do
     if [[ $path == *[\"\\\|\&]* || $path == *[[:cntrl:]]* ]]; then
         echo "new-service.sh: the path $path has a character this script will not write into TOML (\" \\ | & or a control character); choose another folder" >&2
         exit 64

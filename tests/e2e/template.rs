@@ -113,6 +113,16 @@ fn new_service_sh_refuses_bad_names_and_existing_folders() {
         assert_eq!(out.status.code(), Some(64), "{bad:?}: {out:?}");
         assert!(!to.exists(), "{bad:?} wrote nothing");
     }
+    // A CARGO_TARGET_DIR that would end the printed entry's `bin = "..."`.
+    let to = dir.path().join("made");
+    let out = Command::new(root.join("scripts/new-service.sh"))
+        .arg("shouter")
+        .arg(&to)
+        .env("CARGO_TARGET_DIR", "/tmp/t\"\nbin = \"/bin/sh")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(!to.exists(), "a bad CARGO_TARGET_DIR wrote nothing");
 }
 
 /// Names the script took that Cargo then refuses for the binary (`build`,
