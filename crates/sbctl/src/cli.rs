@@ -278,7 +278,7 @@ pub(crate) enum BenchCmd {
         #[arg(long, default_value_t = 5_000)]
         duration_ms: u64,
         /// Client token.
-        #[arg(long, env = "SB_TOKEN")]
+        #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// The gateway's pid, if its /health does not report it.
         #[arg(long)]
