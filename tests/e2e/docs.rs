@@ -164,6 +164,8 @@ impl Running {
             .env("SB_BIN_DIR", bin_path("main").parent().unwrap())
             .env("SB_RUN_DIR", run.path())
             .env("SB_ECOSYSTEM", run.path().join("ecosystem.toml"))
+            // main's dashboard on a port of its own too (no block uses it).
+            .env("SB_ECO__MAIN__HTTP", "127.0.0.1:0")
             .env("DATABASE_URL", &db.url)
             .env_remove("SB_AUTH_SECRET")
             .env_remove("SB_AUTH")

@@ -138,12 +138,15 @@ test('publish and subscribe, with patterns and the broker\'s ack', async (t) => 
 test('stop drains: in-flight requests finish, then nothing new arrives', async (t) => {
   const broker = await startBroker();
   t.after(() => broker.stop());
+  let entered;
+  const inHandler = new Promise((r) => { entered = r; });
   const { svc, client } = await pair(broker, (s) => {
-    s.handle('slow', () => new Promise((r) => setTimeout(() => r({ done: true }), 400)));
+    s.handle('slow', () => { entered(); return new Promise((r) => setTimeout(() => r({ done: true }), 400)); });
   });
   t.after(() => client.close());
   const inflight = client.call('greet', 'slow', {});
-  await new Promise((r) => setTimeout(r, 100));
+  // Stopped once the request is in its handler, however long it took to get there.
+  await inHandler;
   const stopped = svc.stop();
   assert.deepEqual(await inflight, { done: true });
   await stopped;

@@ -130,17 +130,27 @@ async fn a_request_that_ends_unanswered_reaches_the_callback_once() {
 async fn a_callback_that_panics_leaves_the_bus_serving() {
     trace_init();
     let (_broker, _svc, bus) = echo_bus().await;
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ran = panicked.clone();
     bus.call_then(
         "echo",
         "$echo",
         b"x".to_vec(),
         CallOptions::default(),
-        |_| {
+        move |_| {
+            ran.store(true, Ordering::SeqCst);
             panic!("a callback's bug");
         },
     );
     // The panic ran on the socket task; the next calls are served all the same.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        switchboard_testkit::eventually(Duration::from_secs(10), || {
+            let ran = panicked.clone();
+            async move { ran.load(Ordering::SeqCst) }
+        })
+        .await,
+        "the callback ran"
+    );
     for _ in 0..3 {
         let reply = bus
             .call("echo", "$echo", b"y".to_vec(), CallOptions::default())
