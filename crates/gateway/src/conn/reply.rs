@@ -91,13 +91,8 @@ impl Asked {
 
     /// Queues the reply and lets go of what the request held.
     fn done(mut self, reply: Message, code: &'static str) {
-        // Marked first: whatever happens below, `Drop` never answers again
-        // nor gives the counts back twice.
-        self.answered = true;
+        self.release(reply);
         let conn = &self.conn;
-        conn.inflight.fetch_sub(1, Ordering::Relaxed);
-        conn.give_shares();
-        conn.out.outbox.reply(reply);
         // Labelled by the policy's names only (made-up names are "other").
         let label = conn.gw.settings.policy.metric_label(&self.to);
         // One clock read for the histogram and the span.
@@ -113,12 +108,26 @@ impl Asked {
     }
 }
 
+impl Asked {
+    /// Gives back what the request held and queues its reply, once: marked
+    /// first, so that whatever happens after, `Drop` never answers again nor
+    /// gives the counts back twice.
+    fn release(&mut self, reply: Message) {
+        if std::mem::replace(&mut self.answered, true) {
+            return;
+        }
+        let conn = &self.conn;
+        conn.inflight.fetch_sub(1, Ordering::Relaxed);
+        conn.give_shares();
+        conn.out.outbox.reply(reply);
+    }
+}
+
 impl Drop for Asked {
     fn drop(&mut self) {
         if self.answered {
             return;
         }
-        let conn = &self.conn;
         let reply = wire::error_traced(
             &self.id,
             ErrorCode::Internal,
@@ -126,8 +135,6 @@ impl Drop for Asked {
             &self.trace,
             self.binary,
         );
-        conn.out.outbox.reply(reply);
-        conn.inflight.fetch_sub(1, Ordering::Relaxed);
-        conn.give_shares();
+        self.release(reply);
     }
 }
