@@ -56,13 +56,7 @@ pub(crate) async fn ws_send(
     let data: serde_json::Value = serde_json::from_str(data)
         .with_context(|| format!("data is not JSON: {data}"))
         .map_err(Failure::Usage)?;
-    let url = match token {
-        Some(t) => format!(
-            "{url}{}token={t}",
-            if url.contains('?') { '&' } else { '?' }
-        ),
-        None => url.to_owned(),
-    };
+    let url = crate::bench::with_token(url, token);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let connector = gateway.ca_file.map(connector).transpose()?;
     let connect = tokio_tungstenite::connect_async_tls_with_config(&url, None, false, connector);

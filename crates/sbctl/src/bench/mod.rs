@@ -422,7 +422,9 @@ struct ReplyHead {
     ok: Option<bool>,
 }
 
-fn with_token(url: &str, token: Option<&str>) -> String {
+/// `url` with the client token as its `token` query parameter (`ws-send`
+/// and every WebSocket benchmark).
+pub(crate) fn with_token(url: &str, token: Option<&str>) -> String {
     match token {
         Some(t) => format!(
             "{url}{}token={t}",
