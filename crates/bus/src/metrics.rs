@@ -5,22 +5,22 @@
 
 use std::time::Duration;
 
-use crate::svc::metrics::{counter, histogram, Cache};
+use crate::svc::metrics::{counter, histogram, NameCache};
 
 /// A service's `sb_service_requests_total` and
 /// `sb_service_request_duration_seconds` handles, by (op, code).
 #[derive(Default)]
-pub(crate) struct ServiceRequests(Cache<(String, &'static str)>);
+pub(crate) struct ServiceRequests(NameCache);
 
 impl ServiceRequests {
     /// `service` answered a request for `op` with `code` (`ok` or the error
     /// code) after `elapsed`. `op` is a bounded label: one of the service's
     /// ops, a built-in one, or `other`.
     pub(crate) fn done(&self, service: &str, op: &str, code: &'static str, elapsed: Duration) {
-        let (requests, latency) = self.0.get((op.to_owned(), code), |(op, code)| {
-            let (service, op) = (service.to_owned(), op.clone());
+        let (requests, latency) = self.0.get(op, code, |op, code| {
+            let (service, op) = (service.to_owned(), op.to_owned());
             (
-                counter!("sb_service_requests_total", "service" => service.clone(), "op" => op.clone(), "code" => *code),
+                counter!("sb_service_requests_total", "service" => service.clone(), "op" => op.clone(), "code" => code),
                 histogram!("sb_service_request_duration_seconds", "service" => service, "op" => op),
             )
         });

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::time::Duration;
 use switchboard_bus::proto::ErrorCode;
-use switchboard_bus::svc::metrics::{counter, gauge, histogram, render, Cache};
+use switchboard_bus::svc::metrics::{counter, gauge, histogram, render, NameCache};
 
 use crate::Gateway;
 
@@ -40,11 +40,11 @@ pub(crate) fn rejected(code: ErrorCode) {
 /// A request to `service` answered with `code` after `elapsed`, frame to reply.
 /// `service` is a name the policy gives (`Policy::metric_label`), a bounded set.
 pub(crate) fn request_done(service: &str, code: &'static str, elapsed: Duration) {
-    static CACHE: LazyLock<Cache<(String, &'static str)>> = LazyLock::new(Cache::default);
-    let (requests, latency) = CACHE.get((service.to_owned(), code), |(service, code)| {
+    static CACHE: LazyLock<NameCache> = LazyLock::new(NameCache::default);
+    let (requests, latency) = CACHE.get(service, code, |service, code| {
         (
-            counter!("sb_gateway_requests_total", "service" => service.clone(), "code" => *code),
-            histogram!("sb_gateway_request_duration_seconds", "service" => service.clone()),
+            counter!("sb_gateway_requests_total", "service" => service.to_owned(), "code" => code),
+            histogram!("sb_gateway_request_duration_seconds", "service" => service.to_owned()),
         )
     });
     requests.increment(1);

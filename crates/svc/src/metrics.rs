@@ -17,7 +17,8 @@
 //! [`counter!`], [`gauge!`] or [`histogram!`] macros (`tests/e2e/docs.rs`
 //! fails on one anywhere else under `crates/*/src`). Recording on a
 //! per-request path goes through handles registered once: a [`Cache`] keyed
-//! by the bounded labels, or a `static` handle for a label set known at
+//! by the bounded labels (a [`NameCache`] for a name and a code, looked up by
+//! `&str`), or a `static` handle for a label set known at
 //! compile time. What a crate keeps as plain counters (its `Stats`) or knows
 //! only as state is copied into the recorder at scrape time, by a function of
 //! the same module.
@@ -61,6 +62,41 @@ impl<K: Hash + Eq> Cache<K> {
         }
         let h = make(&key);
         map.insert(key, h.clone());
+        h
+    }
+}
+
+/// A [`Cache`] keyed by a name label (a service, an op) and a code, looked up
+/// by `&str` without allocating a key: the name's entry, then its codes (a
+/// handful: `ok` and the error codes) in turn. A `Cache<(String, _)>` would
+/// make an owned `String` on every request just to look one up.
+#[derive(Default)]
+pub struct NameCache {
+    map: Mutex<HashMap<Box<str>, ByCode>>,
+}
+
+/// A name's handles, by code.
+type ByCode = Vec<(&'static str, (Counter, Histogram))>;
+
+impl NameCache {
+    /// The handles for (`name`, `code`), registered with `make` the first time.
+    pub fn get(
+        &self,
+        name: &str,
+        code: &'static str,
+        make: impl FnOnce(&str, &'static str) -> (Counter, Histogram),
+    ) -> (Counter, Histogram) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(codes) = map.get_mut(name) {
+            if let Some((_, h)) = codes.iter().find(|(c, _)| *c == code) {
+                return h.clone();
+            }
+            let h = make(name, code);
+            codes.push((code, h.clone()));
+            return h;
+        }
+        let h = make(name, code);
+        map.insert(name.into(), vec![(code, h.clone())]);
         h
     }
 }
@@ -341,4 +377,27 @@ pub fn with_help(text: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each (name, code) is registered once, and found again by `&str`.
+    #[test]
+    fn a_name_cache_registers_each_pair_once() {
+        let cache = NameCache::default();
+        let made = std::cell::Cell::new(0);
+        let make = |_: &str, _: &'static str| {
+            made.set(made.get() + 1);
+            (Counter::noop(), Histogram::noop())
+        };
+        for _ in 0..3 {
+            for (name, code) in [("chat", "ok"), ("chat", "timeout"), ("loc", "ok")] {
+                let owned = name.to_owned();
+                let _handles = cache.get(&owned, code, make);
+            }
+        }
+        assert_eq!(made.get(), 3);
+    }
 }

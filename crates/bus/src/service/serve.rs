@@ -91,14 +91,14 @@ pub(super) async fn serve_one(incoming: Incoming, handle: Handle, ctx: Ctx<'_>) 
         Err(e) => e.code.as_str(),
     };
     // Label values stay bounded: an op this service does not have is "other".
-    let op_label = if handlers.contains_key(&op) || BUILTIN_OPS.contains(&op.as_str()) {
-        op.clone()
+    let op_label: &str = if handlers.contains_key(&op) || BUILTIN_OPS.contains(&op.as_str()) {
+        &op
     } else {
-        "other".to_owned()
+        "other"
     };
     // One clock read for the histogram and the span.
     let elapsed = timer.elapsed();
-    counters.metrics.done(name, &op_label, code, elapsed);
+    counters.metrics.done(name, op_label, code, elapsed);
     if !op.starts_with('$') {
         timer.finish_after(
             elapsed,
