@@ -77,13 +77,16 @@ start() { # start BIN DBNAME [ENV=VALUE…]
         SB_MAX_CONNECTIONS_PER_IP=60000 SB_MAX_INFLIGHT_PER_IP=100000 \
         "$bin/receive" --listen 127.0.0.1:5712 >/dev/null 2>&1 &
     pids+=($!)
+    local up=no
     for _ in $(seq 1 100); do
         "${sbctl[@]}" call db '$health' >/dev/null 2>&1 &&
             "${sbctl[@]}" call chat '$health' >/dev/null 2>&1 &&
             "${sbctl[@]}" call echo '$health' >/dev/null 2>&1 &&
-            curl -fs http://127.0.0.1:5712/health >/dev/null 2>&1 && break
+            curl -fs http://127.0.0.1:5712/health >/dev/null 2>&1 && { up=yes; break; }
         sleep 0.1
     done
+    # A benchmark of a system that never came up measures nothing.
+    [ $up = yes ] || { echo "bench-vs-base: $bin's system not ready in 10 s" >&2; exit 1; }
 }
 
 run() { # run NAME COMMAND…: one JSON report into $out/NAME.json
@@ -134,7 +137,9 @@ system_idle() { # system_idle BIN NAME
         setsid "$bin/main" --config "$dir/ecosystem.toml" >"$dir/main.out" 2>"$dir/main.log" &
     local main=$!
     pids+=($main)
-    for _ in $(seq 1 300); do grep -q '^ready' "$dir/main.out" 2>/dev/null && break; sleep 0.1; done
+    grep_ready() { grep -q '^ready' "$dir/main.out" 2>/dev/null; }
+    for _ in $(seq 1 300); do grep_ready && break; sleep 0.1; done
+    grep_ready || { echo "bench-vs-base: main ($1) not ready in 30 s" >&2; exit 1; }
     sleep 5
     local kib=0 list=""
     for p in $main $(pgrep -P $main); do

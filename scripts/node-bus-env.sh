@@ -5,7 +5,7 @@
 # Prints nothing and exits 0 when npm is missing or cannot install: the Node
 # suite's test (tests/e2e/node_bus.rs) then says it is skipped.
 set -uo pipefail
-cd "$(dirname "$0")/../clients/node"
+cd "$(dirname "$0")/../clients/node" || exit 1
 command -v npm >/dev/null 2>&1 || { echo "node-bus-env: npm not found; the clients/node tests are skipped" >&2; exit 0; }
 # The lock file npm ci last installed from, kept beside what it installed.
 stamp=node_modules/.sb-installed-lock.json
